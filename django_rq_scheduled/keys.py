@@ -1,0 +1,50 @@
+"""Redis key names and job id formats shared by the scheduler, the API and (later) the Django models.
+
+The first four names are rq-scheduler 0.14's, so that both programs read the same schedule and never lead at once.
+Everything this project adds lives under ``rq:drqs:``.
+"""
+
+from __future__ import annotations
+
+import re
+
+SCHEDULED_JOBS_KEY = 'rq:scheduler:scheduled_jobs'
+LOCK_KEY = 'rq:scheduler_lock'
+INSTANCE_KEY_PREFIX = 'rq:scheduler_instance:'
+JOB_KEY_PREFIX = 'rq:job:'
+
+WAKEUP_KEY = 'rq:drqs:wakeup'
+NEXT_WAKEUP_KEY = 'rq:drqs:next_wakeup'
+DEAD_LETTERS_KEY = 'rq:drqs:dead_letters'
+INSTANCES_KEY = 'rq:drqs:instances'
+RUNS_KEY = 'rq:drqs:runs'
+
+META_KEY = 'django_rq_scheduled'
+"""The one key of ``job.meta`` that holds this project's own data (rq-scheduler ignores unknown meta)."""
+
+JOB_ID_PATTERN = re.compile(r'[A-Za-z0-9_-]+')
+
+
+def instance_key(name: str) -> str:
+    return INSTANCE_KEY_PREFIX + name
+
+
+def job_key(job_id: str) -> str:
+    return JOB_KEY_PREFIX + job_id
+
+
+def occurrence_id(template_id: str, fire_ms: int) -> str:
+    """The id of the RQ job enqueued for one occurrence of a periodic template.
+
+    Deterministic (template id + fire time in epoch milliseconds), so every occurrence has one id, and valid
+    under RQ's ``[A-Za-z0-9_-]+`` rule.
+    """
+    return f'{template_id}_at_{fire_ms}'
+
+
+def validate_job_id(job_id: object, argument: str = 'id') -> str:
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+        raise ValueError(
+            f'{argument}: job ids may only contain letters, digits, underscores and dashes, got {job_id!r}'
+        )
+    return job_id

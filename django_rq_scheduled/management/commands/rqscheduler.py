@@ -1,0 +1,128 @@
+"""``manage.py rqscheduler``: runs the leader-locked loop that moves due jobs onto their RQ queues."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from django_rq_scheduled import _django
+from django_rq_scheduled.conf import get_setting
+from django_rq_scheduled.scheduler import Scheduler, connection_identity, run_schedulers
+
+VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+def positive_seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a number of seconds, got {value!r}') from None
+    if not seconds > 0 or seconds == float('inf'):
+        raise argparse.ArgumentTypeError(f'must be greater than zero, got {value!r}')
+    return seconds
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a whole number, got {value!r}') from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f'must be at least 1, got {value!r}')
+    return number
+
+
+class Command(BaseCommand):
+    help = (
+        'Moves scheduled, repeatable and cron jobs onto their RQ queues when they are due. Run one or more; '
+        'exactly one leads at a time, the others take over if it dies.'
+    )
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            '--interval',
+            type=positive_seconds,
+            help='Longest sleep between two looks at the schedule, in seconds (default: RQ_SCHEDULED["INTERVAL"]).',
+        )
+        parser.add_argument('--burst', action='store_true', help='Move the jobs due now, then exit.')
+        parser.add_argument('--name', help='Name of this scheduler instance (default: host:pid:random).')
+        parser.add_argument('--pid', metavar='FILE', help='Write the process id to FILE (removed at exit).')
+        parser.add_argument(
+            '--queue',
+            action='append',
+            metavar='NAME',
+            help='Serve only the Redis connection of this RQ_QUEUES queue; repeat for several. '
+            'Default: every distinct Redis connection in RQ_QUEUES.',
+        )
+        parser.add_argument(
+            '--lease-ttl',
+            type=positive_seconds,
+            help='Lifetime of the leader lease in seconds; a standby takes over this long after the leader '
+            'died (default: RQ_SCHEDULED["LEASE_TTL"]).',
+        )
+        parser.add_argument(
+            '--batch-size',
+            type=positive_int,
+            help='Due jobs moved per atomic batch (default: RQ_SCHEDULED["BATCH_SIZE"]).',
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self._configure_logging(options['verbosity'])
+        schedulers = self._build_schedulers(options)
+        pid_file = Path(options['pid']) if options['pid'] else None
+        if pid_file:
+            pid_file.write_text(str(os.getpid()))
+        try:
+            run_schedulers(schedulers, burst=options['burst'])
+        finally:
+            if pid_file:
+                pid_file.unlink(missing_ok=True)
+
+    def _configure_logging(self, verbosity: int) -> None:
+        logger = logging.getLogger('django_rq_scheduled')
+        logger.setLevel(VERBOSITY_LEVELS.get(verbosity, logging.DEBUG))
+        if not logger.handlers:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+            logger.addHandler(handler)
+
+    def _queue_names(self, requested: list[str] | None) -> list[str]:
+        known = list(getattr(settings, 'RQ_QUEUES', {}) or {})
+        if not known:
+            raise CommandError('RQ_QUEUES is empty: there is no Redis connection to serve.')
+        unknown = sorted(set(requested or []) - set(known))
+        if unknown:
+            raise CommandError(f'--queue: unknown queue(s) {", ".join(unknown)}; RQ_QUEUES has {", ".join(known)}')
+        return requested or known
+
+    def _build_schedulers(self, options: dict[str, Any]) -> list[Scheduler]:
+        groups: dict[tuple[Any, ...], str] = {}
+        for queue_name in self._queue_names(options['queue']):
+            connection = _django.connection_for(queue_name)
+            groups.setdefault(connection_identity(connection), queue_name)
+        base_name = options['name'] or f'{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:6]}'
+        interval = options['interval'] or get_setting('INTERVAL')
+        lease_ttl = options['lease_ttl'] or get_setting('LEASE_TTL')
+        batch_size = options['batch_size'] or get_setting('BATCH_SIZE')
+        try:
+            return [
+                Scheduler(
+                    queue_name=queue_name,
+                    interval=interval,
+                    name=base_name if len(groups) == 1 else f'{base_name}-{index}',
+                    lease_ttl=lease_ttl,
+                    batch_size=batch_size,
+                )
+                for index, queue_name in enumerate(groups.values())
+            ]
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc

@@ -1,0 +1,355 @@
+"""Plans the move of due jobs: from a member, its score and its raw job hash to the exact Redis commands.
+
+Pure apart from the clock value it is given: no Redis I/O here, so every rule (one-off, rq-scheduler template,
+our templates, misfire, overlap, repeat, dead letters) is unit-testable. The scheduler sends the commands of a
+whole batch to Redis in one fenced Lua call (see ``scripts.MOVE``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from . import cron, keys
+
+QUEUES_SET_KEY = 'rq:queues'
+SCHEDULING_META_KEYS = ('interval', 'cron_string', 'repeat', 'use_local_timezone', keys.META_KEY)
+# Fields of a template hash that describe one run, not the job: a fresh occurrence does not inherit them.
+RUN_STATE_FIELDS = frozenset(
+    {
+        b'status', b'created_at', b'enqueued_at', b'started_at', b'ended_at', b'last_heartbeat', b'worker_name',
+        b'result', b'exc_info', b'meta', b'number_of_retries', b'dependency_id', b'dependency_ids',
+    }
+)  # fmt: skip
+ACTIVE_STATUSES = frozenset({b'queued', b'started', b'deferred', b'scheduled'})
+
+ENQUEUED = 'enqueued'
+SKIPPED_MISFIRE = 'skipped_misfire'
+SKIPPED_OVERLAP = 'skipped_overlap'
+DEAD = 'dead'
+
+
+@dataclass
+class QueueInfo:
+    """What the planner needs of an RQ queue."""
+
+    key: str
+    default_timeout: int | None
+
+
+@dataclass
+class Entry:
+    """The planned, still unapplied, move of one scheduled member."""
+
+    member: str
+    score: str
+    commands: list[tuple[Any, ...]] = field(default_factory=list)
+    outcome: str = ENQUEUED
+    enqueued_id: str | None = None
+    reason: str = ''
+    slow_path: bool = False
+
+
+@dataclass
+class Parsed:
+    """A due member with its decoded job hash and meta."""
+
+    member: str
+    score: float
+    raw: dict[bytes, bytes]
+    meta: dict[str, Any]
+
+    @property
+    def ours(self) -> dict[str, Any]:
+        return self.meta.get(keys.META_KEY) or {}
+
+    @property
+    def is_periodic(self) -> bool:
+        return bool(self.meta.get('interval') or self.meta.get('cron_string'))
+
+    @property
+    def is_our_template(self) -> bool:
+        return self.is_periodic and self.ours.get('kind') in ('interval', 'cron')
+
+    @property
+    def previous_run_to_check(self) -> str | None:
+        if self.is_our_template and self.ours.get('overlap') == 'skip':
+            return self.ours.get('last_run_id')
+        return None
+
+
+class PlanningError(Exception):
+    """A due member that cannot be moved: it goes to the dead letters with this message as reason."""
+
+
+def format_score(value: float) -> str:
+    return repr(round(value, 3))
+
+
+def utc_datetime(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+
+
+class Planner:
+    """Plans the moves of one batch, all at the same instant ``now`` (epoch seconds)."""
+
+    def __init__(
+        self,
+        *,
+        now: float,
+        enqueued_at: str,
+        serializer: Any,
+        queue_info: Callable[[str, str | None], QueueInfo],
+        default_timezone: str,
+        callable_allowed: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.now = now
+        self.enqueued_at = enqueued_at
+        self.serializer = serializer
+        self.queue_info = queue_info
+        self.default_timezone = default_timezone
+        self.callable_allowed = callable_allowed
+
+    # -- decoding -------------------------------------------------------------------------------------------
+
+    def parse(self, member: str, score: float, raw: dict[bytes, bytes] | None) -> Parsed | Entry:
+        """Decodes a due member, or returns the dead-letter entry that takes it out of the schedule."""
+        try:
+            if not raw:
+                raise PlanningError('job hash is missing')
+            meta = self._load_meta(raw)
+            self._check_payload(raw)
+            if not raw.get(b'origin'):
+                raise PlanningError('job hash has no origin queue')
+        except PlanningError as exc:
+            return self.dead_letter(member, format_score(score), str(exc))
+        return Parsed(member, score, raw, meta)
+
+    def _load_meta(self, raw: dict[bytes, bytes]) -> dict[str, Any]:
+        if not raw.get(b'meta'):
+            return {}
+        try:
+            meta = self.serializer.loads(raw[b'meta'])
+        except Exception as exc:
+            raise PlanningError(f'cannot deserialize meta: {exc!r}') from exc
+        if not isinstance(meta, dict):
+            raise PlanningError(f'meta is a {type(meta).__name__}, not a dict')
+        return meta
+
+    def _check_payload(self, raw: dict[bytes, bytes]) -> None:
+        try:
+            func_name = self.serializer.loads(zlib.decompress(raw[b'data']))[0]
+        except Exception as exc:
+            raise PlanningError(f'cannot load payload: {exc!r}') from exc
+        if self.callable_allowed and isinstance(func_name, str) and not self.callable_allowed(func_name):
+            raise PlanningError(f'callable {func_name!r} is not in ALLOWED_CALLABLES')
+
+    # -- planning -------------------------------------------------------------------------------------------
+
+    def plan(self, parsed: Parsed, previous_status: bytes | None = None) -> Entry:
+        try:
+            if parsed.raw.get(b'dependency_id') or parsed.raw.get(b'dependency_ids'):
+                return Entry(parsed.member, format_score(parsed.score), slow_path=True)
+            if parsed.is_our_template:
+                return self._plan_occurrence(parsed, previous_status)
+            if parsed.is_periodic:
+                return self._plan_same_id_run(parsed)
+            return self._plan_one_off(parsed)
+        except (PlanningError, cron.CronError, ValueError, TypeError, KeyError) as exc:
+            return self.dead_letter(parsed.member, format_score(parsed.score), f'cannot plan: {exc}')
+
+    def dead_letter(self, member: str, score: str, reason: str) -> Entry:
+        record = json.dumps({'reason': reason, 'score': float(score), 'at': self.now})
+        commands = [
+            ('ZREM', keys.SCHEDULED_JOBS_KEY, member),
+            ('HSET', keys.DEAD_LETTERS_KEY, member, record),
+        ]
+        return Entry(member, score, commands, outcome=DEAD, reason=reason)
+
+    def _plan_one_off(self, parsed: Parsed) -> Entry:
+        entry = Entry(parsed.member, format_score(parsed.score))
+        entry.commands.append(('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member))
+        grace = parsed.ours.get('misfire_grace')
+        if grace is not None and self.now - parsed.score > grace:
+            entry.outcome = SKIPPED_MISFIRE
+            entry.commands.append(('HSET', keys.job_key(parsed.member), 'status', 'canceled'))
+        else:
+            entry.enqueued_id = parsed.member
+            entry.commands += self._enqueue_existing(parsed, parsed.member)
+            self._apply_ttl(entry, parsed.member, parsed.raw)
+        self._record(entry, parsed, parsed.score)
+        return entry
+
+    def _plan_same_id_run(self, parsed: Parsed) -> Entry:
+        """rq-scheduler's own periodic job: the template itself is pushed again, as rq-scheduler does."""
+        entry = Entry(parsed.member, format_score(parsed.score), enqueued_id=parsed.member)
+        meta = dict(parsed.meta)
+        remaining = meta.get('repeat')
+        if remaining:
+            meta['repeat'] = remaining - 1
+        entry.commands += self._enqueue_existing(parsed, parsed.member, meta=meta)
+        if remaining is not None and meta['repeat'] <= 0:
+            entry.commands.append(('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member))
+            return entry
+        next_time = self._next_time(parsed, meta)
+        if next_time is None:
+            self._retire_exhausted(entry, parsed, delete_hash=False)
+        else:
+            entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(next_time), parsed.member))
+        return entry
+
+    def _plan_occurrence(self, parsed: Parsed, previous_status: bytes | None) -> Entry:
+        """Our periodic template: a fresh RQ job per occurrence; the template moves to its next slot."""
+        entry = Entry(parsed.member, format_score(parsed.score))
+        meta = dict(parsed.meta)
+        ours = dict(parsed.ours)
+        fire_time = self._latest_missed_slot(parsed)
+        grace = ours.get('misfire_grace')
+        if grace is not None and self.now - fire_time > grace:
+            entry.outcome = SKIPPED_MISFIRE
+        elif previous_status in ACTIVE_STATUSES:
+            entry.outcome = SKIPPED_OVERLAP
+        else:
+            occurrence = keys.occurrence_id(parsed.member, round(fire_time * 1000))
+            entry.enqueued_id = occurrence
+            entry.commands += self._create_occurrence(parsed, occurrence, fire_time)
+            self._apply_ttl(entry, occurrence, parsed.raw)
+            ours['runs'] = ours.get('runs', 0) + 1
+            ours['last_run_id'] = occurrence
+            ours['last_run_at'] = self.now
+            if meta.get('repeat') is not None:
+                meta['repeat'] = meta['repeat'] - 1
+        ours['last_fire_time'] = fire_time
+        meta[keys.META_KEY] = ours
+        self._record(entry, parsed, fire_time, remaining=meta.get('repeat'))
+        template_key = keys.job_key(parsed.member)
+        if meta.get('repeat') is not None and meta['repeat'] <= 0:
+            entry.commands += [('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member), ('DEL', template_key)]
+            return entry
+        entry.commands.append(('HSET', template_key, 'meta', self.serializer.dumps(meta)))
+        next_time = self._next_time(parsed, meta, after=max(self.now, fire_time))
+        if next_time is None:
+            self._retire_exhausted(entry, parsed, delete_hash=False)
+        else:
+            entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(next_time), parsed.member))
+        return entry
+
+    # -- building blocks ------------------------------------------------------------------------------------
+
+    def _queue(self, parsed: Parsed) -> QueueInfo:
+        return self.queue_info(parsed.raw[b'origin'].decode(), parsed.meta.get('queue_class_name'))
+
+    def _push(self, queue: QueueInfo, job_id: str, raw: dict[bytes, bytes]) -> list[tuple[Any, ...]]:
+        push = 'LPUSH' if raw.get(b'enqueue_at_front') in (b'1', b'True', b'true') else 'RPUSH'
+        return [('SADD', QUEUES_SET_KEY, queue.key), (push, queue.key, job_id)]
+
+    def _enqueue_existing(
+        self, parsed: Parsed, job_id: str, meta: dict[str, Any] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """The writes RQ's ``Queue.enqueue_job`` makes to an existing hash: status, times, push."""
+        queue = self._queue(parsed)
+        fields: list[Any] = ['status', 'queued', 'enqueued_at', self.enqueued_at]
+        if b'timeout' not in parsed.raw and queue.default_timeout is not None:
+            fields += ['timeout', queue.default_timeout]
+        if meta is not None:
+            fields += ['meta', self.serializer.dumps(meta)]
+        return [('HSET', keys.job_key(job_id), *fields), *self._push(queue, job_id, parsed.raw)]
+
+    def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
+        queue = self._queue(parsed)
+        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in RUN_STATE_FIELDS}
+        user_meta = {k: v for k, v in parsed.meta.items() if k not in SCHEDULING_META_KEYS}
+        user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time}
+        mapping.update(
+            {
+                b'status': 'queued',
+                b'created_at': self.enqueued_at,
+                b'enqueued_at': self.enqueued_at,
+                b'meta': self.serializer.dumps(user_meta),
+            }
+        )
+        if b'timeout' not in mapping and queue.default_timeout is not None:
+            mapping[b'timeout'] = queue.default_timeout
+        flat = [item for pair in mapping.items() for item in pair]
+        return [('HSET', keys.job_key(occurrence), *flat), *self._push(queue, occurrence, parsed.raw)]
+
+    def _apply_ttl(self, entry: Entry, job_id: str, raw: dict[bytes, bytes]) -> None:
+        ttl = int(raw[b'ttl']) if raw.get(b'ttl') else None
+        if ttl and ttl > 0:
+            entry.commands.append(('EXPIRE', keys.job_key(job_id), ttl))
+
+    def _record(self, entry: Entry, parsed: Parsed, fire_time: float, remaining: int | None = None) -> None:
+        """Appends the outcome to the run log that the Django side reads back into its rows."""
+        if not parsed.ours.get('record'):
+            return
+        record = {
+            'schedule': parsed.member,
+            'owner': parsed.ours.get('owner'),
+            'job': entry.enqueued_id,
+            'fire_time': fire_time,
+            'at': self.now,
+            'outcome': entry.outcome,
+            'remaining': remaining,
+        }
+        entry.commands.append(('RPUSH', keys.RUNS_KEY, json.dumps(record)))
+
+    def _retire_exhausted(self, entry: Entry, parsed: Parsed, *, delete_hash: bool) -> None:
+        reason = 'cron string has no future fire time'
+        record = json.dumps({'reason': reason, 'score': parsed.score, 'at': self.now})
+        entry.reason = reason
+        entry.commands += [
+            ('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member),
+            ('HSET', keys.DEAD_LETTERS_KEY, parsed.member, record),
+        ]
+        if delete_hash:
+            entry.commands.append(('DEL', keys.job_key(parsed.member)))
+
+    def next_time_of_same_id_run(self, parsed: Parsed, meta: dict[str, Any]) -> float | None:
+        """For the slow path: decrements ``repeat`` in ``meta`` and returns the next time, None when done."""
+        remaining = meta.get('repeat')
+        if remaining:
+            meta['repeat'] = remaining - 1
+        if remaining is not None and meta['repeat'] <= 0:
+            return None
+        return self._next_time(parsed, meta)
+
+    # -- time -----------------------------------------------------------------------------------------------
+
+    def _interval(self, parsed: Parsed, meta: dict[str, Any]) -> float:
+        interval = float(meta.get(keys.META_KEY, {}).get('interval') or meta['interval'])
+        if not interval > 0:
+            raise PlanningError(f'interval must be positive, got {interval!r}')
+        return interval
+
+    def _cron(self, meta: dict[str, Any]) -> tuple[str, str]:
+        ours = meta.get(keys.META_KEY) or {}
+        if ours.get('kind') == 'cron':
+            return meta['cron_string'], ours.get('timezone') or self.default_timezone
+        # rq-scheduler stores crontab-package grammar and evaluates it in the process's local time zone.
+        return cron.from_crontab_syntax(meta['cron_string']), self.default_timezone
+
+    def _latest_missed_slot(self, parsed: Parsed) -> float:
+        """The last fire time at or before now, at least the due time (misfires coalesce into it)."""
+        if parsed.meta.get('cron_string'):
+            expression, zone = self._cron(parsed.meta)
+            latest = cron.latest_fire_time(expression, utc_datetime(self.now), zone)
+            return max(parsed.score, latest.timestamp()) if latest else parsed.score
+        interval = self._interval(parsed, parsed.meta)
+        missed = max(0, math.floor((self.now - parsed.score) / interval))
+        return round(parsed.score + missed * interval, 3)
+
+    def _next_time(self, parsed: Parsed, meta: dict[str, Any], after: float | None = None) -> float | None:
+        after = self.now if after is None else after
+        if meta.get('cron_string'):
+            expression, zone = self._cron(meta)
+            upcoming = cron.next_fire_time(expression, utc_datetime(after), zone)
+            return upcoming.timestamp() if upcoming else None
+        interval = self._interval(parsed, meta)
+        # Drift-free: the next slot is a whole number of intervals after the scheduled time, never "now + interval".
+        slots = math.floor((after - parsed.score) / interval) + 1
+        return round(parsed.score + max(1, slots) * interval, 3)

@@ -1,0 +1,940 @@
+"""The rq-scheduler-compatible ``Scheduler``: the API producers call, and the leader-locked enqueue loop.
+
+Knows Redis and RQ, and nothing of the ORM. Redis layout: see ``keys``; atomic writes: see ``scripts``; how a due
+job turns into Redis commands: see ``planner``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import uuid4
+
+import redis
+from rq.exceptions import TimeoutFormatError
+from rq.job import Job, JobStatus
+from rq.queue import Queue
+from rq.serializers import resolve_serializer
+from rq.utils import backend_class, import_attribute, parse_timeout, utcformat
+
+from . import _django, cron, keys, scripts
+from .planner import DEAD, ENQUEUED, Entry, Parsed, Planner, QueueInfo, format_score
+
+logger = logging.getLogger(__name__)
+
+RESERVED_KWARGS = (
+    'timeout',
+    'job_id',
+    'job_ttl',
+    'job_result_ttl',
+    'job_description',
+    'depends_on',
+    'meta',
+    'queue_name',
+    'on_success',
+    'on_failure',
+    'at_front',
+)
+OVERLAP_POLICIES = ('allow', 'skip')
+_UTC = timezone.utc
+REDIS_OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+
+
+class LeadershipLost(Exception):
+    """The lease is no longer ours: another scheduler process leads now."""
+
+
+@dataclass
+class MoveReport:
+    """What one pass over the due jobs did."""
+
+    enqueued: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    batches: int = 0
+
+
+def to_score(value: datetime, argument: str = 'scheduled_time') -> float:
+    """Epoch seconds (millisecond precision) of a datetime; a naive datetime means UTC, as in rq-scheduler."""
+    if not isinstance(value, datetime):
+        raise ValueError(f'{argument}: expected a datetime, got {type(value).__name__} {value!r}')
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return round(value.timestamp(), 3)
+
+
+def from_score(score: float) -> datetime:
+    """A naive UTC datetime, as rq-scheduler returns them."""
+    return datetime.fromtimestamp(score, tz=timezone.utc).replace(tzinfo=None)
+
+
+def _positive_seconds(value: Any, argument: str) -> float:
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f'{argument}: expected a number of seconds or a timedelta, got {value!r}')
+    if value <= 0:
+        raise ValueError(f'{argument}: must be greater than zero, got {value!r}')
+    return round(float(value), 3)
+
+
+def _validated_repeat(repeat: Any) -> int | None:
+    if repeat is None:
+        return None
+    if isinstance(repeat, bool) or not isinstance(repeat, int) or repeat <= 0:
+        raise ValueError(f'repeat: must be a whole number of runs, at least 1 (or None for ever), got {repeat!r}')
+    return repeat
+
+
+def _validated_ttl(value: Any, argument: str, *, allow_zero: bool) -> int | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_timeout(value)
+    except (TypeError, ValueError, TimeoutFormatError) as exc:
+        raise ValueError(f'{argument}: expected seconds or a string like "10m", got {value!r}') from exc
+    if seconds is None or seconds < -1 or (seconds == 0 and not allow_zero):
+        raise ValueError(f'{argument}: must be positive (or -1 for no limit), got {value!r}')
+    return seconds
+
+
+class Scheduler:
+    """Schedules RQ jobs in rq-scheduler's Redis layout and moves them onto their queues when they are due.
+
+    Same constructor, methods and reserved keyword arguments as ``rq_scheduler.Scheduler`` 0.14. Differences are
+    fixes: times keep millisecond precision, periodic jobs created here enqueue a fresh job per occurrence,
+    intervals do not drift, cron strings follow a time zone across DST, and the loop holds a fenced leader lease.
+    """
+
+    redis_scheduler_namespace_prefix = keys.INSTANCE_KEY_PREFIX
+    scheduler_key = 'rq:scheduler'
+    scheduler_lock_key = keys.LOCK_KEY
+    scheduled_jobs_key = keys.SCHEDULED_JOBS_KEY
+    queue_class = Queue
+    job_class = Job
+
+    def __init__(
+        self,
+        queue_name: str = 'default',
+        queue: Queue | None = None,
+        interval: float = 60,
+        connection: redis.Redis | None = None,
+        job_class: type[Job] | str | None = None,
+        queue_class: type[Queue] | str | None = None,
+        name: str | None = None,
+        serializer: Any = None,
+        *,
+        lease_ttl: float = 5.0,
+        batch_size: int = 500,
+        timezone: str | None = None,
+        callable_allowed: Callable[[str], bool] | None = None,
+    ) -> None:
+        if queue is not None:
+            queue_name = queue.name
+            connection = connection or queue.connection
+            serializer = serializer or queue.serializer
+        self.queue_name = self._validated_queue_name(queue_name, 'queue_name')
+        self._queue = queue
+        self._interval = _positive_seconds(interval, 'interval')
+        self.lease_ttl = _positive_seconds(lease_ttl, 'lease_ttl')
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f'batch_size: must be a whole number of jobs, at least 1, got {batch_size!r}')
+        self.batch_size = batch_size
+        self.connection = connection if connection is not None else self._default_connection(self.queue_name)
+        self.job_class = backend_class(self, 'job_class', override=job_class)
+        self.queue_class_name = queue_class if isinstance(queue_class, str) else None
+        self.queue_class = backend_class(self, 'queue_class', override=queue_class)
+        self.serializer = resolve_serializer(serializer)
+        self.name = name or uuid4().hex
+        self.timezone = cron.get_zone(timezone or _django.default_timezone() or 'UTC').key
+        self.callable_allowed = callable_allowed
+        self.tick_hooks: list[Callable[[Scheduler], Any]] = []
+        self._token = f'drqs|{self.name}|{uuid4().hex}'
+        self._is_leader = False
+        self._lease_renewed_at = 0.0
+        self._stop = threading.Event()
+        self._queues: dict[tuple[str, str | None], Queue] = {}
+        self._move_script = self.connection.register_script(scripts.MOVE)
+        self._arm_script = self.connection.register_script(scripts.ARM_WAKEUP)
+        self._renew_script = self.connection.register_script(scripts.RENEW_LEASE)
+        self._release_script = self.connection.register_script(scripts.RELEASE_LEASE)
+
+    # -- construction helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _default_connection(queue_name: str) -> redis.Redis:
+        known = _django.queue_names()
+        if known is None:
+            raise ValueError('connection: argument is required outside a configured Django project')
+        if queue_name not in known:
+            raise ValueError(f'queue_name: unknown queue {queue_name!r}; RQ_QUEUES has {sorted(known)}')
+        return _django.connection_for(queue_name)
+
+    @staticmethod
+    def _validated_queue_name(queue_name: Any, argument: str) -> str:
+        if not isinstance(queue_name, str) or not queue_name.strip():
+            raise ValueError(f'{argument}: expected a queue name, got {queue_name!r}')
+        known = _django.queue_names()
+        if known is not None and queue_name not in known:
+            raise ValueError(f'{argument}: unknown queue {queue_name!r}; RQ_QUEUES has {sorted(known)}')
+        return queue_name
+
+    @property
+    def key(self) -> str:
+        return keys.instance_key(self.name)
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    @property
+    def is_leader(self) -> bool:
+        return self._is_leader
+
+    # -- creating jobs --------------------------------------------------------------------------------------
+
+    def _create_job(
+        self,
+        func: Any,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        commit: bool = True,
+        result_ttl: Any = None,
+        ttl: Any = None,
+        id: str | None = None,
+        description: str | None = None,
+        queue_name: str | None = None,
+        timeout: Any = None,
+        meta: dict[str, Any] | None = None,
+        depends_on: Any = None,
+        on_success: Any = None,
+        on_failure: Any = None,
+        at_front: bool = False,
+    ) -> Job:
+        """Builds the job hash (status ``scheduled``) of a scheduled job; saves it only if ``commit``."""
+        if args is not None and not isinstance(args, (list, tuple)):
+            raise ValueError(f'args: expected a list or tuple, got {type(args).__name__}')
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(f'kwargs: expected a dict, got {type(kwargs).__name__}')
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f'meta: expected a dict, got {type(meta).__name__}')
+        if description is not None and not isinstance(description, str):
+            raise ValueError(f'description: expected a string, got {type(description).__name__}')
+        if id is not None:
+            keys.validate_job_id(id, 'id')
+        origin = self._validated_queue_name(queue_name or self.queue_name, 'queue_name')
+        if isinstance(func, str) and '.' not in func:
+            raise ValueError(f'func: expected a dotted path like "myapp.tasks.send", got {func!r}')
+        try:
+            job = self.job_class.create(
+                func,
+                args=list(args) if args is not None else None,
+                kwargs=kwargs,
+                connection=self.connection,
+                result_ttl=_validated_ttl(result_ttl, 'result_ttl', allow_zero=True),
+                ttl=_validated_ttl(ttl, 'ttl', allow_zero=False),
+                id=id,
+                description=description,
+                timeout=_validated_ttl(timeout, 'timeout', allow_zero=False),
+                meta=dict(meta) if meta else {},  # a copy: the caller's dict is never changed
+                depends_on=depends_on,
+                on_success=on_success,
+                on_failure=on_failure,
+                status=JobStatus.SCHEDULED,
+                serializer=self.serializer,
+            )
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f'func: {exc}') from exc
+        job.origin = origin
+        if self.queue_class_name:
+            job.meta['queue_class_name'] = self.queue_class_name
+        if at_front:
+            job.enqueue_at_front = True
+        if commit:
+            job.save()
+        return job
+
+    def _save_and_schedule(self, job: Job, score: float) -> None:
+        """Writes the job hash and its schedule entry in one transaction, waking the loop if it is earlier."""
+        with self.connection.pipeline() as pipe:
+            job.save(pipeline=pipe)
+            pipe.eval(scripts.SCHEDULE, 3, *self._wakeup_keys(), job.id, format_score(score))
+            pipe.execute()
+
+    def _wakeup_keys(self) -> tuple[str, str, str]:
+        return self.scheduled_jobs_key, keys.NEXT_WAKEUP_KEY, keys.WAKEUP_KEY
+
+    @staticmethod
+    def _pop_reserved(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {name: kwargs.pop(name, None) for name in RESERVED_KWARGS}
+
+    def _create_from_reserved(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
+        options = self._pop_reserved(kwargs)
+        return self._create_job(
+            func,
+            args=args,
+            kwargs=kwargs,
+            commit=False,
+            timeout=options['timeout'],
+            id=options['job_id'],
+            ttl=options['job_ttl'],
+            result_ttl=options['job_result_ttl'],
+            description=options['job_description'],
+            depends_on=options['depends_on'],
+            meta=options['meta'],
+            queue_name=options['queue_name'],
+            on_success=options['on_success'],
+            on_failure=options['on_failure'],
+            at_front=bool(options['at_front']),
+        )
+
+    def enqueue_at(self, scheduled_time: datetime, func: Any, *args: Any, **kwargs: Any) -> Job:
+        """Schedules ``func(*args, **kwargs)`` to be enqueued at ``scheduled_time`` (naive means UTC).
+
+        Reserved keyword arguments, as in rq-scheduler: timeout, job_id, job_ttl, job_result_ttl,
+        job_description, depends_on, meta, queue_name, on_success, on_failure, at_front.
+        """
+        score = to_score(scheduled_time, 'scheduled_time')
+        job = self._create_from_reserved(func, args, kwargs)
+        self._save_and_schedule(job, score)
+        return job
+
+    def enqueue_in(self, time_delta: timedelta, func: Any, *args: Any, **kwargs: Any) -> Job:
+        """Schedules ``func(*args, **kwargs)`` to be enqueued after ``time_delta``."""
+        if not isinstance(time_delta, timedelta):
+            raise ValueError(f'time_delta: expected a timedelta, got {type(time_delta).__name__} {time_delta!r}')
+        job = self._create_from_reserved(func, args, kwargs)
+        self._save_and_schedule(job, round(time.time() + time_delta.total_seconds(), 3))
+        return job
+
+    def schedule(
+        self,
+        scheduled_time: datetime,
+        func: Any,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        interval: float | timedelta | None = None,
+        repeat: int | None = None,
+        result_ttl: Any = None,
+        ttl: Any = None,
+        timeout: Any = None,
+        id: str | None = None,
+        description: str | None = None,
+        queue_name: str | None = None,
+        meta: dict[str, Any] | None = None,
+        depends_on: Any = None,
+        on_success: Any = None,
+        on_failure: Any = None,
+        at_front: bool | None = None,
+        *,
+        misfire_grace: float | None = None,
+        overlap: str = 'allow',
+    ) -> Job:
+        """Schedules a job at ``scheduled_time``, then every ``interval`` seconds, ``repeat`` times in total.
+
+        Each occurrence is a fresh RQ job (id ``<id>_at_<epoch ms>``); the next run is the previous scheduled
+        time plus ``interval``, so runs do not drift. Without ``interval`` this is a one-off job.
+        """
+        if repeat is not None and interval is None:
+            raise ValueError("repeat: can't repeat a job without an interval")
+        score = to_score(scheduled_time, 'scheduled_time')
+        period = _positive_seconds(interval, 'interval') if interval is not None else None
+        repeat = _validated_repeat(repeat)
+        ours = self._our_meta('interval', misfire_grace, overlap) if period else None
+        if period and depends_on is not None:
+            raise ValueError('depends_on: not supported for periodic jobs (each run would wait on one old job)')
+        job = self._create_job(
+            func,
+            args=args,
+            kwargs=kwargs,
+            commit=False,
+            result_ttl=result_ttl,
+            ttl=ttl,
+            id=id,
+            description=description,
+            queue_name=queue_name,
+            timeout=timeout,
+            meta=meta,
+            depends_on=depends_on,
+            on_success=on_success,
+            on_failure=on_failure,
+            at_front=bool(at_front),
+        )
+        if ours is not None and period is not None:
+            # rq-scheduler reads the whole-second 'interval'; we read our exact one.
+            job.meta['interval'] = max(1, round(period))
+            job.meta[keys.META_KEY] = {**ours, 'interval': period}
+        if repeat is not None:
+            job.meta['repeat'] = repeat
+        self._save_and_schedule(job, score)
+        return job
+
+    def cron(
+        self,
+        cron_string: str,
+        func: Any,
+        args: Iterable[Any] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        repeat: int | None = None,
+        queue_name: str | None = None,
+        result_ttl: Any = None,
+        ttl: Any = None,
+        id: str | None = None,
+        timeout: Any = None,
+        description: str | None = None,
+        meta: dict[str, Any] | None = None,
+        use_local_timezone: bool = False,
+        depends_on: Any = None,
+        on_success: Any = None,
+        on_failure: Any = None,
+        at_front: bool = False,
+        *,
+        timezone: str | None = None,
+        misfire_grace: float | None = None,
+        overlap: str = 'allow',
+    ) -> Job:
+        """Schedules a job on a cron string evaluated in ``timezone`` (an IANA name; default: the scheduler's).
+
+        croniter grammar: 5 fields, or 6 with seconds last. Each occurrence is a fresh RQ job. Unlike
+        rq-scheduler, ``result_ttl`` defaults to RQ's default (each run keeps its own result).
+        """
+        zone = cron.get_zone(timezone or self.timezone).key
+        first = cron.next_fire_time(cron_string, datetime.now(tz=_UTC), zone)
+        if first is None:
+            raise ValueError(f'cron_string: {cron_string!r} can never fire again')
+        repeat = _validated_repeat(repeat)
+        ours = self._our_meta('cron', misfire_grace, overlap)
+        if depends_on is not None:
+            raise ValueError('depends_on: not supported for periodic jobs (each run would wait on one old job)')
+        job = self._create_job(
+            func,
+            args=args,
+            kwargs=kwargs,
+            commit=False,
+            result_ttl=result_ttl,
+            ttl=ttl,
+            id=id,
+            description=description,
+            queue_name=queue_name,
+            timeout=timeout,
+            meta=meta,
+            on_success=on_success,
+            on_failure=on_failure,
+            at_front=at_front,
+        )
+        job.meta['cron_string'] = cron_string
+        job.meta['use_local_timezone'] = bool(use_local_timezone)
+        job.meta[keys.META_KEY] = {**ours, 'timezone': zone}
+        if repeat is not None:
+            job.meta['repeat'] = repeat
+        self._save_and_schedule(job, first.timestamp())
+        return job
+
+    @staticmethod
+    def _our_meta(kind: str, misfire_grace: Any, overlap: Any) -> dict[str, Any]:
+        if overlap not in OVERLAP_POLICIES:
+            raise ValueError(f'overlap: expected one of {OVERLAP_POLICIES}, got {overlap!r}')
+        if misfire_grace is not None:
+            misfire_grace = _positive_seconds(misfire_grace, 'misfire_grace')
+        return {'kind': kind, 'misfire_grace': misfire_grace, 'overlap': overlap, 'runs': 0}
+
+    # -- inspecting and changing the schedule ---------------------------------------------------------------
+
+    @staticmethod
+    def _job_id(job_or_id: Job | str, argument: str = 'job') -> str:
+        job_id = job_or_id.id if isinstance(job_or_id, Job) else job_or_id
+        return keys.validate_job_id(job_id, argument)
+
+    def cancel(self, job: Job | str) -> bool:
+        """Removes a job from the schedule (and its hash, if it was still only scheduled). True if it was there."""
+        job_id = self._job_id(job)
+        removed = self.connection.eval(
+            scripts.CANCEL, 3, self.scheduled_jobs_key, keys.job_key(job_id), keys.DEAD_LETTERS_KEY, job_id
+        )
+        return bool(removed)
+
+    def __contains__(self, item: Job | str) -> bool:
+        return self.connection.zscore(self.scheduled_jobs_key, self._job_id(item, 'item')) is not None
+
+    def change_execution_time(self, job: Job | str, date_time: datetime) -> None:
+        """Moves a scheduled job to ``date_time``, atomically; raises ValueError if it is not scheduled."""
+        job_id = self._job_id(job)
+        score = to_score(date_time, 'date_time')
+        moved = self.connection.eval(scripts.RESCHEDULE, 3, *self._wakeup_keys(), job_id, format_score(score))
+        if not moved:
+            raise ValueError('Job not in scheduled jobs queue')
+
+    @staticmethod
+    def _until_score(until: Any) -> float | str:
+        if until is None:
+            return '+inf'
+        if isinstance(until, datetime):
+            return to_score(until, 'until')
+        if isinstance(until, timedelta):
+            return round(time.time() + until.total_seconds(), 3)
+        if isinstance(until, (int, float)) and not isinstance(until, bool):
+            return until
+        raise ValueError(f'until: expected a datetime, timedelta or epoch seconds, got {until!r}')
+
+    def count(self, until: Any = None) -> int:
+        """How many jobs are scheduled up to ``until`` (datetime, timedelta from now, or epoch seconds)."""
+        return self.connection.zcount(self.scheduled_jobs_key, '-inf', self._until_score(until))
+
+    def get_jobs(
+        self,
+        until: Any = None,
+        with_times: bool = False,
+        offset: int | None = None,
+        length: int | None = None,
+    ) -> list[Any]:
+        """Scheduled jobs due up to ``until``, earliest first, in two round trips; ``(job, naive UTC time)``
+        pairs with ``with_times``. Ids without a job hash are skipped (the loop dead-letters them)."""
+        if (offset is None) != (length is None):
+            raise ValueError('offset, length: give both or neither')
+        page = {} if offset is None else {'start': offset, 'num': length}
+        pairs = self.connection.zrangebyscore(
+            self.scheduled_jobs_key, '-inf', self._until_score(until), withscores=True, **page
+        )
+        ids = [member.decode() if isinstance(member, bytes) else member for member, _ in pairs]
+        jobs = self.job_class.fetch_many(ids, connection=self.connection, serializer=self.serializer)
+        if not with_times:
+            return [job for job in jobs if job is not None]
+        return [(job, from_score(score)) for job, (_, score) in zip(jobs, pairs) if job is not None]
+
+    def get_jobs_to_queue(self, with_times: bool = False) -> list[Any]:
+        return self.get_jobs(time.time(), with_times=with_times)
+
+    def get_queue_for_job(self, job: Job) -> Queue:
+        return self._queue_object(job.origin, job.meta.get('queue_class_name'))
+
+    def _queue_object(self, origin: str, queue_class_name: str | None) -> Queue:
+        cache_key = (origin, queue_class_name)
+        if cache_key not in self._queues:
+            self._queues[cache_key] = self._build_queue(origin, queue_class_name)
+        return self._queues[cache_key]
+
+    def _build_queue(self, origin: str, queue_class_name: str | None) -> Queue:
+        queue_class = import_attribute(queue_class_name) if queue_class_name else self.queue_class
+        known = _django.queue_names()
+        if known is not None and origin in known:
+            kwargs = {'job_class': self.job_class, 'serializer': self.serializer}
+            if queue_class_name:
+                kwargs['queue_class'] = queue_class
+            return _django.queue_for(origin, self.connection, **kwargs)
+        return queue_class(origin, connection=self.connection, job_class=self.job_class, serializer=self.serializer)
+
+    def _queue_info(self, origin: str, queue_class_name: str | None) -> QueueInfo:
+        queue = self._queue_object(origin, queue_class_name)
+        return QueueInfo(key=queue.key, default_timeout=getattr(queue, '_default_timeout', None))
+
+    # -- dead letters ---------------------------------------------------------------------------------------
+
+    def dead_letters(self) -> dict[str, str]:
+        """Jobs taken out of the schedule because they could not be moved: job id → JSON with the reason."""
+        raw = self.connection.hgetall(keys.DEAD_LETTERS_KEY)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def retry_dead_letter(self, job_id: str) -> bool:
+        """Puts a dead-lettered job back into the schedule, due now."""
+        keys.validate_job_id(job_id, 'job_id')
+        with self.connection.pipeline() as pipe:
+            pipe.hdel(keys.DEAD_LETTERS_KEY, job_id)
+            pipe.eval(scripts.SCHEDULE, 3, *self._wakeup_keys(), job_id, format_score(time.time()))
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    # -- moving due jobs ------------------------------------------------------------------------------------
+
+    def enqueue_job(self, job: Job) -> Job:
+        """Moves one job onto its queue now, rescheduling it if it is periodic, as rq-scheduler does."""
+        score = self.connection.zscore(self.scheduled_jobs_key, job.id)
+        if score is None:
+            return self.get_queue_for_job(job).enqueue_job(job, at_front=bool(job.enqueue_at_front))
+        report = self._move_members([(job.id, score)], fenced=False)
+        enqueued = report.enqueued[0] if report.enqueued else job.id
+        return self.job_class(enqueued, connection=self.connection, serializer=self.serializer)
+
+    def enqueue_jobs(self) -> list[Job]:
+        """Moves every due job onto its queue; returns the jobs enqueued.
+
+        Takes the lease for the call if this instance does not hold it; returns [] if another scheduler leads.
+        """
+        took_lease = False
+        if not self._is_leader:
+            if not self.acquire_lock():
+                logger.info('Another scheduler holds the lease; not moving jobs')
+                return []
+            took_lease = True
+        try:
+            report = self.move_due_jobs()
+        finally:
+            if took_lease:
+                self.remove_lock()
+        return [
+            self.job_class(job_id, connection=self.connection, serializer=self.serializer) for job_id in report.enqueued
+        ]
+
+    def move_due_jobs(self) -> MoveReport:
+        """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call."""
+        report = MoveReport()
+        while True:
+            now = time.time()
+            pairs = self.connection.zrangebyscore(
+                self.scheduled_jobs_key, '-inf', now, start=0, num=self.batch_size, withscores=True
+            )
+            if not pairs:
+                return report
+            batch = self._move_members(pairs, fenced=True, now=now)
+            report.enqueued += batch.enqueued
+            report.dead += batch.dead
+            report.skipped += batch.skipped
+            report.batches += 1
+            if len(pairs) < self.batch_size or self._stop.is_set():
+                return report
+            self._renew_lease_if_due()
+
+    def _planner(self, now: float) -> Planner:
+        return Planner(
+            now=now,
+            enqueued_at=utcformat(datetime.fromtimestamp(now, tz=timezone.utc)),
+            serializer=self.serializer,
+            queue_info=self._queue_info,
+            default_timezone=self.timezone,
+            callable_allowed=self.callable_allowed,
+        )
+
+    def _move_members(self, pairs: list[Any], *, fenced: bool, now: float | None = None) -> MoveReport:
+        planner = self._planner(time.time() if now is None else now)
+        members = [(m.decode() if isinstance(m, bytes) else m, float(s)) for m, s in pairs]
+        raws = self._fetch_hashes([member for member, _ in members])
+        decoded = [planner.parse(member, score, raw) for (member, score), raw in zip(members, raws)]
+        statuses = self._previous_run_statuses([p for p in decoded if isinstance(p, Parsed)])
+        entries = [
+            item if isinstance(item, Entry) else planner.plan(item, statuses.get(item.previous_run_to_check))
+            for item in decoded
+        ]
+        report = MoveReport()
+        self._apply(planner, [e for e in entries if not e.slow_path], report, fenced=fenced)
+        for item, entry in zip(decoded, entries):
+            if entry.slow_path and isinstance(item, Parsed):
+                self._move_with_dependencies(planner, item, report, fenced=fenced)
+        return report
+
+    def _fetch_hashes(self, members: list[str]) -> list[dict[bytes, bytes]]:
+        with self.connection.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hgetall(keys.job_key(member))
+            return pipe.execute()
+
+    def _previous_run_statuses(self, parsed: list[Parsed]) -> dict[str, bytes | None]:
+        run_ids = [p.previous_run_to_check for p in parsed if p.previous_run_to_check]
+        if not run_ids:
+            return {}
+        with self.connection.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hget(keys.job_key(run_id), 'status')
+            return dict(zip(run_ids, pipe.execute()))
+
+    def _apply(self, planner: Planner, entries: list[Entry], report: MoveReport, *, fenced: bool) -> None:
+        if not entries:
+            return
+        argv: list[Any] = [self._token if fenced else '', len(entries)]
+        for entry in entries:
+            argv += [entry.member, entry.score, len(entry.commands)]
+            for command in entry.commands:
+                argv += [len(command), *command]
+        try:
+            results = self._move_script(keys=[self.scheduler_lock_key, self.scheduled_jobs_key], args=argv)
+        except redis.ResponseError as exc:
+            if 'NOTLEADER' in str(exc):
+                self._lose_leadership('the lease changed hands before a batch was applied')
+                raise LeadershipLost(str(exc)) from exc
+            raise
+        retry: list[Entry] = []
+        for entry, result in zip(entries, results):
+            if isinstance(result, bytes):
+                reason = result.decode()
+                logger.error('Cannot move %s: %s; moving it to the dead letters', entry.member, reason)
+                retry.append(planner.dead_letter(entry.member, entry.score, reason))
+            elif result == 1:
+                self._report(entry, report)
+        if retry:
+            self._apply(planner, retry, report, fenced=fenced)
+
+    @staticmethod
+    def _report(entry: Entry, report: MoveReport) -> None:
+        if entry.outcome == DEAD:
+            logger.error('Moved %s to the dead letters: %s', entry.member, entry.reason)
+            report.dead.append(entry.member)
+        elif entry.outcome == ENQUEUED and entry.enqueued_id:
+            report.enqueued.append(entry.enqueued_id)
+        else:
+            logger.info('Skipped a run of %s (%s)', entry.member, entry.outcome)
+            report.skipped.append(entry.member)
+        if entry.reason and entry.outcome != DEAD:
+            logger.warning('Retired %s: %s', entry.member, entry.reason)
+
+    def _move_with_dependencies(self, planner: Planner, parsed: Parsed, report: MoveReport, *, fenced: bool) -> None:
+        """Jobs with ``depends_on`` go through RQ's own enqueue (it may defer them), guarded by WATCH."""
+        job = self.job_class(parsed.member, connection=self.connection, serializer=self.serializer)
+        job.restore(parsed.raw)
+        queue = self.get_queue_for_job(job)
+        with self.connection.pipeline() as pipe:
+            try:
+                pipe.watch(self.scheduler_lock_key, self.scheduled_jobs_key)
+                if fenced and pipe.get(self.scheduler_lock_key) != self._token.encode():
+                    self._lose_leadership('the lease changed hands')
+                    raise LeadershipLost('lease lost')
+                if pipe.zscore(self.scheduled_jobs_key, parsed.member) != parsed.score:
+                    return
+                next_time = planner.next_time_of_same_id_run(parsed, job.meta) if parsed.is_periodic else None
+                queue.enqueue_job(job, pipeline=pipe, at_front=bool(job.enqueue_at_front))
+                if next_time is None:
+                    pipe.zrem(self.scheduled_jobs_key, parsed.member)
+                else:
+                    pipe.zadd(self.scheduled_jobs_key, {parsed.member: next_time})
+                pipe.execute()
+            except redis.WatchError:
+                logger.info('%s changed while being moved; trying again on the next pass', parsed.member)
+                return
+        report.enqueued.append(parsed.member)
+
+    # -- leadership -----------------------------------------------------------------------------------------
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, round(self.lease_ttl * 1000))
+
+    def acquire_lock(self) -> bool:
+        """Takes (or renews) the leader lease; False if another scheduler, or rq-scheduler, holds the lock."""
+        acquired = self.connection.set(self.scheduler_lock_key, self._token, nx=True, px=self._lease_ms)
+        if acquired:
+            logger.info('Scheduler %s is now the leader', self.name)
+        else:
+            acquired = self._renew_script(keys=[self.scheduler_lock_key], args=[self._token, self._lease_ms])
+        self._is_leader = bool(acquired)
+        if self._is_leader:
+            self._lease_renewed_at = time.monotonic()
+        return self._is_leader
+
+    def remove_lock(self) -> bool:
+        """Releases the lease if, and only if, this instance still holds it."""
+        released = self._release_script(keys=[self.scheduler_lock_key], args=[self._token])
+        self._is_leader = False
+        return bool(released)
+
+    def _renew_lease_if_due(self) -> None:
+        if time.monotonic() - self._lease_renewed_at < self.lease_ttl / 3:
+            return
+        if self._renew_script(keys=[self.scheduler_lock_key], args=[self._token, self._lease_ms]):
+            self._lease_renewed_at = time.monotonic()
+        else:
+            self._lose_leadership('the lease expired before it could be renewed')
+            raise LeadershipLost('lease expired')
+
+    def _lose_leadership(self, why: str) -> None:
+        if self._is_leader:
+            logger.warning('Scheduler %s is no longer the leader: %s', self.name, why)
+        self._is_leader = False
+
+    # -- instance registration ------------------------------------------------------------------------------
+
+    @property
+    def _instance_ttl(self) -> int:
+        return int(max(self._interval, self.lease_ttl)) + 10
+
+    def register_birth(self) -> None:
+        """Registers this instance; ValueError if a live instance already has this name."""
+        if self.connection.exists(self.key) and not self.connection.hexists(self.key, 'death'):
+            raise ValueError(f"There's already an active RQ scheduler named: {self.name!r}")
+        now = time.time()
+        info = {'birth': now, 'hostname': socket.gethostname(), 'pid': os.getpid(), 'last_heartbeat': now}
+        with self.connection.pipeline() as pipe:
+            pipe.delete(self.key)
+            pipe.hset(self.key, mapping=info)
+            pipe.expire(self.key, self._instance_ttl)
+            pipe.zadd(keys.INSTANCES_KEY, {self.name: now})
+            pipe.execute()
+
+    def register_death(self) -> None:
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, 'death', time.time())
+            pipe.expire(self.key, 60)
+            pipe.zrem(keys.INSTANCES_KEY, self.name)
+            pipe.execute()
+
+    def heartbeat(self) -> None:
+        now = time.time()
+        role = 'leader' if self._is_leader else 'standby'
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, mapping={'last_heartbeat': now, 'role': role})
+            pipe.expire(self.key, self._instance_ttl)
+            pipe.zadd(keys.INSTANCES_KEY, {self.name: now})
+            pipe.zremrangebyscore(keys.INSTANCES_KEY, '-inf', now - self._instance_ttl)
+            pipe.execute()
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Asks the loop to finish its current batch, release the lease and return."""
+        self._stop.set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(signum: int, frame: Any) -> None:
+            logger.info('Received %s; finishing the current batch', signal.Signals(signum).name)
+            self.request_stop()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+
+    def run(self, burst: bool = False) -> None:
+        """Runs the loop until stopped (SIGINT/SIGTERM or ``request_stop``), or one pass with ``burst``.
+
+        Redis outages are logged and retried with backoff; they never end the loop.
+        """
+        self._install_signal_handlers()
+        self._call_with_retry(self.register_birth)
+        logger.info('Scheduler %s started (pid %s)', self.name, os.getpid())
+        failures = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._tick(burst) and burst:
+                        break
+                    failures = 0
+                except LeadershipLost:
+                    continue
+                except REDIS_OUTAGE_ERRORS as exc:
+                    failures += 1
+                    self._is_leader = False
+                    delay = self._backoff(failures)
+                    logger.warning('Redis is unavailable (%s); retrying in %.1f s', exc, delay)
+                    self._stop.wait(delay)
+        finally:
+            self._shut_down()
+
+    def _call_with_retry(self, func: Callable[[], Any]) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                func()
+                return
+            except REDIS_OUTAGE_ERRORS as exc:
+                failures += 1
+                delay = self._backoff(failures)
+                logger.warning('Redis is unavailable (%s); retrying in %.1f s', exc, delay)
+                self._stop.wait(delay)
+
+    @staticmethod
+    def _backoff(failures: int) -> float:
+        return min(30.0, 0.5 * 2 ** min(failures - 1, 6)) * random.uniform(0.8, 1.2)
+
+    def _tick(self, burst: bool) -> bool:
+        """One turn of the loop; True once a burst run has moved the due jobs."""
+        self.heartbeat()
+        self._run_tick_hooks()
+        leading = (self._is_leader and self._renew_or_lose()) or self.acquire_lock()
+        if not leading:
+            self._stop.wait(self._standby_wait())
+            return False
+        self.move_due_jobs()
+        if burst:
+            return True
+        self._sleep_until_next_due()
+        return False
+
+    def _renew_or_lose(self) -> bool:
+        try:
+            self._renew_lease_if_due()
+        except LeadershipLost:
+            return False
+        return True
+
+    def _run_tick_hooks(self) -> None:
+        for hook in self.tick_hooks:
+            try:
+                hook(self)
+            except REDIS_OUTAGE_ERRORS:
+                raise
+            except Exception:
+                logger.exception('Tick hook %r failed; the loop goes on', hook)
+
+    def _standby_wait(self) -> float:
+        return min(self._interval, self.lease_ttl / 3)
+
+    def _longest_sleep(self) -> float:
+        longest = min(self._interval, self.lease_ttl / 3)
+        socket_timeout = self.connection.connection_pool.connection_kwargs.get('socket_timeout')
+        if socket_timeout:
+            longest = min(longest, socket_timeout * 0.8)
+        return longest
+
+    def _sleep_until_next_due(self) -> None:
+        """Blocks until the next due time, a producer's wake-up, or the longest sleep, whichever is first."""
+        now = time.time()
+        latest = now + self._longest_sleep()
+        earliest = self._arm_script(
+            keys=[self.scheduled_jobs_key, keys.NEXT_WAKEUP_KEY, keys.WAKEUP_KEY],
+            args=[format_score(latest), math.ceil((latest - now) * 1000) + 1000],
+        )
+        wake_at = min(latest, float(earliest)) if earliest is not None else latest
+        wait = wake_at - time.time()
+        if wait > 0.001 and not self._stop.is_set():
+            self.connection.blpop([keys.WAKEUP_KEY], timeout=max(0.01, round(wait, 3)))
+
+    def _shut_down(self) -> None:
+        for step in (self.remove_lock, self.register_death):
+            try:
+                step()
+            except REDIS_OUTAGE_ERRORS as exc:
+                logger.warning('Could not %s at shutdown: %s', step.__name__, exc)
+        logger.info('Scheduler %s stopped', self.name)
+
+
+def connection_identity(connection: redis.Redis) -> tuple[Any, ...]:
+    """What tells two Redis clients apart as servers: queues with equal identities share one schedule."""
+    pool = connection.connection_pool
+    kwargs = pool.connection_kwargs
+    return (
+        type(pool).__name__,
+        kwargs.get('host'),
+        kwargs.get('port'),
+        kwargs.get('path'),
+        kwargs.get('db', 0),
+        kwargs.get('username'),
+        getattr(pool, 'service_name', None),
+    )
+
+
+def run_schedulers(schedulers: list[Scheduler], *, burst: bool = False) -> None:
+    """Runs one loop per Redis server, in this process; SIGINT/SIGTERM stop them all."""
+    if len(schedulers) == 1:
+        schedulers[0].run(burst=burst)
+        return
+
+    def stop_all(signum: int, frame: Any) -> None:
+        logger.info('Received %s; stopping %d schedulers', signal.Signals(signum).name, len(schedulers))
+        for scheduler in schedulers:
+            scheduler.request_stop()
+
+    signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGTERM, stop_all)
+    threads = [threading.Thread(target=s.run, kwargs={'burst': burst}, name=s.name) for s in schedulers]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        for thread in threads:
+            thread.join(0.2)

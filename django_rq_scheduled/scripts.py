@@ -1,0 +1,113 @@
+"""Lua scripts: every write of the scheduler that must be atomic, fenced by the leader lease, or both."""
+
+from __future__ import annotations
+
+# Moves one batch of due jobs. KEYS: lock, schedule. ARGV: token (empty for an explicit API call rather than the
+# loop), entry count, then per entry: member, expected score ('*' = unguarded), command count, then per command:
+# arg count, args...
+# The whole batch is refused unless the lock still holds our token (a deposed leader cannot enqueue). An entry
+# is applied only if its member still has the score we planned with, so a job cancelled or rescheduled by a
+# producer after we read it is left alone. Key types are checked before any write of an entry, so corrupt data
+# under a key fails that entry alone (reported back for dead-lettering) and never half-applies it.
+MOVE = """
+local unpack = unpack or table.unpack
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('NOTLEADER lease lost')
+end
+local expected_type = {
+  HSET = 'hash', HDEL = 'hash', RPUSH = 'list', LPUSH = 'list', SADD = 'set', ZADD = 'zset', ZREM = 'zset'
+}
+local results = {}
+local i = 3
+for e = 1, tonumber(ARGV[2]) do
+  local member, score, ncmds = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  local cmds = {}
+  for c = 1, ncmds do
+    local nargs = tonumber(ARGV[i])
+    cmds[c] = {unpack(ARGV, i + 1, i + nargs)}
+    i = i + 1 + nargs
+  end
+  local status = 1
+  if score ~= '*' then
+    local current = redis.call('ZSCORE', KEYS[2], member)
+    if (not current) or tonumber(current) ~= tonumber(score) then status = 0 end
+  end
+  if status == 1 then
+    for _, cmd in ipairs(cmds) do
+      local want = expected_type[cmd[1]]
+      if want then
+        local have = redis.call('TYPE', cmd[2])
+        if type(have) == 'table' then have = have['ok'] end
+        if have ~= 'none' and have ~= want then status = 'WRONGTYPE ' .. cmd[2] .. ' holds a ' .. have end
+      end
+    end
+  end
+  if status == 1 then
+    for _, cmd in ipairs(cmds) do redis.call(unpack(cmd)) end
+  end
+  results[e] = status
+end
+return results
+"""
+
+# Adds or moves a member and wakes a sleeping scheduler if the new time is earlier than its wake-up time.
+# KEYS: schedule, next wake-up, wake-up list. ARGV: member, score.
+SCHEDULE = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local wake = redis.call('GET', KEYS[2])
+if wake and tonumber(ARGV[2]) < tonumber(wake) then
+  redis.call('DEL', KEYS[3])
+  redis.call('RPUSH', KEYS[3], '1')
+  redis.call('PEXPIRE', KEYS[3], 60000)
+end
+return 1
+"""
+
+# Moves an existing member only (rq-scheduler's change_execution_time, made atomic). Returns 0 if absent.
+# KEYS: schedule, next wake-up, wake-up list. ARGV: member, score.
+RESCHEDULE = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local wake = redis.call('GET', KEYS[2])
+if wake and tonumber(ARGV[2]) < tonumber(wake) then
+  redis.call('DEL', KEYS[3])
+  redis.call('RPUSH', KEYS[3], '1')
+  redis.call('PEXPIRE', KEYS[3], 60000)
+end
+return 1
+"""
+
+# Removes a member and, only if it was still scheduled, its job hash (a job already moved to a queue keeps its
+# hash). KEYS: schedule, job hash, dead letters. ARGV: member. Returns 1 if it was scheduled or dead-lettered.
+CANCEL = """
+local removed = redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('HDEL', KEYS[3], ARGV[1])
+if removed > 0 then redis.call('DEL', KEYS[2]) end
+return removed > 0 and 1 or 0
+"""
+
+# Arms the wake-up: returns the earliest score (or false) and records when the leader will look next.
+# KEYS: schedule, next wake-up, wake-up list. ARGV: latest wake-up time (epoch s), expiry ms.
+ARM_WAKEUP = """
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wake = tonumber(ARGV[1])
+if first[2] and tonumber(first[2]) < wake then wake = tonumber(first[2]) end
+redis.call('SET', KEYS[2], tostring(wake), 'PX', ARGV[2])
+redis.call('DEL', KEYS[3])
+return first[2] or false
+"""
+
+# Renews the lease if we still own it. KEYS: lock. ARGV: token, ttl ms. Returns 1 if renewed.
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# Releases the lease only if we own it. KEYS: lock. ARGV: token.
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

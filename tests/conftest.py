@@ -1,0 +1,61 @@
+"""Redis fixtures: fakeredis for unit tests, a private redis-server for integration tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import fakeredis
+import pytest
+import redis
+
+from tests.redis_server import start_server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope='session')
+def redis_server(request: pytest.FixtureRequest) -> Iterator[object]:
+    server = start_server()
+    print(f'\n[django-rq-scheduled tests] integration Redis backend: {server.backend} at {server.url}')
+    request.config.redis_backend = server.backend  # type: ignore[attr-defined]
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: object, settings: object) -> Iterator[str]:
+    url = redis_server.url  # type: ignore[attr-defined]
+    client = redis.Redis.from_url(url)
+    if client.dbsize():
+        pytest.fail(f'refusing to use {url}: the database is not empty')
+    os.environ['DRQS_TEST_REDIS_URL'] = url
+    settings.RQ_QUEUES = {name: {'URL': url, 'DEFAULT_TIMEOUT': 360} for name in ('default', 'high')}
+    yield url
+    client.flushdb()
+    client.connection_pool.disconnect()
+
+
+@pytest.fixture
+def connection(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.connection_pool.disconnect()
+
+
+@pytest.fixture
+def fake_connection() -> Iterator[fakeredis.FakeRedis]:
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeRedis(server=server)
+    yield client
+    client.flushall()
+
+
+def run_worker(url: str, *queues: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs a real RQ worker process in burst mode until the queues are empty."""
+    command = [sys.executable, '-m', 'rq.cli', 'worker', '--burst', '--url', url, *(queues or ('default',))]
+    env = {**os.environ, 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=True)
