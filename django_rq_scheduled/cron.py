@@ -50,7 +50,7 @@ class _Schedule:
         """The first matching wall-clock time strictly after ``wall``."""
         with self._lock:
             try:
-                # croniter goes through a float timestamp, which can round microseconds up to the next second.
+                # croniter converts to a float timestamp; whole seconds keep that exact, and matches are whole.
                 return self._matcher.get_next(datetime, start_time=_floor_second(wall))
             except CroniterBadDateError:
                 return None
@@ -59,6 +59,7 @@ class _Schedule:
         """The last matching wall-clock time strictly before ``wall``."""
         with self._lock:
             try:
+                # Rounded the other way for the same reason as in wall_after.
                 return self._matcher.get_prev(datetime, start_time=_ceil_second(wall))
             except CroniterBadDateError:
                 return None

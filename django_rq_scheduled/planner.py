@@ -91,6 +91,14 @@ def format_score(value: float) -> str:
     return repr(round(value, 3))
 
 
+def guard_score(value: float) -> str:
+    """The exact score as read, for the move script's "still scheduled at this time?" check.
+
+    Never rounded: a score written by another client with more than millisecond precision must still match.
+    """
+    return repr(float(value))
+
+
 def utc_datetime(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, tz=timezone.utc)
 
@@ -127,7 +135,7 @@ class Planner:
             if not raw.get(b'origin'):
                 raise PlanningError('job hash has no origin queue')
         except PlanningError as exc:
-            return self.dead_letter(member, format_score(score), str(exc))
+            return self.dead_letter(member, guard_score(score), str(exc))
         return Parsed(member, score, raw, meta)
 
     def _load_meta(self, raw: dict[bytes, bytes]) -> dict[str, Any]:
@@ -154,14 +162,14 @@ class Planner:
     def plan(self, parsed: Parsed, previous_status: bytes | None = None) -> Entry:
         try:
             if parsed.raw.get(b'dependency_id') or parsed.raw.get(b'dependency_ids'):
-                return Entry(parsed.member, format_score(parsed.score), slow_path=True)
+                return Entry(parsed.member, guard_score(parsed.score), slow_path=True)
             if parsed.is_our_template:
                 return self._plan_occurrence(parsed, previous_status)
             if parsed.is_periodic:
                 return self._plan_same_id_run(parsed)
             return self._plan_one_off(parsed)
         except (PlanningError, cron.CronError, ValueError, TypeError, KeyError) as exc:
-            return self.dead_letter(parsed.member, format_score(parsed.score), f'cannot plan: {exc}')
+            return self.dead_letter(parsed.member, guard_score(parsed.score), f'cannot plan: {exc}')
 
     def dead_letter(self, member: str, score: str, reason: str) -> Entry:
         record = json.dumps({'reason': reason, 'score': float(score), 'at': self.now})
@@ -172,7 +180,7 @@ class Planner:
         return Entry(member, score, commands, outcome=DEAD, reason=reason)
 
     def _plan_one_off(self, parsed: Parsed) -> Entry:
-        entry = Entry(parsed.member, format_score(parsed.score))
+        entry = Entry(parsed.member, guard_score(parsed.score))
         entry.commands.append(('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member))
         grace = parsed.ours.get('misfire_grace')
         if grace is not None and self.now - parsed.score > grace:
@@ -187,7 +195,7 @@ class Planner:
 
     def _plan_same_id_run(self, parsed: Parsed) -> Entry:
         """rq-scheduler's own periodic job: the template itself is pushed again, as rq-scheduler does."""
-        entry = Entry(parsed.member, format_score(parsed.score), enqueued_id=parsed.member)
+        entry = Entry(parsed.member, guard_score(parsed.score), enqueued_id=parsed.member)
         meta = dict(parsed.meta)
         remaining = meta.get('repeat')
         if remaining:
@@ -205,7 +213,7 @@ class Planner:
 
     def _plan_occurrence(self, parsed: Parsed, previous_status: bytes | None) -> Entry:
         """Our periodic template: a fresh RQ job per occurrence; the template moves to its next slot."""
-        entry = Entry(parsed.member, format_score(parsed.score))
+        entry = Entry(parsed.member, guard_score(parsed.score))
         meta = dict(parsed.meta)
         ours = dict(parsed.ours)
         fire_time = self._latest_missed_slot(parsed)

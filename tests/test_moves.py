@@ -237,3 +237,10 @@ def test_rq_scheduler_templates_keep_same_id_behaviour(fake_connection, clock):
     assert [j.id for j in ours.enqueue_jobs()] == ['legacy']
     assert 'legacy' not in ours
     assert queued(fake_connection) == ['legacy', 'legacy']
+
+
+def test_scores_written_with_more_than_millisecond_precision_still_move(scheduler, fake_connection, clock):
+    scheduler.enqueue_at(T0, tasks.add, job_id='precise')
+    fake_connection.zadd(keys.SCHEDULED_JOBS_KEY, {'precise': T0.timestamp() + 0.123456789})
+    clock.move_to(T0 + timedelta(seconds=1))
+    assert [j.id for j in scheduler.enqueue_jobs()] == ['precise']

@@ -1,0 +1,539 @@
+"""Benchmark of ``django_rq_scheduled.Scheduler`` against rq-scheduler 0.14, side by side on a private redis-server.
+
+Run from the repository root: ``PYTHONPATH=. python -m bench.core [--quick] [--json FILE]``.
+
+Measures (1) one-off throughput, (2) round trips and server commands per moved job, (3) interval and cron
+template throughput, (4) lateness of the real scheduler loops with their default options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import redis
+import rq_scheduler
+from rq.utils import utcparse
+
+from django_rq_scheduled.scheduler import Scheduler
+from tests import tasks
+from tests.redis_server import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+QUEUE_KEY = 'rq:queue:default'
+SCHEDULE_KEY = Scheduler.scheduled_jobs_key
+LOCK_KEY = Scheduler.scheduler_lock_key
+INSTANCE_PATTERN = rq_scheduler.Scheduler.redis_scheduler_namespace_prefix + '*'
+OURS, THEIRS = 'ours', 'rq-scheduler'
+SYSTEMS = (OURS, THEIRS)
+WORKLOADS = ('one-off', 'interval', 'cron')
+CRON = '* * * * *'
+# Our pass re-reads the schedule per batch, so a pass that crosses a minute boundary legitimately enqueues the
+# next cron occurrence too; starting it this far from a boundary keeps the expected count exact.
+CRON_GUARD_S = 10.0
+RESTORE_CHUNK = 2_000
+
+Snapshot = list[tuple[bytes, int, bytes]]
+Writer = Callable[[redis.Redis, int, datetime], None]
+
+
+class BenchmarkError(AssertionError):
+    """A run whose counts are wrong: its timings mean nothing."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise BenchmarkError(message)
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    jobs: int
+    templates: int
+    rounds: int
+    trip_jobs: int
+    late_jobs: int
+    late_window: float
+    budget: float
+
+
+FULL = Config(quick=False, jobs=20_000, templates=20_000, rounds=5, trip_jobs=2_000, late_jobs=2_000,
+              late_window=60.0, budget=570.0)  # fmt: skip
+QUICK = Config(quick=True, jobs=2_000, templates=2_000, rounds=2, trip_jobs=2_000, late_jobs=300,
+               late_window=10.0, budget=55.0)  # fmt: skip
+
+
+# -- the machine ------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown'
+
+
+def redis_server_version() -> str:
+    binary = shutil.which('redis-server') or 'redis-server'
+    return subprocess.run([binary, '--version'], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def machine() -> dict[str, str]:
+    return {
+        'nproc': str(len(os.sched_getaffinity(0))),
+        'cpu': cpu_model(),
+        'python': platform.python_version(),
+        'redis-server': redis_server_version(),
+        'rq': metadata.version('rq'),
+        'redis-py': metadata.version('redis'),
+        'rq-scheduler': metadata.version('rq-scheduler'),
+        'django': metadata.version('django'),
+    }
+
+
+# -- fixtures: written once through the public APIs, restored byte for byte before every pass -------------------
+
+
+def take_snapshot(conn: redis.Redis) -> Snapshot:
+    names = list(conn.scan_iter(count=1_000))
+    with conn.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.pttl(name)
+            pipe.dump(name)
+        replies = pipe.execute()
+    pairs = zip(names, replies[::2], replies[1::2])
+    return [(name, max(ttl, 0), payload) for name, ttl, payload in pairs if payload is not None]
+
+
+def restore(conn: redis.Redis, snapshot: Snapshot) -> None:
+    conn.flushdb()
+    for start in range(0, len(snapshot), RESTORE_CHUNK):
+        with conn.pipeline(transaction=False) as pipe:
+            for name, ttl, payload in snapshot[start : start + RESTORE_CHUNK]:
+                pipe.restore(name, ttl, payload)
+            pipe.execute()
+
+
+def make_all_due(conn: redis.Redis, when: datetime) -> None:
+    members = conn.zrange(SCHEDULE_KEY, 0, -1)
+    conn.zadd(SCHEDULE_KEY, dict.fromkeys(members, when.replace(tzinfo=timezone.utc).timestamp()), xx=True)
+
+
+def write_one_offs(conn: redis.Redis, n: int, when: datetime) -> None:
+    scheduler = Scheduler(connection=conn)
+    for i in range(n):
+        scheduler.enqueue_at(when, tasks.add, i, 1, job_id=f'one-off-{i}')
+
+
+def write_our_intervals(conn: redis.Redis, n: int, when: datetime) -> None:
+    scheduler = Scheduler(connection=conn)
+    for i in range(n):
+        scheduler.schedule(when, tasks.add, args=(i, 1), interval=60, id=f'ours-interval-{i}')
+
+
+def write_their_intervals(conn: redis.Redis, n: int, when: datetime) -> None:
+    scheduler = rq_scheduler.Scheduler(connection=conn)
+    for i in range(n):
+        scheduler.schedule(when, tasks.add, args=(i, 1), interval=60, id=f'theirs-interval-{i}')
+
+
+def write_our_crons(conn: redis.Redis, n: int, when: datetime) -> None:
+    scheduler = Scheduler(connection=conn)
+    for i in range(n):
+        scheduler.cron(CRON, tasks.add, args=(i, 1), id=f'ours-cron-{i}')
+    make_all_due(conn, when)
+
+
+def write_their_crons(conn: redis.Redis, n: int, when: datetime) -> None:
+    scheduler = rq_scheduler.Scheduler(connection=conn)
+    for i in range(n):
+        scheduler.cron(CRON, tasks.add, args=(i, 1), id=f'theirs-cron-{i}')
+    make_all_due(conn, when)
+
+
+WRITERS: dict[str, dict[str, Writer]] = {
+    'one-off': {OURS: write_one_offs, THEIRS: write_one_offs},
+    'interval': {OURS: write_our_intervals, THEIRS: write_their_intervals},
+    'cron': {OURS: write_our_crons, THEIRS: write_their_crons},
+}
+
+
+def due_time() -> datetime:
+    """Naive UTC, whole seconds, 10 s ago: due for both systems (rq-scheduler compares whole seconds)."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None, microsecond=0)
+    return now - timedelta(seconds=10)
+
+
+class Fixtures:
+    """Snapshots of written schedules, one per (writer, size); one-offs are the same data for both systems."""
+
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+        self._cache: dict[tuple[Writer, int], Snapshot] = {}
+
+    def get(self, workload: str, system: str, n: int) -> Snapshot:
+        writer = WRITERS[workload][system]
+        if (writer, n) not in self._cache:
+            self.conn.flushdb()
+            writer(self.conn, n, due_time())
+            check(self.conn.zcard(SCHEDULE_KEY) == n, f'{workload}/{system}: wrote {n} entries, schedule disagrees')
+            self._cache[writer, n] = take_snapshot(self.conn)
+        return self._cache[writer, n]
+
+
+# -- one pass of each system ------------------------------------------------------------------------------------
+
+
+def mover(system: str, conn: redis.Redis) -> Callable[[], Any]:
+    if system == OURS:
+        return Scheduler(connection=conn).enqueue_jobs
+    return rq_scheduler.Scheduler(connection=conn).enqueue_jobs
+
+
+def check_moved(conn: redis.Redis, workload: str, system: str, n: int) -> None:
+    ids = conn.lrange(QUEUE_KEY, 0, -1)
+    where = f'{workload}/{system}'
+    check(len(ids) == n, f'{where}: {QUEUE_KEY} has {len(ids)} ids, expected {n}')
+    check(len(set(ids)) == n, f'{where}: {QUEUE_KEY} has {n - len(set(ids))} duplicate ids')
+    left = conn.zcard(SCHEDULE_KEY)
+    expected_left = 0 if workload == 'one-off' else n
+    check(left == expected_left, f'{where}: {left} entries left in the schedule, expected {expected_left}')
+    due = conn.zcount(SCHEDULE_KEY, '-inf', time.time())
+    check(due == 0, f'{where}: {due} entries still due after the pass')
+
+
+def wait_clear_of_minute_boundary(margin: float) -> None:
+    into_minute = time.time() % 60
+    if into_minute > 60 - margin:
+        time.sleep(60 - into_minute + 0.2)
+
+
+def timed_pass(conn: redis.Redis, workload: str, system: str, snapshot: Snapshot) -> float:
+    restore(conn, snapshot)
+    move = mover(system, conn)
+    if workload == 'cron' and system == OURS:
+        wait_clear_of_minute_boundary(CRON_GUARD_S)
+    start = time.perf_counter()
+    move()
+    return time.perf_counter() - start
+
+
+def throughput(conn: redis.Redis, fixtures: Fixtures, workload: str, n: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per pass, alternating the systems round after round on identical data."""
+    seconds: dict[str, list[float]] = {system: [] for system in SYSTEMS}
+    for _ in range(rounds):
+        for system in SYSTEMS:
+            snapshot = fixtures.get(workload, system, n)
+            seconds[system].append(timed_pass(conn, workload, system, snapshot))
+            check_moved(conn, workload, system, n)
+    return seconds
+
+
+# -- round trips and server commands ----------------------------------------------------------------------------
+
+
+class CountingConnection(redis.Connection):
+    """Counts writes to the socket: one per command, one per pipeline (redis-py's send_command goes through here)."""
+
+    sends = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sends += 1
+        super().send_packed_command(command, check_health)
+
+
+def counting_client(url: str) -> redis.Redis:
+    return redis.Redis(connection_pool=redis.ConnectionPool.from_url(url, connection_class=CountingConnection))
+
+
+def server_calls(conn: redis.Redis) -> dict[str, int]:
+    """Commands Redis executed since CONFIG RESETSTAT, those run inside Lua scripts included."""
+    calls = {name.removeprefix('cmdstat_'): stats['calls'] for name, stats in conn.info('commandstats').items()}
+    return {name: count for name, count in calls.items() if not name.startswith(('config', 'info'))}
+
+
+def count_trips(conn: redis.Redis, counting: redis.Redis, workload: str, system: str, snapshot: Snapshot) -> dict:
+    n = len(conn.zrange(SCHEDULE_KEY, 0, -1)) if False else 0  # placeholder replaced below
+    restore(conn, snapshot)
+    n = conn.zcard(SCHEDULE_KEY)
+    move = mover(system, counting)
+    counting.ping()  # connects now: the handshake is not part of the move
+    conn.config_resetstat()
+    CountingConnection.sends = 0
+    move()
+    sends = CountingConnection.sends
+    calls = server_calls(conn)
+    check_moved(conn, workload, system, n)
+    per_job = {name: count / n for name, count in sorted(calls.items(), key=lambda item: -item[1])}
+    return {'jobs': n, 'round_trips_per_job': sends / n, 'commands_per_job': sum(calls.values()) / n, 'by_command': per_job}
+
+
+def round_trips(conn: redis.Redis, url: str, fixtures: Fixtures, n: int) -> dict[str, dict[str, dict]]:
+    counting = counting_client(url)
+    try:
+        return {
+            workload: {system: count_trips(conn, counting, workload, system, fixtures.get(workload, system, n))
+                       for system in SYSTEMS}
+            for workload in WORKLOADS
+        }  # fmt: skip
+    finally:
+        counting.connection_pool.disconnect()
+
+
+# -- lateness of the real loops ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Loop:
+    label: str
+    command: list[str]
+    ready: Callable[[redis.Redis], bool]
+    slack: float  # how long after the last due time every job may take to arrive
+
+
+def holds_lock(conn: redis.Redis) -> bool:
+    return bool(conn.exists(LOCK_KEY))
+
+
+def registered(conn: redis.Redis) -> bool:
+    return next(conn.scan_iter(match=INSTANCE_PATTERN, count=100), None) is not None
+
+
+def loops(url: str, quick: bool) -> list[Loop]:
+    rqscheduler = str(Path(sys.executable).with_name('rqscheduler'))
+    ours = [sys.executable, '-m', 'django', 'rqscheduler', '--settings', 'tests.settings']
+    found = [
+        Loop('ours: manage.py rqscheduler (defaults)', ours, holds_lock, 15.0),
+        Loop('rq-scheduler: rqscheduler -i 1', [rqscheduler, '--url', url, '-i', '1'], registered, 15.0),
+    ]
+    if not quick:
+        found.append(Loop('rq-scheduler: rqscheduler (default -i 60)', [rqscheduler, '--url', url], registered, 75.0))
+    return found
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+@contextmanager
+def running(command: list[str], url: str, log_path: Path) -> Iterator[subprocess.Popen]:
+    env = {**os.environ, 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
+    with log_path.open('w') as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield process
+        finally:
+            stop_process(process)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, process: subprocess.Popen, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        check(process.poll() is None, f'the scheduler process exited ({process.returncode}) before {what}')
+        check(time.monotonic() < deadline, f'timed out after {timeout:.0f} s waiting for {what}')
+        time.sleep(0.05)
+
+
+def schedule_spread(conn: redis.Redis, m: int, window: float) -> tuple[dict[str, float], int]:
+    """M jobs due at uniform random instants in [now + 1 s, now + 1 s + window], written earliest first."""
+    scheduler = Scheduler(connection=conn)
+    rng = random.Random(20_000)
+    start = time.time() + 1
+    dues = sorted(round(start + rng.uniform(0, window), 3) for _ in range(m))
+    by_id: dict[str, float] = {}
+    written_late = 0
+    for i, due in enumerate(dues):
+        job_id = f'late-{i}'
+        scheduler.enqueue_at(datetime.fromtimestamp(due, timezone.utc), tasks.add, i, 1, job_id=job_id)
+        by_id[job_id] = due
+        written_late += time.time() > due
+    return by_id, written_late
+
+
+def lateness_ms(conn: redis.Redis, dues: dict[str, float]) -> list[float]:
+    with conn.pipeline(transaction=False) as pipe:
+        for job_id in dues:
+            pipe.hget(f'rq:job:{job_id}', 'enqueued_at')
+        stamps = pipe.execute()
+    check(all(stamps), 'a job in the queue has no enqueued_at')
+    return [(utcparse(stamp.decode()).timestamp() - due) * 1000 for stamp, due in zip(stamps, dues.values())]
+
+
+def nearest_rank(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def measure_lateness(conn: redis.Redis, url: str, loop: Loop, m: int, window: float, log_dir: Path) -> dict:
+    conn.flushdb()
+    log_path = log_dir / f'{len(list(log_dir.iterdir()))}.log'
+    try:
+        with running(loop.command, url, log_path) as process:
+            wait_until(lambda: loop.ready(conn), 30.0, process, 'the loop was ready')
+            dues, written_late = schedule_spread(conn, m, window)
+            timeout = max(dues.values()) - time.time() + loop.slack
+            wait_until(lambda: conn.llen(QUEUE_KEY) >= m, timeout, process, f'{m} jobs were enqueued')
+    except BenchmarkError:
+        sys.stderr.write(f'--- {loop.label} log ---\n{log_path.read_text()[-4000:]}\n')
+        raise
+    check_moved(conn, 'one-off', loop.label, m)
+    late = lateness_ms(conn, dues)
+    conn.flushdb()
+    return {
+        'jobs': m,
+        'window_s': window,
+        'written_after_due': written_late,
+        'p50_ms': statistics.median(late),
+        'p99_ms': nearest_rank(late, 0.99),
+        'max_ms': max(late),
+        'min_ms': min(late),
+    }
+
+
+def lateness(conn: redis.Redis, url: str, config: Config, started: float) -> dict[str, dict]:
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix='drqs-bench-') as log_dir:
+        for loop in loops(url, config.quick):
+            needed = config.late_window + loop.slack + 10
+            if time.monotonic() - started + needed > config.budget:
+                results[loop.label] = {'skipped': f'needs ~{needed:.0f} s, beyond the time budget'}
+                continue
+            results[loop.label] = measure_lateness(conn, url, loop, config.late_jobs, config.late_window, Path(log_dir))
+    if config.quick:
+        results['rq-scheduler: rqscheduler (default -i 60)'] = {'skipped': 'needs > 60 s; --quick leaves it out'}
+    return results
+
+
+# -- report -----------------------------------------------------------------------------------------------------
+
+
+def spread(values: list[float], fmt: str) -> str:
+    return f'{statistics.median(values):{fmt}} ({min(values):{fmt}} - {max(values):{fmt}})'
+
+
+def throughput_rows(results: dict[str, dict[str, list[float]]], sizes: dict[str, int]) -> list[str]:
+    rows = [
+        '| workload | jobs | ours jobs/s | rq-scheduler jobs/s | ours / rq-scheduler |',
+        '| --- | ---: | ---: | ---: | ---: |',
+    ]
+    for workload, seconds in results.items():
+        n = sizes[workload]
+        ours = [n / s for s in seconds[OURS]]
+        theirs = [n / s for s in seconds[THEIRS]]
+        ratios = [a / b for a, b in zip(ours, theirs)]
+        rows.append(f'| {workload} | {n:,} | {spread(ours, ",.0f")} | {spread(theirs, ",.0f")} | {spread(ratios, ".1f")}x |')
+    return rows
+
+
+def top_commands(by_command: dict[str, float], count: int = 5) -> str:
+    return ', '.join(f'{name} {value:.2f}' for name, value in list(by_command.items())[:count])
+
+
+def trip_rows(results: dict[str, dict[str, dict]]) -> list[str]:
+    rows = [
+        '| workload | jobs | system | round trips/job | server commands/job | top commands/job (incl. inside Lua) |',
+        '| --- | ---: | --- | ---: | ---: | --- |',
+    ]
+    for workload, systems in results.items():
+        for system, r in systems.items():
+            rows.append(
+                f'| {workload} | {r["jobs"]:,} | {system} | {r["round_trips_per_job"]:.3f} | '
+                f'{r["commands_per_job"]:.2f} | {top_commands(r["by_command"])} |'
+            )
+    return rows
+
+
+def lateness_rows(results: dict[str, dict]) -> list[str]:
+    rows = [
+        '| loop | jobs | window | p50 ms | p99 ms | max ms | min ms | written after due |',
+        '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ]
+    for label, r in results.items():
+        if 'skipped' in r:
+            rows.append(f'| {label} | skipped: {r["skipped"]} | | | | | | |')
+            continue
+        rows.append(
+            f'| {label} | {r["jobs"]:,} | {r["window_s"]:.0f} s | {r["p50_ms"]:,.1f} | {r["p99_ms"]:,.1f} | '
+            f'{r["max_ms"]:,.1f} | {r["min_ms"]:,.1f} | {r["written_after_due"]} |'
+        )
+    return rows
+
+
+def report(data: dict) -> str:
+    config = data['config']
+    lines = ['## Machine', '', *(f'- {name}: {value}' for name, value in data['machine'].items()), '']
+    lines += [f'## Throughput: one enqueue_jobs() pass, median (min - max) of {config["rounds"]} rounds', '']
+    lines += [*throughput_rows(data['throughput'], data['sizes']), '']
+    lines += ['## Round trips and server commands per moved job', '']
+    lines += [*trip_rows(data['round_trips']), '']
+    lines += ['## Lateness of the real loops (enqueued_at - scheduled time)', '']
+    lines += [*lateness_rows(data['lateness']), '']
+    lines.append(f'Total run time: {data["elapsed_s"]:.1f} s ({"quick" if config["quick"] else "full"} run)')
+    return '\n'.join(lines)
+
+
+# -- main -------------------------------------------------------------------------------------------------------
+
+
+def run(config: Config) -> dict:
+    started = time.monotonic()
+    data: dict[str, Any] = {'machine': machine(), 'config': asdict(config)}
+    server = RedisServer().start()
+    try:
+        conn = redis.Redis.from_url(server.url)
+        fixtures = Fixtures(conn)
+        sizes = {'one-off': config.jobs, 'interval': config.templates, 'cron': config.templates}
+        data['sizes'] = sizes
+        data['throughput'] = {w: throughput(conn, fixtures, w, sizes[w], config.rounds) for w in WORKLOADS}
+        data['round_trips'] = round_trips(conn, server.url, fixtures, config.trip_jobs)
+        del fixtures  # the snapshots hold hundreds of MB in a full run
+        data['lateness'] = lateness(conn, server.url, config, started)
+        conn.connection_pool.disconnect()
+    finally:
+        server.stop()
+        server.close()
+    data['elapsed_s'] = time.monotonic() - started
+    return data
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog='python -m bench.core', description=__doc__.splitlines()[0])
+    parser.add_argument('--quick', action='store_true', help='small sizes, 2 rounds, under a minute')
+    parser.add_argument('--json', metavar='FILE', type=Path, help='also write the raw results as JSON to FILE')
+    args = parser.parse_args(argv)
+    data = run(QUICK if args.quick else FULL)
+    print(report(data))
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2) + '\n')
+
+
+if __name__ == '__main__':
+    main()

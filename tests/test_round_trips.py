@@ -1,0 +1,95 @@
+"""Counts, not clocks: Redis round trips per batch, and the loop waking for an earlier job."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+
+from django_rq_scheduled import Scheduler, keys
+from tests import tasks
+from tests.processes import kill, scheduler_process, wait_for
+
+pytestmark = pytest.mark.integration
+
+UTC = timezone.utc
+
+
+class CountingConnection(redis.Connection):
+    round_trips = 0
+
+    def send_packed_command(self, command, check_health=True):
+        CountingConnection.round_trips += 1
+        return super().send_packed_command(command, check_health)
+
+
+@pytest.fixture
+def counted(redis_url):
+    pool = redis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
+    client = redis.Redis(connection_pool=pool)
+    yield client
+    pool.disconnect()
+
+
+def round_trips(action):
+    before = CountingConnection.round_trips
+    action()
+    return CountingConnection.round_trips - before
+
+
+@pytest.mark.parametrize('kind', ['one-off', 'interval', 'cron'])
+def test_a_batch_costs_three_round_trips_whatever_its_size(counted, kind):
+    scheduler = Scheduler(connection=counted, batch_size=500)
+    past = datetime.now(UTC) - timedelta(minutes=5)
+    scheduler.enqueue_at(past, tasks.add, job_id='warm-up')
+    assert scheduler.acquire_lock()
+    scheduler.move_due_jobs()  # loads the Lua script once
+    counted.flushdb()
+    for i in range(300):
+        if kind == 'one-off':
+            scheduler.enqueue_at(past, tasks.add, 1, 2, job_id=f'j{i}')
+        elif kind == 'interval':
+            scheduler.schedule(past, tasks.add, interval=3600, id=f'j{i}')
+        else:
+            scheduler.cron('0 0 1 1 *', tasks.add, id=f'j{i}')
+            counted.zadd(keys.SCHEDULED_JOBS_KEY, {f'j{i}': past.timestamp()})
+    assert scheduler.acquire_lock()
+    trips = round_trips(scheduler.move_due_jobs)
+    assert counted.llen('rq:queue:default') == 300
+    assert counted.zcount(keys.SCHEDULED_JOBS_KEY, '-inf', '+inf') == (0 if kind == 'one-off' else 300)
+    # ZRANGEBYSCORE, one pipelined HGETALL per batch, one EVALSHA per batch. rq-scheduler: 4 or 5 per job.
+    assert trips == 3
+
+
+def test_batches_of_a_large_backlog(counted):
+    scheduler = Scheduler(connection=counted, batch_size=100)
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    for i in range(1000):
+        scheduler.enqueue_at(past, tasks.add, 1, 2, job_id=f'j{i}')
+    assert scheduler.acquire_lock()
+    trips = round_trips(scheduler.move_due_jobs)
+    assert counted.llen('rq:queue:default') == 1000
+    # 10 batches of 3, the lease renewal between batches when due, one script load, and the final empty read.
+    assert trips <= 10 * 3 + 10 + 2 + 1
+
+
+def test_a_sleeping_loop_wakes_for_an_earlier_job(connection, redis_url):
+    # A long interval and lease: without the wake-up, the loop would look again only seconds later.
+    process = scheduler_process(redis_url, '--interval', '30', '--lease-ttl', '60', name='sleeper')
+    try:
+        wait_for(lambda: connection.get(keys.NEXT_WAKEUP_KEY), timeout=20)
+        time.sleep(0.3)
+        scheduler = Scheduler(connection=connection)
+        due = datetime.now(UTC) + timedelta(milliseconds=200)
+        scheduler.enqueue_at(due, tasks.add, 1, 2, job_id='early')
+        wait_for(lambda: connection.llen('rq:queue:default'), timeout=8)
+        enqueued = connection.hget(keys.job_key('early'), 'enqueued_at').decode()
+        from rq.utils import utcparse
+
+        lateness = utcparse(enqueued).replace(tzinfo=UTC) - due
+        print(f'\n[figures] lateness of a job scheduled while the loop slept: {lateness.total_seconds() * 1000:.1f} ms')
+        assert lateness < timedelta(seconds=5)  # far below the 20 s sleep it would otherwise take
+    finally:
+        kill(process)
