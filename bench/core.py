@@ -275,7 +275,6 @@ def server_calls(conn: redis.Redis) -> dict[str, int]:
 
 
 def count_trips(conn: redis.Redis, counting: redis.Redis, workload: str, system: str, snapshot: Snapshot) -> dict:
-    n = len(conn.zrange(SCHEDULE_KEY, 0, -1)) if False else 0  # placeholder replaced below
     restore(conn, snapshot)
     n = conn.zcard(SCHEDULE_KEY)
     move = mover(system, counting)
@@ -287,7 +286,12 @@ def count_trips(conn: redis.Redis, counting: redis.Redis, workload: str, system:
     calls = server_calls(conn)
     check_moved(conn, workload, system, n)
     per_job = {name: count / n for name, count in sorted(calls.items(), key=lambda item: -item[1])}
-    return {'jobs': n, 'round_trips_per_job': sends / n, 'commands_per_job': sum(calls.values()) / n, 'by_command': per_job}
+    return {
+        'jobs': n,
+        'round_trips_per_job': sends / n,
+        'commands_per_job': sum(calls.values()) / n,
+        'by_command': per_job,
+    }
 
 
 def round_trips(conn: redis.Redis, url: str, fixtures: Fixtures, n: int) -> dict[str, dict[str, dict]]:
@@ -449,7 +453,9 @@ def throughput_rows(results: dict[str, dict[str, list[float]]], sizes: dict[str,
         ours = [n / s for s in seconds[OURS]]
         theirs = [n / s for s in seconds[THEIRS]]
         ratios = [a / b for a, b in zip(ours, theirs)]
-        rows.append(f'| {workload} | {n:,} | {spread(ours, ",.0f")} | {spread(theirs, ",.0f")} | {spread(ratios, ".1f")}x |')
+        rows.append(
+            f'| {workload} | {n:,} | {spread(ours, ",.0f")} | {spread(theirs, ",.0f")} | {spread(ratios, ".1f")}x |'
+        )
     return rows
 
 
@@ -514,7 +520,6 @@ def run(config: Config) -> dict:
         data['sizes'] = sizes
         data['throughput'] = {w: throughput(conn, fixtures, w, sizes[w], config.rounds) for w in WORKLOADS}
         data['round_trips'] = round_trips(conn, server.url, fixtures, config.trip_jobs)
-        del fixtures  # the snapshots hold hundreds of MB in a full run
         data['lateness'] = lateness(conn, server.url, config, started)
         conn.connection_pool.disconnect()
     finally:

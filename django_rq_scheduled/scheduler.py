@@ -806,7 +806,7 @@ class Scheduler:
         Redis outages are logged and retried with backoff; they never end the loop.
         """
         self._install_signal_handlers()
-        self._call_with_retry(self.register_birth)
+        self._call_with_retry(self._register_birth_when_name_is_free)
         logger.info('Scheduler %s started (pid %s)', self.name, os.getpid())
         failures = 0
         try:
@@ -825,6 +825,17 @@ class Scheduler:
                     self._stop.wait(delay)
         finally:
             self._shut_down()
+
+    def _register_birth_when_name_is_free(self) -> None:
+        # A process restarted right after a kill -9 finds its own name still registered until the old entry
+        # expires; waiting for that beats crash-looping under a supervisor.
+        while not self._stop.is_set():
+            try:
+                self.register_birth()
+                return
+            except ValueError as exc:
+                logger.warning('%s; waiting for it to expire', exc)
+                self._stop.wait(1.0)
 
     def _call_with_retry(self, func: Callable[[], Any]) -> None:
         failures = 0

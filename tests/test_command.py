@@ -53,10 +53,14 @@ def test_one_process_serves_each_distinct_redis_once(redis_url, settings):
         'other': {'URL': redis_url.rsplit('/', 1)[0] + '/1'},
     }
     command = Command()
-    built = command._build_schedulers({'queue': None, 'name': 'n', 'interval': None, 'lease_ttl': None, 'batch_size': None})
+    built = command._build_schedulers(
+        {'queue': None, 'name': 'n', 'interval': None, 'lease_ttl': None, 'batch_size': None}
+    )
     assert [s.queue_name for s in built] == ['default', 'other']
     assert [s.name for s in built] == ['n-0', 'n-1']
-    only = command._build_schedulers({'queue': ['high'], 'name': 'n', 'interval': None, 'lease_ttl': None, 'batch_size': None})
+    only = command._build_schedulers(
+        {'queue': ['high'], 'name': 'n', 'interval': None, 'lease_ttl': None, 'batch_size': None}
+    )
     assert [s.queue_name for s in only] == ['high']
 
 

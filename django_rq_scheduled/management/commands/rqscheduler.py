@@ -13,6 +13,7 @@ from uuid import uuid4
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
 
 from django_rq_scheduled import _django
 from django_rq_scheduled.conf import get_setting
@@ -78,6 +79,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options['verbosity'])
         schedulers = self._build_schedulers(options)
+        for scheduler in schedulers:
+            scheduler.tick_hooks.append(lambda _: close_old_connections())
         pid_file = Path(options['pid']) if options['pid'] else None
         if pid_file:
             pid_file.write_text(str(os.getpid()))
