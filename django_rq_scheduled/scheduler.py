@@ -268,7 +268,7 @@ class Scheduler:
         """Writes the job hash and its schedule entry in one transaction, waking the loop if it is earlier."""
         with self.connection.pipeline() as pipe:
             job.save(pipeline=pipe)
-            pipe.eval(scripts.SCHEDULE, 3, *self._wakeup_keys(), job.id, format_score(score))
+            pipe.eval(scripts.SCHEDULE, 3, *self._wakeup_keys(), job.id, format_score(score), '')
             pipe.execute()
 
     def _wakeup_keys(self) -> tuple[str, str, str]:
@@ -348,36 +348,19 @@ class Scheduler:
         if repeat is not None and interval is None:
             raise ValueError("repeat: can't repeat a job without an interval")
         score = to_score(scheduled_time, 'scheduled_time')
-        period = _positive_seconds(interval, 'interval') if interval is not None else None
-        repeat = _validated_repeat(repeat)
-        ours = self._our_meta('interval', misfire_grace, overlap) if period else None
-        if period and depends_on is not None:
-            raise ValueError('depends_on: not supported for periodic jobs (each run would wait on one old job)')
-        job = self._create_job(
-            func,
-            args=args,
-            kwargs=kwargs,
-            commit=False,
-            result_ttl=result_ttl,
-            ttl=ttl,
-            id=id,
-            description=description,
-            queue_name=queue_name,
-            timeout=timeout,
-            meta=meta,
-            depends_on=depends_on,
-            on_success=on_success,
-            on_failure=on_failure,
-            at_front=bool(at_front),
-        )
-        if ours is not None and period is not None:
-            # rq-scheduler reads the whole-second 'interval'; we read our exact one.
-            job.meta['interval'] = max(1, round(period))
-            job.meta[keys.META_KEY] = {**ours, 'interval': period}
-        if repeat is not None:
-            job.meta['repeat'] = repeat
-        self._save_and_schedule(job, score)
-        return job
+        options = {
+            'args': args, 'kwargs': kwargs, 'result_ttl': result_ttl, 'ttl': ttl, 'id': id,
+            'description': description, 'queue_name': queue_name, 'timeout': timeout, 'meta': meta,
+            'depends_on': depends_on, 'on_success': on_success, 'on_failure': on_failure, 'at_front': bool(at_front),
+        }  # fmt: skip
+        if interval is None:
+            job = self._create_job(func, commit=False, **options)
+            self._save_and_schedule(job, score)
+            return job
+        period = _positive_seconds(interval, 'interval')
+        # rq-scheduler reads the whole-second 'interval'; we read our exact one.
+        scheduling = {'interval': max(1, round(period)), keys.META_KEY: {'kind': 'interval', 'interval': period}}
+        return self._save_template(func, score, scheduling, repeat, misfire_grace, overlap, options)
 
     def cron(
         self,
@@ -412,41 +395,43 @@ class Scheduler:
         first = cron.next_fire_time(cron_string, datetime.now(tz=_UTC), zone)
         if first is None:
             raise ValueError(f'cron_string: {cron_string!r} can never fire again')
-        repeat = _validated_repeat(repeat)
-        ours = self._our_meta('cron', misfire_grace, overlap)
-        if depends_on is not None:
-            raise ValueError('depends_on: not supported for periodic jobs (each run would wait on one old job)')
-        job = self._create_job(
-            func,
-            args=args,
-            kwargs=kwargs,
-            commit=False,
-            result_ttl=result_ttl,
-            ttl=ttl,
-            id=id,
-            description=description,
-            queue_name=queue_name,
-            timeout=timeout,
-            meta=meta,
-            on_success=on_success,
-            on_failure=on_failure,
-            at_front=at_front,
-        )
-        job.meta['cron_string'] = cron_string
-        job.meta['use_local_timezone'] = bool(use_local_timezone)
-        job.meta[keys.META_KEY] = {**ours, 'timezone': zone}
-        if repeat is not None:
-            job.meta['repeat'] = repeat
-        self._save_and_schedule(job, first.timestamp())
-        return job
+        options = {
+            'args': args, 'kwargs': kwargs, 'result_ttl': result_ttl, 'ttl': ttl, 'id': id,
+            'description': description, 'queue_name': queue_name, 'timeout': timeout, 'meta': meta,
+            'depends_on': depends_on, 'on_success': on_success, 'on_failure': on_failure, 'at_front': bool(at_front),
+        }  # fmt: skip
+        scheduling = {
+            'cron_string': cron_string,
+            'use_local_timezone': bool(use_local_timezone),
+            keys.META_KEY: {'kind': 'cron', 'timezone': zone},
+        }
+        return self._save_template(func, first.timestamp(), scheduling, repeat, misfire_grace, overlap, options)
 
-    @staticmethod
-    def _our_meta(kind: str, misfire_grace: Any, overlap: Any) -> dict[str, Any]:
+    def _save_template(
+        self,
+        func: Any,
+        score: float,
+        scheduling: dict[str, Any],
+        repeat: Any,
+        misfire_grace: Any,
+        overlap: Any,
+        options: dict[str, Any],
+    ) -> Job:
+        """Validates, builds and schedules the template of a periodic job: rq-scheduler's meta keys plus ours."""
+        repeat = _validated_repeat(repeat)
         if overlap not in OVERLAP_POLICIES:
             raise ValueError(f'overlap: expected one of {OVERLAP_POLICIES}, got {overlap!r}')
         if misfire_grace is not None:
             misfire_grace = _positive_seconds(misfire_grace, 'misfire_grace')
-        return {'kind': kind, 'misfire_grace': misfire_grace, 'overlap': overlap, 'runs': 0}
+        if options['depends_on'] is not None:
+            raise ValueError('depends_on: not supported for periodic jobs (each run would wait on one old job)')
+        job = self._create_job(func, commit=False, **options)
+        job.meta.update(scheduling)
+        job.meta[keys.META_KEY].update({'misfire_grace': misfire_grace, 'overlap': overlap, 'runs': 0})
+        if repeat is not None:
+            job.meta['repeat'] = repeat
+        self._save_and_schedule(job, score)
+        return job
 
     # -- inspecting and changing the schedule ---------------------------------------------------------------
 
@@ -470,7 +455,7 @@ class Scheduler:
         """Moves a scheduled job to ``date_time``, atomically; raises ValueError if it is not scheduled."""
         job_id = self._job_id(job)
         score = to_score(date_time, 'date_time')
-        moved = self.connection.eval(scripts.RESCHEDULE, 3, *self._wakeup_keys(), job_id, format_score(score))
+        moved = self.connection.eval(scripts.SCHEDULE, 3, *self._wakeup_keys(), job_id, format_score(score), 'XX')
         if not moved:
             raise ValueError('Job not in scheduled jobs queue')
 
@@ -549,7 +534,7 @@ class Scheduler:
         keys.validate_job_id(job_id, 'job_id')
         with self.connection.pipeline() as pipe:
             pipe.hdel(keys.DEAD_LETTERS_KEY, job_id)
-            pipe.eval(scripts.SCHEDULE, 3, *self._wakeup_keys(), job_id, format_score(time.time()))
+            pipe.eval(scripts.SCHEDULE, 3, *self._wakeup_keys(), job_id, format_score(time.time()), '')
             removed, _ = pipe.execute()
         return bool(removed)
 

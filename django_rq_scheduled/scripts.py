@@ -52,22 +52,10 @@ return results
 """
 
 # Adds or moves a member and wakes a sleeping scheduler if the new time is earlier than its wake-up time.
-# KEYS: schedule, next wake-up, wake-up list. ARGV: member, score.
+# KEYS: schedule, next wake-up, wake-up list. ARGV: member, score, and 'XX' to move an existing member only
+# (rq-scheduler's change_execution_time, made atomic). Returns 0 if 'XX' and the member is absent.
 SCHEDULE = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-local wake = redis.call('GET', KEYS[2])
-if wake and tonumber(ARGV[2]) < tonumber(wake) then
-  redis.call('DEL', KEYS[3])
-  redis.call('RPUSH', KEYS[3], '1')
-  redis.call('PEXPIRE', KEYS[3], 60000)
-end
-return 1
-"""
-
-# Moves an existing member only (rq-scheduler's change_execution_time, made atomic). Returns 0 if absent.
-# KEYS: schedule, next wake-up, wake-up list. ARGV: member, score.
-RESCHEDULE = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if ARGV[3] == 'XX' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 local wake = redis.call('GET', KEYS[2])
 if wake and tonumber(ARGV[2]) < tonumber(wake) then
