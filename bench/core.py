@@ -401,9 +401,8 @@ def nearest_rank(values: list[float], fraction: float) -> float:
     return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
-def measure_lateness(conn: redis.Redis, url: str, loop: Loop, m: int, window: float, log_dir: Path) -> dict:
+def measure_lateness(conn: redis.Redis, url: str, loop: Loop, m: int, window: float, log_path: Path) -> dict:
     conn.flushdb()
-    log_path = log_dir / f'{len(list(log_dir.iterdir()))}.log'
     try:
         with running(loop.command, url, log_path) as process:
             wait_until(lambda: loop.ready(conn), 30.0, process, 'the loop was ready')
@@ -430,12 +429,13 @@ def measure_lateness(conn: redis.Redis, url: str, loop: Loop, m: int, window: fl
 def lateness(conn: redis.Redis, url: str, config: Config, started: float) -> dict[str, dict]:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix='drqs-bench-') as log_dir:
-        for loop in loops(url, config.quick):
+        for index, loop in enumerate(loops(url, config.quick)):
             needed = config.late_window + loop.expected
             if time.monotonic() - started + needed > config.budget:
                 results[loop.label] = {'skipped': f'needs ~{needed:.0f} s, beyond the time budget'}
                 continue
-            results[loop.label] = measure_lateness(conn, url, loop, config.late_jobs, config.late_window, Path(log_dir))
+            log_path = Path(log_dir) / f'loop-{index}.log'
+            results[loop.label] = measure_lateness(conn, url, loop, config.late_jobs, config.late_window, log_path)
     if config.quick:
         results['rq-scheduler: rqscheduler (default -i 60)'] = {'skipped': 'needs > 60 s; --quick leaves it out'}
     return results

@@ -1,4 +1,4 @@
-"""App configuration: wires system checks, nothing else."""
+"""App configuration: wires the signal receivers and the system checks, nothing else."""
 
 from __future__ import annotations
 
@@ -12,4 +12,6 @@ class DjangoRQScheduledConfig(AppConfig):
     default_auto_field = 'django.db.models.BigAutoField'
 
     def ready(self) -> None:
-        from . import checks  # noqa: F401  (registers the checks)
+        from . import checks, signals  # noqa: F401  (importing checks registers them)
+
+        signals.connect()

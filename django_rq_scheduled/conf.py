@@ -15,6 +15,13 @@ DEFAULTS: dict[str, Any] = {
     'BATCH_SIZE': 500,
     # Time zone of cron jobs that name none (an IANA name); None means settings.TIME_ZONE.
     'TIMEZONE': None,
+    # Dotted-path patterns (fnmatch, e.g. 'myapp.tasks.*') of the callables that rows may run; None allows any
+    # importable callable. Checked when a row is saved and again when a job is enqueued.
+    'ALLOWED_CALLABLES': None,
+    # Seconds between two reconciliations of the database with Redis by `manage.py rqscheduler`.
+    'RECONCILE_INTERVAL': 60,
+    # Misfire grace (seconds) of new rows whose form leaves it empty; None means "always run once".
+    'DEFAULT_MISFIRE_GRACE': None,
 }
 
 
@@ -31,3 +38,11 @@ def default_timezone() -> str:
     from django.conf import settings
 
     return get_setting('TIMEZONE') or getattr(settings, 'TIME_ZONE', None) or 'UTC'
+
+
+def callable_allowed(path: str) -> bool:
+    """Whether ``ALLOWED_CALLABLES`` (when set) lets rows run the callable at ``path``."""
+    from fnmatch import fnmatchcase
+
+    patterns = get_setting('ALLOWED_CALLABLES')
+    return patterns is None or any(fnmatchcase(path, pattern) for pattern in patterns)

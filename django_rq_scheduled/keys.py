@@ -18,6 +18,8 @@ NEXT_WAKEUP_KEY = 'rq:drqs:next_wakeup'
 DEAD_LETTERS_KEY = 'rq:drqs:dead_letters'
 INSTANCES_KEY = 'rq:drqs:instances'
 RUNS_KEY = 'rq:drqs:runs'
+VERSIONS_KEY = 'rq:drqs:versions'
+"""Template id → definition digest of the row that owns it (``done:<digest>`` once it has run its last run)."""
 
 META_KEY = 'django_rq_scheduled'
 """The one key of ``job.meta`` that holds this project's own data (rq-scheduler ignores unknown meta)."""

@@ -183,6 +183,7 @@ class Planner:
         entry = Entry(parsed.member, guard_score(parsed.score))
         entry.commands.append(('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member))
         grace = parsed.ours.get('misfire_grace')
+        runs = parsed.ours.get('runs', 0)
         if grace is not None and self.now - parsed.score > grace:
             entry.outcome = SKIPPED_MISFIRE
             entry.commands.append(('HSET', keys.job_key(parsed.member), 'status', 'canceled'))
@@ -190,7 +191,8 @@ class Planner:
             entry.enqueued_id = parsed.member
             entry.commands += self._enqueue_existing(parsed, parsed.member)
             self._apply_ttl(entry, parsed.member, parsed.raw)
-        self._record(entry, parsed, parsed.score)
+            runs += 1
+        self._record(entry, parsed, parsed.score, runs=runs, next_time=None, finished=True)
         return entry
 
     def _plan_same_id_run(self, parsed: Parsed) -> Entry:
@@ -234,10 +236,10 @@ class Planner:
                 meta['repeat'] = meta['repeat'] - 1
         ours['last_fire_time'] = fire_time
         meta[keys.META_KEY] = ours
-        self._record(entry, parsed, fire_time, remaining=meta.get('repeat'))
         template_key = keys.job_key(parsed.member)
         if meta.get('repeat') is not None and meta['repeat'] <= 0:
             entry.commands += [('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member), ('DEL', template_key)]
+            self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=None, finished=True)
             return entry
         entry.commands.append(('HSET', template_key, 'meta', self.serializer.dumps(meta)))
         next_time = self._next_time(parsed, meta, after=max(self.now, fire_time))
@@ -245,6 +247,7 @@ class Planner:
             self._retire_exhausted(entry, parsed, delete_hash=False)
         else:
             entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(next_time), parsed.member))
+        self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=next_time, finished=next_time is None)
         return entry
 
     # -- building blocks ------------------------------------------------------------------------------------
@@ -291,20 +294,31 @@ class Planner:
         if ttl and ttl > 0:
             entry.commands.append(('EXPIRE', keys.job_key(job_id), ttl))
 
-    def _record(self, entry: Entry, parsed: Parsed, fire_time: float, remaining: int | None = None) -> None:
-        """Appends the outcome to the run log that the Django side reads back into its rows."""
-        if not parsed.ours.get('record'):
+    def _record(
+        self, entry: Entry, parsed: Parsed, fire_time: float, *, runs: int, next_time: float | None, finished: bool
+    ) -> None:
+        """Appends the outcome to the run log that the Django side reads back into its rows.
+
+        Values are absolute (runs so far, next time), so reading a record twice changes nothing. A finished
+        schedule also marks its version done, so reconciliation does not bring it back before the row learns it.
+        """
+        ours = parsed.ours
+        if not ours.get('record'):
             return
         record = {
+            'owner': ours.get('owner'),
             'schedule': parsed.member,
-            'owner': parsed.ours.get('owner'),
             'job': entry.enqueued_id,
+            'outcome': entry.outcome,
             'fire_time': fire_time,
             'at': self.now,
-            'outcome': entry.outcome,
-            'remaining': remaining,
+            'runs': runs,
+            'next': next_time,
+            'finished': finished,
         }
         entry.commands.append(('RPUSH', keys.RUNS_KEY, json.dumps(record)))
+        if finished and ours.get('version'):
+            entry.commands.append(('HSET', keys.VERSIONS_KEY, parsed.member, f'done:{ours["version"]}'))
 
     def _retire_exhausted(self, entry: Entry, parsed: Parsed, *, delete_hash: bool) -> None:
         reason = 'cron string has no future fire time'

@@ -158,7 +158,9 @@ class Scheduler:
         self.name = name or uuid4().hex
         self.timezone = cron.get_zone(timezone or _django.default_timezone() or 'UTC').key
         self.callable_allowed = callable_allowed
+        # Called by the leader after each pass over the due jobs (the Django side syncs feedback here).
         self.tick_hooks: list[Callable[[Scheduler], Any]] = []
+        self._failing_hooks: set[Any] = set()
         self._token = f'drqs|{self.name}|{uuid4().hex}'
         self._is_leader = False
         self._lease_renewed_at = 0.0
@@ -841,12 +843,12 @@ class Scheduler:
     def _tick(self, burst: bool) -> bool:
         """One turn of the loop; True once a burst run has moved the due jobs."""
         self.heartbeat()
-        self._run_tick_hooks()
         leading = (self._is_leader and self._renew_or_lose()) or self.acquire_lock()
         if not leading:
             self._stop.wait(self._standby_wait())
             return False
         self.move_due_jobs()
+        self._run_tick_hooks()
         if burst:
             return True
         self._sleep_until_next_due()
@@ -865,8 +867,16 @@ class Scheduler:
                 hook(self)
             except REDIS_OUTAGE_ERRORS:
                 raise
-            except Exception:
-                logger.exception('Tick hook %r failed; the loop goes on', hook)
+            except Exception as exc:
+                # Logged once per outage (e.g. the database is down), not once per tick.
+                if hook not in self._failing_hooks:
+                    logger.exception('Tick hook %r failed; the loop goes on moving jobs', hook)
+                self._failing_hooks.add(hook)
+                logger.debug('Tick hook %r still failing: %s', hook, exc)
+            else:
+                if hook in self._failing_hooks:
+                    logger.info('Tick hook %r works again', hook)
+                self._failing_hooks.discard(hook)
 
     def _standby_wait(self) -> float:
         return min(self._interval, self.lease_ttl / 3)

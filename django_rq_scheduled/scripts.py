@@ -99,3 +99,18 @@ RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+# Deletes a job hash only while it is still a scheduled template: a one-off job's id is its template's id, and
+# once moved onto a queue the hash belongs to RQ. KEYS: job hash.
+DELETE_IF_SCHEDULED = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == false or status == 'scheduled' then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# Forgets a template's version unless it records that the schedule ran its last run. KEYS: versions. ARGV: id.
+HDEL_UNLESS_DONE = """
+local version = redis.call('HGET', KEYS[1], ARGV[1])
+if version and string.sub(version, 1, 5) ~= 'done:' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""

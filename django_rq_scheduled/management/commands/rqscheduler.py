@@ -13,11 +13,11 @@ from uuid import uuid4
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import close_old_connections
 
 from django_rq_scheduled import _django
 from django_rq_scheduled.conf import get_setting
 from django_rq_scheduled.scheduler import Scheduler, connection_identity, run_schedulers
+from django_rq_scheduled.sync import DatabaseSync
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
@@ -80,7 +80,7 @@ class Command(BaseCommand):
         self._configure_logging(options['verbosity'])
         schedulers = self._build_schedulers(options)
         for scheduler in schedulers:
-            scheduler.tick_hooks.append(lambda _: close_old_connections())
+            scheduler.tick_hooks.append(DatabaseSync(get_setting('RECONCILE_INTERVAL')))
         pid_file = Path(options['pid']) if options['pid'] else None
         if pid_file:
             pid_file.write_text(str(os.getpid()))

@@ -1,0 +1,347 @@
+"""One-off, repeatable and cron jobs as Django models; ``sync`` keeps Redis in line with them after commit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone as django_timezone
+from django.utils.translation import gettext_lazy as _
+
+from . import conf, cron, validators
+from .querysets import ScheduleQuerySet
+
+
+def default_timezone() -> str:
+    return conf.default_timezone()
+
+
+def default_misfire_grace() -> int | None:
+    return conf.get_setting('DEFAULT_MISFIRE_GRACE')
+
+
+def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
+    import django
+
+    keyword = 'condition' if django.VERSION >= (5, 1) else 'check'
+    return models.CheckConstraint(**{keyword: condition, 'name': name})
+
+
+class Overlap(models.TextChoices):
+    ALLOW = 'allow', _('Allow: enqueue every run')
+    SKIP = 'skip', _('Skip a run while the previous one is queued or running')
+
+
+class IntervalUnit(models.TextChoices):
+    SECONDS = 'seconds', _('seconds')
+    MINUTES = 'minutes', _('minutes')
+    HOURS = 'hours', _('hours')
+    DAYS = 'days', _('days')
+    WEEKS = 'weeks', _('weeks')
+
+
+UNIT_SECONDS = {'seconds': 1, 'minutes': 60, 'hours': 3600, 'days': 86400, 'weeks': 604800}
+
+
+class ScheduleBase(models.Model):
+    """What every kind of schedule shares: what to run, where, with which RQ options, and run feedback."""
+
+    name = models.CharField(_('name'), max_length=128, unique=True, help_text=_('A unique name for this schedule.'))
+    callable = models.CharField(
+        _('callable'),
+        max_length=255,
+        validators=[validators.validate_callable],
+        help_text=_('Dotted path of the function to run, e.g. "myapp.tasks.send_report".'),
+    )
+    args = models.JSONField(
+        _('positional arguments'),
+        default=list,
+        blank=True,
+        validators=[validators.validate_args],
+        help_text=_('A JSON list of positional arguments.'),
+    )
+    kwargs = models.JSONField(
+        _('keyword arguments'),
+        default=dict,
+        blank=True,
+        validators=[validators.validate_kwargs],
+        help_text=_('A JSON object of keyword arguments.'),
+    )
+    queue = models.CharField(
+        _('queue'),
+        max_length=255,
+        default='default',
+        validators=[validators.validate_queue],
+        help_text=_('The RQ queue (a key of RQ_QUEUES) the job is enqueued on.'),
+    )
+    enabled = models.BooleanField(_('enabled'), default=True, help_text=_('Disabled schedules do not run.'))
+    timeout = models.PositiveIntegerField(
+        _('timeout'), null=True, blank=True, help_text=_("Seconds a run may take; empty for the queue's default.")
+    )
+    result_ttl = models.IntegerField(
+        _('result TTL'),
+        null=True,
+        blank=True,
+        help_text=_("Seconds a run's result is kept; -1 for ever, empty for RQ's default (500)."),
+    )
+    ttl = models.PositiveIntegerField(
+        _('TTL'), null=True, blank=True, help_text=_('Seconds a run may wait in its queue before it is discarded.')
+    )
+    at_front = models.BooleanField(
+        _('at front'), default=False, help_text=_('Put runs at the front of their queue instead of the back.')
+    )
+    description = models.CharField(_('description'), max_length=255, blank=True, help_text=_('Free text.'))
+    misfire_grace = models.PositiveIntegerField(
+        _('misfire grace'),
+        null=True,
+        blank=True,
+        default=default_misfire_grace,
+        help_text=_(
+            'Seconds a run may be late (after downtime) and still run; later runs are skipped. Empty: always run once.'
+        ),
+    )
+    overlap = models.CharField(
+        _('overlap'),
+        max_length=8,
+        choices=Overlap.choices,
+        default=Overlap.ALLOW,
+        help_text=_('What to do when a run is due while the previous one is still queued or running.'),
+    )
+    next_run = models.DateTimeField(
+        _('next run'), null=True, blank=True, editable=False, help_text=_('When the next run is due.')
+    )
+    last_run = models.DateTimeField(
+        _('last run'), null=True, blank=True, editable=False, help_text=_('When the last run was enqueued.')
+    )
+    run_count = models.PositiveIntegerField(
+        _('run count'), default=0, editable=False, help_text=_('How many runs have been enqueued.')
+    )
+    created = models.DateTimeField(_('created'), auto_now_add=True, help_text=_('When this schedule was created.'))
+    modified = models.DateTimeField(_('modified'), auto_now=True, help_text=_('When this schedule was last changed.'))
+
+    objects = ScheduleQuerySet.as_manager()
+
+    DEFINITION_FIELDS: tuple[str, ...] = (
+        'callable', 'args', 'kwargs', 'queue', 'timeout', 'result_ttl', 'ttl', 'at_front', 'description',
+        'misfire_grace', 'overlap',
+    )  # fmt: skip
+
+    class Meta:
+        abstract = True
+        ordering = ['name']
+
+    def __str__(self) -> str:
+        return self.name
+
+    def natural_key(self) -> tuple[str]:
+        return (self.name,)
+
+    # -- what sync needs --------------------------------------------------------------------------------------
+
+    @property
+    def template_id(self) -> str:
+        return f'drqs-{self._meta.model_name}-{self.pk}'
+
+    @property
+    def owner(self) -> str:
+        return f'{self._meta.label_lower}:{self.pk}'
+
+    @property
+    def is_finished(self) -> bool:
+        return False
+
+    def definition(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in self.DEFINITION_FIELDS}
+        return {name: value.isoformat() if isinstance(value, datetime) else value for name, value in values.items()}
+
+    def version(self) -> str:
+        """A digest of the definition: Redis holds it per template, so drift is found without reading templates."""
+        encoded = json.dumps(self.definition(), sort_keys=True, default=str).encode()
+        return hashlib.sha1(encoded, usedforsecurity=False).hexdigest()[:16]
+
+    # -- validation -------------------------------------------------------------------------------------------
+
+    def clean_fields(self, exclude: Any = None) -> None:
+        # A function object is accepted for `callable` and stored as its dotted path.
+        self.callable = validators.callable_path(self.callable)
+        super().clean_fields(exclude=exclude)
+
+    def clean(self) -> None:
+        super().clean()
+        if self.result_ttl is not None and self.result_ttl < -1:
+            raise ValidationError({'result_ttl': _('Enter -1 (keep for ever), 0 or a positive number of seconds.')})
+        if self.timeout == 0:
+            raise ValidationError({'timeout': _('Enter a positive number of seconds, or leave it empty.')})
+        if self.ttl == 0:
+            raise ValidationError({'ttl': _('Enter a positive number of seconds, or leave it empty.')})
+
+    # -- the ORM API for views --------------------------------------------------------------------------------
+
+    def enable(self) -> None:
+        type(self).objects.filter(pk=self.pk).enable()
+        self.enabled = True
+
+    def disable(self) -> None:
+        type(self).objects.filter(pk=self.pk).disable()
+        self.enabled = False
+
+    def run_now(self) -> Any:
+        """Enqueues one run now, without moving the next scheduled one; returns the RQ job."""
+        from .sync import run_now
+
+        return run_now(self)
+
+    def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
+        """The next ``count`` fire times (aware UTC), for previews."""
+        raise NotImplementedError
+
+
+class ScheduledJob(ScheduleBase):
+    """A job that runs once, at ``scheduled_time``."""
+
+    scheduled_time = models.DateTimeField(
+        _('scheduled time'), help_text=_('When to run. A time in the past runs at once when saved.')
+    )
+    has_run = models.BooleanField(
+        _('has run'), default=False, editable=False, help_text=_('Whether the job has been enqueued.')
+    )
+
+    DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'scheduled_time')
+
+    class Meta(ScheduleBase.Meta):
+        verbose_name = _('scheduled job')
+        verbose_name_plural = _('scheduled jobs')
+
+    @property
+    def is_finished(self) -> bool:
+        return self.has_run
+
+    def clean(self) -> None:
+        super().clean()
+        if self.scheduled_time is not None and settings.USE_TZ and django_timezone.is_naive(self.scheduled_time):
+            raise ValidationError({'scheduled_time': _('Enter a time with a time zone (USE_TZ is on).')})
+
+    def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
+        return [] if self.has_run or not self.scheduled_time else [self.scheduled_time][:count]
+
+
+class RepeatableJob(ScheduleBase):
+    """A job that runs every ``interval`` units from ``scheduled_time``, ``repeat`` times in total."""
+
+    scheduled_time = models.DateTimeField(_('first run'), help_text=_('When the first run is due.'))
+    interval = models.PositiveIntegerField(_('interval'), help_text=_('How often to run, in the unit below.'))
+    interval_unit = models.CharField(
+        _('interval unit'), max_length=8, choices=IntervalUnit.choices, default=IntervalUnit.MINUTES,
+        help_text=_('The unit of the interval.'),
+    )  # fmt: skip
+    repeat = models.PositiveIntegerField(
+        _('repeat'), null=True, blank=True, help_text=_('How many runs in total; empty for ever.')
+    )
+
+    DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'scheduled_time', 'interval', 'interval_unit', 'repeat')
+
+    class Meta(ScheduleBase.Meta):
+        verbose_name = _('repeatable job')
+        verbose_name_plural = _('repeatable jobs')
+        constraints = [
+            check_constraint(Q(interval__gt=0), 'drqs_repeatable_interval_positive'),
+            check_constraint(Q(repeat__isnull=True) | Q(repeat__gt=0), 'drqs_repeatable_repeat_positive'),
+        ]
+
+    @property
+    def interval_seconds(self) -> int:
+        return self.interval * UNIT_SECONDS[self.interval_unit]
+
+    @property
+    def remaining_runs(self) -> int | None:
+        return None if self.repeat is None else max(0, self.repeat - self.run_count)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.remaining_runs == 0
+
+    def clean(self) -> None:
+        super().clean()
+        errors = {}
+        if self.interval is not None and self.interval <= 0:
+            errors['interval'] = _('Enter an interval greater than zero.')
+        if self.repeat is not None and self.repeat <= 0:
+            errors['repeat'] = _('Enter at least 1 run, or leave it empty to run for ever.')
+        if self.scheduled_time is not None and settings.USE_TZ and django_timezone.is_naive(self.scheduled_time):
+            errors['scheduled_time'] = _('Enter a time with a time zone (USE_TZ is on).')
+        if errors:
+            raise ValidationError(errors)
+
+    def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
+        if self.is_finished or not self.scheduled_time or not self.interval:
+            return []
+        after = after or django_timezone.now()
+        step = timedelta(seconds=self.interval_seconds)
+        missed = max(0, int((after - self.scheduled_time) / step) + 1) if after >= self.scheduled_time else 0
+        limit = count if self.remaining_runs is None else min(count, self.remaining_runs)
+        return [self.scheduled_time + (missed + i) * step for i in range(limit)]
+
+
+class CronJob(ScheduleBase):
+    """A job that runs on a cron string, in a time zone."""
+
+    cron_string = models.CharField(
+        _('cron string'),
+        max_length=255,
+        help_text=_('Minute, hour, day of month, month, day of week (and optional seconds), e.g. "0 7 * * 1-5".'),
+    )
+    timezone = models.CharField(
+        _('time zone'),
+        max_length=64,
+        default=default_timezone,
+        validators=[validators.validate_timezone],
+        help_text=_('The IANA time zone the cron string is read in, e.g. "Europe/Paris".'),
+    )
+    repeat = models.PositiveIntegerField(
+        _('repeat'), null=True, blank=True, help_text=_('How many runs in total; empty for ever.')
+    )
+
+    DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'cron_string', 'timezone', 'repeat')
+
+    class Meta(ScheduleBase.Meta):
+        verbose_name = _('cron job')
+        verbose_name_plural = _('cron jobs')
+        constraints = [check_constraint(Q(repeat__isnull=True) | Q(repeat__gt=0), 'drqs_cron_repeat_positive')]
+
+    @property
+    def remaining_runs(self) -> int | None:
+        return None if self.repeat is None else max(0, self.repeat - self.run_count)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.remaining_runs == 0
+
+    def clean(self) -> None:
+        super().clean()
+        if self.repeat is not None and self.repeat <= 0:
+            raise ValidationError({'repeat': _('Enter at least 1 run, or leave it empty to run for ever.')})
+        try:
+            cron.get_zone(self.timezone)
+        except cron.CronError:
+            return  # the timezone field's own validator reports it
+        try:
+            validators.validate_cron_string(self.cron_string, self.timezone)
+        except ValidationError as exc:
+            raise ValidationError({'cron_string': exc.messages}) from exc
+
+    def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
+        if self.is_finished:
+            return []
+        limit = count if self.remaining_runs is None else min(count, self.remaining_runs)
+        if limit <= 0:
+            return []
+        return cron.next_fire_times(self.cron_string, after or django_timezone.now(), self.timezone, limit)
+
+
+SCHEDULE_MODELS: tuple[type[ScheduleBase], ...] = (ScheduledJob, RepeatableJob, CronJob)

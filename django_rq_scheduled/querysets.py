@@ -1,0 +1,74 @@
+"""The schedules' QuerySet: ORM helpers for views, and bulk paths that validate and sync what they touch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.db import models, transaction
+
+FEEDBACK_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run', 'modified'})
+
+
+class ScheduleQuerySet(models.QuerySet):
+    def get_by_natural_key(self, name: str) -> Any:
+        return self.get(name=name)
+
+    def enabled(self) -> ScheduleQuerySet:
+        return self.filter(enabled=True)
+
+    def due_before(self, moment: datetime) -> ScheduleQuerySet:
+        """Enabled schedules whose next run is at or before ``moment``."""
+        return self.enabled().filter(next_run__lte=moment)
+
+    def enable(self) -> int:
+        return self.update(enabled=True)
+
+    def disable(self) -> int:
+        return self.update(enabled=False)
+
+    def update(self, **kwargs: Any) -> int:
+        """Updates, validates every touched row (all or nothing), and syncs them to Redis after commit."""
+        from .signals import schedule_sync
+
+        with transaction.atomic(using=self.db):
+            pks = list(self.values_list('pk', flat=True))
+            count = super().update(**kwargs)
+            if set(kwargs) - FEEDBACK_FIELDS:
+                for row in self.model._base_manager.using(self.db).filter(pk__in=pks).iterator():
+                    row.full_clean(validate_unique=False, validate_constraints=False)
+            schedule_sync(self.model, pks, self.db)
+        return count
+
+    def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        from .signals import schedule_sync
+
+        objs = list(objs)
+        for obj in objs:
+            obj.full_clean(validate_unique=False, validate_constraints=False)
+        with transaction.atomic(using=self.db):
+            created = super().bulk_create(objs, *args, **kwargs)
+            pks = [obj.pk for obj in created if obj.pk is not None]
+            if len(pks) < len(created):
+                names = [obj.name for obj in created]
+                pks = list(self.model._base_manager.using(self.db).filter(name__in=names).values_list('pk', flat=True))
+            schedule_sync(self.model, pks, self.db)
+        return created
+
+    def bulk_update(self, objs: Iterable[Any], fields: Iterable[str], *args: Any, **kwargs: Any) -> int:
+        from .signals import schedule_sync
+
+        objs = list(objs)
+        for obj in objs:
+            obj.full_clean(validate_unique=False, validate_constraints=False)
+        with transaction.atomic(using=self.db):
+            count = super().bulk_update(objs, fields, *args, **kwargs)
+            schedule_sync(self.model, [obj.pk for obj in objs], self.db)
+        return count
+
+    def record_feedback(self, **fields: Any) -> int:
+        """Writes run feedback without validation, signals or sync: only the loop's own fields change."""
+        if set(fields) - FEEDBACK_FIELDS:
+            raise ValueError(f'record_feedback: only {sorted(FEEDBACK_FIELDS)} may be written')
+        return models.QuerySet.update(self, **fields)
