@@ -38,6 +38,20 @@ def _setting_problems(config: dict[str, Any]) -> list[str]:
     for key in ('INTERVAL', 'LEASE_TTL'):
         if key in config and not _positive_number(config[key]):
             problems.append(f'{key} must be a number of seconds greater than zero, got {config[key]!r}')
+    if 'RECONCILE_INTERVAL' in config and not _positive_number(config['RECONCILE_INTERVAL']):
+        problems.append(
+            f'RECONCILE_INTERVAL must be a number of seconds greater than zero, got {config["RECONCILE_INTERVAL"]!r}'
+        )
+    grace = config.get('DEFAULT_MISFIRE_GRACE')
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace <= 0):
+        problems.append(f'DEFAULT_MISFIRE_GRACE must be None or a whole number of seconds above zero, got {grace!r}')
+    allowed = config.get('ALLOWED_CALLABLES')
+    if allowed is not None and (
+        isinstance(allowed, str)
+        or not isinstance(allowed, (list, tuple))
+        or not all(isinstance(p, str) and p for p in allowed)
+    ):
+        problems.append(f'ALLOWED_CALLABLES must be None or a list of dotted-path patterns, got {allowed!r}')
     batch = config.get('BATCH_SIZE', 1)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         problems.append(f'BATCH_SIZE must be a whole number of at least 1, got {batch!r}')
@@ -61,3 +75,50 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         Error(f'RQ_SCHEDULED: {problem}', hint='See the settings reference in the docs.', id=f'{APP}.E002')
         for problem in _setting_problems(config)
     ]
+
+
+@register()
+def check_django_rq_installed(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    names = [app.split('.apps.')[0] for app in settings.INSTALLED_APPS]
+    if 'django_rq' not in names:
+        return [
+            Error(
+                "'django_rq' is not in INSTALLED_APPS; django_rq_scheduled uses its RQ_QUEUES connections.",
+                hint="Add 'django_rq' to INSTALLED_APPS, after 'django_rq_scheduled'.",
+                id=f'{APP}.E003',
+            )
+        ]
+    return []
+
+
+@register()
+def check_default_queue(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    from .models import SCHEDULE_MODELS
+
+    queues = getattr(settings, 'RQ_QUEUES', None) or {}
+    default = SCHEDULE_MODELS[0]._meta.get_field('queue').default
+    if default not in queues:
+        return [
+            Warning(
+                f'New schedules default to the queue {default!r}, which is not in RQ_QUEUES; they cannot be '
+                'saved without choosing another queue.',
+                hint=f'Add a {default!r} queue to RQ_QUEUES.',
+                id=f'{APP}.W002',
+            )
+        ]
+    return []
+
+
+@register(deploy=True)
+def check_allowed_callables_set(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    config = getattr(settings, 'RQ_SCHEDULED', {})
+    if isinstance(config, dict) and config.get('ALLOWED_CALLABLES') is None:
+        return [
+            Warning(
+                'RQ_SCHEDULED["ALLOWED_CALLABLES"] is not set: anyone who can edit schedules in the admin can run '
+                'any importable function.',
+                hint='Set it to the patterns of your task functions, e.g. ["myapp.tasks.*"].',
+                id=f'{APP}.W003',
+            )
+        ]
+    return []

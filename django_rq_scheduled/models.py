@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone as django_timezone
@@ -135,6 +136,7 @@ class ScheduleBase(models.Model):
     class Meta:
         abstract = True
         ordering = ['name']
+        base_manager_name = 'objects'
 
     def __str__(self) -> str:
         return self.name
@@ -235,13 +237,19 @@ class RepeatableJob(ScheduleBase):
     """A job that runs every ``interval`` units from ``scheduled_time``, ``repeat`` times in total."""
 
     scheduled_time = models.DateTimeField(_('first run'), help_text=_('When the first run is due.'))
-    interval = models.PositiveIntegerField(_('interval'), help_text=_('How often to run, in the unit below.'))
+    interval = models.PositiveIntegerField(
+        _('interval'), validators=[MinValueValidator(1)], help_text=_('How often to run, in the unit below.')
+    )
     interval_unit = models.CharField(
         _('interval unit'), max_length=8, choices=IntervalUnit.choices, default=IntervalUnit.MINUTES,
         help_text=_('The unit of the interval.'),
     )  # fmt: skip
     repeat = models.PositiveIntegerField(
-        _('repeat'), null=True, blank=True, help_text=_('How many runs in total; empty for ever.')
+        _('repeat'),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=_('How many runs in total; empty for ever.'),
     )
 
     DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'scheduled_time', 'interval', 'interval_unit', 'repeat')
@@ -304,7 +312,11 @@ class CronJob(ScheduleBase):
         help_text=_('The IANA time zone the cron string is read in, e.g. "Europe/Paris".'),
     )
     repeat = models.PositiveIntegerField(
-        _('repeat'), null=True, blank=True, help_text=_('How many runs in total; empty for ever.')
+        _('repeat'),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=_('How many runs in total; empty for ever.'),
     )
 
     DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'cron_string', 'timezone', 'repeat')

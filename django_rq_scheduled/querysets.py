@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
 FEEDBACK_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run', 'modified'})
@@ -32,6 +33,7 @@ class ScheduleQuerySet(models.QuerySet):
         """Updates, validates every touched row (all or nothing), and syncs them to Redis after commit."""
         from .signals import schedule_sync
 
+        self._validate_values(kwargs)
         with transaction.atomic(using=self.db):
             pks = list(self.values_list('pk', flat=True))
             count = super().update(**kwargs)
@@ -40,6 +42,20 @@ class ScheduleQuerySet(models.QuerySet):
                     row.full_clean(validate_unique=False, validate_constraints=False)
             schedule_sync(self.model, pks, self.db)
         return count
+
+    def _validate_values(self, values: dict[str, Any]) -> None:
+        """Field-level checks of plain values before the database sees them (expressions are checked after)."""
+        errors: dict[str, list[str]] = {}
+        for name, value in values.items():
+            if hasattr(value, 'resolve_expression'):
+                continue
+            field = self.model._meta.get_field(name)
+            try:
+                field.run_validators(field.to_python(value))
+            except ValidationError as exc:
+                errors[name] = exc.messages
+        if errors:
+            raise ValidationError(errors)
 
     def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
         from .signals import schedule_sync

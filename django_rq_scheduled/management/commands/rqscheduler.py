@@ -15,7 +15,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from django_rq_scheduled import _django
-from django_rq_scheduled.conf import get_setting
+from django_rq_scheduled.conf import callable_allowed, get_setting
 from django_rq_scheduled.scheduler import Scheduler, connection_identity, run_schedulers
 from django_rq_scheduled.sync import DatabaseSync
 
@@ -124,6 +124,7 @@ class Command(BaseCommand):
                     name=base_name if len(groups) == 1 else f'{base_name}-{index}',
                     lease_ttl=lease_ttl,
                     batch_size=batch_size,
+                    callable_allowed=callable_allowed if get_setting('ALLOWED_CALLABLES') is not None else None,
                 )
                 for index, queue_name in enumerate(groups.values())
             ]
