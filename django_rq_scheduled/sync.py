@@ -7,6 +7,7 @@ per batch of rows.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -55,6 +56,14 @@ class _Servers:
 
 
 def _servers() -> _Servers:
+    from django.conf import settings
+
+    return _servers_for(repr(getattr(settings, 'RQ_QUEUES', {})))
+
+
+@functools.lru_cache(maxsize=8)
+def _servers_for(queues_fingerprint: str) -> _Servers:
+    """Cached per RQ_QUEUES value: clients (and their connection pools) are reused across syncs."""
     from django.conf import settings
 
     schedulers: dict[tuple[Any, ...], Scheduler] = {}
