@@ -21,6 +21,7 @@ from django.db import models, transaction
 from django.utils import timezone as django_timezone
 
 from . import cron, keys, scripts
+from .conf import callable_allowed
 from .models import SCHEDULE_MODELS, CronJob, RepeatableJob, ScheduleBase, ScheduledJob
 from .planner import format_score
 from .scheduler import Scheduler, connection_identity
@@ -228,7 +229,10 @@ def _sync_row(
 ) -> datetime | None:
     """Queues the writes that make Redis match ``row``; returns the row's next run."""
     stored = version.decode() if version else None
-    if not row.enabled or row.is_finished:
+    if not row.enabled or row.is_finished or not callable_allowed(row.callable):
+        if row.enabled and not row.is_finished:
+            # Written behind the models' back (raw SQL, or a row older than the setting): never scheduled.
+            logger.error('Not scheduling %s: %s is not in ALLOWED_CALLABLES', row.name, row.callable)
         if stored or score is not None:
             _remove(pipe, row.template_id, keep_done=True)
             report.removed.append(row.template_id)

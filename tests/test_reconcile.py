@@ -166,3 +166,17 @@ def test_feedback_is_idempotent_and_waits_for_the_database(connection):
     assert apply_feedback(connection) == 1
     row = ScheduledJob.objects.get()
     assert row.run_count == 1 and row.has_run
+
+
+def test_a_disallowed_callable_written_by_raw_sql_is_never_scheduled_nor_enqueued(connection, settings):
+    [row] = cron_rows(1)
+    settings.RQ_SCHEDULED = {'ALLOWED_CALLABLES': ['tests.tasks.record']}
+    assert reconcile().removed == [row.template_id]
+    assert scheduled_ids(connection) == []
+    # Even a template written straight into Redis is refused when it is due.
+    from django_rq_scheduled.conf import callable_allowed
+
+    scheduler = Scheduler(connection=connection, callable_allowed=callable_allowed)
+    scheduler.enqueue_at(datetime.now(UTC), 'tests.tasks.add', job_id='smuggled')
+    assert scheduler.enqueue_jobs() == []
+    assert 'ALLOWED_CALLABLES' in scheduler.dead_letters()['smuggled']
