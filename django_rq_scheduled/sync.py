@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -245,6 +246,10 @@ def _sync_row(
         return datetime.fromtimestamp(score, tz=UTC)
     runs = max(row.run_count, _runs_in(scheduler, raw_meta))
     due = first_due(row, now)
+    if score is not None and score <= now.timestamp() and not isinstance(row, ScheduledJob):
+        # The template is due and not moved yet (the loop is a few ms behind, or down): editing the row must not
+        # skip that run. It runs with the new definition; the slots after it follow the new one.
+        due = datetime.fromtimestamp(score, tz=UTC)
     if due is None or _is_exhausted(row, runs):
         _remove(pipe, row.template_id, keep_done=True)
         report.removed.append(row.template_id)
@@ -372,7 +377,7 @@ def _feedback_fields(model: type[ScheduleBase], record: dict[str, Any]) -> dict[
     }
     if record.get('job'):
         fields['last_run'] = datetime.fromtimestamp(record['at'], tz=UTC)
-    if model is ScheduledJob:
+    if model is ScheduledJob and record.get('job'):
         fields['has_run'] = True
     return fields
 
@@ -401,12 +406,34 @@ class DatabaseSync:
     def __init__(self, reconcile_interval: float) -> None:
         self.reconcile_interval = reconcile_interval
         self._next_reconcile = 0.0
+        self._reconciling: threading.Thread | None = None
 
     def __call__(self, scheduler: Scheduler) -> None:
         from django.db import close_old_connections
 
         close_old_connections()
         apply_feedback(scheduler.connection)
-        if time.monotonic() >= self._next_reconcile:
-            reconcile(connection=scheduler.connection)
+        busy = self._reconciling is not None and self._reconciling.is_alive()
+        if time.monotonic() >= self._next_reconcile and not busy:
+            # In a thread of its own: with many rows it takes seconds, and the loop must keep moving due jobs.
+            self._reconciling = threading.Thread(
+                target=self._reconcile, args=(scheduler.connection,), name='drqs-reconcile', daemon=True
+            )
+            self._reconciling.start()
             self._next_reconcile = time.monotonic() + self.reconcile_interval
+
+    @staticmethod
+    def _reconcile(connection: Any) -> None:
+        from django.db import connections
+
+        try:
+            reconcile(connection=connection)
+        except Exception:
+            logger.exception('Reconciliation failed; it is tried again at the next interval')
+        finally:
+            connections.close_all()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Waits for a running reconciliation (tests, shutdown)."""
+        if self._reconciling is not None:
+            self._reconciling.join(timeout)

@@ -285,3 +285,13 @@ def test_str_makes_no_queries(django_assert_num_queries, connection):
 
 def test_migrations_are_up_to_date():
     call_command('makemigrations', 'django_rq_scheduled', '--check', '--dry-run', verbosity=0)
+
+
+def test_editing_a_row_whose_run_is_overdue_keeps_that_run(connection):
+    row = make_cron(cron_string='*/5 * * * *')
+    overdue = datetime.now(UTC).timestamp() - 30  # the loop was down when it was due
+    connection.zadd(keys.SCHEDULED_JOBS_KEY, {row.template_id: overdue})
+    row.description = 'edited while the scheduler was down'
+    row.save()
+    assert scheduled(connection)[row.template_id] == pytest.approx(overdue)
+    assert template(connection, row).description == 'edited while the scheduler was down'
