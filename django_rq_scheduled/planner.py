@@ -53,6 +53,8 @@ class Entry:
     enqueued_id: str | None = None
     reason: str = ''
     slow_path: bool = False
+    one_off: tuple[str, str, Any, Any] | None = None
+    """(queue key, push command, timeout or '', ttl or ''): a plain one-off, sent to the move script compactly."""
 
 
 @dataclass
@@ -64,17 +66,19 @@ class Parsed:
     raw: dict[bytes, bytes]
     meta: dict[str, Any]
 
-    @property
-    def ours(self) -> dict[str, Any]:
-        return self.meta.get(keys.META_KEY) or {}
+    def __post_init__(self) -> None:
+        # Read once: these are asked several times per job on the hot path.
+        self.ours: dict[str, Any] = self.meta.get(keys.META_KEY) or {}
+        self.is_periodic = bool(self.meta.get('interval') or self.meta.get('cron_string'))
+        self.is_our_template = self.is_periodic and self.ours.get('kind') in ('interval', 'cron')
 
     @property
-    def is_periodic(self) -> bool:
-        return bool(self.meta.get('interval') or self.meta.get('cron_string'))
+    def has_dependencies(self) -> bool:
+        return bool(self.raw.get(b'dependency_id') or self.raw.get(b'dependency_ids'))
 
     @property
-    def is_our_template(self) -> bool:
-        return self.is_periodic and self.ours.get('kind') in ('interval', 'cron')
+    def needs_whole_hash(self) -> bool:
+        return self.is_our_template or self.has_dependencies
 
     @property
     def previous_run_to_check(self) -> str | None:
@@ -161,7 +165,7 @@ class Planner:
 
     def plan(self, parsed: Parsed, previous_status: bytes | None = None) -> Entry:
         try:
-            if parsed.raw.get(b'dependency_id') or parsed.raw.get(b'dependency_ids'):
+            if parsed.has_dependencies:
                 return Entry(parsed.member, guard_score(parsed.score), slow_path=True)
             if parsed.is_our_template:
                 return self._plan_occurrence(parsed, previous_status)
@@ -189,11 +193,22 @@ class Planner:
             entry.commands.append(('HSET', keys.job_key(parsed.member), 'status', 'canceled'))
         else:
             entry.enqueued_id = parsed.member
+            runs += 1
+            if not parsed.ours.get('record'):
+                entry.commands = []
+                entry.one_off = self._compact_one_off(parsed)
+                return entry
             entry.commands += self._enqueue_existing(parsed, parsed.member)
             self._apply_ttl(entry, parsed.member, parsed.raw)
-            runs += 1
         self._record(entry, parsed, parsed.score, runs=runs, next_time=None, finished=True)
         return entry
+
+    def _compact_one_off(self, parsed: Parsed) -> tuple[str, str, Any, Any]:
+        queue = self._queue(parsed)
+        timeout = queue.default_timeout if b'timeout' not in parsed.raw and queue.default_timeout is not None else ''
+        ttl = int(parsed.raw[b'ttl']) if parsed.raw.get(b'ttl') else 0
+        push = 'LPUSH' if parsed.raw.get(b'enqueue_at_front') in (b'1', b'True', b'true') else 'RPUSH'
+        return queue.key, push, timeout, ttl if ttl > 0 else ''
 
     def _plan_same_id_run(self, parsed: Parsed) -> Entry:
         """rq-scheduler's own periodic job: the template itself is pushed again, as rq-scheduler does."""

@@ -28,7 +28,7 @@ from rq.serializers import resolve_serializer
 from rq.utils import backend_class, import_attribute, parse_timeout, utcformat
 
 from . import _django, cron, keys, scripts
-from .planner import DEAD, ENQUEUED, Entry, Parsed, Planner, QueueInfo, format_score
+from .planner import DEAD, ENQUEUED, QUEUES_SET_KEY, Entry, Parsed, Planner, QueueInfo, format_score
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,10 @@ RESERVED_KWARGS = (
 )
 OVERLAP_POLICIES = ('allow', 'skip')
 _UTC = timezone.utc
+PLANNING_FIELDS = (
+    b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
+    b'dependency_id', b'dependency_ids',
+)  # fmt: skip
 REDIS_OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
 
 
@@ -165,8 +169,10 @@ class Scheduler:
         self._is_leader = False
         self._lease_renewed_at = 0.0
         self._stop = threading.Event()
+        self._wakeup = threading.Event()
         self._queues: dict[tuple[str, str | None], Queue] = {}
         self._move_script = self.connection.register_script(scripts.MOVE)
+        self._read_due_script = self.connection.register_script(scripts.READ_DUE)
         self._arm_script = self.connection.register_script(scripts.ARM_WAKEUP)
         self._renew_script = self.connection.register_script(scripts.RENEW_LEASE)
         self._release_script = self.connection.register_script(scripts.RELEASE_LEASE)
@@ -567,21 +573,31 @@ class Scheduler:
         finally:
             if took_lease:
                 self.remove_lock()
-        return [
-            self.job_class(job_id, connection=self.connection, serializer=self.serializer) for job_id in report.enqueued
-        ]
+        return self._job_handles(report.enqueued)
+
+    def _job_handles(self, job_ids: list[str]) -> list[Job]:
+        """Unloaded ``Job`` objects for these ids (``refresh()`` loads one), made by copying one prototype:
+        ``Job.__init__`` costs more than moving the job did."""
+        prototype = vars(self.job_class(connection=self.connection, serializer=self.serializer))
+        mutable = {name: type(value) for name, value in prototype.items() if isinstance(value, (list, dict, set))}
+        handles = []
+        for job_id in job_ids:
+            handle = self.job_class.__new__(self.job_class)
+            handle.__dict__.update(prototype)
+            handle.__dict__.update({name: kind() for name, kind in mutable.items()})
+            handle._id = job_id
+            handles.append(handle)
+        return handles
 
     def move_due_jobs(self) -> MoveReport:
         """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call."""
         report = MoveReport()
         while True:
             now = time.time()
-            pairs = self.connection.zrangebyscore(
-                self.scheduled_jobs_key, '-inf', now, start=0, num=self.batch_size, withscores=True
-            )
+            pairs, fields = self._read_due(now)
             if not pairs:
                 return report
-            batch = self._move_members(pairs, fenced=True, now=now)
+            batch = self._move_members(pairs, fenced=True, now=now, fields=fields)
             report.enqueued += batch.enqueued
             report.dead += batch.dead
             report.skipped += batch.skipped
@@ -600,11 +616,31 @@ class Scheduler:
             callable_allowed=self.callable_allowed,
         )
 
-    def _move_members(self, pairs: list[Any], *, fenced: bool, now: float | None = None) -> MoveReport:
+    def _read_due(self, now: float) -> tuple[list[tuple[Any, Any]], list[dict[bytes, bytes]]]:
+        """Due members with their scores, and the fields their moves are planned from: one round trip."""
+        flat = self._read_due_script(
+            keys=[self.scheduled_jobs_key],
+            args=[self.job_class.redis_job_namespace_prefix, repr(now), self.batch_size, *PLANNING_FIELDS],
+        )
+        width = 2 + len(PLANNING_FIELDS)
+        rows = [flat[start : start + width] for start in range(0, len(flat), width)]
+        pairs = [(row[0], row[1]) for row in rows]
+        fields = [{name: value for name, value in zip(PLANNING_FIELDS, row[2:]) if value is not None} for row in rows]
+        return pairs, fields
+
+    def _move_members(
+        self,
+        pairs: list[Any],
+        *,
+        fenced: bool,
+        now: float | None = None,
+        fields: list[dict[bytes, bytes]] | None = None,
+    ) -> MoveReport:
         planner = self._planner(time.time() if now is None else now)
         members = [(m.decode() if isinstance(m, bytes) else m, float(s)) for m, s in pairs]
-        raws = self._fetch_hashes([member for member, _ in members])
+        raws = fields if fields is not None else self._fetch_planning_fields([member for member, _ in members])
         decoded = [planner.parse(member, score, raw) for (member, score), raw in zip(members, raws)]
+        self._load_whole_hashes([p for p in decoded if isinstance(p, Parsed) and p.needs_whole_hash])
         statuses = self._previous_run_statuses([p for p in decoded if isinstance(p, Parsed)])
         entries = [
             item if isinstance(item, Entry) else planner.plan(item, statuses.get(item.previous_run_to_check))
@@ -617,11 +653,23 @@ class Scheduler:
                 self._move_with_dependencies(planner, item, report, fenced=fenced)
         return report
 
-    def _fetch_hashes(self, members: list[str]) -> list[dict[bytes, bytes]]:
+    def _fetch_planning_fields(self, members: list[str]) -> list[dict[bytes, bytes]]:
+        """The few hash fields a move is planned from (whole hashes cost more to read than to move)."""
         with self.connection.pipeline(transaction=False) as pipe:
             for member in members:
-                pipe.hgetall(keys.job_key(member))
-            return pipe.execute()
+                pipe.hmget(keys.job_key(member), PLANNING_FIELDS)
+            replies = pipe.execute()
+        return [{name: value for name, value in zip(PLANNING_FIELDS, reply) if value is not None} for reply in replies]
+
+    def _load_whole_hashes(self, parsed: list[Parsed]) -> None:
+        """Templates of ours are copied into each occurrence, and RQ's own enqueue needs the whole job."""
+        if not parsed:
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            for item in parsed:
+                pipe.hgetall(keys.job_key(item.member))
+            for item, raw in zip(parsed, pipe.execute()):
+                item.raw = raw or item.raw
 
     def _previous_run_statuses(self, parsed: list[Parsed]) -> dict[str, bytes | None]:
         run_ids = [p.previous_run_to_check for p in parsed if p.previous_run_to_check]
@@ -635,9 +683,18 @@ class Scheduler:
     def _apply(self, planner: Planner, entries: list[Entry], report: MoveReport, *, fenced: bool) -> None:
         if not entries:
             return
-        argv: list[Any] = [self._token if fenced else '', len(entries)]
+        header = [
+            self._token if fenced else '',
+            len(entries),
+            planner.enqueued_at,
+            self.job_class.redis_job_namespace_prefix,
+        ]
+        argv: list[Any] = [*header, QUEUES_SET_KEY]
         for entry in entries:
-            argv += [entry.member, entry.score, len(entry.commands)]
+            if entry.one_off:
+                argv += [entry.member, entry.score, 'O', *entry.one_off]
+                continue
+            argv += [entry.member, entry.score, 'G', len(entry.commands)]
             for command in entry.commands:
                 argv += [len(command), *command]
         try:
@@ -707,6 +764,7 @@ class Scheduler:
         acquired = self.connection.set(self.scheduler_lock_key, self._token, nx=True, px=self._lease_ms)
         if acquired:
             logger.info('Scheduler %s is now the leader', self.name)
+            self.connection.hset(self.key, 'leader_since', time.time())
         else:
             acquired = self._renew_script(keys=[self.scheduler_lock_key], args=[self._token, self._lease_ms])
         self._is_leader = bool(acquired)
@@ -775,6 +833,7 @@ class Scheduler:
     def request_stop(self) -> None:
         """Asks the loop to finish its current batch, release the lease and return."""
         self._stop.set()
+        self._wakeup.set()
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -795,6 +854,8 @@ class Scheduler:
         self._install_signal_handlers()
         self._call_with_retry(self._register_birth_when_name_is_free)
         logger.info('Scheduler %s started (pid %s)', self.name, os.getpid())
+        listener = threading.Thread(target=self._listen_for_wakeups, name=f'{self.name}-wakeups', daemon=True)
+        listener.start()
         failures = 0
         try:
             while not self._stop.is_set():
@@ -899,7 +960,22 @@ class Scheduler:
         wake_at = min(latest, float(earliest)) if earliest is not None else latest
         wait = wake_at - time.time()
         if wait > 0.001 and not self._stop.is_set():
-            self.connection.blpop([keys.WAKEUP_KEY], timeout=max(0.01, round(wait, 3)))
+            # Timed in Python: Redis times out blocked clients on its own clock tick (100 ms at the default hz),
+            # which would make every job up to 100 ms late. The wake-up listener ends the wait early.
+            self._wakeup.wait(wait)
+        self._wakeup.clear()
+
+    def _listen_for_wakeups(self) -> None:
+        """Runs in a thread while the loop runs: turns a producer's push on the wake-up list into an event."""
+        block = self._longest_sleep()
+        while not self._stop.is_set():
+            try:
+                if not self._is_leader:
+                    self._stop.wait(0.1)  # a standby must not take the leader's wake-ups
+                elif self.connection.blpop([keys.WAKEUP_KEY], timeout=max(0.1, round(block, 3))):
+                    self._wakeup.set()
+            except REDIS_OUTAGE_ERRORS:
+                self._stop.wait(1.0)
 
     def _shut_down(self) -> None:
         for step in (self.remove_lock, self.register_death):

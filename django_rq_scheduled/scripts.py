@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-# Moves one batch of due jobs. KEYS: lock, schedule. ARGV: token (empty for an explicit API call rather than the
-# loop), entry count, then per entry: member, expected score ('*' = unguarded), command count, then per command:
-# arg count, args...
+# Moves one batch of due jobs. KEYS: lock, schedule.
+# ARGV: token (empty for an explicit API call rather than the loop), entry count, enqueued_at, job key prefix,
+# the set of queue keys ('rq:queues'), then per entry: member, expected score ('*' = unguarded), and either
+#   'O', queue key, push command, timeout or '', ttl or '': a plain one-off job (the hot path, kept compact), or
+#   'G', command count, then per command: arg count, args...: any other move, spelled out by the planner.
 # The whole batch is refused unless the lock still holds our token (a deposed leader cannot enqueue). An entry
 # is applied only if its member still has the score we planned with, so a job cancelled or rescheduled by a
 # producer after we read it is left alone. Key types are checked before any write of an entry, so corrupt data
@@ -14,19 +16,38 @@ local unpack = unpack or table.unpack
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('NOTLEADER lease lost')
 end
+local enqueued_at, job_prefix, queues_key = ARGV[3], ARGV[4], ARGV[5]
 local expected_type = {
   HSET = 'hash', HDEL = 'hash', RPUSH = 'list', LPUSH = 'list', SADD = 'set', ZADD = 'zset', ZREM = 'zset'
 }
+local checked = {}  -- key -> type, so shared keys (queues, the schedule) are looked at once per batch
+local registered = {}  -- queue keys already added to the set of queues in this batch
+local function one_off(member, queue_key, push, timeout, ttl)
+  local job_key = job_prefix .. member
+  local hset = {'HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at}
+  if timeout ~= '' then hset[7] = 'timeout'; hset[8] = timeout end
+  local cmds = {{'ZREM', KEYS[2], member}, hset, {push, queue_key, member}}
+  if not registered[queue_key] then cmds[#cmds + 1] = {'SADD', queues_key, queue_key} end
+  if ttl ~= '' then cmds[#cmds + 1] = {'EXPIRE', job_key, ttl} end
+  return cmds
+end
 local results = {}
-local i = 3
+local i = 6
 for e = 1, tonumber(ARGV[2]) do
-  local member, score, ncmds = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  i = i + 3
-  local cmds = {}
-  for c = 1, ncmds do
-    local nargs = tonumber(ARGV[i])
-    cmds[c] = {unpack(ARGV, i + 1, i + nargs)}
-    i = i + 1 + nargs
+  local member, score, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local cmds
+  if kind == 'O' then
+    cmds = one_off(member, ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+    i = i + 7
+  else
+    local ncmds = tonumber(ARGV[i + 3])
+    i = i + 4
+    cmds = {}
+    for c = 1, ncmds do
+      local nargs = tonumber(ARGV[i])
+      cmds[c] = {unpack(ARGV, i + 1, i + nargs)}
+      i = i + 1 + nargs
+    end
   end
   local status = 1
   if score ~= '*' then
@@ -37,18 +58,42 @@ for e = 1, tonumber(ARGV[2]) do
     for _, cmd in ipairs(cmds) do
       local want = expected_type[cmd[1]]
       if want then
-        local have = redis.call('TYPE', cmd[2])
-        if type(have) == 'table' then have = have['ok'] end
+        local have = checked[cmd[2]]
+        if not have then
+          have = redis.call('TYPE', cmd[2])
+          if type(have) == 'table' then have = have['ok'] end
+          if have ~= 'none' then checked[cmd[2]] = have end
+        end
         if have ~= 'none' and have ~= want then status = 'WRONGTYPE ' .. cmd[2] .. ' holds a ' .. have end
       end
     end
   end
   if status == 1 then
-    for _, cmd in ipairs(cmds) do redis.call(unpack(cmd)) end
+    for _, cmd in ipairs(cmds) do
+      redis.call(unpack(cmd))
+      if cmd[1] == 'SADD' and cmd[2] == queues_key then registered[cmd[3]] = true end
+    end
   end
   results[e] = status
 end
 return results
+"""
+
+# Reads one batch of due jobs and the hash fields their moves are planned from, in one round trip.
+# KEYS: schedule. ARGV: job key prefix, latest due score, batch size, fields...
+# Returns a flat list: member, score, then one value (or nil) per field, for each due member, earliest first.
+READ_DUE = """
+local unpack = unpack or table.unpack
+local fields = {unpack(ARGV, 4)}
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for d = 1, #due, 2 do
+  out[#out + 1] = due[d]
+  out[#out + 1] = due[d + 1]
+  local values = redis.call('HMGET', ARGV[1] .. due[d], unpack(fields))
+  for f = 1, #fields do out[#out + 1] = values[f] end
+end
+return out
 """
 
 # Adds or moves a member and wakes a sleeping scheduler if the new time is earlier than its wake-up time.

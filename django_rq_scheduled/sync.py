@@ -403,8 +403,9 @@ def run_now(row: ScheduleBase) -> Any:
 class DatabaseSync:
     """The loop's tick hook: run feedback into rows every tick, reconciliation every ``reconcile_interval``."""
 
-    def __init__(self, reconcile_interval: float) -> None:
+    def __init__(self, reconcile_interval: float, *, background: bool = True) -> None:
         self.reconcile_interval = reconcile_interval
+        self.background = background
         self._next_reconcile = 0.0
         self._reconciling: threading.Thread | None = None
 
@@ -415,12 +416,15 @@ class DatabaseSync:
         apply_feedback(scheduler.connection)
         busy = self._reconciling is not None and self._reconciling.is_alive()
         if time.monotonic() >= self._next_reconcile and not busy:
+            self._next_reconcile = time.monotonic() + self.reconcile_interval
+            if not self.background:
+                reconcile(connection=scheduler.connection)
+                return
             # In a thread of its own: with many rows it takes seconds, and the loop must keep moving due jobs.
             self._reconciling = threading.Thread(
                 target=self._reconcile, args=(scheduler.connection,), name='drqs-reconcile', daemon=True
             )
             self._reconciling.start()
-            self._next_reconcile = time.monotonic() + self.reconcile_interval
 
     @staticmethod
     def _reconcile(connection: Any) -> None:

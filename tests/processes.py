@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,11 +15,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.cache
+def migrated_database() -> str:
+    """A migrated SQLite file shared by the scheduler processes of this test run (they sync run feedback)."""
+    path = Path(tempfile.mkdtemp(prefix='drqs-db-')) / 'db.sqlite3'
+    env = {**os.environ, 'DRQS_TEST_DB': str(path), 'PYTHONPATH': str(ROOT)}
+    command = [sys.executable, '-m', 'django', 'migrate', '--settings', 'tests.settings', '-v', '0']
+    subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=120)
+    return str(path)
+
+
 def scheduler_process(url: str, *options: str, name: str | None = None) -> subprocess.Popen:
     command = [sys.executable, '-m', 'django', 'rqscheduler', '--settings', 'tests.settings', *options]
     if name:
         command += ['--name', name]
-    env = {**os.environ, 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
+    env = {**os.environ, 'DRQS_TEST_REDIS_URL': url, 'DRQS_TEST_DB': migrated_database(), 'PYTHONPATH': str(ROOT)}
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -18,7 +18,7 @@ INSTALLED_APPS = [
     'django_rq',
 ]
 
-DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': ':memory:'}}
+DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': os.environ.get('DRQS_TEST_DB', ':memory:')}}
 
 _REDIS_URL = os.environ.get('DRQS_TEST_REDIS_URL', 'redis://127.0.0.1:1/0')
 RQ_QUEUES = {

@@ -33,6 +33,7 @@ def test_bad_options_are_command_errors(redis_url, options, message):
         call_command('rqscheduler', *options)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_burst_moves_due_jobs_and_releases_the_lease(connection, tmp_path):
     scheduler = Scheduler(connection=connection)
     scheduler.enqueue_at(datetime.now(UTC), tasks.add, 1, 2, job_id='burst')

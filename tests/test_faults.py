@@ -38,7 +38,7 @@ def lock_owner(connection):
 
 def test_kill_9_at_random_points_of_large_batches_loses_and_duplicates_nothing(connection, redis_url):
     scheduler = Scheduler(connection=connection)
-    expected = schedule_one_offs(scheduler, 1500, datetime.now(UTC))
+    expected = schedule_one_offs(scheduler, 3000, datetime.now(UTC))
     start = datetime.now(UTC) - timedelta(seconds=30)
     templates = [f'every-{i}' for i in range(20)]
     for template in templates:
@@ -50,9 +50,9 @@ def test_kill_9_at_random_points_of_large_batches_loses_and_duplicates_nothing(c
         if remaining <= 0:
             break
         before = connection.llen('rq:queue:default')
-        process = scheduler_process(redis_url, '--batch-size', '10', '--interval', '0.1', '--lease-ttl', '0.5')
+        process = scheduler_process(redis_url, '--batch-size', '5', '--interval', '0.1', '--lease-ttl', '0.5')
         wait_for(lambda before=before: connection.llen('rq:queue:default') > before, timeout=30, step=0.001)
-        time.sleep(rng.uniform(0, 0.05))
+        time.sleep(rng.uniform(0, 0.02))
         kill(process)
         moved = connection.llen('rq:queue:default') - before
         interrupted += moved > 0 and connection.zcount(keys.SCHEDULED_JOBS_KEY, '-inf', time.time()) > len(templates)

@@ -80,7 +80,8 @@ class Command(BaseCommand):
         self._configure_logging(options['verbosity'])
         schedulers = self._build_schedulers(options)
         for scheduler in schedulers:
-            scheduler.tick_hooks.append(DatabaseSync(get_setting('RECONCILE_INTERVAL')))
+            hook = DatabaseSync(get_setting('RECONCILE_INTERVAL'), background=not options['burst'])
+            scheduler.tick_hooks.append(hook)
         pid_file = Path(options['pid']) if options['pid'] else None
         if pid_file:
             pid_file.write_text(str(os.getpid()))

@@ -1,0 +1,91 @@
+"""Admin forms: a queue select built from RQ_QUEUES per request, and a callable field with suggestions."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+from django import forms
+from django.apps import apps
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext_lazy as _
+
+from .conf import get_setting
+from .validators import queue_names
+
+SUGGESTION_LIMIT = 200
+
+
+class CallableInput(forms.TextInput):
+    """A text input with an HTML ``<datalist>`` of suggested dotted paths."""
+
+    def __init__(self, suggestions: list[str], attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(attrs={'size': 60, **(attrs or {})})
+        self.suggestions = suggestions
+
+    def render(self, name: str, value: Any, attrs: dict[str, Any] | None = None, renderer: Any = None) -> str:
+        list_id = f'{(attrs or {}).get("id", name)}_suggestions'
+        attrs = {**(attrs or {}), 'list': list_id, 'autocomplete': 'off'}
+        options = format_html_join('', '<option value="{}"></option>', ((s,) for s in self.suggestions))
+        return format_html(
+            '{}<datalist id="{}">{}</datalist>', super().render(name, value, attrs, renderer), list_id, options
+        )
+
+
+def job_decorated_callables() -> list[str]:
+    """Functions decorated with django-rq's ``@job`` in the installed apps' ``tasks`` modules."""
+    found = []
+    for config in apps.get_app_configs():
+        module_name = f'{config.name}.tasks'
+        module = sys.modules.get(module_name)
+        if module is None:
+            try:
+                module = importlib.import_module(module_name)
+            except ImportError:
+                continue
+        for attribute, value in vars(module).items():
+            if callable(value) and hasattr(value, 'delay') and hasattr(value, '__wrapped__'):
+                found.append(f'{module_name}.{attribute}')
+    return found
+
+
+def used_callables() -> list[str]:
+    from .models import SCHEDULE_MODELS
+
+    used: set[str] = set()
+    for model in SCHEDULE_MODELS:
+        used.update(model._base_manager.values_list('callable', flat=True).distinct()[:SUGGESTION_LIMIT])
+    return sorted(used)
+
+
+def callable_suggestions() -> list[str]:
+    patterns = list(get_setting('ALLOWED_CALLABLES') or [])
+    suggestions = dict.fromkeys([*patterns, *job_decorated_callables(), *used_callables()])
+    return list(suggestions)[:SUGGESTION_LIMIT]
+
+
+class ScheduleForm(forms.ModelForm):
+    """The change form of every schedule model."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if 'queue' in self.fields:
+            field = self.fields['queue']
+            self.fields['queue'] = forms.ChoiceField(
+                choices=[(name, name) for name in queue_names()],
+                label=field.label,
+                help_text=field.help_text,
+                initial=field.initial,
+            )
+        if 'callable' in self.fields:
+            self.fields['callable'].widget = CallableInput(callable_suggestions())
+        for name in ('args', 'kwargs'):
+            if name in self.fields:
+                self.fields[name].widget = forms.Textarea(attrs={'rows': 2, 'cols': 60, 'class': 'vLargeTextField'})
+
+
+class CancelForm(forms.Form):
+    """The confirmation of a cancel: nothing to fill in, the POST itself confirms."""
+
+    confirm = forms.BooleanField(initial=True, widget=forms.HiddenInput, label=_('confirm'))
