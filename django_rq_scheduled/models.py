@@ -357,3 +357,16 @@ class CronJob(ScheduleBase):
 
 
 SCHEDULE_MODELS: tuple[type[ScheduleBase], ...] = (ScheduledJob, RepeatableJob, CronJob)
+
+
+class SchedulerStatus(models.Model):
+    """No table: gives the admin's scheduler status page its place in the app index and its permissions."""
+
+    class Meta:
+        managed = False
+        default_permissions = ('view', 'change')
+        verbose_name = _('scheduler status')
+        verbose_name_plural = _('scheduler status')
+
+    def __str__(self) -> str:
+        return str(self._meta.verbose_name)

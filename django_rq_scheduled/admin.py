@@ -1,0 +1,330 @@
+"""Admin screens: change lists, change forms, cancel confirmations, actions, and the scheduler status page."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.db.models import F, Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.timesince import timesince, timeuntil
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
+
+from . import keys
+from .describe import describe_cron, describe_interval
+from .forms import ScheduleForm
+from .models import CronJob, RepeatableJob, ScheduleBase, ScheduledJob, SchedulerStatus
+from .validators import queue_names
+
+SCHEDULED, PAUSED, FINISHED, MISSING = 'scheduled', 'paused', 'finished', 'missing'
+STATUS_LABELS = {
+    SCHEDULED: _('scheduled'),
+    PAUSED: _('paused'),
+    FINISHED: _('finished'),
+    MISSING: _('missing in Redis'),
+}
+STATUS_COLOURS = {SCHEDULED: '#2e7d32', PAUSED: '#757575', FINISHED: '#1565c0', MISSING: '#c62828'}
+
+
+def finished_q(model: type[ScheduleBase]) -> Q:
+    if model is ScheduledJob:
+        return Q(has_run=True)
+    return Q(repeat__isnull=False, run_count__gte=F('repeat'))
+
+
+def redis_presence(rows: list[ScheduleBase]) -> dict[Any, tuple[bool, str | None]]:
+    """(in the schedule?, stored version) per row, in one pipelined round trip per Redis server."""
+    from .sync import _servers
+
+    servers = _servers()
+    by_server: dict[Any, list[ScheduleBase]] = defaultdict(list)
+    for row in rows:
+        by_server[servers.queue_home.get(row.queue)].append(row)
+    presence: dict[Any, tuple[bool, str | None]] = {}
+    for identity, group in by_server.items():
+        scheduler = servers.schedulers.get(identity)
+        if scheduler is None:
+            presence.update({row.pk: (False, None) for row in group})
+            continue
+        ids = [row.template_id for row in group]
+        with scheduler.connection.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.VERSIONS_KEY, ids)
+            for template_id in ids:
+                pipe.zscore(keys.SCHEDULED_JOBS_KEY, template_id)
+            versions, *scores = pipe.execute()
+        for row, version, score in zip(group, versions, scores):
+            presence[row.pk] = (score is not None, version.decode() if version else None)
+    return presence
+
+
+def row_status(row: ScheduleBase) -> str:
+    if not row.enabled:
+        return PAUSED
+    in_redis, version = getattr(row, '_drqs_presence', (True, None))
+    if row.is_finished or (version or '').startswith('done:'):
+        return FINISHED
+    return SCHEDULED if in_redis else MISSING
+
+
+class PresenceChangeList(ChangeList):
+    """Looks up the page's rows in Redis once, so the status column costs no round trip per row."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        rows = list(self.result_list)
+        presence = redis_presence(rows)
+        for row in rows:
+            row._drqs_presence = presence.get(row.pk, (False, None))
+
+
+class QueueFilter(admin.SimpleListFilter):
+    title = _('queue')
+    parameter_name = 'queue'
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in queue_names()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        return queryset.filter(queue=self.value()) if self.value() else queryset
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = _('status')
+    parameter_name = 'status'
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return list(STATUS_LABELS.items())
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        finished = finished_q(queryset.model)
+        if value == PAUSED:
+            return queryset.filter(enabled=False)
+        if value == FINISHED:
+            return queryset.filter(finished, enabled=True)
+        active = queryset.filter(enabled=True).exclude(finished)
+        if value not in (SCHEDULED, MISSING):
+            return queryset
+        # Only this choice asks Redis about every active row; the others are plain SQL.
+        presence = redis_presence(list(active.only('pk', 'queue')))
+        missing = [pk for pk, (in_redis, version) in presence.items() if not in_redis and not version]
+        return active.filter(pk__in=missing) if value == MISSING else active.exclude(pk__in=missing)
+
+
+class ScheduleAdmin(admin.ModelAdmin):
+    """What the three schedule admins share."""
+
+    form = ScheduleForm
+    list_display = (
+        'name', 'what', 'queue', 'enabled', 'schedule', 'next_run_display', 'last_run', 'run_count', 'status',
+    )  # fmt: skip
+    list_filter = ('enabled', QueueFilter, StatusFilter)
+    search_fields = ('name', 'callable')
+    list_per_page = 50
+    show_full_result_count = False
+    save_on_top = True
+    actions = ('enable_selected', 'disable_selected', 'run_selected_now', 'cancel_selected')
+    readonly_fields = ('upcoming_runs', 'next_run', 'last_run', 'run_count', 'created', 'modified')
+    when_fields: tuple[str, ...] = ()
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[Any, dict[str, Any]]]:
+        return [
+            (_('What to run'), {'fields': ('name', 'callable', 'args', 'kwargs', 'queue', 'enabled')}),
+            (_('When'), {'fields': (*self.when_fields, 'upcoming_runs')}),
+            (
+                _('Options'),
+                {
+                    'classes': ('collapse',),
+                    'fields': ('timeout', 'result_ttl', 'ttl', 'at_front', 'misfire_grace', 'overlap', 'description'),
+                },
+            ),
+            (_('History'), {'fields': ('next_run', 'last_run', 'run_count', 'created', 'modified')}),
+        ]
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return PresenceChangeList
+
+    # -- columns --------------------------------------------------------------------------------------------
+
+    @admin.display(description=_('runs'), ordering='callable')
+    def what(self, obj: ScheduleBase) -> str:
+        arguments = [repr(arg) for arg in obj.args] + [f'{key}={value!r}' for key, value in obj.kwargs.items()]
+        summary = ', '.join(arguments)
+        if len(summary) > 40:
+            summary = summary[:39] + '…'
+        return f'{obj.callable.rsplit(".", 1)[-1]}({summary})'
+
+    @admin.display(description=_('schedule'))
+    def schedule(self, obj: ScheduleBase) -> str:
+        raise NotImplementedError
+
+    @admin.display(description=_('next run'), ordering='next_run')
+    def next_run_display(self, obj: ScheduleBase) -> str:
+        if not obj.next_run or not obj.enabled:
+            return '—'
+        local = timezone.localtime(obj.next_run)
+        now = timezone.now()
+        when = _('in %(delta)s') % {'delta': timeuntil(obj.next_run, now)}
+        if obj.next_run <= now:
+            when = _('due %(delta)s ago') % {'delta': timesince(obj.next_run, now)}
+        return format_html('{}<br><small>{}</small>', local.strftime('%Y-%m-%d %H:%M:%S'), when)
+
+    @admin.display(description=_('status'))
+    def status(self, obj: ScheduleBase) -> str:
+        state = row_status(obj)
+        return format_html(
+            '<span class="drqs-status drqs-status-{}" style="color:#fff;background:{};padding:1px 6px;'
+            'border-radius:8px;white-space:nowrap">{}</span>',
+            state,
+            STATUS_COLOURS[state],
+            STATUS_LABELS[state],
+        )
+
+    @admin.display(description=_('next 5 runs'))
+    def upcoming_runs(self, obj: ScheduleBase) -> str:
+        if obj is None or not obj.pk:
+            return _('Shown once saved.')
+        runs = obj.next_runs(5) if obj.enabled else []
+        if not runs:
+            return _('None.')
+        items = format_html_join(
+            '', '<li>{}</li>', ((f'{timezone.localtime(run):%Y-%m-%d %H:%M:%S %Z}',) for run in runs)
+        )
+        return format_html('<ol class="drqs-upcoming">{}</ol>', items)
+
+    # -- actions --------------------------------------------------------------------------------------------
+
+    def _log_each(self, request: HttpRequest, queryset: QuerySet, message: str) -> None:
+        for obj in queryset:
+            self.log_change(request, obj, message)
+
+    @admin.action(description=_('Enable selected schedules'), permissions=['change'])
+    def enable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = queryset.enable()
+        self._log_each(request, queryset, 'Enabled')
+        self.message_user(request, ngettext('%d schedule enabled.', '%d schedules enabled.', count) % count)
+
+    @admin.action(description=_('Disable selected schedules'), permissions=['change'])
+    def disable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = queryset.disable()
+        self._log_each(request, queryset, 'Disabled')
+        self.message_user(request, ngettext('%d schedule disabled.', '%d schedules disabled.', count) % count)
+
+    @admin.action(description=_('Run selected schedules now'), permissions=['change'])
+    def run_selected_now(self, request: HttpRequest, queryset: QuerySet) -> None:
+        rows = list(queryset)
+        for row in rows:
+            job = row.run_now()
+            self.log_change(request, row, f'Ran now as job {job.id}')
+        count = len(rows)
+        self.message_user(request, ngettext('%d run enqueued.', '%d runs enqueued.', count) % count)
+
+    @admin.action(description=_('Cancel selected schedules'), permissions=['change'])
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        if request.POST.get('confirmed') == 'yes':
+            count = self._cancel(request, queryset)
+            self.message_user(request, ngettext('%d schedule cancelled.', '%d schedules cancelled.', count) % count)
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            'title': _('Cancel schedules?'),
+            'opts': self.opts,
+            'objects': queryset,
+            'action_checkbox_name': admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, 'admin/django_rq_scheduled/cancel_selected.html', context)
+
+    def _cancel(self, request: HttpRequest, queryset: QuerySet) -> int:
+        """Removes the schedules from Redis and disables their rows; the rows and their history stay."""
+        count = queryset.disable()
+        self._log_each(request, queryset, 'Cancelled')
+        return count
+
+    # -- the cancel screen of one schedule ------------------------------------------------------------------
+
+    def get_urls(self) -> list[Any]:
+        info = self.opts.app_label, self.opts.model_name
+        extra = [
+            path(
+                '<path:object_id>/cancel/',
+                self.admin_site.admin_view(self.cancel_view),
+                name='{}_{}_cancel'.format(*info),
+            )
+        ]
+        return extra + super().get_urls()
+
+    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        obj = get_object_or_404(self.get_queryset(request), pk=object_id)
+        if not self.has_change_permission(request, obj):
+            raise PermissionDenied
+        if request.method == 'POST':
+            self._cancel(request, self.get_queryset(request).filter(pk=obj.pk))
+            self.message_user(request, _('“%(name)s” was cancelled.') % {'name': obj.name}, messages.SUCCESS)
+            info = self.opts.app_label, self.opts.model_name
+            return HttpResponseRedirect(reverse('admin:{}_{}_change'.format(*info), args=[obj.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            'title': _('Cancel “%(name)s”?') % {'name': obj.name},
+            'opts': self.opts,
+            'object': obj,
+        }
+        return TemplateResponse(request, 'admin/django_rq_scheduled/cancel.html', context)
+
+
+@admin.register(ScheduledJob)
+class ScheduledJobAdmin(ScheduleAdmin):
+    when_fields = ('scheduled_time',)
+    list_display = (*ScheduleAdmin.list_display, 'has_run')
+    readonly_fields = (*ScheduleAdmin.readonly_fields, 'has_run')
+
+    @admin.display(description=_('schedule'), ordering='scheduled_time')
+    def schedule(self, obj: ScheduledJob) -> str:
+        return _('once, at %(time)s') % {'time': timezone.localtime(obj.scheduled_time).strftime('%Y-%m-%d %H:%M:%S')}
+
+
+@admin.register(RepeatableJob)
+class RepeatableJobAdmin(ScheduleAdmin):
+    when_fields = ('scheduled_time', 'interval', 'interval_unit', 'repeat')
+
+    @admin.display(description=_('schedule'))
+    def schedule(self, obj: RepeatableJob) -> str:
+        words = describe_interval(obj.interval_seconds)
+        if obj.repeat:
+            words += ngettext(', %d time', ', %d times', obj.repeat) % obj.repeat
+        return words
+
+
+@admin.register(CronJob)
+class CronJobAdmin(ScheduleAdmin):
+    when_fields = ('cron_string', 'timezone', 'repeat')
+
+    @admin.display(description=_('schedule'), ordering='cron_string')
+    def schedule(self, obj: CronJob) -> str:
+        return describe_cron(obj.cron_string, obj.timezone)
+
+
+@admin.register(SchedulerStatus)
+class SchedulerStatusAdmin(admin.ModelAdmin):
+    """The scheduler status page, listed in the app index like a model (it has no table)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        from .status_views import status_page
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return status_page(self, request)
