@@ -211,13 +211,17 @@ class ScheduleAdmin(admin.ModelAdmin):
     def enable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         count = queryset.enable()
         self._log_each(request, queryset, 'Enabled')
-        self.message_user(request, ngettext('%d schedule enabled.', '%d schedules enabled.', count) % count)
+        self.message_user(
+            request, ngettext('%d schedule enabled.', '%d schedules enabled.', count) % count, messages.SUCCESS
+        )
 
     @admin.action(description=_('Disable selected schedules'), permissions=['change'])
     def disable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
         count = queryset.disable()
         self._log_each(request, queryset, 'Disabled')
-        self.message_user(request, ngettext('%d schedule disabled.', '%d schedules disabled.', count) % count)
+        self.message_user(
+            request, ngettext('%d schedule disabled.', '%d schedules disabled.', count) % count, messages.SUCCESS
+        )
 
     @admin.action(description=_('Run selected schedules now'), permissions=['change'])
     def run_selected_now(self, request: HttpRequest, queryset: QuerySet) -> None:
@@ -226,13 +230,15 @@ class ScheduleAdmin(admin.ModelAdmin):
             job = row.run_now()
             self.log_change(request, row, f'Ran now as job {job.id}')
         count = len(rows)
-        self.message_user(request, ngettext('%d run enqueued.', '%d runs enqueued.', count) % count)
+        self.message_user(request, ngettext('%d run enqueued.', '%d runs enqueued.', count) % count, messages.SUCCESS)
 
     @admin.action(description=_('Cancel selected schedules'), permissions=['change'])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         if request.POST.get('confirmed') == 'yes':
             count = self._cancel(request, queryset)
-            self.message_user(request, ngettext('%d schedule cancelled.', '%d schedules cancelled.', count) % count)
+            self.message_user(
+                request, ngettext('%d schedule cancelled.', '%d schedules cancelled.', count) % count, messages.SUCCESS
+            )
             return None
         context = {
             **self.admin_site.each_context(request),

@@ -121,7 +121,10 @@ class ScheduleBase(models.Model):
         _('last run'), null=True, blank=True, editable=False, help_text=_('When the last run was enqueued.')
     )
     run_count = models.PositiveIntegerField(
-        _('run count'), default=0, editable=False, help_text=_('How many runs have been enqueued.')
+        _('run count'),
+        default=0,
+        editable=False,
+        help_text=_('How many scheduled runs have been enqueued (runs started with "run now" are extra).'),
     )
     created = models.DateTimeField(_('created'), auto_now_add=True, help_text=_('When this schedule was created.'))
     modified = models.DateTimeField(_('modified'), auto_now=True, help_text=_('When this schedule was last changed.'))
