@@ -45,7 +45,7 @@ def job_decorated_callables() -> list[str]:
             except ImportError:
                 continue
         for attribute, value in vars(module).items():
-            if callable(value) and hasattr(value, 'delay') and hasattr(value, '__wrapped__'):
+            if callable(value) and hasattr(value, 'delay') and hasattr(value, 'enqueue'):
                 found.append(f'{module_name}.{attribute}')
     return found
 

@@ -98,7 +98,17 @@ def test_queue_select_is_built_from_rq_queues_per_request(admin_client_, setting
     settings.RQ_QUEUES = {**settings.RQ_QUEUES, 'reports': {'URL': redis_url}}
     form = admin_client_.get(reverse('admin:django_rq_scheduled_cronjob_add')).context['adminform'].form
     assert [choice for choice, _ in form.fields['queue'].choices] == ['default', 'high', 'reports']
-    assert 'tests.tasks' not in str(form.fields['callable'].widget.suggestions) or True
+
+
+def test_callable_suggestions(admin_client_, settings, connection):
+    settings.RQ_SCHEDULED = {'ALLOWED_CALLABLES': ['tests.tasks.*']}
+    cron(name='uses-record')
+    form = admin_client_.get(reverse('admin:django_rq_scheduled_cronjob_add')).context['adminform'].form
+    suggestions = form.fields['callable'].widget.suggestions
+    assert suggestions[0] == 'tests.tasks.*'  # the allow-list patterns first
+    assert 'tests.tasks.record' in suggestions  # already used by a row
+    page = admin_client_.get(reverse('admin:django_rq_scheduled_cronjob_add')).content.decode()
+    assert '<datalist id="id_callable_suggestions">' in page
 
 
 def test_actions_write_log_entries_and_messages(admin_client_, connection):
@@ -253,3 +263,26 @@ def test_change_list_costs_do_not_grow_with_the_table(admin_client_, connection)
     )
     assert small[:2] == large[:2]
     assert large[0] <= 6 and large[1] <= 1
+
+
+def test_functions_decorated_with_django_rq_job_are_suggested(monkeypatch, settings, redis_url):
+    import sys
+    import types
+
+    import django_rq
+
+    from django_rq_scheduled import forms
+
+    module = types.ModuleType('fakeapp.tasks')
+
+    def send_digest():
+        return 'sent'
+
+    def plain():
+        return 'not a job'
+
+    module.send_digest = django_rq.job('default')(send_digest)
+    module.plain = plain
+    monkeypatch.setitem(sys.modules, 'fakeapp.tasks', module)
+    monkeypatch.setattr(forms.apps, 'get_app_configs', lambda: [types.SimpleNamespace(name='fakeapp')])
+    assert forms.job_decorated_callables() == ['fakeapp.tasks.send_digest']

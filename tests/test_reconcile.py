@@ -127,7 +127,7 @@ def test_run_feedback_from_the_loop_and_a_real_worker(connection, redis_url):
         interval=10, interval_unit='seconds', repeat=2,
     )  # fmt: skip
     scheduler = Scheduler(queue_name='default', name='feedback')
-    hook = DatabaseSync(reconcile_interval=3600)
+    hook = DatabaseSync(reconcile_interval=3600, background=False)
     assert scheduler.acquire_lock()
     with time_machine.travel(now + timedelta(seconds=1), tick=False):
         first = scheduler.move_due_jobs()
