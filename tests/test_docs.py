@@ -17,3 +17,10 @@ def test_docs_build_without_warnings(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_readme_renders_without_errors():
+    import docutils.core
+
+    source = (ROOT / 'README.rst').read_text()
+    docutils.core.publish_string(source, writer_name='null', settings_overrides={'halt_level': 2, 'report_level': 2})
