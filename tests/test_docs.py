@@ -23,4 +23,4 @@ def test_readme_renders_without_errors():
     import docutils.core
 
     source = (ROOT / 'README.rst').read_text()
-    docutils.core.publish_string(source, writer_name='null', settings_overrides={'halt_level': 2, 'report_level': 2})
+    docutils.core.publish_string(source, writer='null', settings_overrides={'halt_level': 2, 'report_level': 2})
