@@ -10,6 +10,8 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
 FEEDBACK_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run', 'modified'})
+# Fields no rule can reject once their own type is right: updating only these skips the per-row full_clean().
+SELF_VALIDATING_FIELDS = FEEDBACK_FIELDS | {'enabled', 'at_front'}
 
 
 class ScheduleQuerySet(models.QuerySet):
@@ -37,7 +39,7 @@ class ScheduleQuerySet(models.QuerySet):
         with transaction.atomic(using=self.db):
             pks = list(self.values_list('pk', flat=True))
             count = super().update(**kwargs)
-            if set(kwargs) - FEEDBACK_FIELDS:
+            if set(kwargs) - SELF_VALIDATING_FIELDS:
                 for row in self.model._base_manager.using(self.db).filter(pk__in=pks).iterator():
                     row.full_clean(validate_unique=False, validate_constraints=False)
             schedule_sync(self.model, pks, self.db)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
@@ -11,6 +12,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save, pre_save
 
+logger = logging.getLogger(__name__)
 _pending = threading.local()
 
 
@@ -30,13 +32,18 @@ def schedule_sync(model: type, pks: Iterable[Any], using: str) -> None:
 
 
 def flush(using: str) -> None:
+    from .scheduler import REDIS_OUTAGE_ERRORS
     from .sync import sync_rows
 
     pending = _pending_for(using)
     batches = [(model, sorted(pks)) for model, pks in pending.items() if pks]
     pending.clear()
     for model, pks in batches:
-        sync_rows(model, pks, using=using)
+        try:
+            sync_rows(model, pks, using=using)
+        except REDIS_OUTAGE_ERRORS as exc:
+            # The rows are committed: failing the request now would not undo them. Reconciliation repairs Redis.
+            logger.error('Could not sync %d %s rows to Redis (%s); reconciliation will', len(pks), model.__name__, exc)
 
 
 def validate_before_save(sender: type, instance: Any, raw: bool = False, **kwargs: Any) -> None:

@@ -295,3 +295,15 @@ def test_editing_a_row_whose_run_is_overdue_keeps_that_run(connection):
     row.save()
     assert scheduled(connection)[row.template_id] == pytest.approx(overdue)
     assert template(connection, row).description == 'edited while the scheduler was down'
+
+
+def test_a_redis_outage_does_not_fail_the_save_and_reconciliation_repairs_it(connection, settings, caplog):
+    from django_rq_scheduled.sync import reconcile
+
+    real = settings.RQ_QUEUES
+    settings.RQ_QUEUES = {name: {'URL': 'redis://127.0.0.1:1/0'} for name in real}  # nothing listens there
+    row = make_cron(name='during-outage')
+    assert CronJob.objects.filter(pk=row.pk).exists()
+    assert 'reconciliation will' in caplog.text
+    settings.RQ_QUEUES = real
+    assert reconcile().written == [row.template_id]
