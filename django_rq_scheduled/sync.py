@@ -180,8 +180,18 @@ def _sync_chunk(
     unknown = [row.name for row in rows if row.queue not in servers.queue_home]
     if unknown:
         logger.warning('Not scheduled, their queue is not in RQ_QUEUES: %s', ', '.join(unknown))
-    models.QuerySet.bulk_update(model._base_manager.using(using).all(), changed, ['next_run'], batch_size=BATCH)
+    _store_next_runs(model, changed, using=using)
     return report
+
+
+def _store_next_runs(model: type[ScheduleBase], rows: list[ScheduleBase], *, using: str) -> None:
+    """One UPDATE per distinct next run (rows created together often share it), not a CASE per row."""
+    by_value: dict[datetime | None, list[Any]] = defaultdict(list)
+    for row in rows:
+        by_value[row.next_run].append(row.pk)
+    for next_run, pks in by_value.items():
+        # A plain QuerySet: the models' own update() would sync these rows once more.
+        models.QuerySet(model, using=using).filter(pk__in=pks).update(next_run=next_run)
 
 
 def _sync_server(
