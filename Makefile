@@ -28,3 +28,8 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+
+# The example project: admin, scheduler and worker on a private Redis; Ctrl-C stops it all (see scripts/demo.py).
+.PHONY: demo
+demo: $(STAMP)
+	$(PY) scripts/demo.py

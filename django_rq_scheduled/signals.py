@@ -48,7 +48,18 @@ def flush(using: str) -> None:
 
 def validate_before_save(sender: type, instance: Any, raw: bool = False, **kwargs: Any) -> None:
     # pre_save also runs for fixtures (raw=True) and for plain ORM saves, which never call full_clean().
+    if raw:
+        _fill_timestamps(instance)
     instance.full_clean(validate_unique=False, validate_constraints=False)
+
+
+def _fill_timestamps(instance: Any) -> None:
+    """Fixtures skip auto_now(_add); a hand-written fixture without ``created``/``modified`` still loads."""
+    from django.utils import timezone
+
+    now = timezone.now()
+    instance.created = instance.created or now
+    instance.modified = instance.modified or now
 
 
 def sync_after_save(sender: type, instance: Any, using: str, **kwargs: Any) -> None:

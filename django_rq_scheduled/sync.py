@@ -240,6 +240,10 @@ def _sync_row(
 ) -> datetime | None:
     """Queues the writes that make Redis match ``row``; returns the row's next run."""
     stored = version.decode() if version else None
+    finished_in_redis = score is None and (stored or '').startswith('done:')
+    if finished_in_redis and (row.is_finished or stored == f'done:{row.version()}'):
+        report.unchanged += 1  # ran its last run; nothing left in Redis to remove
+        return None
     if not row.enabled or row.is_finished or not callable_allowed(row.callable):
         if row.enabled and not row.is_finished:
             # Written behind the models' back (raw SQL, or a row older than the setting): never scheduled.
@@ -248,9 +252,6 @@ def _sync_row(
             _remove(pipe, row.template_id, keep_done=True)
             report.removed.append(row.template_id)
         return None
-    if stored == f'done:{row.version()}':
-        report.unchanged += 1  # it ran its last run; the row learns it from the run feedback
-        return row.next_run
     if stored == row.version() and score is not None:
         report.unchanged += 1
         return datetime.fromtimestamp(score, tz=UTC)

@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope='session')
 def redis_server(request: pytest.FixtureRequest) -> Iterator[object]:
     server = start_server()
+    if server.worker_class:
+        os.environ['DRQS_TEST_WORKER_CLASS'] = server.worker_class
     print(f'\n[django-rq-scheduled tests] integration Redis backend: {server.backend} at {server.url}')
     request.config.redis_backend = server.backend  # type: ignore[attr-defined]
     yield server
@@ -57,5 +59,7 @@ def fake_connection() -> Iterator[fakeredis.FakeRedis]:
 def run_worker(url: str, *queues: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Runs a real RQ worker process in burst mode until the queues are empty."""
     command = [sys.executable, '-m', 'rq.cli', 'worker', '--burst', '--url', url, *(queues or ('default',))]
+    if os.environ.get('DRQS_TEST_WORKER_CLASS'):
+        command += ['--worker-class', os.environ['DRQS_TEST_WORKER_CLASS']]
     env = {**os.environ, 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=True)

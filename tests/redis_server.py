@@ -6,7 +6,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 
 import redis
@@ -22,6 +21,7 @@ class RedisServer:
     """One redis-server process that a test can stop, kill, pause and restart on the same port."""
 
     backend = 'redis-server'
+    worker_class = None
 
     def __init__(self, *, appendonly: bool = False) -> None:
         self.port = free_port()
@@ -80,20 +80,20 @@ class FakeTcpRedisServer:
     """fakeredis's TCP server, used only when no redis-server binary exists."""
 
     backend = 'fakeredis TcpFakeServer'
+    worker_class = 'scripts.fake_redis_server.FakeRedisWorker'
 
     def __init__(self, **_: object) -> None:
-        from fakeredis import TcpFakeServer
-
         self.port = free_port()
-        self.server = TcpFakeServer(('127.0.0.1', self.port), server_type='redis')
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.server = None
 
     @property
     def url(self) -> str:
         return f'redis://127.0.0.1:{self.port}/0'
 
     def start(self) -> FakeTcpRedisServer:
-        self.thread.start()
+        from scripts.fake_redis_server import start_fake_server
+
+        self.server = start_fake_server(self.port)
         return self
 
     def close(self) -> None:

@@ -180,3 +180,28 @@ def test_a_disallowed_callable_written_by_raw_sql_is_never_scheduled_nor_enqueue
     scheduler.enqueue_at(datetime.now(UTC), 'tests.tasks.add', job_id='smuggled')
     assert scheduler.enqueue_jobs() == []
     assert 'ALLOWED_CALLABLES' in scheduler.dead_letters()['smuggled']
+
+
+def test_finished_schedules_cost_nothing_at_later_reconciliations(connection):
+    ScheduledJob.objects.create(name='once', callable='tests.tasks.add', scheduled_time=datetime.now(UTC))
+    scheduler = Scheduler(queue_name='default')
+    assert scheduler.acquire_lock()
+    scheduler.move_due_jobs()
+    for _ in range(3):
+        report = reconcile()
+        assert report.removed == [] and report.written == []
+    apply_feedback(connection)
+    assert reconcile().removed == []
+
+
+def test_a_hand_written_fixture_without_timestamps_loads(connection, tmp_path):
+    from django.core.management import call_command
+
+    fixture = tmp_path / 'schedules.json'
+    fixture.write_text(
+        '[{"model": "django_rq_scheduled.cronjob", "fields": '
+        '{"name": "nightly", "callable": "tests.tasks.add", "cron_string": "0 3 * * *"}}]'
+    )
+    call_command('loaddata', str(fixture), verbosity=0)
+    row = CronJob.objects.get(name='nightly')
+    assert row.created is not None and row.template_id in scheduled_ids(connection)
