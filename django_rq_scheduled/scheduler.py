@@ -835,23 +835,23 @@ class Scheduler:
         self._stop.set()
         self._wakeup.set()
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Stops the loop on SIGINT/SIGTERM; returns the handlers it replaced, for ``run()`` to put back."""
         if threading.current_thread() is not threading.main_thread():
-            return
+            return {}
 
         def stop(signum: int, frame: Any) -> None:
             logger.info('Received %s; finishing the current batch', signal.Signals(signum).name)
             self.request_stop()
 
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        return {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
 
     def run(self, burst: bool = False) -> None:
         """Runs the loop until stopped (SIGINT/SIGTERM or ``request_stop``), or one pass with ``burst``.
 
         Redis outages are logged and retried with backoff; they never end the loop.
         """
-        self._install_signal_handlers()
+        previous_handlers = self._install_signal_handlers()
         self._call_with_retry(self._register_birth_when_name_is_free)
         logger.info('Scheduler %s started (pid %s)', self.name, os.getpid())
         listener = threading.Thread(target=self._listen_for_wakeups, name=f'{self.name}-wakeups', daemon=True)
@@ -873,6 +873,8 @@ class Scheduler:
                     self._stop.wait(delay)
         finally:
             self._shut_down()
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
 
     def _register_birth_when_name_is_free(self) -> None:
         # A process restarted right after a kill -9 finds its own name still registered until the old entry

@@ -121,3 +121,10 @@ def test_redis_connection_identity_distinguishes_databases(redis_url):
     b = redis.Redis.from_url(redis_url.rsplit('/', 1)[0] + '/2')
     assert connection_identity(a) != connection_identity(b)
     assert connection_identity(a) == connection_identity(redis.Redis.from_url(redis_url))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_puts_back_the_signal_handlers_it_replaced(connection):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    Scheduler(connection=connection).run(burst=True)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

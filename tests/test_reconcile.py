@@ -205,3 +205,27 @@ def test_a_hand_written_fixture_without_timestamps_loads(connection, tmp_path):
     call_command('loaddata', str(fixture), verbosity=0)
     row = CronJob.objects.get(name='nightly')
     assert row.created is not None and row.template_id in scheduled_ids(connection)
+
+
+def test_the_loop_keeps_moving_jobs_while_the_database_is_down(connection, monkeypatch, caplog):
+    from django.db import OperationalError
+
+    from django_rq_scheduled import sync
+
+    row = ScheduledJob.objects.create(name='once', callable='tests.tasks.add', scheduled_time=datetime.now(UTC))
+
+    def database_down(*args, **kwargs):
+        raise OperationalError('database is locked')
+
+    monkeypatch.setattr(sync, 'apply_feedback', database_down)
+    scheduler = Scheduler(queue_name='default', name='db-down')
+    scheduler.tick_hooks.append(DatabaseSync(reconcile_interval=3600, background=False))
+    scheduler.run(burst=True)
+    assert connection.lrange('rq:queue:default', 0, -1) == [row.template_id.encode()]
+    assert 'failed; the loop goes on' in caplog.text
+    row.refresh_from_db()
+    assert not row.has_run  # feedback waits in Redis ...
+    monkeypatch.undo()
+    apply_feedback(connection)
+    row.refresh_from_db()
+    assert row.has_run and row.run_count == 1  # ... and catches up once the database is back
