@@ -103,9 +103,13 @@ def _validated_repeat(repeat: Any) -> int | None:
 def _validated_ttl(value: Any, argument: str, *, allow_zero: bool) -> int | None:
     if value is None:
         return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f'{argument}: expected seconds or a string like "10m", got {value!r}')
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise ValueError(f'{argument}: expected a whole number of seconds, got {value!r}')
     try:
         seconds = parse_timeout(value)
-    except (TypeError, ValueError, TimeoutFormatError) as exc:
+    except (TypeError, ValueError, AssertionError, TimeoutFormatError) as exc:
         raise ValueError(f'{argument}: expected seconds or a string like "10m", got {value!r}') from exc
     if seconds is None or seconds < -1 or (seconds == 0 and not allow_zero):
         raise ValueError(f'{argument}: must be positive (or -1 for no limit), got {value!r}')
