@@ -28,6 +28,11 @@ RUN_STATE_FIELDS = frozenset(
 )  # fmt: skip
 ACTIVE_STATUSES = frozenset({b'queued', b'started', b'deferred', b'scheduled'})
 
+MIN_INTERVAL = 0.001
+"""Seconds: scores have millisecond precision, so no interval can be shorter."""
+UNREADABLE = b'__unreadable__'
+"""Key of a planning-fields dict whose job key could not be read (e.g. it holds a string): value = Redis's error."""
+
 ENQUEUED = 'enqueued'
 SKIPPED_MISFIRE = 'skipped_misfire'
 SKIPPED_OVERLAP = 'skipped_overlap'
@@ -132,6 +137,8 @@ class Planner:
     def parse(self, member: str, score: float, raw: dict[bytes, bytes] | None) -> Parsed | Entry:
         """Decodes a due member, or returns the dead-letter entry that takes it out of the schedule."""
         try:
+            if raw and UNREADABLE in raw:
+                raise PlanningError(f'job key cannot be read: {raw[UNREADABLE].decode(errors="replace")}')
             if not raw:
                 raise PlanningError('job hash is missing')
             meta = self._load_meta(raw)
@@ -358,9 +365,10 @@ class Planner:
     # -- time -----------------------------------------------------------------------------------------------
 
     def _interval(self, parsed: Parsed, meta: dict[str, Any]) -> float:
-        interval = float(meta.get(keys.META_KEY, {}).get('interval') or meta['interval'])
-        if not interval > 0:
-            raise PlanningError(f'interval must be positive, got {interval!r}')
+        ours = meta.get(keys.META_KEY) or {}
+        interval = float(ours['interval'] if 'interval' in ours else meta['interval'])
+        if not interval >= MIN_INTERVAL:
+            raise PlanningError(f'interval must be at least {MIN_INTERVAL} s, got {interval!r}')
         return interval
 
     def _cron(self, meta: dict[str, Any]) -> tuple[str, str]:
@@ -388,5 +396,9 @@ class Planner:
             return upcoming.timestamp() if upcoming else None
         interval = self._interval(parsed, meta)
         # Drift-free: the next slot is a whole number of intervals after the scheduled time, never "now + interval".
-        slots = math.floor((after - parsed.score) / interval) + 1
-        return round(parsed.score + max(1, slots) * interval, 3)
+        slots = max(1, math.floor((after - parsed.score) / interval) + 1)
+        upcoming = round(parsed.score + slots * interval, 3)
+        while upcoming <= after:  # rounding to milliseconds must never bring it back to a due time
+            slots += 1
+            upcoming = round(parsed.score + slots * interval, 3)
+        return upcoming

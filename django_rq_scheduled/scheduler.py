@@ -28,7 +28,7 @@ from rq.serializers import resolve_serializer
 from rq.utils import backend_class, import_attribute, parse_timeout, utcformat
 
 from . import _django, cron, keys, scripts
-from .planner import DEAD, ENQUEUED, QUEUES_SET_KEY, Entry, Parsed, Planner, QueueInfo, format_score
+from .planner import DEAD, ENQUEUED, QUEUES_SET_KEY, UNREADABLE, Entry, Parsed, Planner, QueueInfo, format_score
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ def _positive_seconds(value: Any, argument: str) -> float:
         raise ValueError(f'{argument}: expected a number of seconds or a timedelta, got {value!r}')
     if value <= 0:
         raise ValueError(f'{argument}: must be greater than zero, got {value!r}')
+    if round(float(value), 3) <= 0:
+        raise ValueError(f'{argument}: must be at least 0.001 (millisecond precision), got {value!r}')
     return round(float(value), 3)
 
 
@@ -626,10 +628,13 @@ class Scheduler:
             keys=[self.scheduled_jobs_key],
             args=[self.job_class.redis_job_namespace_prefix, repr(now), self.batch_size, *PLANNING_FIELDS],
         )
-        width = 2 + len(PLANNING_FIELDS)
+        width = 3 + len(PLANNING_FIELDS)
         rows = [flat[start : start + width] for start in range(0, len(flat), width)]
         pairs = [(row[0], row[1]) for row in rows]
-        fields = [{name: value for name, value in zip(PLANNING_FIELDS, row[2:]) if value is not None} for row in rows]
+        fields = [
+            {UNREADABLE: row[2]} if row[2] else {name: value for name, value in zip(PLANNING_FIELDS, row[3:]) if value}
+            for row in rows
+        ]
         return pairs, fields
 
     def _move_members(
@@ -710,7 +715,11 @@ class Scheduler:
             raise
         retry: list[Entry] = []
         for entry, result in zip(entries, results):
-            if isinstance(result, bytes):
+            if isinstance(result, bytes) and entry.outcome == DEAD:
+                # Even the dead letters cannot be written (a key of ours holds the wrong type): leave the job
+                # where it is, say so, and let the rest of the schedule move.
+                logger.error('Cannot move %s to the dead letters either: %s', entry.member, result.decode())
+            elif isinstance(result, bytes):
                 reason = result.decode()
                 logger.error('Cannot move %s: %s; moving it to the dead letters', entry.member, reason)
                 retry.append(planner.dead_letter(entry.member, entry.score, reason))
@@ -875,6 +884,13 @@ class Scheduler:
                     delay = self._backoff(failures)
                     logger.warning('Redis is unavailable (%s); retrying in %.1f s', exc, delay)
                     self._stop.wait(delay)
+                except redis.RedisError as exc:
+                    # e.g. a key of ours holding the wrong type: an operator must fix it, but the process must
+                    # not die of it (a supervisor would only restart it into the same error).
+                    failures += 1
+                    delay = self._backoff(failures)
+                    logger.error('Redis refused a command (%s); retrying in %.1f s', exc, delay)
+                    self._stop.wait(delay)
         finally:
             self._shut_down()
             for signum, handler in previous_handlers.items():
@@ -987,7 +1003,7 @@ class Scheduler:
         for step in (self.remove_lock, self.register_death):
             try:
                 step()
-            except REDIS_OUTAGE_ERRORS as exc:
+            except redis.RedisError as exc:
                 logger.warning('Could not %s at shutdown: %s', step.__name__, exc)
         logger.info('Scheduler %s stopped', self.name)
 

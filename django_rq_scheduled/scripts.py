@@ -81,7 +81,8 @@ return results
 
 # Reads one batch of due jobs and the hash fields their moves are planned from, in one round trip.
 # KEYS: schedule. ARGV: job key prefix, latest due score, batch size, fields...
-# Returns a flat list: member, score, then one value (or nil) per field, for each due member, earliest first.
+# Returns a flat list, for each due member, earliest first: member, score, an error (nil, or why the job's key
+# cannot be read: it then goes to the dead letters instead of blocking the batch), one value (or nil) per field.
 READ_DUE = """
 local unpack = unpack or table.unpack
 local fields = {unpack(ARGV, 4)}
@@ -90,8 +91,14 @@ local out = {}
 for d = 1, #due, 2 do
   out[#out + 1] = due[d]
   out[#out + 1] = due[d + 1]
-  local values = redis.call('HMGET', ARGV[1] .. due[d], unpack(fields))
-  for f = 1, #fields do out[#out + 1] = values[f] end
+  local values = redis.pcall('HMGET', ARGV[1] .. due[d], unpack(fields))
+  if type(values) == 'table' and values['err'] then
+    out[#out + 1] = values['err']
+    values = {}
+  else
+    out[#out + 1] = false
+  end
+  for f = 1, #fields do out[#out + 1] = values[f] or false end
 end
 return out
 """

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import fakeredis
 import pytest
+import redis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from rq.job import Job
@@ -140,3 +141,76 @@ def test_cron_job_model(callable_path, args, kwargs, cron_string, repeat):
     assert all(isinstance(key, str) and key.isidentifier() for key in row.kwargs)
     assert repeat is None or repeat >= 1
     assert row.next_runs(1)
+
+
+CORRUPTIONS = st.sampled_from(
+    [
+        'truncate data', 'garbage meta', 'delete hash', 'hash is a string', 'queue is a string', 'huge meta',
+        'meta is a list', 'foreign member', 'member with odd characters', 'no origin', 'interval of zero',
+        'cron string garbage',
+    ]
+)  # fmt: skip
+
+
+def corrupt(connection, job_id, how):
+    key = keys.job_key(job_id)
+    if how == 'truncate data':
+        connection.hset(key, 'data', connection.hget(key, 'data')[:7])
+    elif how == 'garbage meta':
+        connection.hset(key, 'meta', b'\x80\x05garbage')
+    elif how == 'delete hash':
+        connection.delete(key)
+    elif how == 'hash is a string':
+        connection.delete(key)
+        connection.set(key, 'not a hash')
+    elif how == 'queue is a string':
+        connection.set('rq:queue:high', 'not a list')
+        connection.hset(key, 'origin', 'high')
+    elif how == 'huge meta':
+        import pickle
+
+        connection.hset(key, 'meta', pickle.dumps({'blob': 'x' * 2_000_000}))
+    elif how == 'meta is a list':
+        import pickle
+
+        connection.hset(key, 'meta', pickle.dumps([1, 2]))
+    elif how == 'foreign member':
+        connection.zadd(keys.SCHEDULED_JOBS_KEY, {f'foreign-{job_id}': 1})
+    elif how == 'member with odd characters':
+        connection.zadd(keys.SCHEDULED_JOBS_KEY, {f'odd: é {job_id}': 1})
+    elif how == 'no origin':
+        connection.hdel(key, 'origin')
+    elif how == 'interval of zero':
+        import pickle
+
+        connection.hset(
+            key, 'meta', pickle.dumps({'interval': 0.0001, keys.META_KEY: {'kind': 'interval', 'interval': 0}})
+        )
+    elif how == 'cron string garbage':
+        import pickle
+
+        connection.hset(key, 'meta', pickle.dumps({'cron_string': 'nonsense', keys.META_KEY: {'kind': 'cron'}}))
+
+
+@FUZZ
+@given(damage=st.lists(st.tuples(st.integers(min_value=0, max_value=9), CORRUPTIONS), max_size=6))
+def test_corrupt_redis_data_never_stops_the_loop(damage):
+    scheduler = fresh_scheduler()
+    connection = scheduler.connection
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    ids = [f'job-{i}' for i in range(10)]
+    for job_id in ids:
+        scheduler.enqueue_at(past, tasks.add, 1, 2, job_id=job_id)
+    broken = set()
+    for index, how in damage:
+        try:
+            corrupt(connection, ids[index], how)
+        except (redis.ResponseError, TypeError):
+            continue  # this damage needs a hash an earlier one already destroyed
+        broken.add(ids[index])
+    assert scheduler.acquire_lock()
+    report = scheduler.move_due_jobs()
+    untouched = set(ids) - broken
+    assert untouched <= set(report.enqueued)
+    assert connection.zcount(keys.SCHEDULED_JOBS_KEY, '-inf', datetime.now(UTC).timestamp()) == 0
+    assert set(report.enqueued).isdisjoint(report.dead)
