@@ -23,21 +23,24 @@ class RedisServer:
     backend = 'redis-server'
     worker_class = None
 
-    def __init__(self, *, appendonly: bool = False) -> None:
+    def __init__(self, *, appendonly: bool = False, password: str | None = None) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix='drqs-redis-')
         self.appendonly = appendonly
+        self.password = password
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f'redis://127.0.0.1:{self.port}/0'
+        credentials = f':{self.password}@' if self.password else ''
+        return f'redis://{credentials}127.0.0.1:{self.port}/0'
 
     def start(self) -> RedisServer:
         command = [
             shutil.which('redis-server') or 'redis-server',
             '--port', str(self.port), '--bind', '127.0.0.1', '--dir', self.dir, '--save', '',
             '--appendonly', 'yes' if self.appendonly else 'no', '--appendfsync', 'always',
+            *(['--requirepass', self.password] if self.password else []),
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_until_ready()
@@ -45,7 +48,7 @@ class RedisServer:
 
     def wait_until_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, socket_timeout=1)
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
         while True:
             try:
                 if client.ping():
