@@ -1,15 +1,18 @@
 """Benchmark of ``django_rq_scheduled.Scheduler`` against rq-scheduler 0.14, side by side on a private redis-server.
 
-Run from the repository root: ``PYTHONPATH=. python -m bench.core [--quick] [--json FILE]``.
+Run from the repository root: ``PYTHONPATH=. python -m bench.core [--quick | --smoke] [--json FILE]``.
 
-Measures (1) one-off throughput, (2) round trips and server commands per moved job, (3) interval and cron
-template throughput, (4) lateness of the real scheduler loops with their default options.
+Measures (1) one-off throughput, with rq's built-in scheduler as a third peer and the raw Redis limit (the minimal
+commands of a move, pipelined, without any planning) as a ceiling, (2) round trips and server commands per moved job,
+(3) interval and cron template throughput, (4) lateness of the real scheduler loops with their default options.
+``--smoke`` is the smallest run that still checks every count (the test suite runs it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
@@ -32,20 +35,31 @@ from typing import Any
 
 import redis
 import rq_scheduler
-from rq.utils import utcparse
+from rq import Queue
+from rq.registry import ScheduledJobRegistry
+from rq.scheduler import RQScheduler
+from rq.utils import utcformat, utcparse
 
 from django_rq_scheduled.scheduler import Scheduler
 from tests import tasks
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
-QUEUE_KEY = 'rq:queue:default'
+QUEUE_NAME = 'default'
+QUEUE_KEY = f'rq:queue:{QUEUE_NAME}'
 SCHEDULE_KEY = Scheduler.scheduled_jobs_key
+RQ_SCHEDULE_KEY = f'rq:scheduled:{QUEUE_NAME}'  # rq's ScheduledJobRegistry for the queue
 LOCK_KEY = Scheduler.scheduler_lock_key
 INSTANCE_PATTERN = rq_scheduler.Scheduler.redis_scheduler_namespace_prefix + '*'
-OURS, THEIRS = 'ours', 'rq-scheduler'
+OURS, THEIRS, RQ, RAW = 'ours', 'rq-scheduler', 'rq built-in', 'raw Redis limit'
 SYSTEMS = (OURS, THEIRS)
 WORKLOADS = ('one-off', 'interval', 'cron')
+# rq's built-in scheduler and the raw limit only move one-off jobs (rq has no repeating jobs).
+SYSTEMS_BY_WORKLOAD = {'one-off': (OURS, THEIRS, RQ, RAW), 'interval': SYSTEMS, 'cron': SYSTEMS}
+# RQScheduler.enqueue_scheduled_jobs() moves at most this many jobs per registry and call
+# (ScheduledJobRegistry.get_jobs_to_schedule's chunk_size); the worker calls it once per interval (1 s by default).
+RQ_CHUNK = 1_000
+RAW_BATCH = 500
 CRON = '* * * * *'
 # Our pass re-reads the schedule per batch, so a pass that crosses a minute boundary legitimately enqueues the
 # next cron occurrence too; starting it this far from a boundary (about 3x its expected length) keeps the count exact.
@@ -68,6 +82,7 @@ def check(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class Config:
+    mode: str
     quick: bool
     jobs: int
     templates: int
@@ -76,12 +91,16 @@ class Config:
     late_jobs: int
     late_window: float
     budget: float
+    their_lateness: bool = True  # also measure rq-scheduler's loops (each takes the whole window and more)
 
 
-FULL = Config(quick=False, jobs=20_000, templates=20_000, rounds=5, trip_jobs=2_000, late_jobs=2_000,
+FULL = Config(mode='full', quick=False, jobs=20_000, templates=20_000, rounds=5, trip_jobs=2_000, late_jobs=2_000,
               late_window=60.0, budget=570.0)  # fmt: skip
-QUICK = Config(quick=True, jobs=2_000, templates=2_000, rounds=2, trip_jobs=2_000, late_jobs=300,
+QUICK = Config(mode='quick', quick=True, jobs=2_000, templates=2_000, rounds=2, trip_jobs=2_000, late_jobs=300,
                late_window=10.0, budget=55.0)  # fmt: skip
+# The test suite's run: small but real counts, both rounds alternated, only our loop's lateness.
+SMOKE = Config(mode='smoke', quick=True, jobs=1_000, templates=1_000, rounds=2, trip_jobs=1_000, late_jobs=100,
+               late_window=3.0, budget=30.0, their_lateness=False)  # fmt: skip
 
 
 # -- the machine ------------------------------------------------------------------------------------------------
@@ -149,6 +168,16 @@ def write_one_offs(conn: redis.Redis, n: int, when: datetime) -> None:
         scheduler.enqueue_at(when, tasks.add, i, 1, job_id=f'one-off-{i}')
 
 
+def write_rq_one_offs(conn: redis.Redis, n: int, when: datetime) -> None:
+    """The same one-off jobs through rq's own API: Queue.enqueue_at() into its ScheduledJobRegistry."""
+    queue = Queue(QUEUE_NAME, connection=conn)
+    registry_key = ScheduledJobRegistry(QUEUE_NAME, connection=conn).key
+    check(registry_key == RQ_SCHEDULE_KEY, f'{RQ}: its registry is {registry_key}, not {RQ_SCHEDULE_KEY}')
+    when = when.replace(tzinfo=timezone.utc)  # rq reads a naive datetime as local time
+    for i in range(n):
+        queue.enqueue_at(when, tasks.add, i, 1, job_id=f'one-off-{i}')
+
+
 def write_our_intervals(conn: redis.Redis, n: int, when: datetime) -> None:
     scheduler = Scheduler(connection=conn)
     for i in range(n):
@@ -176,7 +205,7 @@ def write_their_crons(conn: redis.Redis, n: int, when: datetime) -> None:
 
 
 WRITERS: dict[str, dict[str, Writer]] = {
-    'one-off': {OURS: write_one_offs, THEIRS: write_one_offs},
+    'one-off': {OURS: write_one_offs, THEIRS: write_one_offs, RQ: write_rq_one_offs, RAW: write_one_offs},
     'interval': {OURS: write_our_intervals, THEIRS: write_their_intervals},
     'cron': {OURS: write_our_crons, THEIRS: write_their_crons},
 }
@@ -188,8 +217,13 @@ def due_time() -> datetime:
     return now - timedelta(seconds=10)
 
 
+def schedule_key(system: str) -> str:
+    return RQ_SCHEDULE_KEY if system == RQ else SCHEDULE_KEY
+
+
 class Fixtures:
-    """Snapshots of written schedules, one per (writer, size); one-offs are the same data for both systems."""
+    """Snapshots of written schedules, one per (writer, size); one-offs are the same data for all systems but rq's
+    built-in scheduler, which reads its own registry."""
 
     def __init__(self, conn: redis.Redis) -> None:
         self.conn = conn
@@ -200,7 +234,8 @@ class Fixtures:
         if (writer, n) not in self._cache:
             self.conn.flushdb()
             writer(self.conn, n, due_time())
-            check(self.conn.zcard(SCHEDULE_KEY) == n, f'{workload}/{system}: wrote {n} entries, schedule disagrees')
+            written = self.conn.zcard(schedule_key(system))
+            check(written == n, f'{workload}/{system}: wrote {n} entries, the schedule has {written}')
             self._cache[writer, n] = take_snapshot(self.conn)
         return self._cache[writer, n]
 
@@ -208,22 +243,70 @@ class Fixtures:
 # -- one pass of each system ------------------------------------------------------------------------------------
 
 
-def mover(system: str, conn: redis.Redis) -> Callable[[], Any]:
+def rq_mover(conn: redis.Redis, n: int) -> Callable[[], None]:
+    """rq's built-in scheduler, set up as its worker does (lock taken, registries prepared, connected) outside the
+    timing; one pass is as many enqueue_scheduled_jobs() calls as its chunk size needs to drain N due jobs (the worker
+    itself makes one call per interval)."""
+    scheduler = RQScheduler([QUEUE_NAME], connection=conn, logging_level=logging.WARNING)  # no log line per pass
+    check(scheduler.acquire_locks() == {QUEUE_NAME}, f'{RQ}: could not take the scheduler lock')
+    scheduler.prepare_registries()
+    scheduler.connection.ping()  # it opens its own connection: the handshake is not part of the move
+    calls = max(1, math.ceil(n / RQ_CHUNK))
+
+    def move() -> None:
+        for _ in range(calls):
+            scheduler.enqueue_scheduled_jobs()
+
+    return move
+
+
+def raw_move(conn: redis.Redis) -> None:
+    """The floor of a one-off move: read the due ids, then per job HSET status/enqueued_at, RPUSH and ZREM, pipelined
+    in batches of RAW_BATCH with no planning, no fencing and no Lua."""
+    now = time.time()
+    enqueued_at = utcformat(datetime.fromtimestamp(now, timezone.utc))
+    ids = conn.zrangebyscore(SCHEDULE_KEY, '-inf', now)
+    for start in range(0, len(ids), RAW_BATCH):
+        with conn.pipeline(transaction=False) as pipe:
+            for job_id in ids[start : start + RAW_BATCH]:
+                pipe.hset(b'rq:job:' + job_id, mapping={'status': 'queued', 'enqueued_at': enqueued_at})
+                pipe.rpush(QUEUE_KEY, job_id)
+                pipe.zrem(SCHEDULE_KEY, job_id)
+            pipe.execute()
+
+
+def mover(system: str, conn: redis.Redis, n: int) -> Callable[[], Any]:
     if system == OURS:
         return Scheduler(connection=conn).enqueue_jobs
-    return rq_scheduler.Scheduler(connection=conn).enqueue_jobs
+    if system == THEIRS:
+        return rq_scheduler.Scheduler(connection=conn).enqueue_jobs
+    if system == RQ:
+        return rq_mover(conn, n)
+    if system == RAW:
+        return lambda: raw_move(conn)
+    raise ValueError(system)
 
 
-def check_moved(conn: redis.Redis, workload: str, system: str, n: int) -> None:
+def check_moved(conn: redis.Redis, workload: str, system: str, n: int, key: str = SCHEDULE_KEY) -> dict[str, int]:
+    """Checks the pass moved every due job exactly once; returns the counts it checked."""
     ids = conn.lrange(QUEUE_KEY, 0, -1)
+    counts = {
+        'scheduled': n,
+        'moved': len(ids),
+        'distinct': len(set(ids)),
+        'left': conn.zcard(key),
+        'expected_left': 0 if workload == 'one-off' else n,
+        'still_due': conn.zcount(key, '-inf', time.time()),
+    }
     where = f'{workload}/{system}'
-    check(len(ids) == n, f'{where}: {QUEUE_KEY} has {len(ids)} ids, expected {n}')
-    check(len(set(ids)) == n, f'{where}: {QUEUE_KEY} has {n - len(set(ids))} duplicate ids')
-    left = conn.zcard(SCHEDULE_KEY)
-    expected_left = 0 if workload == 'one-off' else n
-    check(left == expected_left, f'{where}: {left} entries left in the schedule, expected {expected_left}')
-    due = conn.zcount(SCHEDULE_KEY, '-inf', time.time())
-    check(due == 0, f'{where}: {due} entries still due after the pass')
+    check(counts['moved'] == n, f'{where}: {QUEUE_KEY} has {counts["moved"]} ids, expected {n}')
+    check(counts['distinct'] == n, f'{where}: {QUEUE_KEY} has {n - counts["distinct"]} duplicate ids')
+    check(
+        counts['left'] == counts['expected_left'],
+        f'{where}: {counts["left"]} entries left in the schedule, expected {counts["expected_left"]}',
+    )
+    check(counts['still_due'] == 0, f'{where}: {counts["still_due"]} entries still due after the pass')
+    return counts
 
 
 def wait_clear_of_minute_boundary(margin: float) -> None:
@@ -234,7 +317,7 @@ def wait_clear_of_minute_boundary(margin: float) -> None:
 
 def timed_pass(conn: redis.Redis, workload: str, system: str, snapshot: Snapshot) -> float:
     restore(conn, snapshot)
-    move = mover(system, conn)
+    move = mover(system, conn, conn.zcard(schedule_key(system)))
     if workload == 'cron' and system == OURS:
         wait_clear_of_minute_boundary(CRON_GUARD_S + CRON_GUARD_S_PER_JOB * conn.zcard(SCHEDULE_KEY))
     start = time.perf_counter()
@@ -242,15 +325,19 @@ def timed_pass(conn: redis.Redis, workload: str, system: str, snapshot: Snapshot
     return time.perf_counter() - start
 
 
-def throughput(conn: redis.Redis, fixtures: Fixtures, workload: str, n: int, rounds: int) -> dict[str, list[float]]:
-    """Seconds per pass, alternating the systems round after round on identical data."""
-    seconds: dict[str, list[float]] = {system: [] for system in SYSTEMS}
+def throughput(
+    conn: redis.Redis, fixtures: Fixtures, workload: str, n: int, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[dict[str, int]]]]:
+    """Seconds per pass, alternating the systems round after round on identical data, and each pass's counts."""
+    systems = SYSTEMS_BY_WORKLOAD[workload]
+    seconds: dict[str, list[float]] = {system: [] for system in systems}
+    counts: dict[str, list[dict[str, int]]] = {system: [] for system in systems}
     for _ in range(rounds):
-        for system in SYSTEMS:
+        for system in systems:
             snapshot = fixtures.get(workload, system, n)
             seconds[system].append(timed_pass(conn, workload, system, snapshot))
-            check_moved(conn, workload, system, n)
-    return seconds
+            counts[system].append(check_moved(conn, workload, system, n, schedule_key(system)))
+    return seconds, counts
 
 
 # -- round trips and server commands ----------------------------------------------------------------------------
@@ -278,21 +365,22 @@ def server_calls(conn: redis.Redis) -> dict[str, int]:
 
 def count_trips(conn: redis.Redis, counting: redis.Redis, workload: str, system: str, snapshot: Snapshot) -> dict:
     restore(conn, snapshot)
-    n = conn.zcard(SCHEDULE_KEY)
-    move = mover(system, counting)
+    n = conn.zcard(schedule_key(system))
+    move = mover(system, counting, n)
     counting.ping()  # connects now: the handshake is not part of the move
     conn.config_resetstat()
     CountingConnection.sends = 0
     move()
     sends = CountingConnection.sends
     calls = server_calls(conn)
-    check_moved(conn, workload, system, n)
+    counts = check_moved(conn, workload, system, n, schedule_key(system))
     per_job = {name: count / n for name, count in sorted(calls.items(), key=lambda item: -item[1])}
     return {
         'jobs': n,
         'round_trips_per_job': sends / n,
         'commands_per_job': sum(calls.values()) / n,
         'by_command': per_job,
+        'counts': counts,
     }
 
 
@@ -301,7 +389,7 @@ def round_trips(conn: redis.Redis, url: str, fixtures: Fixtures, n: int) -> dict
     try:
         return {
             workload: {system: count_trips(conn, counting, workload, system, fixtures.get(workload, system, n))
-                       for system in SYSTEMS}
+                       for system in SYSTEMS_BY_WORKLOAD[workload]}
             for workload in WORKLOADS
         }  # fmt: skip
     finally:
@@ -328,14 +416,15 @@ def registered(conn: redis.Redis) -> bool:
     return next(conn.scan_iter(match=INSTANCE_PATTERN, count=100), None) is not None
 
 
-def loops(url: str, quick: bool) -> list[Loop]:
+def loops(url: str, config: Config) -> list[Loop]:
     rqscheduler = str(Path(sys.executable).with_name('rqscheduler'))
     ours = [sys.executable, '-m', 'django', 'rqscheduler', '--settings', 'tests.settings']
-    found = [
-        Loop('ours: manage.py rqscheduler (defaults)', ours, holds_lock, 15.0, 5.0),
-        Loop('rq-scheduler: rqscheduler -i 1', [rqscheduler, '--url', url, '-i', '1'], registered, 15.0, 5.0),
-    ]
-    if not quick:
+    found = [Loop('ours: manage.py rqscheduler (defaults)', ours, holds_lock, 15.0, 5.0)]
+    if config.their_lateness:
+        found.append(
+            Loop('rq-scheduler: rqscheduler -i 1', [rqscheduler, '--url', url, '-i', '1'], registered, 15.0, 5.0)
+        )
+    if not config.quick:
         found.append(
             Loop('rq-scheduler: rqscheduler (default -i 60)', [rqscheduler, '--url', url], registered, 75.0, 65.0)
         )
@@ -412,7 +501,7 @@ def measure_lateness(conn: redis.Redis, url: str, loop: Loop, m: int, window: fl
     except BenchmarkError:
         sys.stderr.write(f'--- {loop.label} log ---\n{log_path.read_text()[-4000:]}\n')
         raise
-    check_moved(conn, 'one-off', loop.label, m)
+    counts = check_moved(conn, 'one-off', loop.label, m)
     late = lateness_ms(conn, dues)
     conn.flushdb()
     return {
@@ -423,21 +512,26 @@ def measure_lateness(conn: redis.Redis, url: str, loop: Loop, m: int, window: fl
         'p99_ms': nearest_rank(late, 0.99),
         'max_ms': max(late),
         'min_ms': min(late),
+        'counts': counts,
     }
 
 
 def lateness(conn: redis.Redis, url: str, config: Config, started: float) -> dict[str, dict]:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix='drqs-bench-') as log_dir:
-        for index, loop in enumerate(loops(url, config.quick)):
+        for index, loop in enumerate(loops(url, config)):
             needed = config.late_window + loop.expected
             if time.monotonic() - started + needed > config.budget:
                 results[loop.label] = {'skipped': f'needs ~{needed:.0f} s, beyond the time budget'}
                 continue
             log_path = Path(log_dir) / f'loop-{index}.log'
             results[loop.label] = measure_lateness(conn, url, loop, config.late_jobs, config.late_window, log_path)
+    if not config.their_lateness:
+        results['rq-scheduler: rqscheduler -i 1'] = {'skipped': f'--{config.mode} leaves it out'}
     if config.quick:
-        results['rq-scheduler: rqscheduler (default -i 60)'] = {'skipped': 'needs > 60 s; --quick leaves it out'}
+        results['rq-scheduler: rqscheduler (default -i 60)'] = {
+            'skipped': f'needs > 60 s; --{config.mode} leaves it out'
+        }
     return results
 
 
@@ -448,19 +542,24 @@ def spread(values: list[float], fmt: str) -> str:
     return f'{statistics.median(values):{fmt}} ({min(values):{fmt}} - {max(values):{fmt}})'
 
 
+PEERS = (THEIRS, RQ)
+
+
 def throughput_rows(results: dict[str, dict[str, list[float]]], sizes: dict[str, int]) -> list[str]:
-    rows = [
-        '| workload | jobs | ours jobs/s | rq-scheduler jobs/s | ours / rq-scheduler |',
-        '| --- | ---: | ---: | ---: | ---: |',
-    ]
+    """Jobs/s per system; ratios are per round (the systems alternate, so round k of each shares the conditions)."""
+    systems = (OURS, *PEERS, RAW)
+    header = [*(f'{system} jobs/s' for system in systems), *(f'ours / {peer}' for peer in PEERS), 'ours % of raw']
+    rows = [f'| workload | jobs | {" | ".join(header)} |', f'| --- | ---: |{" ---: |" * len(header)}']
     for workload, seconds in results.items():
         n = sizes[workload]
-        ours = [n / s for s in seconds[OURS]]
-        theirs = [n / s for s in seconds[THEIRS]]
-        ratios = [a / b for a, b in zip(ours, theirs)]
-        rows.append(
-            f'| {workload} | {n:,} | {spread(ours, ",.0f")} | {spread(theirs, ",.0f")} | {spread(ratios, ".1f")}x |'
-        )
+        rates = {system: [n / s for s in values] for system, values in seconds.items()}
+        cells = [spread(rates[system], ',.0f') if system in rates else 'n/a' for system in systems]
+        for peer in PEERS:
+            ratios = [a / b for a, b in zip(rates[OURS], rates[peer])] if peer in rates else None
+            cells.append(f'{spread(ratios, ".1f")}x' if ratios else 'n/a')
+        shares = [100 * a / b for a, b in zip(rates[OURS], rates[RAW])] if RAW in rates else None
+        cells.append(f'{spread(shares, ".0f")} %' if shares else 'n/a')
+        rows.append(f'| {workload} | {n:,} | {" | ".join(cells)} |')
     return rows
 
 
@@ -503,12 +602,19 @@ def report(data: dict) -> str:
     lines = ['## Machine', '', *(f'- {name}: {value}' for name, value in data['machine'].items()), '']
     lines += [f'## Throughput: one enqueue_jobs() pass, median (min - max) of {config["rounds"]} rounds', '']
     lines += [*throughput_rows(data['throughput'], data['sizes']), '']
+    lines += [
+        f'{RQ}: RQScheduler.enqueue_scheduled_jobs() called until the N due jobs are drained ({RQ_CHUNK:,} per call; '
+        'its worker makes one call per interval, 1 s by default). '
+        f'{RAW}: ZRANGEBYSCORE of the due ids, then HSET status/enqueued_at + RPUSH + ZREM per job, pipelined in '
+        f'batches of {RAW_BATCH}, no planning, no fencing, no Lua.',
+        '',
+    ]
     lines += ['## Round trips and server commands per moved job', '']
     lines += [*trip_rows(data['round_trips']), '']
     lines += ['## Lateness of the real loops (enqueued_at - scheduled time)', '']
     lines += [*lateness_rows(data['lateness']), '']
     timings = ', '.join(f'{name} {seconds:.1f} s' for name, seconds in data['phases_s'].items())
-    lines.append(f'Total run time: {data["elapsed_s"]:.1f} s ({"quick" if config["quick"] else "full"} run; {timings})')
+    lines.append(f'Total run time: {data["elapsed_s"]:.1f} s ({config["mode"]} run; {timings})')
     return '\n'.join(lines)
 
 
@@ -534,10 +640,11 @@ def run(config: Config) -> dict:
         fixtures = Fixtures(conn)
         sizes = {'one-off': config.jobs, 'interval': config.templates, 'cron': config.templates}
         data['sizes'] = sizes
-        data['throughput'] = {}
+        data['throughput'], data['counts'] = {}, {}
         for workload in WORKLOADS:
             with stopwatch(phases, f'throughput {workload} (incl. writing fixtures)'):
-                data['throughput'][workload] = throughput(conn, fixtures, workload, sizes[workload], config.rounds)
+                seconds, counts = throughput(conn, fixtures, workload, sizes[workload], config.rounds)
+            data['throughput'][workload], data['counts'][workload] = seconds, counts
         with stopwatch(phases, 'round trips'):
             data['round_trips'] = round_trips(conn, server.url, fixtures, config.trip_jobs)
         with stopwatch(phases, 'lateness'):
@@ -552,12 +659,16 @@ def run(config: Config) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog='python -m bench.core', description=__doc__.splitlines()[0])
-    parser.add_argument('--quick', action='store_true', help='small sizes, 2 rounds, under a minute')
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument('--quick', action='store_true', help='small sizes, 2 rounds, under a minute')
+    modes.add_argument(
+        '--smoke', action='store_true', help="smallest sizes with real counts, no rq-scheduler loops (the test's run)"
+    )
     parser.add_argument('--json', metavar='FILE', type=Path, help='also write the raw results as JSON to FILE')
     args = parser.parse_args(argv)
     # rq-scheduler 0.14 calls crontab in a way its newer releases warn about on every cron template.
     warnings.filterwarnings('ignore', category=FutureWarning, module='rq_scheduler.utils')
-    data = run(QUICK if args.quick else FULL)
+    data = run(SMOKE if args.smoke else QUICK if args.quick else FULL)
     print(report(data))
     if args.json:
         args.json.write_text(json.dumps(data, indent=2) + '\n')

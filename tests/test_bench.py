@@ -1,0 +1,94 @@
+"""Smoke test of the benchmark (bench/core.py): its smallest run completes and every count it checks is right.
+
+It asserts counts and round trips only, never a time or a speed ratio: those depend on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import has_redis_server
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.skipif(not has_redis_server(), reason='the benchmark needs a real redis-server (DUMP, INFO stats)'),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 180
+SYSTEMS = {
+    'one-off': {'ours', 'rq-scheduler', 'rq built-in', 'raw Redis limit'},
+    'interval': {'ours', 'rq-scheduler'},
+    'cron': {'ours', 'rq-scheduler'},
+}
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp('bench') / 'b.json'
+    command = [sys.executable, '-m', 'bench.core', '--smoke', '--json', str(out)]
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    env.pop('DRQS_TEST_REDIS_URL', None)  # the benchmark starts its own redis-server
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, f'exit code {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}'
+    assert out.exists(), f'no JSON written\n{done.stdout[-3000:]}'
+    assert '## Throughput' in done.stdout
+    return json.loads(out.read_text())
+
+
+def assert_counts(counts: dict, where: str) -> None:
+    n = counts['scheduled']
+    assert n > 0, where
+    assert counts['moved'] == n, where
+    assert counts['distinct'] == n, where
+    assert counts['left'] == counts['expected_left'], where
+    assert counts['still_due'] == 0, where
+
+
+def test_every_workload_and_system_has_throughput_results(results: dict) -> None:
+    rounds = results['config']['rounds']
+    assert set(results['throughput']) == set(SYSTEMS)
+    for workload, systems in SYSTEMS.items():
+        assert set(results['throughput'][workload]) == systems, workload
+        for system in systems:
+            seconds = results['throughput'][workload][system]
+            assert len(seconds) == rounds, (workload, system)
+            assert all(s > 0 for s in seconds), (workload, system)
+
+
+def test_every_pass_moved_every_job_exactly_once(results: dict) -> None:
+    for workload, systems in SYSTEMS.items():
+        for system in systems:
+            passes = results['counts'][workload][system]
+            assert len(passes) == results['config']['rounds'], (workload, system)
+            for counts in passes:
+                assert counts['scheduled'] == results['sizes'][workload], (workload, system)
+                assert_counts(counts, f'{workload}/{system}')
+
+
+def test_round_trips_are_counted_for_every_system(results: dict) -> None:
+    for workload, systems in SYSTEMS.items():
+        assert set(results['round_trips'][workload]) == systems, workload
+        for system, trips in results['round_trips'][workload].items():
+            assert trips['jobs'] == results['config']['trip_jobs'], (workload, system)
+            assert_counts(trips['counts'], f'round trips {workload}/{system}')
+            assert trips['commands_per_job'] > 0, (workload, system)
+
+
+def test_ours_batches_its_round_trips(results: dict) -> None:
+    for workload in SYSTEMS:
+        assert results['round_trips'][workload]['ours']['round_trips_per_job'] < 0.05, workload
+
+
+def test_our_loop_enqueued_every_job_once(results: dict) -> None:
+    ours = results['lateness']['ours: manage.py rqscheduler (defaults)']
+    assert 'skipped' not in ours
+    assert ours['jobs'] == results['config']['late_jobs']
+    assert_counts(ours['counts'], 'lateness ours')
