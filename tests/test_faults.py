@@ -142,3 +142,32 @@ def test_a_restarted_process_reuses_its_name_after_a_kill_9(connection, redis_ur
     finally:
         kill(first)
         kill(second)
+
+
+def test_a_leader_paused_longer_than_its_lease_is_fenced_when_it_wakes(connection, redis_url):
+    import signal as signals
+
+    options = ('--interval', '0.1', '--lease-ttl', '1')
+    first = scheduler_process(redis_url, *options, name='paused')
+    second = None
+    try:
+        wait_for(lambda: lock_owner(connection) == 'paused', timeout=20)
+        second = scheduler_process(redis_url, *options, name='awake')
+        wait_for(lambda: connection.zscore(keys.INSTANCES_KEY, 'awake'), timeout=20)
+        first.send_signal(signals.SIGSTOP)  # e.g. a long GC pause or a frozen VM
+        wait_for(lambda: lock_owner(connection) == 'awake', timeout=10)
+        scheduler = Scheduler(connection=connection)
+        now = datetime.now(UTC)
+        expected = []
+        for i in range(100):
+            expected += schedule_one_offs(scheduler, 1, now + timedelta(milliseconds=20 * i), prefix=f'p{i}')
+        first.send_signal(signals.SIGCONT)  # it wakes up believing it still leads
+        wait_for(lambda: set(expected) <= set(queue_ids(connection)), timeout=20)
+        time.sleep(1)
+        ids = queue_ids(connection)
+        assert [job_id for job_id, n in Counter(ids).items() if n > 1] == []
+        assert lock_owner(connection) == 'awake'
+    finally:
+        kill(first)
+        if second:
+            kill(second)
