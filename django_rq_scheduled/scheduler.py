@@ -608,7 +608,10 @@ class Scheduler:
             report.dead += batch.dead
             report.skipped += batch.skipped
             report.batches += 1
-            if len(pairs) < self.batch_size or self._stop.is_set():
+            made_progress = batch.enqueued or batch.dead or batch.skipped
+            # A full batch that moved nothing (entries that cannot even be dead-lettered, or all changed by
+            # producers meanwhile) would be read again at once: leave it to the next tick instead of spinning.
+            if len(pairs) < self.batch_size or self._stop.is_set() or not made_progress:
                 return report
             self._renew_lease_if_due()
 

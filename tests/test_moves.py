@@ -244,3 +244,16 @@ def test_scores_written_with_more_than_millisecond_precision_still_move(schedule
     fake_connection.zadd(keys.SCHEDULED_JOBS_KEY, {'precise': T0.timestamp() + 0.123456789})
     clock.move_to(T0 + timedelta(seconds=1))
     assert [j.id for j in scheduler.enqueue_jobs()] == ['precise']
+
+
+def test_a_full_batch_that_cannot_move_does_not_spin(fake_connection, clock):
+    scheduler = Scheduler(connection=fake_connection, batch_size=3)
+    for i in range(3):
+        scheduler.enqueue_at(T0, tasks.add, job_id=f'stuck{i}')
+        fake_connection.hdel(keys.job_key(f'stuck{i}'), 'origin')
+    fake_connection.set(keys.DEAD_LETTERS_KEY, 'not a hash')  # not even the dead letters can be written
+    clock.move_to(T0)
+    assert scheduler.acquire_lock()
+    report = scheduler.move_due_jobs()
+    assert report.batches == 1 and report.enqueued == [] and report.dead == []
+    assert scheduler.count() == 3
