@@ -92,3 +92,19 @@ def test_our_loop_enqueued_every_job_once(results: dict) -> None:
     assert 'skipped' not in ours
     assert ours['jobs'] == results['config']['late_jobs']
     assert_counts(ours['counts'], 'lateness ours')
+
+
+def test_scale_benchmark_quick_run_completes_with_right_counts():
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    env.pop('DRQS_TEST_REDIS_URL', None)
+    done = subprocess.run(
+        [sys.executable, '-m', 'bench.scale', '--quick'],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # a wrong count exits non-zero
+    for heading in ('Tick cost', 'Redis memory per cron template', "The loop's max RSS"):
+        assert heading in done.stdout
