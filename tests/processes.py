@@ -25,11 +25,21 @@ def migrated_database() -> str:
     return str(path)
 
 
-def scheduler_process(url: str, *options: str, name: str | None = None) -> subprocess.Popen:
+def process_env(url: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of the suite's Django processes; ``env`` adds to it or overrides it (e.g. DRQS_TEST_DB)."""
+    base = {**os.environ, 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
+    if not (env and 'DRQS_TEST_DB' in env):
+        base['DRQS_TEST_DB'] = migrated_database()
+    return {**base, **(env or {})}
+
+
+def scheduler_process(
+    url: str, *options: str, name: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     command = [sys.executable, '-m', 'django', 'rqscheduler', '--settings', 'tests.settings', *options]
     if name:
         command += ['--name', name]
-    env = {**os.environ, 'DRQS_TEST_REDIS_URL': url, 'DRQS_TEST_DB': migrated_database(), 'PYTHONPATH': str(ROOT)}
+    env = process_env(url, env)
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

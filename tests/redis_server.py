@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import redis
 
@@ -23,11 +24,14 @@ class RedisServer:
     backend = 'redis-server'
     worker_class = None
 
-    def __init__(self, *, appendonly: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self, *, appendonly: bool = False, password: str | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix='drqs-redis-')
         self.appendonly = appendonly
         self.password = password
+        self.extra_args = tuple(extra_args)  # e.g. ('--replicaof', '127.0.0.1', '6379')
         self.process: subprocess.Popen | None = None
 
     @property
@@ -41,6 +45,7 @@ class RedisServer:
             '--port', str(self.port), '--bind', '127.0.0.1', '--dir', self.dir, '--save', '',
             '--appendonly', 'yes' if self.appendonly else 'no', '--appendfsync', 'always',
             *(['--requirepass', self.password] if self.password else []),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.wait_until_ready()
@@ -73,6 +78,11 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def wipe(self) -> None:
+        """Empties the data directory of a stopped server: its next start begins with no data at all."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+        Path(self.dir).mkdir(parents=True, exist_ok=True)
 
     def close(self) -> None:
         self.kill()

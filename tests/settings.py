@@ -56,6 +56,25 @@ RQ_QUEUES = {
     'high': {'URL': _REDIS_URL},
 }
 
+# A Sentinel-managed Redis instead of the URL, e.g. DRQS_TEST_SENTINELS='127.0.0.1:26379,127.0.0.1:26380'.
+_SENTINELS = os.environ.get('DRQS_TEST_SENTINELS')
+if _SENTINELS:
+    _SENTINEL_ADDRESSES = [
+        (host, int(port)) for host, _, port in (a.strip().rpartition(':') for a in _SENTINELS.split(','))
+    ]
+    RQ_QUEUES = {
+        name: {
+            'SENTINELS': _SENTINEL_ADDRESSES,
+            'MASTER_NAME': os.environ.get('DRQS_TEST_SENTINEL_MASTER', 'mymaster'),
+            'DB': 0,
+            'SOCKET_TIMEOUT': 5,
+            'SENTINEL_KWARGS': {'socket_timeout': 1},
+        }
+        for name in ('default', 'high')
+    }
+
 RQ_SCHEDULED: dict = {}
+if os.environ.get('DRQS_TEST_RECONCILE_INTERVAL'):
+    RQ_SCHEDULED['RECONCILE_INTERVAL'] = float(os.environ['DRQS_TEST_RECONCILE_INTERVAL'])
 
 LOGGING_CONFIG = None
