@@ -924,7 +924,7 @@ class Scheduler:
 
     @staticmethod
     def _backoff(failures: int) -> float:
-        return min(30.0, 0.5 * 2 ** min(failures - 1, 6)) * random.uniform(0.8, 1.2)
+        return min(10.0, 0.2 * 2 ** min(failures - 1, 6)) * random.uniform(0.8, 1.2)
 
     def _tick(self, burst: bool) -> bool:
         """One turn of the loop; True once a burst run has moved the due jobs."""
