@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format docs clean
+.PHONY: test lint format docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,12 +22,27 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W -b html docs docs/_build/html
 
+# Benchmarks in their own environment: the package plus its peers (rq-scheduler 0.14; rq's scheduler comes with
+# rq). Each starts a private redis-server; results also go to bench-results.json.
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+$(BENCH_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e . 'rq-scheduler==0.14.0'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	PYTHONPATH=. $(BENCH_VENV)/bin/python -m bench.core --json bench-results.json
+	PYTHONPATH=. $(BENCH_VENV)/bin/python -m bench.scale
+
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache build dist *.egg-info
 
 # The example project: admin, scheduler and worker on a private Redis; Ctrl-C stops it all (see scripts/demo.py).
 .PHONY: demo
