@@ -36,6 +36,7 @@ $(BENCH_STAMP): pyproject.toml
 bench: $(BENCH_STAMP)
 	PYTHONPATH=. $(BENCH_VENV)/bin/python -m bench.core --json bench-results.json
 	PYTHONPATH=. $(BENCH_VENV)/bin/python -m bench.scale
+	PYTHONPATH=. $(BENCH_VENV)/bin/python -m bench.cron_lateness
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
