@@ -7,6 +7,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -18,6 +19,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS-only server: its certificate and key, and the CA that signed the certificate."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+
+
 class RedisServer:
     """One redis-server process that a test can stop, kill, pause and restart on the same port."""
 
@@ -25,9 +35,15 @@ class RedisServer:
     worker_class = None
 
     def __init__(
-        self, *, appendonly: bool = False, password: str | None = None, extra_args: tuple[str, ...] = ()
+        self,
+        *,
+        appendonly: bool = False,
+        password: str | None = None,
+        extra_args: tuple[str, ...] = (),
+        tls: TlsFiles | None = None,
     ) -> None:
-        self.port = free_port()
+        self.port = free_port()  # with ``tls``, the TLS port: the plain-text port is then disabled
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix='drqs-redis-')
         self.appendonly = appendonly
         self.password = password
@@ -37,12 +53,20 @@ class RedisServer:
     @property
     def url(self) -> str:
         credentials = f':{self.password}@' if self.password else ''
-        return f'redis://{credentials}127.0.0.1:{self.port}/0'
+        scheme = 'rediss' if self.tls else 'redis'
+        return f'{scheme}://{credentials}127.0.0.1:{self.port}/0'
 
     def start(self) -> RedisServer:
+        ports = ['--port', str(self.port)]
+        if self.tls:
+            ports = [
+                '--port', '0', '--tls-port', str(self.port), '--tls-cert-file', self.tls.cert_file,
+                '--tls-key-file', self.tls.key_file, '--tls-ca-cert-file', self.tls.ca_file,
+                '--tls-auth-clients', 'no',
+            ]  # fmt: skip
         command = [
             shutil.which('redis-server') or 'redis-server',
-            '--port', str(self.port), '--bind', '127.0.0.1', '--dir', self.dir, '--save', '',
+            *ports, '--bind', '127.0.0.1', '--dir', self.dir, '--save', '',
             '--appendonly', 'yes' if self.appendonly else 'no', '--appendfsync', 'always',
             *(['--requirepass', self.password] if self.password else []),
             *self.extra_args,
@@ -53,7 +77,8 @@ class RedisServer:
 
     def wait_until_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
-        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1)
+        tls = {'ssl': True, 'ssl_ca_certs': self.tls.ca_file} if self.tls else {}
+        client = redis.Redis(port=self.port, password=self.password, socket_timeout=1, **tls)
         while True:
             try:
                 if client.ping():

@@ -1,0 +1,289 @@
+"""Soak: the long versions of the kill -9 and rival-leader tests of tests/test_faults.py, run by hand.
+
+Run as ``PYTHONPATH=. python -m bench.soak crash [--cycles N]`` or ``... rivals [--minutes M]`` from the repository
+root. Each starts its own redis-server on a free loopback port and real ``rqscheduler`` processes, prints figures,
+kills every process it started, and exits non-zero if any occurrence was lost or enqueued twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings')
+warnings.filterwarnings('ignore', category=FutureWarning, module='rq_scheduler')
+
+import django  # noqa: E402
+
+django.setup()
+
+import redis  # noqa: E402
+
+from django_rq_scheduled import Scheduler, keys  # noqa: E402
+from tests import tasks  # noqa: E402
+from tests.processes import kill, scheduler_process, wait_for  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
+
+UTC = timezone.utc
+QUEUE_KEY = 'rq:queue:default'
+
+
+def queue_ids(connection: redis.Redis) -> list[str]:
+    return [member.decode() for member in connection.lrange(QUEUE_KEY, 0, -1)]
+
+
+def lock_owner(connection: redis.Redis) -> str | None:
+    value = connection.get(keys.LOCK_KEY)
+    if not value:
+        return None
+    parts = value.decode().split('|')
+    return parts[1] if len(parts) == 3 and parts[0] == 'drqs' else None
+
+
+def due_backlog(connection: redis.Redis, templates: int) -> int:
+    return connection.zcount(keys.SCHEDULED_JOBS_KEY, '-inf', time.time()) - templates
+
+
+def duplicates_of(ids: list[str]) -> list[str]:
+    return sorted(job_id for job_id, n in Counter(ids).items() if n > 1)
+
+
+def print_table(rows: list[tuple[str, object]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    print(f'| {"figure".ljust(width)} | value |')
+    print(f'| {"-" * width} | ----- |')
+    for name, value in rows:
+        print(f'| {name.ljust(width)} | {value} |')
+
+
+# -- crash -------------------------------------------------------------------------------------------------------
+
+
+def crash(cycles: int, total: int, templates: int, seed: int) -> int:
+    """``cycles`` kill -9s of a leader moving a backlog; ``total`` occurrences of one-offs and interval templates."""
+    rng = random.Random(seed)
+    repeat = max(1, total // 10 // templates)  # about a tenth of the occurrences come from the templates
+    one_offs = total - templates * repeat
+    server = RedisServer().start()
+    connection = redis.Redis.from_url(server.url)
+    scheduler = Scheduler(connection=connection)
+    process: subprocess.Popen | None = None
+    expected: list[str] = []
+    template_ids = [f'every-{i}' for i in range(templates)]
+    started = time.monotonic()
+    interrupted = done = 0
+    try:
+        start = datetime.now(UTC) + timedelta(seconds=1)
+        for template in template_ids:
+            scheduler.schedule(start, tasks.add, args=[1, 2], interval=0.5, repeat=repeat, id=template)
+        for done in range(1, cycles + 1):
+            # Spread the one-offs over the cycles, so that every cycle has a backlog to be killed in the middle of.
+            chunk = (one_offs - len(expected)) // (cycles - done + 1)
+            now = datetime.now(UTC)
+            for i in range(len(expected), len(expected) + chunk):
+                job_id = f'job-{i}'
+                scheduler.enqueue_at(now, tasks.add, 1, 2, job_id=job_id)
+                expected.append(job_id)
+            before = connection.llen(QUEUE_KEY)
+            process = scheduler_process(server.url, '--batch-size', '5', '--interval', '0.1', '--lease-ttl', '0.5')
+            wait_for(lambda before=before: connection.llen(QUEUE_KEY) > before, timeout=30, step=0.001)
+            time.sleep(rng.uniform(0, 0.03))
+            kill(process)
+            process = None
+            moved = connection.llen(QUEUE_KEY) - before
+            interrupted += moved > 0 and due_backlog(connection, templates) > 0
+            wait_for(lambda: not connection.exists(keys.LOCK_KEY), timeout=5)  # the dead leader's lease expires
+            if done % 10 == 0 or done == cycles:
+                print(f'cycle {done}/{cycles}: queue {connection.llen(QUEUE_KEY)}, landed mid-move {interrupted}')
+        # Let the templates run out, then one clean burst pass moves whatever the last kill left behind.
+        wait_for(lambda: time.time() > start.timestamp() + repeat * 0.5, timeout=repeat * 0.5 + 60, step=0.1)
+        process = scheduler_process(server.url, '--burst')
+        if process.wait(120) != 0:
+            print(process.stdout.read() if process.stdout else '')
+            raise RuntimeError('the final --burst pass failed')
+        process = None
+        ids = queue_ids(connection)
+    finally:
+        if process is not None:
+            kill(process)
+        connection.connection_pool.disconnect()
+        server.close()
+    expected_set = set(expected)
+    one_off_ids = [job_id for job_id in ids if job_id in expected_set]
+    occurrences = [job_id for job_id in ids if job_id not in expected_set]
+    lost = sorted(expected_set - set(one_off_ids))
+    duplicated = duplicates_of(ids)
+    stray = [job_id for job_id in occurrences if job_id.split('_at_')[0] not in template_ids]
+    per_template = Counter(job_id.split('_at_')[0] for job_id in occurrences)
+    too_many = {template: n for template, n in per_template.items() if n > repeat}
+    print_table(
+        [
+            ('kill -9 cycles', done),
+            ('kills landed mid-move', interrupted),
+            ('one-offs scheduled', len(expected)),
+            ('one-offs enqueued', len(one_off_ids)),
+            ('templates x repeat', f'{templates} x {repeat}'),
+            ('template occurrences enqueued', len(occurrences)),
+            ('occurrences planned (most)', len(expected) + templates * repeat),
+            ('lost one-offs', len(lost)),
+            ('duplicated ids', len(duplicated)),
+            ('templates over their repeat', len(too_many)),
+            ('unknown ids', len(stray)),
+            ('seconds', f'{time.monotonic() - started:.0f}'),
+        ]
+    )
+    failed = bool(lost or duplicated or too_many or stray)
+    for label, values in (('lost', lost), ('duplicated', duplicated), ('over repeat', too_many), ('unknown', stray)):
+        if values:
+            print(f'FAIL {label}: {list(values)[:20]}')
+    if interrupted == 0:
+        print('WARNING: no kill landed in the middle of a move')
+    return 1 if failed else 0
+
+
+# -- rivals ------------------------------------------------------------------------------------------------------
+
+
+class Producer(threading.Thread):
+    """Schedules one-off jobs at a steady rate, each due ``ahead`` seconds later."""
+
+    def __init__(self, url: str, rate: float, ahead: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.rate, self.ahead = url, rate, ahead
+        self.ids: list[str] = []
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        connection = redis.Redis.from_url(self.url)
+        scheduler = Scheduler(connection=connection)
+        period = 1 / self.rate
+        next_at = time.monotonic()
+        try:
+            while not self.halt.is_set():
+                job_id = f'steady-{len(self.ids)}'
+                scheduler.enqueue_at(datetime.now(UTC) + timedelta(seconds=self.ahead), tasks.add, 1, 2, job_id=job_id)
+                self.ids.append(job_id)
+                next_at += period
+                self.halt.wait(max(0.0, next_at - time.monotonic()))
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+        finally:
+            connection.connection_pool.disconnect()
+
+
+def rivals(minutes: float, kill_every: float, rate: float, ahead: float) -> int:
+    """Three rival schedulers for ``minutes``; the leader is killed -9 every ``kill_every`` s and replaced."""
+    options = ('--lease-ttl', '2', '--interval', '0.2')
+    server = RedisServer().start()
+    connection = redis.Redis.from_url(server.url)
+    processes: dict[str, subprocess.Popen] = {}
+    producer = Producer(server.url, rate, ahead)
+    takeovers: list[float] = []
+    generation = 0
+    started = time.monotonic()
+    try:
+        for generation in range(3):
+            name = f'rival-{generation}'
+            processes[name] = scheduler_process(server.url, *options, name=name)
+        wait_for(lambda: lock_owner(connection), timeout=30)
+        producer.start()
+        deadline = started + minutes * 60
+        next_kill = time.monotonic() + kill_every
+        while time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f'{name} exited with {process.returncode} without being killed')
+            if time.monotonic() < next_kill or time.monotonic() + 10 > deadline:
+                continue
+            leader = lock_owner(connection)
+            if leader not in processes:
+                raise RuntimeError(f'the lease is held by {leader!r}, not by a running rival')
+            killed_at = time.monotonic()
+            kill(processes.pop(leader))
+            generation += 1
+            replacement = f'rival-{generation}'
+            processes[replacement] = scheduler_process(server.url, *options, name=replacement)
+            new_leader = wait_for(
+                lambda leader=leader: (owner := lock_owner(connection)) and owner != leader and owner, timeout=20
+            )
+            takeovers.append(time.monotonic() - killed_at)
+            print(f'{time.monotonic() - started:6.1f} s: killed {leader}, {new_leader} took over '
+                  f'in {takeovers[-1] * 1000:.0f} ms')  # fmt: skip
+            next_kill = killed_at + kill_every
+        producer.halt.set()
+        producer.join(10)
+        if producer.error:
+            raise RuntimeError('the producer failed') from producer.error
+        expected = set(producer.ids)
+        with contextlib.suppress(AssertionError):  # counted as lost below
+            wait_for(lambda: expected <= set(queue_ids(connection)), timeout=ahead + 30, step=0.1)
+        time.sleep(1)  # a late duplicate would show up here
+        ids = queue_ids(connection)
+    finally:
+        producer.halt.set()
+        for process in processes.values():
+            kill(process)
+        connection.connection_pool.disconnect()
+        server.close()
+    lost = sorted(expected - set(ids))
+    duplicated = duplicates_of(ids)
+    stray = sorted(set(ids) - expected)
+    print_table(
+        [
+            ('minutes', minutes),
+            ('leaders killed -9', len(takeovers)),
+            ('takeover p50 (ms)', f'{statistics.median(takeovers) * 1000:.0f}' if takeovers else '-'),
+            ('takeover max (ms)', f'{max(takeovers) * 1000:.0f}' if takeovers else '-'),
+            ('lease ttl (s)', 2),
+            ('jobs scheduled', len(expected)),
+            ('jobs enqueued', len(ids)),
+            ('lost', len(lost)),
+            ('duplicated', len(duplicated)),
+            ('unknown ids', len(stray)),
+        ]
+    )
+    for label, values in (('lost', lost), ('duplicated', duplicated), ('unknown', stray)):
+        if values:
+            print(f'FAIL {label}: {values[:20]}')
+    if not takeovers:
+        print('FAIL: no leader was killed (run for longer than --kill-every)')
+    return 1 if lost or duplicated or stray or not takeovers else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m bench.soak', description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest='command', required=True)
+    crash_parser = commands.add_parser('crash', help='kill -9 the leader at random moments of a backlog move')
+    crash_parser.add_argument('--cycles', type=int, default=200)
+    crash_parser.add_argument('--total', type=int, default=10_000, help='occurrences: one-offs + templates')
+    crash_parser.add_argument('--templates', type=int, default=20)
+    crash_parser.add_argument('--seed', type=int, default=1234)
+    rivals_parser = commands.add_parser('rivals', help='three rival schedulers, the leader killed -9 periodically')
+    rivals_parser.add_argument('--minutes', type=float, default=10)
+    rivals_parser.add_argument('--kill-every', type=float, default=30, help='seconds between two kills')
+    rivals_parser.add_argument('--rate', type=float, default=20, help='one-off jobs scheduled per second')
+    rivals_parser.add_argument('--ahead', type=float, default=0.2, help='seconds between scheduling and due time')
+    args = parser.parse_args(argv)
+    if args.command == 'crash':
+        if args.cycles < 1 or args.templates < 1 or args.total < args.templates * 10:
+            parser.error('need --cycles >= 1, --templates >= 1 and --total >= 10 x --templates')
+        return crash(args.cycles, args.total, args.templates, args.seed)
+    if args.minutes <= 0 or args.kill_every <= 0 or args.rate <= 0:
+        parser.error('--minutes, --kill-every and --rate must be positive')
+    return rivals(args.minutes, args.kill_every, args.rate, args.ahead)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
