@@ -1,19 +1,23 @@
-"""Lateness of periodic (cron) runs: our ``rqscheduler`` vs ``rq cron``, both on a cron string with seconds.
+"""Lateness against rq's own schedulers: cron runs (ours vs ``rq cron``) and one-off jobs (ours vs a worker's
+built-in scheduler, ``rq worker --with-scheduler``).
 
-Both run ``* * * * * */2`` (every 2 seconds, croniter's seconds-last form) for a while; lateness is each run's
-``enqueued_at`` minus the fire time it was for. Run as ``PYTHONPATH=. python -m bench.cron_lateness [--quick]``.
+Cron: both run ``* * * * * */2`` (every 2 seconds, croniter's seconds-last form). One-off: jobs due at random
+instants. Lateness is each run's ``enqueued_at`` minus the time it was due.
+Run as ``PYTHONPATH=. python -m bench.cron_lateness [--quick]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings')
@@ -23,6 +27,7 @@ import django
 django.setup()
 
 import redis  # noqa: E402
+from rq import Queue  # noqa: E402
 from rq.utils import utcparse  # noqa: E402
 
 from django_rq_scheduled import Scheduler  # noqa: E402
@@ -83,6 +88,52 @@ def rq_cron(connection: redis.Redis, url: str, seconds: float) -> list[float]:
     return [enqueued - (enqueued // PERIOD) * PERIOD for _, enqueued in enqueued_times(connection)]
 
 
+def due_times(count: int, seconds: float) -> list[float]:
+    start = time.time() + 1.0
+    rng = random.Random(7)
+    return sorted(start + rng.uniform(0, seconds) for _ in range(count))
+
+
+def job_latenesses(connection: redis.Redis, due: dict[str, float]) -> list[float]:
+    latenesses = []
+    for job_id, when in due.items():
+        raw = connection.hget(f'rq:job:{job_id}', 'enqueued_at')
+        if raw:
+            latenesses.append(utcparse(raw.decode()).timestamp() - when)
+    return latenesses
+
+
+def ours_one_off(connection: redis.Redis, url: str, seconds: float) -> list[float]:
+    process = scheduler_process(url)
+    try:
+        wait_for(lambda: connection.get('rq:scheduler_lock'), timeout=30)
+        scheduler = Scheduler(connection=connection)
+        due = {f'o{i}': when for i, when in enumerate(due_times(int(seconds * 5), seconds))}
+        for job_id, when in due.items():
+            scheduler.enqueue_at(datetime.fromtimestamp(when, tz=timezone.utc), tasks.add, 1, 2, job_id=job_id)
+        time.sleep(seconds + 2)
+    finally:
+        stop(process)
+    return job_latenesses(connection, due)
+
+
+def rq_builtin_one_off(connection: redis.Redis, url: str, seconds: float) -> list[float]:
+    """rq's own scheduler runs inside a worker; jobs go to ``rq:scheduled:default`` through ``Queue.enqueue_at``."""
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    command = [sys.executable, '-m', 'rq.cli', 'worker', '--with-scheduler', '--url', url, 'default']
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: connection.exists('rq:scheduler-lock:default'), timeout=30)
+        queue = Queue('default', connection=connection)
+        due = {f'b{i}': when for i, when in enumerate(due_times(int(seconds * 5), seconds))}
+        for job_id, when in due.items():
+            queue.enqueue_at(datetime.fromtimestamp(when, tz=timezone.utc), tasks.add, 1, 2, job_id=job_id)
+        time.sleep(seconds + 3)
+    finally:
+        kill(process)
+    return job_latenesses(connection, due)
+
+
 def summary(latenesses: list[float], expected_runs: int) -> str:
     if len(latenesses) < expected_runs // 2:
         raise CountError(f'only {len(latenesses)} runs, expected about {expected_runs}')
@@ -96,18 +147,34 @@ def main(argv: list[str]) -> int:
     parser.add_argument('--quick', action='store_true', help='10 seconds each instead of 60')
     seconds = 10.0 if parser.parse_args(argv).quick else 60.0
     expected = int(seconds / PERIOD)
-    rows = []
-    for name, runner in (('ours: manage.py rqscheduler (defaults)', ours), ('rq cron', rq_cron)):
-        server = RedisServer().start()
-        try:
-            rows.append(
-                f'| {name} | {summary(runner(redis.Redis.from_url(server.url), server.url, seconds), expected)} |'
-            )
-        finally:
-            server.close()
-    print(f'## Lateness of cron runs ({CRON!r}, {seconds:.0f} s each)\n')
-    print('| loop | runs | p50 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: |')
-    print('\n'.join(rows))
+    one_offs = int(seconds * 5)
+    tables = [
+        (
+            f'Lateness of cron runs ({CRON!r}, {seconds:.0f} s each)',
+            [('ours: manage.py rqscheduler (defaults)', ours), ('rq cron', rq_cron)],
+            expected,
+        ),
+        (
+            f'Lateness of one-off jobs ({one_offs} due at random over {seconds:.0f} s)',
+            [
+                ('ours: manage.py rqscheduler (defaults)', ours_one_off),
+                ("rq's built-in scheduler (rq worker --with-scheduler)", rq_builtin_one_off),
+            ],
+            one_offs,
+        ),
+    ]
+    for title, runners, runs in tables:
+        rows = []
+        for name, runner in runners:
+            server = RedisServer().start()
+            try:
+                latenesses = runner(redis.Redis.from_url(server.url), server.url, seconds)
+                rows.append(f'| {name} | {summary(latenesses, runs)} |')
+            finally:
+                server.close()
+        print(f'## {title}' + chr(10))
+        print('| loop | runs | p50 ms | p99 ms | max ms |' + chr(10) + '| --- | ---: | ---: | ---: | ---: |')
+        print(chr(10).join(rows) + chr(10))
     return 0
 
 

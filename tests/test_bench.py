@@ -108,3 +108,43 @@ def test_scale_benchmark_quick_run_completes_with_right_counts():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # a wrong count exits non-zero
     for heading in ('Tick cost', 'Redis memory per cron template', "The loop's max RSS"):
         assert heading in done.stdout
+
+
+def run_quick(module: str) -> str:
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    env.pop('DRQS_TEST_REDIS_URL', None)
+    env.pop('DRQS_TEST_DB', None)
+    done = subprocess.run(
+        [sys.executable, '-m', module, '--quick'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # a wrong count exits non-zero
+    return done.stdout
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """The cells of every markdown table row below a header (separator and header rows left out)."""
+    lines = [line for line in stdout.splitlines() if line.startswith('|')]
+    return [[cell.strip() for cell in line.strip('|').split('|')] for line in lines if '---' not in line][1:]
+
+
+def test_sync_cost_benchmark_quick_run_completes_with_right_counts():
+    stdout = run_quick('bench.sync_cost')
+    assert 'Sync cost: create, update and delete 1,000 cron job rows' in stdout
+    rows = {(cells[0], cells[1]): cells for cells in table_rows(stdout)}
+    assert set(rows) == {(op, mode) for op in ('create', 'update', 'delete') for mode in ('one by one', 'bulk')}
+    for (operation, mode), cells in rows.items():
+        round_trips = int(cells[5].replace(',', ''))
+        if mode == 'bulk':
+            assert round_trips <= 2 * (1000 // 500) + 10, operation  # batched: a few per 500 rows
+        else:
+            assert 1000 <= round_trips <= 3 * 1000 + 10, operation  # each row syncs on its own
+
+
+def test_admin_cost_benchmark_quick_run_completes_with_right_counts():
+    stdout = run_quick('bench.admin_cost')
+    assert 'Admin: one GET of the cron job change list' in stdout
+    rows = table_rows(stdout)
+    assert [cells[0] for cells in rows] == ['100', '10,000']
+    assert rows[0][1:3] == rows[1][1:3]  # queries and round trips do not grow with the table
+    assert int(rows[1][1]) <= 6 and int(rows[1][2]) <= 1
+    assert 'Render time at 10,000 rows / at 100 rows' in stdout
