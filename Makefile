@@ -37,6 +37,8 @@ bench: $(BENCH_STAMP)
 	PYTHONPATH=. $(BENCH_VENV)/bin/python -m bench.core --json bench-results.json
 	PYTHONPATH=. $(BENCH_VENV)/bin/python -m bench.scale
 	PYTHONPATH=. $(BENCH_VENV)/bin/python -m bench.cron_lateness
+	PYTHONPATH=. $(BENCH_VENV)/bin/python -m bench.sync_cost
+	PYTHONPATH=. $(BENCH_VENV)/bin/python -m bench.admin_cost
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
