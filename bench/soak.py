@@ -31,15 +31,11 @@ import redis  # noqa: E402
 
 from django_rq_scheduled import Scheduler, keys  # noqa: E402
 from tests import tasks  # noqa: E402
-from tests.processes import kill, scheduler_process, wait_for  # noqa: E402
+from tests.processes import kill, queue_ids, scheduler_process, wait_for  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 UTC = timezone.utc
 QUEUE_KEY = 'rq:queue:default'
-
-
-def queue_ids(connection: redis.Redis) -> list[str]:
-    return [member.decode() for member in connection.lrange(QUEUE_KEY, 0, -1)]
 
 
 def lock_owner(connection: redis.Redis) -> str | None:

@@ -8,9 +8,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,3 +67,26 @@ def kill(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
     process.wait(10)
+
+
+def queue_ids(connection: redis.Redis, queue: str = 'default') -> list[str]:
+    """The job ids waiting in an RQ queue, in order."""
+    return [member.decode() for member in connection.lrange(f'rq:queue:{queue}', 0, -1)]
+
+
+class OutputReader:
+    """Drains a process's output in a thread (a full pipe would block it) and keeps the lines."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self.thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout or ():
+            self.lines.append(line.rstrip())
+
+    @property
+    def text(self) -> str:
+        self.thread.join(5)
+        return '\n'.join(self.lines)

@@ -12,16 +12,12 @@ import redis
 
 from django_rq_scheduled import Scheduler, keys
 from tests import tasks
-from tests.processes import kill, scheduler_process, stop, wait_for
+from tests.processes import kill, queue_ids, scheduler_process, stop, wait_for
 from tests.redis_server import RedisServer, has_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 UTC = timezone.utc
-
-
-def queue_ids(connection, queue='default'):
-    return [member.decode() for member in connection.lrange(f'rq:queue:{queue}', 0, -1)]
 
 
 def schedule_one_offs(scheduler, count, when, prefix='job'):

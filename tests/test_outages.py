@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,17 @@ import pytest
 import redis
 
 from django_rq_scheduled import keys
-from tests.processes import ROOT, kill, migrated_database, process_env, scheduler_process, stop, wait_for
+from tests.processes import (
+    ROOT,
+    OutputReader,
+    kill,
+    migrated_database,
+    process_env,
+    queue_ids,
+    scheduler_process,
+    stop,
+    wait_for,
+)
 from tests.redis_server import RedisServer, has_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,28 +52,6 @@ rows = [
 ]
 print(json.dumps([[row.template_id, row.enabled] for row in rows]))
 """
-
-
-class OutputReader:
-    """Drains a process's output in a thread (a full pipe would block it) and keeps the lines."""
-
-    def __init__(self, process: subprocess.Popen) -> None:
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self.thread.start()
-
-    def _read(self, process: subprocess.Popen) -> None:
-        for line in process.stdout or ():
-            self.lines.append(line.rstrip())
-
-    @property
-    def text(self) -> str:
-        self.thread.join(5)
-        return '\n'.join(self.lines)
-
-
-def queue_ids(connection: redis.Redis, queue: str = 'default') -> list[str]:
-    return [member.decode() for member in connection.lrange(f'rq:queue:{queue}', 0, -1)]
 
 
 def scheduled_ids(connection: redis.Redis) -> set[str]:

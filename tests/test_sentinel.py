@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
@@ -18,7 +17,7 @@ from redis.sentinel import Sentinel
 
 from django_rq_scheduled import Scheduler, keys
 from tests import tasks
-from tests.processes import kill, migrated_database, scheduler_process, stop, wait_for
+from tests.processes import OutputReader, kill, migrated_database, queue_ids, scheduler_process, stop, wait_for
 from tests.redis_server import RedisServer, free_port, has_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -97,28 +96,6 @@ def discovered_port(sentinel: Sentinel) -> int | None:
         return sentinel.discover_master(MASTER)[1]
     except redis.ConnectionError:  # MasterNotFoundError while the sentinels agree on the failover
         return None
-
-
-def queue_ids(connection: redis.Redis) -> list[str]:
-    return [member.decode() for member in connection.lrange('rq:queue:default', 0, -1)]
-
-
-class OutputReader:
-    """Drains a process's output in a thread (a full pipe would block it) and keeps the lines."""
-
-    def __init__(self, process: subprocess.Popen) -> None:
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self.thread.start()
-
-    def _read(self, process: subprocess.Popen) -> None:
-        for line in process.stdout or ():
-            self.lines.append(line.rstrip())
-
-    @property
-    def text(self) -> str:
-        self.thread.join(5)
-        return '\n'.join(self.lines)
 
 
 def test_the_scheduler_follows_a_sentinel_failover(tmp_path):
