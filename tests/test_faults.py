@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 import redis
+from rq_scheduler import Scheduler as RQScheduler
 
 from django_rq_scheduled import Scheduler, keys
 from tests import tasks
@@ -29,7 +34,10 @@ def schedule_one_offs(scheduler, count, when, prefix='job'):
 
 def lock_owner(connection):
     value = connection.get(keys.LOCK_KEY)
-    return value.decode().split('|')[1] if value else None
+    if not value:
+        return None
+    fields = value.decode().split('|')
+    return fields[1] if len(fields) > 1 else 'rq-scheduler'  # its lock holds a bare timestamp
 
 
 def test_kill_9_at_random_points_of_large_batches_loses_and_duplicates_nothing(connection, redis_url):
@@ -167,3 +175,107 @@ def test_a_leader_paused_longer_than_its_lease_is_fenced_when_it_wakes(connectio
         kill(first)
         if second:
             kill(second)
+
+
+class CommandLog:
+    """Every command Redis executes, from MONITOR, in the order Redis ran them (Lua's own calls included)."""
+
+    STOP = 'drqs-stop-monitor'
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.commands: list[dict] = []
+        self.thread = threading.Thread(target=self._record, daemon=True)
+
+    def __enter__(self) -> CommandLog:
+        self.monitor = self.client.monitor().__enter__()
+        self.thread.start()
+        return self
+
+    def _record(self) -> None:
+        for command in self.monitor.listen():
+            if command['command'] == f'ECHO {self.STOP}':
+                return
+            self.commands.append(command)
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client.echo(self.STOP)
+        self.thread.join(30)
+        self.monitor.__exit__(*exc_info)
+        self.client.connection_pool.disconnect()
+
+
+def rq_scheduler_passes(commands: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """rq-scheduler's client address, and the spans of its passes: its ZRANGEBYSCORE to its DEL of the lock."""
+    client = next(
+        (c['client_address'], c['client_port'])
+        for c in commands
+        if c['command'].startswith(f'SET {keys.LOCK_KEY} ') and ' EX ' in c['command']
+    )
+    passes, start = [], None
+    for index, c in enumerate(commands):
+        if (c['client_address'], c['client_port']) != client:
+            continue
+        if c['command'].startswith(f'ZRANGEBYSCORE {keys.SCHEDULED_JOBS_KEY} '):
+            start = index
+        elif c['command'] == f'DEL {keys.LOCK_KEY}' and start is not None:
+            passes.append((start, index))
+            start = None
+    return client, passes
+
+
+def queue_pushes(commands: list[dict]) -> list[tuple[int, dict]]:
+    return [(i, c) for i, c in enumerate(commands) if c['command'].startswith(('RPUSH rq:queue:', 'LPUSH rq:queue:'))]
+
+
+def test_an_rq_scheduler_process_alongside_ours_never_moves_jobs_at_the_same_time(connection, redis_url):
+    """rq-scheduler takes the shared lock per pass; ours holds it between passes. Their moves never interleave."""
+    rqscheduler = str(Path(sys.executable).with_name('rqscheduler'))
+    options = ('--interval', '0.2', '--lease-ttl', '2')
+    ours = scheduler_process(redis_url, *options, name='ours-1')
+    theirs = ours_again = None
+    try:
+        wait_for(lambda: lock_owner(connection) == 'ours-1', timeout=20)
+        with CommandLog(redis_url) as log:
+            theirs = subprocess.Popen(
+                [rqscheduler, '--url', redis_url, '-i', '1'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            now = datetime.now(UTC)
+            ids = [f'ours-{i}' for i in range(1500)] + [f'theirs-{i}' for i in range(1500)]
+            rq_scheduler = RQScheduler(connection=connection)
+            for i in range(1500):
+                due = now + timedelta(seconds=1 + 11 * i / 1500)
+                Scheduler(connection=connection).enqueue_at(due, tasks.add, i, 1, job_id=f'ours-{i}')
+                rq_scheduler.enqueue_at(due.replace(tzinfo=None), tasks.add, i, 2, job_id=f'theirs-{i}')
+            Scheduler(connection=connection).schedule(now, tasks.add, interval=0.5, id='ticker')
+            time.sleep(3)
+            assert stop(ours) == 0  # releases the lease: rq-scheduler's next pass takes the lock
+            time.sleep(4)
+            ours_again = scheduler_process(redis_url, *options, name='ours-2')
+            wait_for(lambda: lock_owner(connection) == 'ours-2', timeout=20)
+            wait_for(lambda: set(ids) <= set(queue_ids(connection)), timeout=30)
+            time.sleep(1)
+            assert theirs.poll() is None and ours_again.poll() is None
+            stop(ours_again)
+            stop(theirs)
+        queued = [job_id for job_id in queue_ids(connection) if job_id != 'ticker']
+        assert [job_id for job_id, n in Counter(queued).items() if n > 1] == []
+        assert set(ids) <= set(queued)
+
+        client, passes = rq_scheduler_passes(log.commands)
+        pushes = queue_pushes(log.commands)
+        theirs_pushed = [i for i, c in pushes if (c['client_address'], c['client_port']) == client]
+        ours_pushed = [i for i, c in pushes if c['client_type'] == 'lua']
+        assert theirs_pushed and ours_pushed, 'both systems must have moved jobs for the test to mean anything'
+        assert len(theirs_pushed) + len(ours_pushed) == len(pushes)
+        inside_their_passes = [i for i in ours_pushed if any(start < i < end for start, end in passes)]
+        assert inside_their_passes == []
+        print(
+            f'\n[figures] rq-scheduler 0.14 (-i 1) next to ours: {len(passes)} rq-scheduler passes moved '
+            f'{len(theirs_pushed)} jobs, ours moved {len(ours_pushed)}; none of ours inside one of their passes; '
+            f'{len(queued)} jobs, 0 duplicates'
+        )
+    finally:
+        for process in (ours, theirs, ours_again):
+            if process is not None:
+                kill(process)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import time
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 import redis
 
-from django_rq_scheduled import keys
+from django_rq_scheduled import Scheduler, keys
+from tests import tasks
 from tests.processes import (
     ROOT,
     OutputReader,
@@ -124,3 +129,117 @@ def test_redis_restarted_empty_gets_every_enabled_row_back_from_the_database(tmp
     assert 'Traceback' not in log, log
     print(f'[figures] the loop logged the outage: {"Redis is unavailable" in log}')
     print(log)
+
+
+def occurrence_fire_times(ids: list[str], template: str) -> list[int]:
+    return [int(job_id.rsplit('_at_', 1)[1]) for job_id in ids if job_id.startswith(f'{template}_at_')]
+
+
+def assert_each_job_once(ids: list[str], expected: list[str]) -> None:
+    duplicates = [job_id for job_id, n in Counter(ids).items() if n > 1]
+    assert duplicates == []
+    missing = set(expected) - set(ids)
+    assert not missing, f'{len(missing)} jobs never reached the queue, e.g. {sorted(missing)[:5]}'
+
+
+def schedule_soon(connection: redis.Redis, prefix: str, count: int, within: float) -> list[str]:
+    """One-off jobs due at even steps over the next ``within`` seconds (some fall due while Redis is down)."""
+    scheduler = Scheduler(connection=connection)
+    start = datetime.now(timezone.utc)
+    ids = [f'{prefix}-{i}' for i in range(count)]
+    for i, job_id in enumerate(ids):
+        scheduler.enqueue_at(start + timedelta(seconds=within * i / count), tasks.add, i, 1, job_id=job_id)
+    return ids
+
+
+def start_ticker(connection: redis.Redis, interval: float) -> None:
+    Scheduler(connection=connection).schedule(datetime.now(timezone.utc), tasks.add, interval=interval, id='ticker')
+
+
+@pytest.mark.skipif(not has_redis_server(), reason='needs a redis-server binary to restart')
+def test_redis_stopped_and_restarted_20_times_loses_and_duplicates_nothing():
+    server = RedisServer(appendonly=True).start()  # appendfsync always: what Redis acknowledged survives a kill -9
+    connection = redis.Redis.from_url(server.url, socket_timeout=2)
+    rng = random.Random(20)
+    process = scheduler_process(server.url, '--interval', '0.2', '--lease-ttl', '2', name='restarts')
+    output = OutputReader(process)
+    expected: list[str] = []
+    recoveries: list[float] = []
+    try:
+        wait_for(lambda: connection.get(keys.LOCK_KEY), timeout=20)
+        start_ticker(connection, 0.25)
+        for cycle in range(20):
+            expected += schedule_soon(connection, f'c{cycle}', 25, within=0.6)
+            time.sleep(rng.uniform(0, 0.3))
+            connection.connection_pool.disconnect()
+            server.kill() if cycle % 2 else server.stop()  # a crash or a clean shutdown, in turn
+            time.sleep(rng.uniform(0.2, 1.0))
+            assert process.poll() is None, f'the scheduler exited while Redis was down (cycle {cycle})'
+            server.start()
+            restarted = time.monotonic()
+            wait_for(lambda expected=expected: set(expected) <= set(queue_ids(connection)), timeout=30, step=0.01)
+            recoveries.append(time.monotonic() - restarted)
+        time.sleep(1.0)  # the ticker runs on after the last restart
+        ids = queue_ids(connection)
+        assert_each_job_once(ids, expected)
+        fire_times = occurrence_fire_times(ids, 'ticker')
+        assert len(fire_times) == len(set(fire_times)) > 20
+        assert process.poll() is None
+        assert stop(process) == 0
+    finally:
+        kill(process)
+        connection.connection_pool.disconnect()
+        server.close()
+    log = output.text
+    assert 'Redis is unavailable' in log
+    assert 'Traceback' not in log, log
+    recoveries.sort()
+    print(
+        f'\n[figures] Redis stopped or killed and restarted 20 times: {len(expected)} one-off jobs and '
+        f'{len(fire_times)} ticker runs enqueued once each; due jobs all in the queue '
+        f'{statistics.median(recoveries) * 1000:.0f} ms (median) / {recoveries[-1] * 1000:.0f} ms (max) '
+        'after Redis came back'
+    )
+
+
+@pytest.mark.skipif(not has_redis_server(), reason='needs a redis-server binary to pause')
+def test_redis_paused_longer_than_the_lease_duplicates_nothing_and_the_loop_goes_on():
+    server = RedisServer().start()
+    connection = redis.Redis.from_url(server.url, socket_timeout=10)
+    options = ('--interval', '0.2', '--lease-ttl', '1')
+    processes = [scheduler_process(server.url, *options, name=name) for name in ('left', 'right')]
+    outputs = [OutputReader(process) for process in processes]
+    try:
+        wait_for(lambda: connection.get(keys.LOCK_KEY), timeout=20)
+        wait_for(lambda: connection.zcard(keys.INSTANCES_KEY) == 2, timeout=20)
+        start_ticker(connection, 0.2)
+        expected = schedule_soon(connection, 'paused', 300, within=6.0)
+        time.sleep(1.0)
+        connection.connection_pool.disconnect()
+        server.process.send_signal(signal.SIGSTOP)  # connections stay open; every command just hangs
+        time.sleep(3.0)  # three lease lifetimes
+        server.process.send_signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        before = len(queue_ids(connection))
+        wait_for(lambda: len(queue_ids(connection)) > before, timeout=10, step=0.005)
+        first_after = time.monotonic() - resumed
+        wait_for(lambda: set(expected) <= set(queue_ids(connection)), timeout=20)
+        time.sleep(1.0)
+        ids = queue_ids(connection)
+        assert_each_job_once(ids, expected)
+        fire_times = occurrence_fire_times(ids, 'ticker')
+        assert len(fire_times) == len(set(fire_times))
+        assert all(process.poll() is None for process in processes)
+        assert connection.get(keys.LOCK_KEY)
+        assert [stop(process) for process in processes] == [0, 0]
+    finally:
+        for process in processes:
+            kill(process)
+        connection.connection_pool.disconnect()
+        server.close()
+    log = '\n'.join(output.text for output in outputs)
+    assert 'Traceback' not in log, log
+    print(
+        f'\n[figures] Redis paused (SIGSTOP) 3 s with a 1 s lease and two schedulers: {len(expected)} jobs once each, '
+        f'{len(fire_times)} ticker runs, no duplicate; first job {first_after * 1000:.0f} ms after SIGCONT'
+    )
