@@ -10,26 +10,21 @@ commands of a move, pipelined, without any planning) as a ceiling, (2) round tri
 
 from __future__ import annotations
 
-import argparse
-import json
+import functools
 import logging
 import math
 import os
-import platform
 import random
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +35,19 @@ from rq.registry import ScheduledJobRegistry
 from rq.scheduler import RQScheduler
 from rq.utils import utcformat, utcparse
 
+from bench.common import (
+    BenchmarkError,
+    RoundTrips,
+    alternate,
+    check,
+    machine_lines,
+    nearest_rank,
+    private_redis,
+    run_command_line,
+    spread,
+)
 from django_rq_scheduled.scheduler import Scheduler
 from tests import tasks
-from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE_NAME = 'default'
@@ -71,15 +76,6 @@ Snapshot = list[tuple[bytes, int, bytes]]
 Writer = Callable[[redis.Redis, int, datetime], None]
 
 
-class BenchmarkError(AssertionError):
-    """A run whose counts are wrong: its timings mean nothing."""
-
-
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise BenchmarkError(message)
-
-
 @dataclass(frozen=True)
 class Config:
     mode: str
@@ -101,37 +97,6 @@ QUICK = Config(mode='quick', quick=True, jobs=2_000, templates=2_000, rounds=2, 
 # The test suite's run: small but real counts, both rounds alternated, only our loop's lateness.
 SMOKE = Config(mode='smoke', quick=True, jobs=1_000, templates=1_000, rounds=2, trip_jobs=1_000, late_jobs=100,
                late_window=3.0, budget=30.0, their_lateness=False)  # fmt: skip
-
-
-# -- the machine ------------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
-
-
-def redis_server_version() -> str:
-    binary = shutil.which('redis-server') or 'redis-server'
-    return subprocess.run([binary, '--version'], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def machine() -> dict[str, str]:
-    return {
-        'nproc': str(len(os.sched_getaffinity(0))),
-        'cpu': cpu_model(),
-        'python': platform.python_version(),
-        'redis-server': redis_server_version(),
-        'rq': metadata.version('rq'),
-        'redis-py': metadata.version('redis'),
-        'rq-scheduler': metadata.version('rq-scheduler'),
-        'django': metadata.version('django'),
-    }
 
 
 # -- fixtures: written once through the public APIs, restored byte for byte before every pass -------------------
@@ -325,36 +290,26 @@ def timed_pass(conn: redis.Redis, workload: str, system: str, snapshot: Snapshot
     return time.perf_counter() - start
 
 
+def measured_pass(conn: redis.Redis, fixtures: Fixtures, workload: str, system: str, n: int) -> tuple[float, dict]:
+    seconds = timed_pass(conn, workload, system, fixtures.get(workload, system, n))
+    return seconds, check_moved(conn, workload, system, n, schedule_key(system))
+
+
 def throughput(
     conn: redis.Redis, fixtures: Fixtures, workload: str, n: int, rounds: int
 ) -> tuple[dict[str, list[float]], dict[str, list[dict[str, int]]]]:
     """Seconds per pass, alternating the systems round after round on identical data, and each pass's counts."""
-    systems = SYSTEMS_BY_WORKLOAD[workload]
-    seconds: dict[str, list[float]] = {system: [] for system in systems}
-    counts: dict[str, list[dict[str, int]]] = {system: [] for system in systems}
-    for _ in range(rounds):
-        for system in systems:
-            snapshot = fixtures.get(workload, system, n)
-            seconds[system].append(timed_pass(conn, workload, system, snapshot))
-            counts[system].append(check_moved(conn, workload, system, n, schedule_key(system)))
+    measures = {
+        system: functools.partial(measured_pass, conn, fixtures, workload, system, n)
+        for system in SYSTEMS_BY_WORKLOAD[workload]
+    }
+    passes = alternate(rounds, measures)
+    seconds = {system: [s for s, _ in results] for system, results in passes.items()}
+    counts = {system: [c for _, c in results] for system, results in passes.items()}
     return seconds, counts
 
 
 # -- round trips and server commands ----------------------------------------------------------------------------
-
-
-class CountingConnection(redis.Connection):
-    """Counts writes to the socket: one per command, one per pipeline (redis-py's send_command goes through here)."""
-
-    sends = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sends += 1
-        super().send_packed_command(command, check_health)
-
-
-def counting_client(url: str) -> redis.Redis:
-    return redis.Redis(connection_pool=redis.ConnectionPool.from_url(url, connection_class=CountingConnection))
 
 
 def server_calls(conn: redis.Redis) -> dict[str, int]:
@@ -363,15 +318,14 @@ def server_calls(conn: redis.Redis) -> dict[str, int]:
     return {name: count for name, count in calls.items() if not name.startswith(('config', 'info'))}
 
 
-def count_trips(conn: redis.Redis, counting: redis.Redis, workload: str, system: str, snapshot: Snapshot) -> dict:
+def count_trips(conn: redis.Redis, workload: str, system: str, snapshot: Snapshot) -> dict:
     restore(conn, snapshot)
     n = conn.zcard(schedule_key(system))
-    move = mover(system, counting, n)
-    counting.ping()  # connects now: the handshake is not part of the move
+    move = mover(system, conn, n)
     conn.config_resetstat()
-    CountingConnection.sends = 0
+    sends_before = RoundTrips.count
     move()
-    sends = CountingConnection.sends
+    sends = RoundTrips.count - sends_before
     calls = server_calls(conn)
     counts = check_moved(conn, workload, system, n, schedule_key(system))
     per_job = {name: count / n for name, count in sorted(calls.items(), key=lambda item: -item[1])}
@@ -384,16 +338,13 @@ def count_trips(conn: redis.Redis, counting: redis.Redis, workload: str, system:
     }
 
 
-def round_trips(conn: redis.Redis, url: str, fixtures: Fixtures, n: int) -> dict[str, dict[str, dict]]:
-    counting = counting_client(url)
-    try:
-        return {
-            workload: {system: count_trips(conn, counting, workload, system, fixtures.get(workload, system, n))
-                       for system in SYSTEMS_BY_WORKLOAD[workload]}
-            for workload in WORKLOADS
-        }  # fmt: skip
-    finally:
-        counting.connection_pool.disconnect()
+def round_trips(conn: redis.Redis, fixtures: Fixtures, n: int) -> dict[str, dict[str, dict]]:
+    RoundTrips.install()
+    return {
+        workload: {system: count_trips(conn, workload, system, fixtures.get(workload, system, n))
+                   for system in SYSTEMS_BY_WORKLOAD[workload]}
+        for workload in WORKLOADS
+    }  # fmt: skip
 
 
 # -- lateness of the real loops ---------------------------------------------------------------------------------
@@ -485,11 +436,6 @@ def lateness_ms(conn: redis.Redis, dues: dict[str, float]) -> list[float]:
     return [(utcparse(stamp.decode()).timestamp() - due) * 1000 for stamp, due in zip(stamps, dues.values())]
 
 
-def nearest_rank(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
 def measure_lateness(conn: redis.Redis, url: str, loop: Loop, m: int, window: float, log_path: Path) -> dict:
     conn.flushdb()
     try:
@@ -536,10 +482,6 @@ def lateness(conn: redis.Redis, url: str, config: Config, started: float) -> dic
 
 
 # -- report -----------------------------------------------------------------------------------------------------
-
-
-def spread(values: list[float], fmt: str) -> str:
-    return f'{statistics.median(values):{fmt}} ({min(values):{fmt}} - {max(values):{fmt}})'
 
 
 PEERS = (THEIRS, RQ)
@@ -599,7 +541,7 @@ def lateness_rows(results: dict[str, dict]) -> list[str]:
 
 def report(data: dict) -> str:
     config = data['config']
-    lines = ['## Machine', '', *(f'- {name}: {value}' for name, value in data['machine'].items()), '']
+    lines = machine_lines(data['machine'])
     lines += [f'## Throughput: one enqueue_jobs() pass, median (min - max) of {config["rounds"]} rounds', '']
     lines += [*throughput_rows(data['throughput'], data['sizes']), '']
     lines += [
@@ -633,9 +575,8 @@ def stopwatch(phases: dict[str, float], name: str) -> Iterator[None]:
 def run(config: Config) -> dict:
     started = time.monotonic()
     phases: dict[str, float] = {}
-    data: dict[str, Any] = {'machine': machine(), 'config': asdict(config), 'phases_s': phases}
-    server = RedisServer().start()
-    try:
+    data: dict[str, Any] = {'phases_s': phases}
+    with private_redis() as server:
         conn = redis.Redis.from_url(server.url)
         fixtures = Fixtures(conn)
         sizes = {'one-off': config.jobs, 'interval': config.templates, 'cron': config.templates}
@@ -646,33 +587,12 @@ def run(config: Config) -> dict:
                 seconds, counts = throughput(conn, fixtures, workload, sizes[workload], config.rounds)
             data['throughput'][workload], data['counts'][workload] = seconds, counts
         with stopwatch(phases, 'round trips'):
-            data['round_trips'] = round_trips(conn, server.url, fixtures, config.trip_jobs)
+            data['round_trips'] = round_trips(conn, fixtures, config.trip_jobs)
         with stopwatch(phases, 'lateness'):
             data['lateness'] = lateness(conn, server.url, config, started)
         conn.connection_pool.disconnect()
-    finally:
-        server.stop()
-        server.close()
-    data['elapsed_s'] = time.monotonic() - started
     return data
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog='python -m bench.core', description=__doc__.splitlines()[0])
-    modes = parser.add_mutually_exclusive_group()
-    modes.add_argument('--quick', action='store_true', help='small sizes, 2 rounds, under a minute')
-    modes.add_argument(
-        '--smoke', action='store_true', help="smallest sizes with real counts, no rq-scheduler loops (the test's run)"
-    )
-    parser.add_argument('--json', metavar='FILE', type=Path, help='also write the raw results as JSON to FILE')
-    args = parser.parse_args(argv)
-    # rq-scheduler 0.14 calls crontab in a way its newer releases warn about on every cron template.
-    warnings.filterwarnings('ignore', category=FutureWarning, module='rq_scheduler.utils')
-    data = run(SMOKE if args.smoke else QUICK if args.quick else FULL)
-    print(report(data))
-    if args.json:
-        args.json.write_text(json.dumps(data, indent=2) + '\n')
-
-
 if __name__ == '__main__':
-    main()
+    run_command_line('bench.core', __doc__, {'full': FULL, 'quick': QUICK, 'smoke': SMOKE}, run, report)

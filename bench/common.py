@@ -1,0 +1,173 @@
+"""What every benchmark script shares: its command line (``--quick``, ``--json FILE``), the machine it ran on, count
+checks, rounds that alternate the systems, and the statistics of its tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from tests.redis_server import RedisServer
+
+T = TypeVar('T')
+MODE_HELP = {
+    'quick': 'small but real counts, at least 2 rounds alternated, under a minute',
+    'smoke': "the test suite's run: the smallest that still checks every count",
+}
+
+
+class BenchmarkError(AssertionError):
+    """A run whose counts are wrong: its timings mean nothing."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise BenchmarkError(message)
+
+
+# -- the machine ------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path('/proc/cpuinfo').read_text().splitlines():
+            if line.startswith('model name'):
+                return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown'
+
+
+def redis_server_version() -> str:
+    binary = shutil.which('redis-server') or 'redis-server'
+    return subprocess.run([binary, '--version'], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def machine() -> dict[str, str]:
+    return {
+        'nproc': str(len(os.sched_getaffinity(0))),
+        'cpu': cpu_model(),
+        'python': platform.python_version(),
+        'redis-server': redis_server_version(),
+        'rq': metadata.version('rq'),
+        'redis-py': metadata.version('redis'),
+        'rq-scheduler': metadata.version('rq-scheduler'),
+        'django': metadata.version('django'),
+    }
+
+
+def machine_lines(described: dict[str, str]) -> list[str]:
+    return ['## Machine', '', *(f'- {name}: {value}' for name, value in described.items()), '']
+
+
+# -- measuring --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of the run's own on a free loopback port, stopped at the end."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.close()
+
+
+def alternate(rounds: int, measures: dict[str, Callable[[], T]]) -> dict[str, list[T]]:
+    """Every measure once a round, in turn (A B A B ...): a drift of the machine falls on every system alike."""
+    results: dict[str, list[T]] = {name: [] for name in measures}
+    for _ in range(rounds):
+        for name, measure in measures.items():
+            results[name].append(measure())
+    return results
+
+
+class RoundTrips:
+    """Redis round trips of this process: one per command or pipeline sent, whichever client sends it."""
+
+    count = 0
+    _installed = False
+
+    @classmethod
+    def install(cls) -> None:
+        if cls._installed:
+            return
+        send = redis.connection.Connection.send_packed_command
+
+        def counting(self: redis.connection.Connection, command: Any, check_health: bool = True) -> None:
+            cls.count += 1
+            send(self, command, check_health)
+
+        redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
+        cls._installed = True
+
+
+# -- statistics -------------------------------------------------------------------------------------------------
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """Median (min - max)."""
+    return f'{statistics.median(values):{fmt}} ({min(values):{fmt}} - {max(values):{fmt}})'
+
+
+def ratio_of_medians(values: list[float], others: list[float]) -> float:
+    return statistics.median(values) / statistics.median(others)
+
+
+def nearest_rank(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def same_or_range(counts: list[int]) -> str:
+    """A count that every round repeats, or the range it took."""
+    low, high = min(counts), max(counts)
+    return f'{low:,}' if low == high else f'{low:,} - {high:,}'
+
+
+# -- the command line -------------------------------------------------------------------------------------------
+
+
+def run_command_line(
+    module: str,
+    doc: str,
+    configs: dict[str, Any],
+    run: Callable[[Any], dict],
+    report: Callable[[dict], str],
+    argv: list[str] | None = None,
+) -> dict:
+    """Runs the mode asked for (``full`` unless a flag names another of ``configs``), prints the report, and writes
+    the results as JSON with ``--json FILE``: the machine, the config, what ``run`` returns, and the elapsed time."""
+    parser = argparse.ArgumentParser(prog=f'python -m {module}', description=doc.splitlines()[0])
+    modes = parser.add_mutually_exclusive_group()
+    for mode in [name for name in configs if name != 'full']:
+        modes.add_argument(f'--{mode}', dest='mode', action='store_const', const=mode, help=MODE_HELP[mode])
+    parser.add_argument('--json', metavar='FILE', type=Path, help='also write the results as JSON to FILE')
+    args = parser.parse_args(argv)
+    # rq-scheduler 0.14 calls crontab in a way its newer releases warn about on every cron template.
+    warnings.filterwarnings('ignore', category=FutureWarning, module='rq_scheduler')
+    config = configs[args.mode or 'full']
+    started = time.monotonic()
+    data = {'machine': machine(), 'config': asdict(config), **run(config)}
+    data['elapsed_s'] = round(time.monotonic() - started, 1)
+    print(report(data))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(data, indent=2) + '\n')
+    return data
