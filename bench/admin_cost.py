@@ -1,32 +1,32 @@
 """Admin: the cron job change list's SQL queries, Redis round trips and render time at 100 and at 100,000 rows.
 
-Run as ``PYTHONPATH=. python -m bench.admin_cost [--quick]`` from the repository root. It starts its own redis-server
-on a free loopback port, uses a migrated SQLite file database in a temporary directory (the test client's requests
-need one that persists), prints a markdown table, and checks every count it relies on.
+The two sizes are two migrated SQLite files (the test client's requests need a database that persists) with the same
+user and session; the render times alternate between them round after round.
+
+Run from the repository root: ``PYTHONPATH=. python -m bench.admin_cost [--quick] [--json FILE]``. It starts its own
+redis-server on a free loopback port, prints a markdown table, and checks every count it relies on.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import os
 import shutil
-import sys
+import statistics
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings')
-DATABASE_DIR = tempfile.mkdtemp(prefix='drqs-admin-bench-')
-os.environ['DRQS_TEST_DB'] = str(Path(DATABASE_DIR) / 'admin.sqlite3')  # read by tests.settings
-warnings.filterwarnings('ignore', category=FutureWarning, module='rq_scheduler')
+DATABASE_DIR = Path(tempfile.mkdtemp(prefix='drqs-admin-bench-'))
+os.environ['DRQS_TEST_DB'] = str(DATABASE_DIR / 'small.sqlite3')  # read by tests.settings
 
 import django  # noqa: E402
 
 django.setup()
 
-import redis  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.auth.models import User  # noqa: E402
 from django.core.management import call_command  # noqa: E402
@@ -36,34 +36,32 @@ from django.db.models import QuerySet  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
+from bench.common import (  # noqa: E402
+    RoundTrips,
+    alternate,
+    check,
+    private_redis,
+    ratio_of_medians,
+    run_command_line,
+    same_or_range,
+    spread,
+)
 from django_rq_scheduled.models import CronJob  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
 
 URL = '/admin/django_rq_scheduled/cronjob/'
-ROUNDS = 7
+PAGE_ROWS = 50
 
 
-class CountError(RuntimeError):
-    """A benchmark whose counts are wrong measures nothing."""
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    sizes: tuple[int, int]
+    rounds: int
+    renders: int  # timed renders of each size a round, after one untimed one
 
 
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise CountError(message)
-
-
-class RoundTrips:
-    count = 0
-
-
-def count_round_trips() -> None:
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self: redis.connection.Connection, command: object, check_health: bool = True) -> None:
-        RoundTrips.count += 1
-        return original(self, command, check_health)
-
-    redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
+FULL = Config(mode='full', sizes=(100, 100_000), rounds=7, renders=5)
+QUICK = Config(mode='quick', sizes=(100, 10_000), rounds=3, renders=3)
 
 
 def add_rows(start: int, stop: int) -> None:
@@ -74,63 +72,99 @@ def add_rows(start: int, stop: int) -> None:
     )
 
 
-@dataclass
-class PageCost:
-    rows: int
-    queries: int
-    round_trips: int
-    best_ms: float
+def use_database(path: Path) -> None:
+    connection = connections['default']
+    connection.close()
+    connection.settings_dict['NAME'] = str(path)
 
 
-def page_cost(client: Client, rows: int) -> PageCost:
-    """SQL queries and Redis round trips of one GET of the change list, and the best of ``ROUNDS`` render times."""
-    check(QuerySet(CronJob).count() == rows, f'{QuerySet(CronJob).count()} rows in the table, {rows} expected')
+def databases(client: Client, sizes: tuple[int, int]) -> dict[int, Path]:
+    """One file per size, the larger a copy of the smaller with more rows: the same user, session and first rows."""
+    small, large = sizes
+    paths = {small: DATABASE_DIR / 'small.sqlite3', large: DATABASE_DIR / 'large.sqlite3'}
+    call_command('migrate', verbosity=0)
+    client.force_login(User.objects.create_superuser('admin', 'admin@example.com', 'pw'))
+    add_rows(0, small)
+    connections['default'].close()
+    shutil.copyfile(paths[small], paths[large])
+    use_database(paths[large])
+    add_rows(small, large)
+    return paths
+
+
+def page_counts(client: Client, rows: int) -> dict[str, int]:
+    """SQL queries and Redis round trips of one GET of the change list, and what the page shows."""
     check(client.get(URL).status_code == 200, 'warm-up request failed')  # connections, session
     before = RoundTrips.count
     with CaptureQueriesContext(db_connection) as queries:
         response = client.get(URL)
-    trips = RoundTrips.count - before
-    query_count = len(queries)  # read now: the next request resets Django's query log
     check(response.status_code == 200, f'GET {URL}: {response.status_code}')
     content = response.content.decode()
-    shown = content.count('name="_selected_action"')
-    check(shown == 50, f'{rows:,} rows: the page shows {shown} rows, not 50')
-    check(f'{rows} cron jobs' in content, f'{rows:,} rows: the page does not count them all')
+    counts = {
+        'rows': QuerySet(CronJob).count(),
+        'shown': content.count('name="_selected_action"'),
+        'counted_in_page': int(f'{rows} cron jobs' in content),
+        'queries': len(queries),
+        'round_trips': RoundTrips.count - before,
+    }
+    check(counts['rows'] == rows, f'{counts["rows"]:,} rows in the table, {rows:,} expected')
+    check(counts['shown'] == PAGE_ROWS, f'{rows:,} rows: the page shows {counts["shown"]} rows, not {PAGE_ROWS}')
+    check(counts['counted_in_page'] == 1, f'{rows:,} rows: the page does not count them all')
+    return counts
+
+
+def render_round(client: Client, path: Path, rows: int, renders: int) -> dict[str, Any]:
+    """Switches to the size's database, checks its page once, then times ``renders`` GETs: their median."""
+    use_database(path)
+    counts = page_counts(client, rows)
     timings = []
-    for _ in range(ROUNDS):
+    for _ in range(renders):
         started = time.perf_counter()
         client.get(URL)
-        timings.append(time.perf_counter() - started)
-    return PageCost(rows, query_count, trips, min(timings) * 1000)
+        timings.append((time.perf_counter() - started) * 1000)
+    return {'ms': statistics.median(timings), 'renders_ms': timings, **counts}
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--quick', action='store_true', help='100 and 10,000 rows instead of 100 and 100,000')
-    options = parser.parse_args(argv)
-    small, large = (100, 10_000) if options.quick else (100, 100_000)
-    server = RedisServer().start()
+def run(config: Config) -> dict:
     try:
-        settings.RQ_QUEUES = {name: {'URL': server.url, 'DEFAULT_TIMEOUT': 360} for name in ('default', 'high')}
-        call_command('migrate', verbosity=0)
-        count_round_trips()
-        client = Client()
-        client.force_login(User.objects.create_superuser('admin', 'admin@example.com', 'pw'))
-        add_rows(0, small)
-        costs = [page_cost(client, small)]
-        add_rows(small, large)
-        costs.append(page_cost(client, large))
-        print(f'## Admin: one GET of the cron job change list ({URL}), 50 rows a page\n')
-        print('| rows | SQL queries | Redis round trips | best of 7 ms |\n| ---: | ---: | ---: | ---: |')
-        for cost in costs:
-            print(f'| {cost.rows:,} | {cost.queries} | {cost.round_trips} | {cost.best_ms:.1f} |')
-        print(f'\nRender time at {large:,} rows / at {small:,} rows: {costs[1].best_ms / costs[0].best_ms:.2f}')
+        with private_redis() as server:
+            settings.RQ_QUEUES = {name: {'URL': server.url, 'DEFAULT_TIMEOUT': 360} for name in ('default', 'high')}
+            RoundTrips.install()
+            client = Client()
+            paths = databases(client, config.sizes)
+            measures = {
+                str(rows): functools.partial(render_round, client, path, rows, config.renders)
+                for rows, path in paths.items()
+            }
+            return {'pages': alternate(config.rounds, measures)}
     finally:
-        server.close()
         connections.close_all()
         shutil.rmtree(DATABASE_DIR, ignore_errors=True)
-    return 0
+
+
+def report(data: dict) -> str:
+    config, pages = data['config'], data['pages']
+    small, large = (str(rows) for rows in config['sizes'])
+    ms = {rows: [r['ms'] for r in rounds] for rows, rounds in pages.items()}
+    lines = [
+        f'## Admin: one GET of the cron job change list ({URL}), {PAGE_ROWS} rows a page',
+        '',
+        f'Render time: median (min - max) over {config["rounds"]} rounds that alternate the sizes, each round the '
+        f'median of {config["renders"]} renders.',
+        '',
+        '| rows | SQL queries | Redis round trips | render ms |',
+        '| ---: | ---: | ---: | ---: |',
+        *(
+            f'| {int(rows):,} | {same_or_range([r["queries"] for r in rounds])} | '
+            f'{same_or_range([r["round_trips"] for r in rounds])} | {spread(ms[rows], ".1f")} |'
+            for rows, rounds in pages.items()
+        ),
+        '',
+        f'Render time at {int(large):,} rows / at {int(small):,} rows (medians): '
+        f'{ratio_of_medians(ms[large], ms[small]):.2f}',
+    ]
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))
+    run_command_line('bench.admin_cost', __doc__, {'full': FULL, 'quick': QUICK}, run, report)

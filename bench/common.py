@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import time
@@ -22,8 +23,10 @@ from typing import Any, TypeVar
 
 import redis
 
+from tests.processes import migrated_database
 from tests.redis_server import RedisServer
 
+K = TypeVar('K')
 T = TypeVar('T')
 MODE_HELP = {
     'quick': 'small but real counts, at least 2 rounds alternated, under a minute',
@@ -89,9 +92,41 @@ def private_redis() -> Iterator[RedisServer]:
         server.close()
 
 
-def alternate(rounds: int, measures: dict[str, Callable[[], T]]) -> dict[str, list[T]]:
+@contextmanager
+def stopwatch(phases: dict[str, float], name: str) -> Iterator[None]:
+    """Adds the seconds the block took to ``phases`` under ``name``."""
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        phases[name] = round(time.monotonic() - start, 1)
+
+
+@contextmanager
+def loop_database() -> Iterator[None]:
+    """The migrated SQLite file shared by the ``manage.py rqscheduler`` processes of a run (they record run
+    feedback), removed at the end."""
+    path = Path(migrated_database())
+    try:
+        yield
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def stop_process(process: subprocess.Popen) -> int:
+    """SIGTERM, then SIGKILL if the process has not exited within 15 s; returns its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(5)
+
+
+def alternate(rounds: int, measures: dict[K, Callable[[], T]]) -> dict[K, list[T]]:
     """Every measure once a round, in turn (A B A B ...): a drift of the machine falls on every system alike."""
-    results: dict[str, list[T]] = {name: [] for name in measures}
+    results: dict[K, list[T]] = {name: [] for name in measures}
     for _ in range(rounds):
         for name, measure in measures.items():
             results[name].append(measure())
@@ -141,6 +176,11 @@ def same_or_range(counts: list[int]) -> str:
     return f'{low:,}' if low == high else f'{low:,} - {high:,}'
 
 
+def total_time(data: dict) -> str:
+    timings = ''.join(f'; {name} {seconds:.1f} s' for name, seconds in data.get('phases_s', {}).items())
+    return f'Total run time: {data["elapsed_s"]:.1f} s ({data["config"]["mode"]} run{timings})'
+
+
 # -- the command line -------------------------------------------------------------------------------------------
 
 
@@ -166,7 +206,7 @@ def run_command_line(
     started = time.monotonic()
     data = {'machine': machine(), 'config': asdict(config), **run(config)}
     data['elapsed_s'] = round(time.monotonic() - started, 1)
-    print(report(data))
+    print('\n'.join([*machine_lines(data['machine']), report(data), '', total_time(data)]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(data, indent=2) + '\n')

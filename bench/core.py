@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,11 +39,12 @@ from bench.common import (
     RoundTrips,
     alternate,
     check,
-    machine_lines,
     nearest_rank,
     private_redis,
     run_command_line,
     spread,
+    stop_process,
+    stopwatch,
 )
 from django_rq_scheduled.scheduler import Scheduler
 from tests import tasks
@@ -382,16 +382,6 @@ def loops(url: str, config: Config) -> list[Loop]:
     return found
 
 
-def stop_process(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
 @contextmanager
 def running(command: list[str], url: str, log_path: Path) -> Iterator[subprocess.Popen]:
     env = {**os.environ, 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
@@ -541,8 +531,7 @@ def lateness_rows(results: dict[str, dict]) -> list[str]:
 
 def report(data: dict) -> str:
     config = data['config']
-    lines = machine_lines(data['machine'])
-    lines += [f'## Throughput: one enqueue_jobs() pass, median (min - max) of {config["rounds"]} rounds', '']
+    lines = [f'## Throughput: one enqueue_jobs() pass, median (min - max) of {config["rounds"]} rounds', '']
     lines += [*throughput_rows(data['throughput'], data['sizes']), '']
     lines += [
         f'{RQ}: RQScheduler.enqueue_scheduled_jobs() called until the N due jobs are drained ({RQ_CHUNK:,} per call; '
@@ -554,22 +543,11 @@ def report(data: dict) -> str:
     lines += ['## Round trips and server commands per moved job', '']
     lines += [*trip_rows(data['round_trips']), '']
     lines += ['## Lateness of the real loops (enqueued_at - scheduled time)', '']
-    lines += [*lateness_rows(data['lateness']), '']
-    timings = ', '.join(f'{name} {seconds:.1f} s' for name, seconds in data['phases_s'].items())
-    lines.append(f'Total run time: {data["elapsed_s"]:.1f} s ({config["mode"]} run; {timings})')
+    lines += lateness_rows(data['lateness'])
     return '\n'.join(lines)
 
 
 # -- main -------------------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def stopwatch(phases: dict[str, float], name: str) -> Iterator[None]:
-    start = time.monotonic()
-    try:
-        yield
-    finally:
-        phases[name] = round(time.monotonic() - start, 1)
 
 
 def run(config: Config) -> dict:

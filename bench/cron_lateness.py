@@ -1,14 +1,16 @@
 """Lateness against rq's own schedulers: cron runs (ours vs ``rq cron``) and one-off jobs (ours vs a worker's
-built-in scheduler, ``rq worker --with-scheduler``).
+built-in scheduler, ``rq worker --with-scheduler``), the systems alternating round after round.
 
 Cron: both run ``* * * * * */2`` (every 2 seconds, croniter's seconds-last form). One-off: jobs due at random
 instants. Lateness is each run's ``enqueued_at`` minus the time it was due.
-Run as ``PYTHONPATH=. python -m bench.cron_lateness [--quick]``.
+
+Run from the repository root: ``PYTHONPATH=. python -m bench.cron_lateness [--quick] [--json FILE]``. It starts its
+own redis-server on a free loopback port, prints markdown tables, and checks every count it relies on.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import os
 import random
 import statistics
@@ -17,8 +19,12 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings')
 
@@ -28,45 +34,100 @@ django.setup()
 
 import redis  # noqa: E402
 from rq import Queue  # noqa: E402
+from rq.registry import ScheduledJobRegistry  # noqa: E402
 from rq.utils import utcparse  # noqa: E402
 
-from django_rq_scheduled import Scheduler  # noqa: E402
+from bench.common import (  # noqa: E402
+    alternate,
+    check,
+    loop_database,
+    nearest_rank,
+    private_redis,
+    run_command_line,
+    spread,
+    stop_process,
+)
+from django_rq_scheduled import Scheduler, keys  # noqa: E402
 from tests import tasks  # noqa: E402
-from tests.processes import kill, scheduler_process, stop, wait_for  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.processes import queue_ids, scheduler_process, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CRON = '* * * * * */2'
 PERIOD = 2.0
+ONE_OFFS_PER_SECOND = 5
+OURS = 'ours: manage.py rqscheduler (defaults)'
+RQ_CRON = 'rq cron'
+RQ_BUILTIN = "rq's built-in scheduler (rq worker --with-scheduler)"
+RQ_CRON_SCHEDULERS_KEY = 'rq:cron_schedulers'
+RQ_SCHEDULER_LOCK_KEY = 'rq:scheduler-lock:default'
 
 
-class CountError(RuntimeError):
-    """A benchmark whose counts are wrong measures nothing."""
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    rounds: int
+    window: float  # seconds each system runs in each round
 
 
-def enqueued_times(connection: redis.Redis) -> list[tuple[str, float]]:
-    ids = [member.decode() for member in connection.lrange('rq:queue:default', 0, -1)]
-    times = []
-    for job_id in ids:
-        raw = connection.hget(f'rq:job:{job_id}', 'enqueued_at')
-        if raw:
-            times.append((job_id, utcparse(raw.decode()).timestamp()))
-    return times
+FULL = Config(mode='full', rounds=5, window=12.0)
+QUICK = Config(mode='quick', rounds=2, window=4.0)
 
 
-def ours(connection: redis.Redis, url: str, seconds: float) -> list[float]:
+@contextmanager
+def rq_process(*arguments: str) -> Iterator[subprocess.Popen]:
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    command = [sys.executable, '-m', 'rq.cli', *arguments]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield process
+    finally:
+        stop_process(process)
+
+
+@contextmanager
+def our_loop(url: str) -> Iterator[subprocess.Popen]:
     process = scheduler_process(url)
     try:
-        wait_for(lambda: connection.get('rq:scheduler_lock'), timeout=30)
-        Scheduler(connection=connection).cron(CRON, tasks.add, args=[1, 2], id='every2', timezone='UTC')
-        time.sleep(seconds)
+        yield process
     finally:
-        stop(process)
+        stop_process(process)
+
+
+def enqueued_at(connection: redis.Redis, job_ids: list[str]) -> list[float | None]:
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(keys.job_key(job_id), 'enqueued_at')
+        stamps = pipe.execute()
+    return [utcparse(stamp.decode()).timestamp() if stamp else None for stamp in stamps]
+
+
+# -- cron runs --------------------------------------------------------------------------------------------------
+
+
+def cron_round(connection: redis.Redis, fire_time: Callable[[str, float], float], window: float, who: str) -> dict:
+    """The lateness of every run in the queue; checks there is one run per fire time, as many as the window holds."""
+    ids = queue_ids(connection)
+    stamps = enqueued_at(connection, ids)
+    check(all(stamps), f'{who}: a run in the queue has no enqueued_at')
+    fires = [fire_time(job_id, stamp) for job_id, stamp in zip(ids, stamps)]
+    counts = {'runs': len(ids), 'fire_times': len(set(fires)), 'expected': round(window / PERIOD)}
+    check(counts['runs'] == counts['fire_times'], f'{who}: {counts["runs"]} runs for {counts["fire_times"]} fire times')
+    check(abs(counts['runs'] - counts['expected']) <= 1, f'{who}: {counts["runs"]} runs, expected {counts}')
+    return {'lateness_ms': [(stamp - fire) * 1000 for stamp, fire in zip(stamps, fires)], 'counts': counts}
+
+
+def ours_cron(connection: redis.Redis, url: str, window: float) -> dict:
+    connection.flushdb()
+    with our_loop(url):
+        wait_for(lambda: connection.exists(keys.LOCK_KEY), timeout=30)
+        Scheduler(connection=connection).cron(CRON, tasks.add, args=[1, 2], id='every2', timezone='UTC')
+        time.sleep(window)
     # Each run's id carries the fire time it was for: every2_at_<epoch ms>.
-    return [enqueued - int(job_id.rsplit('_', 1)[1]) / 1000 for job_id, enqueued in enqueued_times(connection)]
+    return cron_round(connection, lambda job_id, _: int(job_id.rsplit('_', 1)[1]) / 1000, window, OURS)
 
 
-def rq_cron(connection: redis.Redis, url: str, seconds: float) -> list[float]:
+def rq_cron(connection: redis.Redis, url: str, window: float) -> dict:
+    connection.flushdb()
     with tempfile.TemporaryDirectory() as folder:
         config = Path(folder) / 'cron_config.py'
         config.write_text(
@@ -77,106 +138,118 @@ def rq_cron(connection: redis.Redis, url: str, seconds: float) -> list[float]:
                 cron.register(tasks.add, 'default', args=(1, 2), cron={CRON!r})
             """)
         )
-        env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-        command = [sys.executable, '-m', 'rq.cli', 'cron', '--url', url, str(config)]
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(seconds)
-        finally:
-            kill(process)
+        with rq_process('cron', '--url', url, str(config)):
+            wait_for(lambda: connection.zcard(RQ_CRON_SCHEDULERS_KEY), timeout=30)
+            time.sleep(window)
     # rq cron records no fire time: each run was for the 2-second boundary at or before its enqueue time.
-    return [enqueued - (enqueued // PERIOD) * PERIOD for _, enqueued in enqueued_times(connection)]
+    return cron_round(connection, lambda _, stamp: stamp // PERIOD * PERIOD, window, RQ_CRON)
 
 
-def due_times(count: int, seconds: float) -> list[float]:
+# -- one-off jobs -----------------------------------------------------------------------------------------------
+
+
+def due_times(prefix: str, window: float) -> dict[str, float]:
+    """Jobs due at random instants over the window, starting a second from now."""
     start = time.time() + 1.0
     rng = random.Random(7)
-    return sorted(start + rng.uniform(0, seconds) for _ in range(count))
+    return {f'{prefix}{i}': start + rng.uniform(0, window) for i in range(round(window * ONE_OFFS_PER_SECOND))}
 
 
-def job_latenesses(connection: redis.Redis, due: dict[str, float]) -> list[float]:
-    latenesses = []
-    for job_id, when in due.items():
-        raw = connection.hget(f'rq:job:{job_id}', 'enqueued_at')
-        if raw:
-            latenesses.append(utcparse(raw.decode()).timestamp() - when)
-    return latenesses
+def one_off_round(connection: redis.Redis, due: dict[str, float], schedule_key: str, window: float, who: str) -> dict:
+    """Waits until every job was enqueued (a worker may have run it since), then checks none is left scheduled."""
+    wait_for(lambda: all(enqueued_at(connection, list(due))), timeout=window + 15, step=0.1)
+    stamps = enqueued_at(connection, list(due))
+    counts = {'due': len(due), 'enqueued': sum(1 for stamp in stamps if stamp), 'left': connection.zcard(schedule_key)}
+    check(counts['enqueued'] == counts['due'] and counts['left'] == 0, f'{who}: {counts}')
+    return {'lateness_ms': [(stamp - when) * 1000 for stamp, when in zip(stamps, due.values())], 'counts': counts}
 
 
-def ours_one_off(connection: redis.Redis, url: str, seconds: float) -> list[float]:
-    process = scheduler_process(url)
-    try:
-        wait_for(lambda: connection.get('rq:scheduler_lock'), timeout=30)
+def ours_one_off(connection: redis.Redis, url: str, window: float) -> dict:
+    connection.flushdb()
+    with our_loop(url):
+        wait_for(lambda: connection.exists(keys.LOCK_KEY), timeout=30)
         scheduler = Scheduler(connection=connection)
-        due = {f'o{i}': when for i, when in enumerate(due_times(int(seconds * 5), seconds))}
+        due = due_times('o', window)
         for job_id, when in due.items():
             scheduler.enqueue_at(datetime.fromtimestamp(when, tz=timezone.utc), tasks.add, 1, 2, job_id=job_id)
-        time.sleep(seconds + 2)
-    finally:
-        stop(process)
-    return job_latenesses(connection, due)
+        result = one_off_round(connection, due, keys.SCHEDULED_JOBS_KEY, window, OURS)
+    queued = queue_ids(connection)
+    check(len(queued) == len(set(queued)) == len(due), f'{OURS}: {len(queued)} ids queued for {len(due)} jobs')
+    return result
 
 
-def rq_builtin_one_off(connection: redis.Redis, url: str, seconds: float) -> list[float]:
-    """rq's own scheduler runs inside a worker; jobs go to ``rq:scheduled:default`` through ``Queue.enqueue_at``."""
-    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    command = [sys.executable, '-m', 'rq.cli', 'worker', '--with-scheduler', '--url', url, 'default']
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: connection.exists('rq:scheduler-lock:default'), timeout=30)
+def rq_builtin_one_off(connection: redis.Redis, url: str, window: float) -> dict:
+    """rq's own scheduler runs inside a worker (which also runs the jobs); ``Queue.enqueue_at`` writes them to
+    ``rq:scheduled:default``, scored in whole seconds."""
+    connection.flushdb()
+    with rq_process('worker', '--with-scheduler', '--url', url, 'default'):
+        wait_for(lambda: connection.exists(RQ_SCHEDULER_LOCK_KEY), timeout=30)
         queue = Queue('default', connection=connection)
-        due = {f'b{i}': when for i, when in enumerate(due_times(int(seconds * 5), seconds))}
+        due = due_times('b', window)
         for job_id, when in due.items():
             queue.enqueue_at(datetime.fromtimestamp(when, tz=timezone.utc), tasks.add, 1, 2, job_id=job_id)
-        time.sleep(seconds + 3)
-    finally:
-        kill(process)
-    return job_latenesses(connection, due)
+        registry = ScheduledJobRegistry('default', connection=connection).key
+        return one_off_round(connection, due, registry, window, RQ_BUILTIN)
 
 
-def summary(latenesses: list[float], expected_runs: int) -> str:
-    if len(latenesses) < expected_runs // 2:
-        raise CountError(f'only {len(latenesses)} runs, expected about {expected_runs}')
-    ms = sorted(value * 1000 for value in latenesses)
-    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
-    return f'{len(ms)} | {statistics.median(ms):.1f} | {p99:.1f} | {ms[-1]:.1f}'
+# -- the run and its report --------------------------------------------------------------------------------------
+
+SCENARIOS: dict[str, dict[str, Callable[[redis.Redis, str, float], dict]]] = {
+    'cron': {OURS: ours_cron, RQ_CRON: rq_cron},
+    'one-off': {OURS: ours_one_off, RQ_BUILTIN: rq_builtin_one_off},
+}
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--quick', action='store_true', help='10 seconds each instead of 60')
-    seconds = 10.0 if parser.parse_args(argv).quick else 60.0
-    expected = int(seconds / PERIOD)
-    one_offs = int(seconds * 5)
-    tables = [
-        (
-            f'Lateness of cron runs ({CRON!r}, {seconds:.0f} s each)',
-            [('ours: manage.py rqscheduler (defaults)', ours), ('rq cron', rq_cron)],
-            expected,
-        ),
-        (
-            f'Lateness of one-off jobs ({one_offs} due at random over {seconds:.0f} s)',
-            [
-                ('ours: manage.py rqscheduler (defaults)', ours_one_off),
-                ("rq's built-in scheduler (rq worker --with-scheduler)", rq_builtin_one_off),
-            ],
-            one_offs,
-        ),
+def run(config: Config) -> dict:
+    results: dict[str, Any] = {}
+    with loop_database(), private_redis() as server:
+        connection = redis.Redis.from_url(server.url)
+        for scenario, systems in SCENARIOS.items():
+            measures = {
+                name: functools.partial(measure, connection, server.url, config.window)
+                for name, measure in systems.items()
+            }
+            results[scenario] = alternate(config.rounds, measures)
+        connection.connection_pool.disconnect()
+    return results
+
+
+def lateness_rows(rounds_by_system: dict[str, list[dict]]) -> list[str]:
+    rows = [
+        '| loop | rounds | runs | p50 ms | p99 ms | max ms | min ms | p50 of each round, ms | max of each round, ms |',
+        '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ]
-    for title, runners, runs in tables:
-        rows = []
-        for name, runner in runners:
-            server = RedisServer().start()
-            try:
-                latenesses = runner(redis.Redis.from_url(server.url), server.url, seconds)
-                rows.append(f'| {name} | {summary(latenesses, runs)} |')
-            finally:
-                server.close()
-        print(f'## {title}' + chr(10))
-        print('| loop | runs | p50 ms | p99 ms | max ms |' + chr(10) + '| --- | ---: | ---: | ---: | ---: |')
-        print(chr(10).join(rows) + chr(10))
-    return 0
+    for name, rounds in rounds_by_system.items():
+        pooled = [ms for r in rounds for ms in r['lateness_ms']]
+        medians = [statistics.median(r['lateness_ms']) for r in rounds]
+        maxima = [max(r['lateness_ms']) for r in rounds]
+        rows.append(
+            f'| {name} | {len(rounds)} | {len(pooled)} | {statistics.median(pooled):,.1f} | '
+            f'{nearest_rank(pooled, 0.99):,.1f} | {max(pooled):,.1f} | {min(pooled):,.1f} | '
+            f'{spread(medians, ",.1f")} | {spread(maxima, ",.1f")} |'
+        )
+    return rows
+
+
+def report(data: dict) -> str:
+    config = data['config']
+    rounds = f'{config["rounds"]} rounds of {config["window"]:.0f} s per loop, the loops alternating'
+    one_offs = round(config['window'] * ONE_OFFS_PER_SECOND)
+    lines = [
+        f'## Lateness of cron runs ({CRON!r}; {rounds})',
+        '',
+        *lateness_rows(data['cron']),
+        '',
+        f'## Lateness of one-off jobs ({one_offs} due at random in each round; {rounds})',
+        '',
+        *lateness_rows(data['one-off']),
+        '',
+        "p50, p99, max and min pool every round's runs. A negative lateness is a run enqueued before its due "
+        "time: rq's built-in scheduler keeps due times in whole seconds (up to a second early), ours in "
+        'milliseconds (up to half a millisecond early).',
+    ]
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))
+    run_command_line('bench.cron_lateness', __doc__, {'full': FULL, 'quick': QUICK}, run, report)

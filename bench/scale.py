@@ -1,148 +1,241 @@
-"""Scale: tick cost with many future entries, memory per template, and the loop's RSS over many occurrences.
+"""Scale: tick cost with many other entries in the schedule, Redis memory per template, and the scheduler loop's
+memory over many occurrences.
 
-Run as ``PYTHONPATH=. python -m bench.scale [--quick]`` from the repository root. It starts its own redis-server
-on a free loopback port, prints markdown tables, and checks every count it relies on.
+Run from the repository root: ``PYTHONPATH=. python -m bench.scale [--quick] [--json FILE]``. It starts its own
+redis-server on a free loopback port, prints markdown tables, and checks every count it relies on.
 """
 
 from __future__ import annotations
 
-import argparse
-import gc
+import functools
 import os
-import resource
-import statistics
-import sys
 import time
-import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings')
-warnings.filterwarnings('ignore', category=FutureWarning, module='rq_scheduler')
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
 import redis  # noqa: E402
-from rq_scheduler import Scheduler as RQScheduler  # noqa: E402
+import rq_scheduler  # noqa: E402
 
+from bench.common import (  # noqa: E402
+    alternate,
+    check,
+    loop_database,
+    private_redis,
+    ratio_of_medians,
+    run_command_line,
+    spread,
+    stop_process,
+    stopwatch,
+)
 from django_rq_scheduled import Scheduler, keys  # noqa: E402
 from tests import tasks  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from tests.processes import OutputReader, scheduler_process, wait_for  # noqa: E402
 
-UTC = timezone.utc
-
-
-class CountError(RuntimeError):
-    """A benchmark whose counts are wrong measures nothing."""
+QUEUE_KEY = 'rq:queue:default'
+OURS, THEIRS = 'ours', 'rq-scheduler'
+CRON = '*/5 * * * *'
 
 
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise CountError(message)
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    sizes: tuple[int, ...]  # other entries in the schedule while a tick moves the due jobs
+    due: int
+    rounds: int
+    templates: int
+    occurrences: int
+    batch: int  # occurrences between two memory samples
+
+
+FULL = Config(mode='full', sizes=(1_000, 100_000, 1_000_000), due=100, rounds=7, templates=10_000,
+              occurrences=1_000_000, batch=50_000)  # fmt: skip
+QUICK = Config(mode='quick', sizes=(1_000, 10_000), due=100, rounds=3, templates=2_000, occurrences=20_000,
+               batch=5_000)  # fmt: skip
+
+
+def past() -> datetime:
+    return datetime.now(timezone.utc) - timedelta(seconds=10)
+
+
+def write_due(connection: redis.Redis, ids: list[str]) -> None:
+    scheduler, when = Scheduler(connection=connection), past()
+    for job_id in ids:
+        scheduler.enqueue_at(when, tasks.add, 1, 2, job_id=job_id)
+
+
+def delete_moved(connection: redis.Redis, ids: list[str]) -> None:
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.delete(QUEUE_KEY)
+        for start in range(0, len(ids), 10_000):
+            pipe.unlink(*(keys.job_key(job_id) for job_id in ids[start : start + 10_000]))
+        pipe.execute()
+
+
+def check_moved(connection: redis.Redis, ids: list[str], others: int, who: str) -> dict[str, int]:
+    queued = connection.lrange(QUEUE_KEY, 0, -1)
+    counts = {'due': len(ids), 'moved': len(queued), 'distinct': len(set(queued))}
+    counts['entries_left'] = connection.zcard(keys.SCHEDULED_JOBS_KEY)
+    check(counts['moved'] == counts['distinct'] == len(ids), f'{who}: moved {counts}, expected {len(ids)} once each')
+    check(counts['entries_left'] == others, f'{who}: {counts["entries_left"]} entries left, expected {others}')
+    return counts
+
+
+# -- tick cost --------------------------------------------------------------------------------------------------
 
 
 def add_future_entries(connection: redis.Redis, count: int) -> None:
-    """Future schedule entries (their hashes are never read by a tick, so none are written)."""
+    """Future schedule entries (a tick never reads their hashes, so none are written)."""
     future = time.time() + 86_400
-    with connection.pipeline(transaction=False) as pipe:
-        for start in range(0, count, 10_000):
-            pipe.zadd(
-                keys.SCHEDULED_JOBS_KEY, {f'future-{i}': future + i for i in range(start, min(count, start + 10_000))}
-            )
-            pipe.execute()
+    for start in range(0, count, 10_000):
+        stop_at = min(count, start + 10_000)
+        connection.zadd(keys.SCHEDULED_JOBS_KEY, {f'future-{i}': future + i for i in range(start, stop_at)})
 
 
-def tick_cost(connection: redis.Redis, future: int, due: int, rounds: int) -> dict[str, float]:
-    """Median ms of one pass that moves ``due`` jobs with ``future`` other entries in the schedule."""
+def tick_pass(connection: redis.Redis, move: Callable[[], Any], due: int, others: int, who: str) -> dict:
+    ids = [f'due-{i}' for i in range(due)]
+    write_due(connection, ids)
+    started = time.perf_counter()
+    move()
+    ms = (time.perf_counter() - started) * 1000
+    counts = check_moved(connection, ids, others, who)
+    delete_moved(connection, ids)
+    return {'ms': ms, **counts}
+
+
+def tick_cost(connection: redis.Redis, others: int, config: Config) -> dict[str, list[dict]]:
+    """Each system's pass over ``config.due`` due jobs among ``others`` future entries, alternated round by round
+    after one untimed pass each (it loads the Lua scripts and warms the connection)."""
     connection.flushdb()
-    add_future_entries(connection, future)
-    ours, theirs = Scheduler(connection=connection), RQScheduler(connection=connection)
-    past = datetime.now(UTC) - timedelta(seconds=10)
-    timings: dict[str, list[float]] = {'ours': [], 'rq-scheduler': []}
-    for _ in range(rounds):
-        for name, mover in (('ours', ours.enqueue_jobs), ('rq-scheduler', theirs.enqueue_jobs)):
-            ids = [f'due-{name}-{i}' for i in range(due)]
-            for job_id in ids:
-                ours.enqueue_at(past, tasks.add, 1, 2, job_id=job_id)
-            connection.delete('rq:queue:default')
-            started = time.perf_counter()
-            mover()
-            timings[name].append((time.perf_counter() - started) * 1000)
-            check(connection.llen('rq:queue:default') == due, f'{name}: moved {connection.llen("rq:queue:default")}')
-            check(connection.zcard(keys.SCHEDULED_JOBS_KEY) == future, f'{name}: schedule size changed')
-            connection.delete(*[keys.job_key(job_id) for job_id in ids])
-    return {name: statistics.median(values) for name, values in timings.items()}
+    add_future_entries(connection, others)
+    movers = {OURS: Scheduler(connection=connection), THEIRS: rq_scheduler.Scheduler(connection=connection)}
+    measures = {
+        name: functools.partial(tick_pass, connection, mover.enqueue_jobs, config.due, others, f'{name}, {others:,}')
+        for name, mover in movers.items()
+    }
+    for measure in measures.values():
+        measure()
+    return alternate(config.rounds, measures)
+
+
+# -- memory per template ----------------------------------------------------------------------------------------
 
 
 def memory_per_template(connection: redis.Redis, count: int) -> dict[str, float]:
-    """Bytes of Redis memory per cron template: ours vs rq-scheduler's (job hash + schedule entry)."""
+    """Bytes of Redis memory per cron template, job hash and schedule entry (deterministic: measured once)."""
+    schedulers = {OURS: Scheduler(connection=connection), THEIRS: rq_scheduler.Scheduler(connection=connection)}
     results = {}
-    for name, make in (
-        ('ours', lambda i: Scheduler(connection=connection).cron('*/5 * * * *', tasks.add, args=[i], id=f'c{i}')),
-        (
-            'rq-scheduler',
-            lambda i: RQScheduler(connection=connection).cron('*/5 * * * *', tasks.add, args=[i], id=f'c{i}'),
-        ),
-    ):
+    for name, scheduler in schedulers.items():
         connection.flushdb()
         before = connection.info('memory')['used_memory']
         for i in range(count):
-            make(i)
-        check(connection.zcard(keys.SCHEDULED_JOBS_KEY) == count, f'{name}: {count} templates expected')
+            scheduler.cron(CRON, tasks.add, args=[i], id=f'c{i}')
+        written = connection.zcard(keys.SCHEDULED_JOBS_KEY)
+        check(written == count, f'{name}: {written} templates, expected {count}')
         results[name] = (connection.info('memory')['used_memory'] - before) / count
     return results
 
 
-def rss_over_occurrences(connection: redis.Redis, total: int, batch: int) -> list[tuple[int, float]]:
-    """The loop's max RSS (MiB) after every ``batch`` occurrences moved, up to ``total``: it should not grow."""
+# -- the loop's memory ------------------------------------------------------------------------------------------
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """A process's resident set and its peak so far (VmRSS, VmHWM), in MiB."""
+    fields = dict(line.split(':', 1) for line in Path(f'/proc/{pid}/status').read_text().splitlines())
+    return int(fields['VmRSS'].split()[0]) / 1024, int(fields['VmHWM'].split()[0]) / 1024
+
+
+def loop_memory(connection: redis.Redis, url: str, config: Config) -> list[dict]:
+    """A real ``manage.py rqscheduler`` moves ``config.occurrences`` one-off jobs, written ``config.batch`` at a time;
+    its memory is sampled once each batch is moved (and deleted): it should not grow."""
     connection.flushdb()
-    scheduler = Scheduler(connection=connection)
-    past = datetime.now(UTC) - timedelta(seconds=10)
+    process = scheduler_process(url)
+    output = OutputReader(process)
     samples = []
-    moved = 0
-    while moved < total:
-        ids = [f'o{moved + i}' for i in range(batch)]
-        for job_id in ids:
-            scheduler.enqueue_at(past, tasks.add, 1, 2, job_id=job_id)
-        check(len(scheduler.enqueue_jobs()) == batch, 'a batch did not move whole')
-        moved += batch
-        connection.flushdb()
-        gc.collect()
-        samples.append((moved, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    try:
+        wait_for(lambda: connection.exists(keys.LOCK_KEY), timeout=30)
+        for start in range(0, config.occurrences, config.batch):
+            ids = [f'o{i}' for i in range(start, start + config.batch)]
+            write_due(connection, ids)
+            wait_for(lambda: connection.llen(QUEUE_KEY) >= config.batch, timeout=120)
+            counts = check_moved(connection, ids, 0, f'the loop, occurrences {start:,} on')
+            delete_moved(connection, ids)
+            rss, peak = memory_mib(process.pid)
+            samples.append({'moved': start + len(ids), 'rss_mib': rss, 'peak_mib': peak, 'counts': counts})
+    finally:
+        code = stop_process(process)
+    check(code == 0, f'the loop exited with {code}:\n{output.text[-3000:]}')
     return samples
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--quick', action='store_true', help='smaller sizes, about a minute')
-    options = parser.parse_args(argv)
-    sizes = [1_000, 10_000] if options.quick else [1_000, 100_000, 1_000_000]
-    total, batch = (20_000, 5_000) if options.quick else (200_000, 20_000)
-    server = RedisServer().start()
-    try:
+# -- the run and its report --------------------------------------------------------------------------------------
+
+
+def run(config: Config) -> dict:
+    phases: dict[str, float] = {}
+    results: dict[str, Any] = {'phases_s': phases}
+    with loop_database(), private_redis() as server:
         connection = redis.Redis.from_url(server.url)
-        print('## Tick cost: one pass moving 100 due jobs, with N other entries in the schedule (median ms)\n')
-        print('| entries | ours ms | rq-scheduler ms |\n| ---: | ---: | ---: |')
-        for size in sizes:
-            cost = tick_cost(connection, size, 100, rounds=3)
-            print(f'| {size:,} | {cost["ours"]:.2f} | {cost["rq-scheduler"]:.2f} |')
-        memory = memory_per_template(connection, 2_000 if options.quick else 10_000)
-        print('\n## Redis memory per cron template (job hash + schedule entry)\n')
-        print('| system | bytes per template |\n| --- | ---: |')
-        for name, value in memory.items():
-            print(f'| {name} | {value:,.0f} |')
-        samples = rss_over_occurrences(connection, total, batch)
-        print(f"\n## The loop's max RSS while moving {total:,} one-off occurrences\n")
-        print('| moved | max RSS MiB |\n| ---: | ---: |')
-        for moved, rss in samples:
-            print(f'| {moved:,} | {rss:.1f} |')
-        growth = samples[-1][1] - samples[len(samples) // 2][1]
-        print(f'\nGrowth over the second half: {growth:.1f} MiB')
-    finally:
-        server.close()
-    return 0
+        with stopwatch(phases, 'tick cost'):
+            results['tick_cost'] = {str(n): tick_cost(connection, n, config) for n in config.sizes}
+        with stopwatch(phases, 'memory per template'):
+            results['memory_per_template'] = memory_per_template(connection, config.templates)
+        with stopwatch(phases, 'loop memory'):
+            results['loop_memory'] = loop_memory(connection, server.url, config)
+        connection.connection_pool.disconnect()
+    return results
+
+
+def tick_rows(results: dict[str, dict[str, list[dict]]]) -> list[str]:
+    rows = [
+        f'| other entries | {OURS} ms | {THEIRS} ms | {THEIRS} / {OURS} (medians) |',
+        '| ---: | ---: | ---: | ---: |',
+    ]
+    for others, passes in results.items():
+        ms = {name: [p['ms'] for p in values] for name, values in passes.items()}
+        ratio = ratio_of_medians(ms[THEIRS], ms[OURS])
+        rows.append(f'| {int(others):,} | {spread(ms[OURS], ".2f")} | {spread(ms[THEIRS], ".2f")} | {ratio:.1f}x |')
+    return rows
+
+
+def growth_mib(samples: list[dict]) -> float:
+    """Resident memory gained over the second half of the occurrences."""
+    return samples[-1]['rss_mib'] - samples[(len(samples) - 1) // 2]['rss_mib']
+
+
+def report(data: dict) -> str:
+    config = data['config']
+    lines = [
+        f'## Tick cost: one pass moving {config["due"]} due jobs among N other entries, '
+        f'median (min - max) of {config["rounds"]} alternated rounds',
+        '',
+        *tick_rows(data['tick_cost']),
+        '',
+        f'## Redis memory per cron template, job hash and schedule entry ({config["templates"]:,} templates; '
+        'one measurement, it is deterministic)',
+        '',
+        '| system | bytes per template |',
+        '| --- | ---: |',
+        *(f'| {name} | {value:,.0f} |' for name, value in data['memory_per_template'].items()),
+        '',
+        f"## The scheduler loop's memory while it moves {config['occurrences']:,} one-off occurrences",
+        '',
+        '| moved | RSS MiB | peak RSS MiB |',
+        '| ---: | ---: | ---: |',
+        *(f'| {s["moved"]:,} | {s["rss_mib"]:.1f} | {s["peak_mib"]:.1f} |' for s in data['loop_memory']),
+        '',
+        f'RSS growth over the second half: {growth_mib(data["loop_memory"]):+.1f} MiB.',
+    ]
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))
+    run_command_line('bench.scale', __doc__, {'full': FULL, 'quick': QUICK}, run, report)

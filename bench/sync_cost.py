@@ -2,28 +2,27 @@
 
 "Without" runs the same operations on the same model with the app's signal receivers disconnected and its
 QuerySet methods bypassed (a plain ``django.db.models.QuerySet``): the price of a table Django alone would write.
+The two alternate round after round.
 
-Run as ``PYTHONPATH=. python -m bench.sync_cost [--quick]`` from the repository root. It starts its own redis-server
-on a free loopback port, uses an in-memory SQLite database, prints a markdown table, and checks every count it relies
-on.
+Run from the repository root: ``PYTHONPATH=. python -m bench.sync_cost [--quick] [--json FILE]``. It starts its own
+redis-server on a free loopback port, uses an in-memory SQLite database, prints a markdown table, and checks every
+count it relies on.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import os
-import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings')
 os.environ['DRQS_TEST_DB'] = ':memory:'  # one private database per run, migrated at start
-warnings.filterwarnings('ignore', category=FutureWarning, module='rq_scheduler')
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
@@ -34,48 +33,43 @@ from django.db import connection as db_connection  # noqa: E402
 from django.db.models import QuerySet  # noqa: E402
 from django.db.models.signals import post_delete, post_save, pre_save  # noqa: E402
 
+from bench.common import (  # noqa: E402
+    RoundTrips,
+    alternate,
+    check,
+    private_redis,
+    ratio_of_medians,
+    run_command_line,
+    same_or_range,
+    spread,
+)
 from django_rq_scheduled import keys, signals  # noqa: E402
 from django_rq_scheduled.models import CronJob  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
 
 UID = 'django_rq_scheduled.CronJob'
 OPERATIONS = ('create', 'update', 'delete')
 MODES = ('one by one', 'bulk')
+WITH, WITHOUT = 'with app', 'without app'
 
 
-class CountError(RuntimeError):
-    """A benchmark whose counts are wrong measures nothing."""
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    rows: int
+    rounds: int
 
 
-def check(condition: bool, message: str) -> None:
-    if not condition:
-        raise CountError(message)
+FULL = Config(mode='full', rows=10_000, rounds=5)
+QUICK = Config(mode='quick', rows=1_000, rounds=2)
 
 
-class Counters:
-    """Redis round trips (every packed command sent) and SQL statements (every execute) since the last reset."""
-
-    round_trips = 0
-    queries = 0
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.round_trips = cls.queries = 0
-
-
-def count_round_trips() -> None:
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self: redis.connection.Connection, command: object, check_health: bool = True) -> None:
-        Counters.round_trips += 1
-        return original(self, command, check_health)
-
-    redis.connection.Connection.send_packed_command = counting  # type: ignore[method-assign]
+class Queries:
+    count = 0
 
 
 def count_query(execute: Callable, sql: str, params: object, many: bool, context: dict) -> object:
     # An execute wrapper rather than CaptureQueriesContext: Django's query log keeps only the last 9,000 queries.
-    Counters.queries += 1
+    Queries.count += 1
     return execute(sql, params, many, context)
 
 
@@ -91,126 +85,149 @@ def without_app() -> Iterator[None]:
         signals.connect()
 
 
+def fields(i: int) -> dict[str, str]:
+    return {'name': f'c{i}', 'callable': 'tests.tasks.add', 'cron_string': '*/5 * * * *'}
+
+
 def new_rows(count: int) -> list[CronJob]:
-    return [CronJob(name=f'c{i}', callable='tests.tasks.add', cron_string='*/5 * * * *') for i in range(count)]
+    return [CronJob(**fields(i)) for i in range(count)]
 
 
-@dataclass
-class Cost:
-    seconds: float
-    round_trips: int
-    queries: int
+def one_by_one(count: int, rows: list[CronJob]) -> dict[str, Callable[[], None]]:
+    """Each row saved or deleted on its own; ``rows`` is filled with the created rows before the update."""
+
+    def create() -> None:
+        for i in range(count):
+            CronJob.objects.create(**fields(i))
+
+    def update() -> None:
+        for row in rows:
+            row.description = 'changed one by one'
+            row.save()
+
+    def delete() -> None:
+        for row in rows:
+            row.delete()
+
+    return {'create': create, 'update': update, 'delete': delete}
 
 
-def measure(operation: Callable[[], None]) -> Cost:
-    Counters.reset()
+def bulk(queryset: QuerySet, count: int) -> dict[str, Callable[[], None]]:
+    def create() -> None:
+        queryset.bulk_create(new_rows(count))
+
+    def update() -> None:
+        check(queryset.all().update(description='changed in bulk') == count, 'bulk update: rows touched')
+
+    def delete() -> None:
+        check(queryset.all().delete()[0] == count, 'bulk delete: rows deleted')
+
+    return {'create': create, 'update': update, 'delete': delete}
+
+
+def measure(operation: Callable[[], None]) -> dict[str, Any]:
+    trips, queries = RoundTrips.count, Queries.count
     started = time.perf_counter()
     operation()
     seconds = time.perf_counter() - started
-    return Cost(seconds, Counters.round_trips, Counters.queries)
+    return {'seconds': seconds, 'round_trips': RoundTrips.count - trips, 'queries': Queries.count - queries}
 
 
-def run_mode(mode: str, with_app: bool, count: int, connection: redis.Redis) -> dict[str, Cost]:
-    """Creates, updates and deletes ``count`` rows in one mode; checks rows and Redis templates after each step."""
+def run_mode(mode: str, system: str, count: int, connection: redis.Redis) -> dict[str, Any]:
+    """Creates, updates and deletes ``count`` rows in one mode; counts rows and Redis templates after each step."""
     plain = QuerySet(CronJob)
     rows: list[CronJob] = []
+    with_app = system == WITH
     if mode == 'one by one':
-
-        def create() -> None:
-            for i in range(count):
-                CronJob.objects.create(name=f'c{i}', callable='tests.tasks.add', cron_string='*/5 * * * *')
-
-        def update() -> None:
-            for row in rows:
-                row.description = 'changed one by one'
-                row.save()
-
-        def delete() -> None:
-            for row in rows:
-                row.delete()
-
-    elif with_app:
-
-        def create() -> None:
-            CronJob.objects.bulk_create(new_rows(count))
-
-        def update() -> None:
-            check(CronJob.objects.update(description='changed in bulk') == count, 'bulk update: rows touched')
-
-        def delete() -> None:
-            check(CronJob.objects.all().delete()[0] == count, 'bulk delete: rows deleted')
-
+        operations = one_by_one(count, rows)
     else:
-
-        def create() -> None:
-            plain.bulk_create(new_rows(count))
-
-        def update() -> None:
-            check(plain.all().update(description='changed in bulk') == count, 'bulk update: rows touched')
-
-        def delete() -> None:
-            check(plain.all().delete()[0] == count, 'bulk delete: rows deleted')
-
-    label = f'{mode}, {"with" if with_app else "without"} app'
-    expected_templates = count if with_app else 0
-    costs = {'create': measure(create)}
-    check(plain.count() == count, f'{label}: {plain.count()} rows after create')
-    templates = connection.zcard(keys.SCHEDULED_JOBS_KEY)
-    check(templates == expected_templates, f'{label}: {templates} templates after create')
-    rows[:] = list(plain.order_by('pk'))
-    costs['update'] = measure(update)
-    check(plain.exclude(description='').count() == count, f'{label}: not every row updated')
-    templates = connection.zcard(keys.SCHEDULED_JOBS_KEY)
-    check(templates == expected_templates, f'{label}: {templates} templates after update')
-    costs['delete'] = measure(delete)
-    check(plain.count() == 0, f'{label}: {plain.count()} rows after delete')
-    templates = connection.zcard(keys.SCHEDULED_JOBS_KEY)
-    check(templates == 0, f'{label}: {templates} templates after delete')
+        operations = bulk(CronJob.objects.all() if with_app else plain, count)
+    costs: dict[str, Any] = {}
+    counts: dict[str, int] = {}
+    with nullcontext() if with_app else without_app():
+        costs['create'] = measure(operations['create'])
+        counts['rows after create'] = plain.count()
+        counts['templates after create'] = connection.zcard(keys.SCHEDULED_JOBS_KEY)
+        rows[:] = plain.order_by('pk')
+        costs['update'] = measure(operations['update'])
+        counts['rows updated'] = plain.exclude(description='').count()
+        counts['templates after update'] = connection.zcard(keys.SCHEDULED_JOBS_KEY)
+        costs['delete'] = measure(operations['delete'])
+        counts['rows after delete'] = plain.count()
+        counts['templates after delete'] = connection.zcard(keys.SCHEDULED_JOBS_KEY)
+    check(counts == expected_counts(count, with_app), f'{mode}, {system}: counts {counts}')
+    if not with_app:
+        trips = sum(cost['round_trips'] for cost in costs.values())
+        check(trips == 0, f'{mode}, {system}: {trips} Redis round trips')
     connection.flushdb()
-    return costs
+    return {**costs, 'counts': counts}
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument('--quick', action='store_true', help='1,000 rows instead of 10,000')
-    options = parser.parse_args(argv)
-    count = 1_000 if options.quick else 10_000
-    server = RedisServer().start()
-    try:
+def expected_counts(count: int, with_app: bool) -> dict[str, int]:
+    templates = count if with_app else 0
+    return {
+        'rows after create': count,
+        'templates after create': templates,
+        'rows updated': count,
+        'templates after update': templates,
+        'rows after delete': 0,
+        'templates after delete': 0,
+    }
+
+
+def run(config: Config) -> dict:
+    with private_redis() as server:
         settings.RQ_QUEUES = {name: {'URL': server.url, 'DEFAULT_TIMEOUT': 360} for name in ('default', 'high')}
         call_command('migrate', verbosity=0)
         connection = redis.Redis.from_url(server.url)
-        count_round_trips()
-        results: dict[tuple[str, str], dict[bool, Cost]] = {}
+        RoundTrips.install()
+        measures = {
+            (mode, system): functools.partial(run_mode, mode, system, config.rows, connection)
+            for mode in MODES
+            for system in (WITH, WITHOUT)
+        }
         with db_connection.execute_wrapper(count_query):
-            for mode in MODES:
-                with_costs = run_mode(mode, True, count, connection)
-                with without_app():
-                    without_costs = run_mode(mode, False, count, connection)
-                for operation in OPERATIONS:
-                    results[operation, mode] = {True: with_costs[operation], False: without_costs[operation]}
-        check(all(cost[False].round_trips == 0 for cost in results.values()), 'without the app, Redis was used')
-        print(f'## Sync cost: create, update and delete {count:,} cron job rows through the ORM\n')
-        print(
-            '| operation | mode | with app s | without app s | overhead ratio | Redis round trips | SQL queries '
-            '(with / without) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |'
-        )
-        for operation in OPERATIONS:
-            for mode in MODES:
-                ours, plain = results[operation, mode][True], results[operation, mode][False]
-                print(
-                    f'| {operation} | {mode} | {ours.seconds:.3f} | {plain.seconds:.3f} | '
-                    f'{ours.seconds / plain.seconds:.1f} | {ours.round_trips:,} | '
-                    f'{ours.queries:,} / {plain.queries:,} |'
-                )
-        print(
-            '\nUpdate changes `description`, a definition field: each row is validated and synced. '
-            'Without the app, no Redis round trip is made.'
-        )
-    finally:
-        server.close()
-    return 0
+            rounds = alternate(config.rounds, measures)
+        connection.connection_pool.disconnect()
+    results: dict[str, dict[str, list]] = {mode: {} for mode in MODES}
+    for (mode, system), runs in rounds.items():
+        results[mode][system] = runs
+    return {'results': results}
+
+
+def rows_of_table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
+    rows = [
+        f'| operation | mode | {WITH} ms | {WITHOUT} ms | ratio of medians | Redis round trips | '
+        'SQL queries (with / without) |',
+        '| --- | --- | ---: | ---: | ---: | ---: | ---: |',
+    ]
+    for operation in OPERATIONS:
+        for mode in MODES:
+            costs = {system: [run[operation] for run in runs] for system, runs in results[mode].items()}
+            ms = {system: [cost['seconds'] * 1000 for cost in values] for system, values in costs.items()}
+            trips = same_or_range([cost['round_trips'] for cost in costs[WITH]])
+            queries = {system: same_or_range([cost['queries'] for cost in values]) for system, values in costs.items()}
+            ratio = ratio_of_medians(ms[WITH], ms[WITHOUT])
+            rows.append(
+                f'| {operation} | {mode} | {spread(ms[WITH], ",.1f")} | {spread(ms[WITHOUT], ",.1f")} | {ratio:,.1f} | '
+                f'{trips} | {queries[WITH]} / {queries[WITHOUT]} |'
+            )
+    return rows
+
+
+def report(data: dict) -> str:
+    config = data['config']
+    lines = [
+        f'## Sync cost: create, update and delete {config["rows"]:,} cron job rows through the ORM, '
+        f'median (min - max) of {config["rounds"]} rounds, with and without the app alternated',
+        '',
+        *rows_of_table(data['results']),
+        '',
+        'Update changes `description`, a definition field: each row is validated and synced. '
+        'Without the app, no Redis round trip is made.',
+    ]
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':
-    sys.exit(main(sys.argv[1:]))
+    run_command_line('bench.sync_cost', __doc__, {'full': FULL, 'quick': QUICK}, run, report)

@@ -1,6 +1,8 @@
-"""Smoke test of the benchmark (bench/core.py): its smallest run completes and every count it checks is right.
+"""Smoke tests of the benchmarks: bench/core.py's smallest run and every other script's quick run complete, alternate
+their systems over the rounds they announce, and write JSON whose counts are right.
 
-It asserts counts and round trips only, never a time or a speed ratio: those depend on the machine.
+They assert counts, round trips and the JSON's structure only, never a time or a speed ratio: those depend on the
+machine.
 """
 
 from __future__ import annotations
@@ -30,17 +32,28 @@ SYSTEMS = {
 }
 
 
-@pytest.fixture(scope='module')
-def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp('bench') / 'b.json'
-    command = [sys.executable, '-m', 'bench.core', '--smoke', '--json', str(out)]
+def run_benchmark(module: str, mode: str, folder: Path) -> tuple[dict, str]:
+    """Runs a benchmark script; returns its JSON and its printed report. A wrong count exits non-zero."""
+    out = folder / f'{module}.json'
+    command = [sys.executable, '-m', module, f'--{mode}', '--json', str(out)]
     env = {**os.environ, 'PYTHONPATH': str(ROOT)}
     env.pop('DRQS_TEST_REDIS_URL', None)  # the benchmark starts its own redis-server
+    env.pop('DRQS_TEST_DB', None)
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, f'exit code {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}'
     assert out.exists(), f'no JSON written\n{done.stdout[-3000:]}'
-    assert '## Throughput' in done.stdout
-    return json.loads(out.read_text())
+    data = json.loads(out.read_text())
+    assert data['config']['mode'] == mode
+    assert {'cpu', 'python', 'redis-server', 'rq', 'redis-py', 'django'} <= set(data['machine'])
+    assert '## Machine' in done.stdout
+    return data, done.stdout
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    data, stdout = run_benchmark('bench.core', 'smoke', tmp_path_factory.mktemp('bench'))
+    assert '## Throughput' in stdout
+    return data
 
 
 def assert_counts(counts: dict, where: str) -> None:
@@ -94,57 +107,92 @@ def test_our_loop_enqueued_every_job_once(results: dict) -> None:
     assert_counts(ours['counts'], 'lateness ours')
 
 
-def test_scale_benchmark_quick_run_completes_with_right_counts():
-    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    env.pop('DRQS_TEST_REDIS_URL', None)
-    done = subprocess.run(
-        [sys.executable, '-m', 'bench.scale', '--quick'],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # a wrong count exits non-zero
-    for heading in ('Tick cost', 'Redis memory per cron template', "The loop's max RSS"):
-        assert heading in done.stdout
+def quick_rounds(data: dict) -> int:
+    rounds = data['config']['rounds']
+    assert rounds >= 2  # a quick run still alternates its systems
+    return rounds
 
 
-def run_quick(module: str) -> str:
-    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    env.pop('DRQS_TEST_REDIS_URL', None)
-    env.pop('DRQS_TEST_DB', None)
-    done = subprocess.run(
-        [sys.executable, '-m', module, '--quick'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]  # a wrong count exits non-zero
-    return done.stdout
+def test_scale_quick_run_alternates_both_systems_with_right_counts(tmp_path: Path) -> None:
+    data, _ = run_benchmark('bench.scale', 'quick', tmp_path)
+    config, rounds = data['config'], quick_rounds(data)
+    assert list(data['tick_cost']) == [str(size) for size in config['sizes']]
+    for others, systems in data['tick_cost'].items():
+        assert set(systems) == {'ours', 'rq-scheduler'}, others
+        for system, passes in systems.items():
+            assert len(passes) == rounds, (others, system)
+            for counts in passes:
+                assert counts['due'] == counts['moved'] == counts['distinct'] == config['due'], (others, system)
+                assert counts['entries_left'] == int(others), (others, system)
+    assert set(data['memory_per_template']) == {'ours', 'rq-scheduler'}
+    samples = data['loop_memory']
+    assert [s['moved'] for s in samples] == list(range(config['batch'], config['occurrences'] + 1, config['batch']))
+    for sample in samples:
+        counts = sample['counts']
+        assert counts['due'] == counts['moved'] == counts['distinct'] == config['batch']
+        assert counts['entries_left'] == 0
+        assert sample['rss_mib'] > 0
 
 
-def table_rows(stdout: str) -> list[list[str]]:
-    """The cells of every markdown table row below a header (separator and header rows left out)."""
-    lines = [line for line in stdout.splitlines() if line.startswith('|')]
-    return [[cell.strip() for cell in line.strip('|').split('|')] for line in lines if '---' not in line][1:]
+def test_sync_cost_quick_run_alternates_with_and_without_the_app_with_right_counts(tmp_path: Path) -> None:
+    data, _ = run_benchmark('bench.sync_cost', 'quick', tmp_path)
+    rows, rounds = data['config']['rows'], quick_rounds(data)
+    assert set(data['results']) == {'one by one', 'bulk'}
+    for mode, systems in data['results'].items():
+        assert set(systems) == {'with app', 'without app'}, mode
+        for system, runs in systems.items():
+            assert len(runs) == rounds, (mode, system)
+            templates = rows if system == 'with app' else 0
+            for run in runs:
+                assert run['counts'] == {
+                    'rows after create': rows,
+                    'templates after create': templates,
+                    'rows updated': rows,
+                    'templates after update': templates,
+                    'rows after delete': 0,
+                    'templates after delete': 0,
+                }, (mode, system)
+                for operation in ('create', 'update', 'delete'):
+                    trips = run[operation]['round_trips']
+                    if system == 'without app':
+                        assert trips == 0, (mode, operation)
+                    elif mode == 'bulk':
+                        assert 0 < trips <= 2 * (rows // 500) + 10, operation  # batched: a few per 500 rows
+                    else:
+                        assert rows <= trips <= 3 * rows + 10, operation  # each row syncs on its own
 
 
-def test_sync_cost_benchmark_quick_run_completes_with_right_counts():
-    stdout = run_quick('bench.sync_cost')
-    assert 'Sync cost: create, update and delete 1,000 cron job rows' in stdout
-    rows = {(cells[0], cells[1]): cells for cells in table_rows(stdout)}
-    assert set(rows) == {(op, mode) for op in ('create', 'update', 'delete') for mode in ('one by one', 'bulk')}
-    for (operation, mode), cells in rows.items():
-        round_trips = int(cells[5].replace(',', ''))
-        if mode == 'bulk':
-            assert round_trips <= 2 * (1000 // 500) + 10, operation  # batched: a few per 500 rows
-        else:
-            assert 1000 <= round_trips <= 3 * 1000 + 10, operation  # each row syncs on its own
-
-
-def test_admin_cost_benchmark_quick_run_completes_with_right_counts():
-    stdout = run_quick('bench.admin_cost')
-    assert 'Admin: one GET of the cron job change list' in stdout
-    rows = table_rows(stdout)
-    assert [cells[0] for cells in rows] == ['100', '10,000']
-    assert rows[0][1:3] == rows[1][1:3]  # queries and round trips do not grow with the table
-    assert int(rows[1][1]) <= 6 and int(rows[1][2]) <= 1
+def test_admin_cost_quick_run_alternates_the_sizes_with_right_counts(tmp_path: Path) -> None:
+    data, stdout = run_benchmark('bench.admin_cost', 'quick', tmp_path)
+    config, rounds = data['config'], quick_rounds(data)
+    assert list(data['pages']) == [str(rows) for rows in config['sizes']]
+    for rows, pages in data['pages'].items():
+        assert len(pages) == rounds, rows
+        for page in pages:
+            assert page['rows'] == int(rows)
+            assert page['shown'] == 50 and page['counted_in_page'] == 1
+            assert len(page['renders_ms']) == config['renders']
+            assert page['queries'] <= 6 and page['round_trips'] <= 1
+    small, large = (data['pages'][str(rows)] for rows in config['sizes'])
+    assert {p['queries'] for p in small} == {p['queries'] for p in large}  # they do not grow with the table
+    assert {p['round_trips'] for p in small} == {p['round_trips'] for p in large}
     assert 'Render time at 10,000 rows / at 100 rows' in stdout
+
+
+def test_cron_lateness_quick_run_alternates_the_loops_with_right_counts(tmp_path: Path) -> None:
+    data, _ = run_benchmark('bench.cron_lateness', 'quick', tmp_path)
+    rounds, window = quick_rounds(data), data['config']['window']
+    ours = 'ours: manage.py rqscheduler (defaults)'
+    assert set(data['cron']) == {ours, 'rq cron'}
+    assert set(data['one-off']) == {ours, "rq's built-in scheduler (rq worker --with-scheduler)"}
+    for loop, runs in data['cron'].items():
+        assert len(runs) == rounds, loop
+        for run in runs:
+            counts = run['counts']
+            assert counts['runs'] == counts['fire_times'] == len(run['lateness_ms']) > 0, loop
+            assert abs(counts['runs'] - window / 2) <= 1, loop
+    for loop, runs in data['one-off'].items():
+        assert len(runs) == rounds, loop
+        for run in runs:
+            assert run['counts'] == {'due': window * 5, 'enqueued': window * 5, 'left': 0}, loop
+            assert len(run['lateness_ms']) == window * 5, loop
