@@ -68,6 +68,57 @@ class MoveReport:
     batches: int = 0
 
 
+@dataclass
+class Batch:
+    """One batch of due jobs, planned and not yet applied."""
+
+    planner: Planner
+    decoded: list[Parsed | Entry]
+    entries: list[Entry]
+
+    @property
+    def fast_entries(self) -> list[Entry]:
+        """The entries the move script applies; the others go through RQ's own enqueue."""
+        return [entry for entry in self.entries if not entry.slow_path]
+
+
+class PendingReplies:
+    """Commands written to one connection of the pool, their replies not read yet: the caller works meanwhile."""
+
+    def __init__(self, pool: redis.ConnectionPool, commands: list[tuple[Any, ...]]) -> None:
+        self.pool = pool
+        self.count = len(commands)
+        try:
+            self.connection = pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants the command name
+            self.connection = pool.get_connection('EVALSHA')
+        try:
+            self.connection.send_packed_command(self.connection.pack_commands(commands))
+        except BaseException:
+            self._discard()
+            raise
+
+    def wait(self) -> list[Any]:
+        """Every reply, in order; an error reply is returned as its exception, not raised."""
+        replies: list[Any] = []
+        try:
+            for _ in range(self.count):
+                try:
+                    replies.append(self.connection.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            self._discard()
+            raise
+        self.pool.release(self.connection)
+        return replies
+
+    def _discard(self) -> None:
+        # Replies may still be on their way: the connection cannot be reused.
+        self.connection.disconnect()
+        self.pool.release(self.connection)
+
+
 def to_score(value: datetime, argument: str = 'scheduled_time') -> float:
     """Epoch seconds (millisecond precision) of a datetime; a naive datetime means UTC, as in rq-scheduler."""
     if not isinstance(value, datetime):
@@ -179,6 +230,8 @@ class Scheduler:
         self._queues: dict[tuple[str, str | None], Queue] = {}
         self._move_script = self.connection.register_script(scripts.MOVE)
         self._read_due_script = self.connection.register_script(scripts.READ_DUE)
+        self._scripts_loaded_on: redis.ConnectionPool | None = None
+        self._scripts_missing = False
         self._arm_script = self.connection.register_script(scripts.ARM_WAKEUP)
         self._renew_script = self.connection.register_script(scripts.RENEW_LEASE)
         self._release_script = self.connection.register_script(scripts.RELEASE_LEASE)
@@ -596,24 +649,36 @@ class Scheduler:
         return handles
 
     def move_due_jobs(self) -> MoveReport:
-        """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call."""
+        """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call.
+
+        With a backlog of more than one batch, the next batch is read ahead and planned while Redis applies the
+        previous one: the move of batch k and the read of batch k + 2 go out in one write, and batch k + 1, read
+        by the write before, is planned while Redis works. Reading ahead is safe because every entry of a move
+        is guarded on the exact score it was read with: an entry read twice, or changed since, is left alone.
+        """
         report = MoveReport()
-        while True:
-            now = time.time()
-            pairs, fields = self._read_due(now)
-            if not pairs:
+        now = time.time()
+        pairs, fields = self._read_due(now, count=2 * self.batch_size)
+        current = self._plan_batch(pairs[: self.batch_size], fields[: self.batch_size], now)
+        ahead = (pairs[self.batch_size :], fields[self.batch_size :], now)
+        while current.entries:
+            if not ahead[0] or self._stop.is_set():
+                self._apply_batch(current, report, fenced=True)
                 return report
-            batch = self._move_members(pairs, fenced=True, now=now, fields=fields)
-            report.enqueued += batch.enqueued
-            report.dead += batch.dead
-            report.skipped += batch.skipped
-            report.batches += 1
-            made_progress = batch.enqueued or batch.dead or batch.skipped
-            # A full batch that moved nothing (entries that cannot even be dead-lettered, or all changed by
-            # producers meanwhile) would be read again at once: leave it to the next tick instead of spinning.
-            if len(pairs) < self.batch_size or self._stop.is_set() or not made_progress:
+            read_at = time.time()
+            pending = self._send_move_and_read(current, offset=self.batch_size, now=read_at)
+            try:
+                upcoming = self._plan_batch(*ahead)
+            finally:
+                move_reply, read_reply = self._replies(pending, current, read_at)
+            made_progress = self._finish_batch(current, move_reply, report, fenced=True)
+            # A batch that moved nothing (entries that cannot even be dead-lettered, or all changed by producers
+            # meanwhile) would be met again at once: leave the rest to the next tick instead of spinning.
+            if not made_progress:
                 return report
+            current, ahead = upcoming, (*self._parse_read_due(read_reply), read_at)
             self._renew_lease_if_due()
+        return report
 
     def _planner(self, now: float) -> Planner:
         return Planner(
@@ -625,12 +690,18 @@ class Scheduler:
             callable_allowed=self.callable_allowed,
         )
 
-    def _read_due(self, now: float) -> tuple[list[tuple[Any, Any]], list[dict[bytes, bytes]]]:
+    def _read_due_args(self, now: float, offset: int, count: int) -> list[Any]:
+        return [self.job_class.redis_job_namespace_prefix, repr(now), offset, count, *PLANNING_FIELDS]
+
+    def _read_due(self, now: float, count: int | None = None) -> tuple[list[tuple[Any, Any]], list[dict[bytes, bytes]]]:
         """Due members with their scores, and the fields their moves are planned from: one round trip."""
         flat = self._read_due_script(
-            keys=[self.scheduled_jobs_key],
-            args=[self.job_class.redis_job_namespace_prefix, repr(now), self.batch_size, *PLANNING_FIELDS],
+            keys=[self.scheduled_jobs_key], args=self._read_due_args(now, 0, count or self.batch_size)
         )
+        return self._parse_read_due(flat)
+
+    @staticmethod
+    def _parse_read_due(flat: list[Any]) -> tuple[list[tuple[Any, Any]], list[dict[bytes, bytes]]]:
         width = 3 + len(PLANNING_FIELDS)
         rows = [flat[start : start + width] for start in range(0, len(flat), width)]
         pairs = [(row[0], row[1]) for row in rows]
@@ -648,7 +719,12 @@ class Scheduler:
         now: float | None = None,
         fields: list[dict[bytes, bytes]] | None = None,
     ) -> MoveReport:
-        planner = self._planner(time.time() if now is None else now)
+        report = MoveReport()
+        self._apply_batch(self._plan_batch(pairs, fields, time.time() if now is None else now), report, fenced=fenced)
+        return report
+
+    def _plan_batch(self, pairs: list[Any], fields: list[dict[bytes, bytes]] | None, now: float) -> Batch:
+        planner = self._planner(now)
         members = [(m.decode() if isinstance(m, bytes) else m, float(s)) for m, s in pairs]
         raws = fields if fields is not None else self._fetch_planning_fields([member for member, _ in members])
         decoded = [planner.parse(member, score, raw) for (member, score), raw in zip(members, raws)]
@@ -658,12 +734,59 @@ class Scheduler:
             item if isinstance(item, Entry) else planner.plan(item, statuses.get(item.previous_run_to_check))
             for item in decoded
         ]
-        report = MoveReport()
-        self._apply(planner, [e for e in entries if not e.slow_path], report, fenced=fenced)
-        for item, entry in zip(decoded, entries):
+        return Batch(planner, decoded, entries)
+
+    def _apply_batch(self, batch: Batch, report: MoveReport, *, fenced: bool) -> None:
+        fast = batch.fast_entries
+        results = self._call_move(self._move_argv(batch.planner, fast, fenced=fenced)) if fast else []
+        self._finish_batch(batch, results, report, fenced=fenced)
+
+    def _finish_batch(self, batch: Batch, move_reply: Any, report: MoveReport, *, fenced: bool) -> bool:
+        """Reports the move's outcome per entry, then takes the jobs RQ must enqueue itself; True if any moved."""
+        if isinstance(move_reply, Exception):
+            self._raise_move_error(move_reply)
+        before = len(report.enqueued) + len(report.dead) + len(report.skipped)
+        self._handle_results(batch.planner, batch.fast_entries, move_reply, report, fenced=fenced)
+        for item, entry in zip(batch.decoded, batch.entries):
             if entry.slow_path and isinstance(item, Parsed):
-                self._move_with_dependencies(planner, item, report, fenced=fenced)
-        return report
+                self._move_with_dependencies(batch.planner, item, report, fenced=fenced)
+        report.batches += 1
+        return len(report.enqueued) + len(report.dead) + len(report.skipped) > before
+
+    def _send_move_and_read(self, batch: Batch, *, offset: int, now: float) -> PendingReplies:
+        """Sends the move of ``batch`` and the read of the due jobs after the next ``offset``, without waiting."""
+        move = self._move_argv(batch.planner, batch.fast_entries, fenced=True)
+        read = self._read_due_args(now, offset, self.batch_size)
+        self._load_scripts_once()
+        commands = [
+            ('EVALSHA', self._move_script.sha, 2, self.scheduler_lock_key, self.scheduled_jobs_key, *move),
+            ('EVALSHA', self._read_due_script.sha, 1, self.scheduled_jobs_key, *read),
+        ]
+        return PendingReplies(self.connection.connection_pool, commands)
+
+    def _replies(self, pending: PendingReplies, batch: Batch, read_at: float) -> tuple[Any, Any]:
+        """The replies of a pipelined move and read; either one is redone if Redis had lost its script."""
+        move_reply, read_reply = pending.wait()
+        if isinstance(move_reply, redis.exceptions.NoScriptError):
+            self._scripts_missing = True
+            move_reply = self._call_move(self._move_argv(batch.planner, batch.fast_entries, fenced=True))
+        if isinstance(read_reply, redis.exceptions.NoScriptError):
+            self._scripts_missing = True
+            read_reply = self._read_due_script(
+                keys=[self.scheduled_jobs_key], args=self._read_due_args(read_at, self.batch_size, self.batch_size)
+            )
+        if isinstance(read_reply, Exception):
+            raise read_reply
+        return move_reply, read_reply
+
+    def _load_scripts_once(self) -> None:
+        # Pipelined calls bypass redis-py's NOSCRIPT fallback: load the scripts up front. A Redis restart flushes
+        # them; ``_replies`` then redoes the call the slow way and the next batch loads them again.
+        if self._scripts_loaded_on is not self.connection.connection_pool or self._scripts_missing:
+            for script in (self._move_script, self._read_due_script):
+                script.sha = self.connection.script_load(script.script)
+            self._scripts_loaded_on = self.connection.connection_pool
+            self._scripts_missing = False
 
     def _fetch_planning_fields(self, members: list[str]) -> list[dict[bytes, bytes]]:
         """The few hash fields a move is planned from (whole hashes cost more to read than to move)."""
@@ -692,9 +815,7 @@ class Scheduler:
                 pipe.hget(keys.job_key(run_id), 'status')
             return dict(zip(run_ids, pipe.execute()))
 
-    def _apply(self, planner: Planner, entries: list[Entry], report: MoveReport, *, fenced: bool) -> None:
-        if not entries:
-            return
+    def _move_argv(self, planner: Planner, entries: list[Entry], *, fenced: bool) -> list[Any]:
         header = [
             self._token if fenced else '',
             len(entries),
@@ -709,13 +830,29 @@ class Scheduler:
             argv += [entry.member, entry.score, 'G', len(entry.commands)]
             for command in entry.commands:
                 argv += [len(command), *command]
+        return argv
+
+    def _call_move(self, argv: list[Any]) -> list[Any]:
         try:
-            results = self._move_script(keys=[self.scheduler_lock_key, self.scheduled_jobs_key], args=argv)
+            return self._move_script(keys=[self.scheduler_lock_key, self.scheduled_jobs_key], args=argv)
         except redis.ResponseError as exc:
-            if 'NOTLEADER' in str(exc):
-                self._lose_leadership('the lease changed hands before a batch was applied')
-                raise LeadershipLost(str(exc)) from exc
-            raise
+            self._raise_move_error(exc)
+            raise  # unreachable: for type checkers
+
+    def _raise_move_error(self, exc: Exception) -> None:
+        if 'NOTLEADER' in str(exc):
+            self._lose_leadership('the lease changed hands before a batch was applied')
+            raise LeadershipLost(str(exc)) from exc
+        raise exc
+
+    def _apply(self, planner: Planner, entries: list[Entry], report: MoveReport, *, fenced: bool) -> None:
+        if entries:
+            results = self._call_move(self._move_argv(planner, entries, fenced=fenced))
+            self._handle_results(planner, entries, results, report, fenced=fenced)
+
+    def _handle_results(
+        self, planner: Planner, entries: list[Entry], results: list[Any], report: MoveReport, *, fenced: bool
+    ) -> None:
         retry: list[Entry] = []
         for entry, result in zip(entries, results):
             if isinstance(result, bytes) and entry.outcome == DEAD:

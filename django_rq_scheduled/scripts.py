@@ -9,8 +9,9 @@ from __future__ import annotations
 #   'G', command count, then per command: arg count, args...: any other move, spelled out by the planner.
 # The whole batch is refused unless the lock still holds our token (a deposed leader cannot enqueue). An entry
 # is applied only if its member still has the score we planned with, so a job cancelled or rescheduled by a
-# producer after we read it is left alone. Key types are checked before any write of an entry, so corrupt data
-# under a key fails that entry alone (reported back for dead-lettering) and never half-applies it.
+# producer after we read it is left alone. Key types are checked before any write of an entry (a one-off job's
+# own hash by writing it first, with pcall), so corrupt data under a key fails that entry alone (reported back
+# for dead-lettering) and never half-applies it.
 MOVE = """
 local unpack = unpack or table.unpack
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -22,56 +23,78 @@ local expected_type = {
 }
 local checked = {}  -- key -> type, so shared keys (queues, the schedule) are looked at once per batch
 local registered = {}  -- queue keys already added to the set of queues in this batch
+local function type_of(key)
+  local have = checked[key]
+  if not have then
+    have = redis.call('TYPE', key)
+    if type(have) == 'table' then have = have['ok'] end
+    if have ~= 'none' then checked[key] = have end
+  end
+  return have
+end
+-- A plain one-off job: its hash is written first, with pcall, so a job key of the wrong type fails before
+-- anything of the entry is written; the shared keys' types are checked once per batch.
 local function one_off(member, queue_key, push, timeout, ttl)
   local job_key = job_prefix .. member
-  local hset = {'HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at}
-  if timeout ~= '' then hset[7] = 'timeout'; hset[8] = timeout end
-  local cmds = {{'ZREM', KEYS[2], member}, hset, {push, queue_key, member}}
-  if not registered[queue_key] then cmds[#cmds + 1] = {'SADD', queues_key, queue_key} end
-  if ttl ~= '' then cmds[#cmds + 1] = {'EXPIRE', job_key, ttl} end
-  return cmds
+  local have = type_of(queue_key)
+  if have ~= 'none' and have ~= 'list' then return 'WRONGTYPE ' .. queue_key .. ' holds a ' .. have end
+  have = type_of(KEYS[2])
+  if have ~= 'none' and have ~= 'zset' then return 'WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. have end
+  local written
+  if timeout ~= '' then
+    written = redis.pcall('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at, 'timeout', timeout)
+  else
+    written = redis.pcall('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
+  end
+  if type(written) == 'table' and written['err'] then return 'WRONGTYPE ' .. job_key .. ' is not a hash' end
+  redis.call('ZREM', KEYS[2], member)
+  redis.call(push, queue_key, member)
+  if not registered[queue_key] then
+    redis.call('SADD', queues_key, queue_key)
+    registered[queue_key] = true
+  end
+  if ttl ~= '' then redis.call('EXPIRE', job_key, ttl) end
+  return 1
+end
+local function still_scheduled(member, score)
+  if score == '*' then return true end
+  local current = redis.call('ZSCORE', KEYS[2], member)
+  return current and tonumber(current) == tonumber(score)
 end
 local results = {}
 local i = 6
 for e = 1, tonumber(ARGV[2]) do
   local member, score, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local cmds
+  local status = 0
   if kind == 'O' then
-    cmds = one_off(member, ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+    if still_scheduled(member, score) then
+      status = one_off(member, ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+    end
     i = i + 7
   else
     local ncmds = tonumber(ARGV[i + 3])
     i = i + 4
-    cmds = {}
+    local cmds = {}
     for c = 1, ncmds do
       local nargs = tonumber(ARGV[i])
       cmds[c] = {unpack(ARGV, i + 1, i + nargs)}
       i = i + 1 + nargs
     end
-  end
-  local status = 1
-  if score ~= '*' then
-    local current = redis.call('ZSCORE', KEYS[2], member)
-    if (not current) or tonumber(current) ~= tonumber(score) then status = 0 end
-  end
-  if status == 1 then
-    for _, cmd in ipairs(cmds) do
-      local want = expected_type[cmd[1]]
-      if want then
-        local have = checked[cmd[2]]
-        if not have then
-          have = redis.call('TYPE', cmd[2])
-          if type(have) == 'table' then have = have['ok'] end
-          if have ~= 'none' then checked[cmd[2]] = have end
+    if still_scheduled(member, score) then
+      status = 1
+      for _, cmd in ipairs(cmds) do
+        local want = expected_type[cmd[1]]
+        if want then
+          local have = type_of(cmd[2])
+          if have ~= 'none' and have ~= want then status = 'WRONGTYPE ' .. cmd[2] .. ' holds a ' .. have end
         end
-        if have ~= 'none' and have ~= want then status = 'WRONGTYPE ' .. cmd[2] .. ' holds a ' .. have end
       end
     end
-  end
-  if status == 1 then
-    for _, cmd in ipairs(cmds) do
-      redis.call(unpack(cmd))
-      if cmd[1] == 'SADD' and cmd[2] == queues_key then registered[cmd[3]] = true end
+    if status == 1 then
+      for _, cmd in ipairs(cmds) do
+        redis.call(unpack(cmd))
+        if cmd[1] == 'SADD' and cmd[2] == queues_key then registered[cmd[3]] = true end
+      end
     end
   end
   results[e] = status
@@ -80,13 +103,15 @@ return results
 """
 
 # Reads one batch of due jobs and the hash fields their moves are planned from, in one round trip.
-# KEYS: schedule. ARGV: job key prefix, latest due score, batch size, fields...
+# KEYS: schedule. ARGV: job key prefix, latest due score, offset (due members to skip), batch size, fields...
 # Returns a flat list, for each due member, earliest first: member, score, an error (nil, or why the job's key
 # cannot be read: it then goes to the dead letters instead of blocking the batch), one value (or nil) per field.
 READ_DUE = """
 local unpack = unpack or table.unpack
-local fields = {unpack(ARGV, 4)}
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local fields = {unpack(ARGV, 5)}
+local due = redis.call(
+  'ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4])
+)
 local out = {}
 for d = 1, #due, 2 do
   out[#out + 1] = due[d]

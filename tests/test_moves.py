@@ -7,10 +7,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import time_machine
+from redis.exceptions import NoScriptError
 from rq.job import Job
 
 from django_rq_scheduled import Scheduler, keys
-from django_rq_scheduled.scheduler import LeadershipLost
+from django_rq_scheduled.scheduler import LeadershipLost, PendingReplies
 from tests import tasks
 
 UTC = timezone.utc
@@ -257,3 +258,73 @@ def test_a_full_batch_that_cannot_move_does_not_spin(fake_connection, clock):
     report = scheduler.move_due_jobs()
     assert report.batches == 1 and report.enqueued == [] and report.dead == []
     assert scheduler.count() == 3
+
+
+def test_a_backlog_of_mixed_jobs_read_ahead_moves_each_once(fake_connection, clock):
+    """Batch k + 1 is planned while batch k moves: a template due again, or a poison job, still moves once."""
+    from rq_scheduler import Scheduler as RQScheduler
+
+    scheduler = Scheduler(connection=fake_connection, batch_size=4)
+    for i in range(20):
+        scheduler.enqueue_at(T0, tasks.add, i, job_id=f'one-{i}')
+    for i in range(3):
+        scheduler.schedule(T0 - timedelta(seconds=10), tasks.add, interval=1, repeat=3, id=f'ours-{i}')
+        scheduler.enqueue_at(T0, tasks.add, job_id=f'poison-{i}')
+        fake_connection.hset(keys.job_key(f'poison-{i}'), 'data', b'garbage')
+    # rq-scheduler's template, due again right after its move: read twice, moved once per pass.
+    RQScheduler(connection=fake_connection).schedule(T0 - timedelta(seconds=10), tasks.add, interval=1, id='theirs')
+    clock.move_to(T0)
+    assert scheduler.acquire_lock()
+    report = scheduler.move_due_jobs()
+    ids = queued(fake_connection)
+    assert sorted(i for i in ids if i.startswith('one-')) == sorted(f'one-{i}' for i in range(20))
+    assert len(ids) == len(set(ids) - {'theirs'}) + ids.count('theirs')
+    assert ids.count('theirs') == 1
+    assert sorted(report.dead) == ['poison-0', 'poison-1', 'poison-2']
+    runs = [i for i in ids if i.startswith('ours-')]
+    assert sorted(run.split('_at_')[0] for run in runs) == ['ours-0', 'ours-1', 'ours-2']  # coalesced: one each
+    assert report.batches >= 7
+
+
+def test_scripts_flushed_in_the_middle_of_a_backlog_are_loaded_again(fake_connection, clock, monkeypatch):
+    scheduler = Scheduler(connection=fake_connection, batch_size=5)
+    for i in range(30):
+        scheduler.enqueue_at(T0, tasks.add, i, job_id=f'f{i}')
+    clock.move_to(T0)
+    assert scheduler.acquire_lock()
+    plan_batch = scheduler._plan_batch
+    calls = []
+
+    def flush_on_the_third_batch(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            fake_connection.script_flush()  # e.g. Redis restarted between two batches
+        return plan_batch(*args)
+
+    monkeypatch.setattr(scheduler, '_plan_batch', flush_on_the_third_batch)
+    replies = []
+    wait = PendingReplies.wait
+    monkeypatch.setattr(PendingReplies, 'wait', lambda pending: replies.append(wait(pending)) or replies[-1])
+    report = scheduler.move_due_jobs()
+    assert any(isinstance(reply, NoScriptError) for pair in replies for reply in pair)
+    assert sorted(report.enqueued) == sorted(f'f{i}' for i in range(30))
+    assert sorted(queued(fake_connection)) == sorted(f'f{i}' for i in range(30))
+    assert scheduler.count() == 0
+
+
+def test_a_job_key_that_changed_type_after_the_read_fails_alone_and_half_writes_nothing(
+    scheduler, fake_connection, clock
+):
+    scheduler.enqueue_at(T0, tasks.add, job_id='fine')
+    scheduler.enqueue_at(T0, tasks.add, job_id='changed')
+    clock.move_to(T0)
+    pairs, fields = scheduler._read_due(T0.timestamp())
+    fake_connection.delete(keys.job_key('changed'))
+    fake_connection.set(keys.job_key('changed'), 'a string now')  # between the read and the move
+    assert scheduler.acquire_lock()
+    report = scheduler._move_members(pairs, fenced=True, fields=fields)
+    assert report.enqueued == ['fine']
+    assert report.dead == ['changed']
+    assert 'WRONGTYPE' in scheduler.dead_letters()['changed']
+    assert queued(fake_connection) == ['fine']
+    assert fake_connection.get(keys.job_key('changed')) == b'a string now'

@@ -177,7 +177,7 @@ def test_a_disallowed_callable_written_by_raw_sql_is_never_scheduled_nor_enqueue
     from django_rq_scheduled.conf import callable_allowed
 
     scheduler = Scheduler(connection=connection, callable_allowed=callable_allowed)
-    scheduler.enqueue_at(datetime.now(UTC), 'tests.tasks.add', job_id='smuggled')
+    scheduler.enqueue_at(datetime.now(UTC) - timedelta(seconds=1), 'tests.tasks.add', job_id='smuggled')
     assert scheduler.enqueue_jobs() == []
     assert 'ALLOWED_CALLABLES' in scheduler.dead_letters()['smuggled']
 

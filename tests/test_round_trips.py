@@ -72,8 +72,11 @@ def test_batches_of_a_large_backlog(counted):
     assert scheduler.acquire_lock()
     trips = round_trips(scheduler.move_due_jobs)
     assert counted.llen('rq:queue:default') == 1000
-    # 10 batches of 2, the lease renewal between batches when due, script loads, and the final empty read.
-    assert trips <= 10 * 2 + 10 + 4 + 1
+    # One read of the first two batches, then one write per batch carrying its move and the read of the batch
+    # after next (planned while Redis moves), the two script loads of the first pipelined batch, and the lease
+    # renewals between batches when due.
+    renewals = trips - (1 + 10 + 2)
+    assert 0 <= renewals <= 9
 
 
 def test_a_sleeping_loop_wakes_for_an_earlier_job(connection, redis_url):
