@@ -65,8 +65,42 @@ def print_table(rows: list[tuple[str, object]]) -> None:
 # -- crash -------------------------------------------------------------------------------------------------------
 
 
+CRON_EVERY_SECOND = '* * * * * *'  # croniter's six fields: seconds last
+INTERVAL_S = 0.5
+
+
+def schedule_templates(scheduler: Scheduler, count: int, repeat: int, start: datetime) -> dict[str, str]:
+    """Half interval templates (every 0.5 s), half cron templates (every second); their ids by kind."""
+    kinds = {}
+    for i in range(count):
+        if i % 2:
+            template = f'cron-{i}'
+            scheduler.cron(CRON_EVERY_SECOND, tasks.add, args=[1, 2], repeat=repeat, id=template)
+        else:
+            template = f'every-{i}'
+            scheduler.schedule(start, tasks.add, args=[1, 2], interval=INTERVAL_S, repeat=repeat, id=template)
+        kinds[template] = template.split('-')[0]
+    return kinds
+
+
+def top_up(scheduler: Scheduler, expected: list[str], count: int) -> None:
+    now = datetime.now(UTC)
+    for i in range(len(expected), len(expected) + count):
+        job_id = f'job-{i}'
+        scheduler.enqueue_at(now, tasks.add, 1, 2, job_id=job_id)
+        expected.append(job_id)
+
+
+def off_grid(fire_times_ms: list[int], kind: str, start: datetime) -> list[int]:
+    """Fire times that are not slots of the template's schedule (a coalesced run still lands on a slot)."""
+    if kind == 'cron':
+        return [ms for ms in fire_times_ms if ms % 1000]
+    origin = round(start.timestamp() * 1000)
+    return [ms for ms in fire_times_ms if (ms - origin) % round(INTERVAL_S * 1000)]
+
+
 def crash(cycles: int, total: int, templates: int, seed: int) -> int:
-    """``cycles`` kill -9s of a leader moving a backlog; ``total`` occurrences of one-offs and interval templates."""
+    """``cycles`` kill -9s of a leader moving a backlog; ``total`` occurrences of one-offs, interval and cron runs."""
     rng = random.Random(seed)
     repeat = max(1, total // 10 // templates)  # about a tenth of the occurrences come from the templates
     one_offs = total - templates * repeat
@@ -75,25 +109,22 @@ def crash(cycles: int, total: int, templates: int, seed: int) -> int:
     scheduler = Scheduler(connection=connection)
     process: subprocess.Popen | None = None
     expected: list[str] = []
-    template_ids = [f'every-{i}' for i in range(templates)]
     started = time.monotonic()
     interrupted = done = 0
     try:
         start = datetime.now(UTC) + timedelta(seconds=1)
-        for template in template_ids:
-            scheduler.schedule(start, tasks.add, args=[1, 2], interval=0.5, repeat=repeat, id=template)
+        kinds = schedule_templates(scheduler, templates, repeat, start)
         for done in range(1, cycles + 1):
-            # Spread the one-offs over the cycles, so that every cycle has a backlog to be killed in the middle of.
-            chunk = (one_offs - len(expected)) // (cycles - done + 1)
-            now = datetime.now(UTC)
-            for i in range(len(expected), len(expected) + chunk):
-                job_id = f'job-{i}'
-                scheduler.enqueue_at(now, tasks.add, 1, 2, job_id=job_id)
-                expected.append(job_id)
+            # The one-offs are spread over the cycles, and batches are small, so that the backlog of each cycle
+            # takes a few milliseconds to move and the kill lands in the middle of it.
+            top_up(scheduler, expected, (one_offs - len(expected)) // (cycles - done + 1))
+            if due_backlog(connection, templates) <= 0:
+                print(f'nothing due at cycle {done}: stopping early')
+                break
             before = connection.llen(QUEUE_KEY)
-            process = scheduler_process(server.url, '--batch-size', '5', '--interval', '0.1', '--lease-ttl', '0.5')
+            process = scheduler_process(server.url, '--batch-size', '2', '--interval', '0.1', '--lease-ttl', '0.5')
             wait_for(lambda before=before: connection.llen(QUEUE_KEY) > before, timeout=30, step=0.001)
-            time.sleep(rng.uniform(0, 0.03))
+            time.sleep(rng.uniform(0, 0.012))
             kill(process)
             process = None
             moved = connection.llen(QUEUE_KEY) - before
@@ -101,14 +132,17 @@ def crash(cycles: int, total: int, templates: int, seed: int) -> int:
             wait_for(lambda: not connection.exists(keys.LOCK_KEY), timeout=5)  # the dead leader's lease expires
             if done % 10 == 0 or done == cycles:
                 print(f'cycle {done}/{cycles}: queue {connection.llen(QUEUE_KEY)}, landed mid-move {interrupted}')
+        top_up(scheduler, expected, one_offs - len(expected))
         # Let the templates run out, then one clean burst pass moves whatever the last kill left behind.
-        wait_for(lambda: time.time() > start.timestamp() + repeat * 0.5, timeout=repeat * 0.5 + 60, step=0.1)
+        last_slot = start.timestamp() + repeat * max(INTERVAL_S, 1.0) + 1
+        wait_for(lambda: time.time() > last_slot, timeout=last_slot - time.time() + 60, step=0.1)
         process = scheduler_process(server.url, '--burst')
         if process.wait(120) != 0:
             print(process.stdout.read() if process.stdout else '')
             raise RuntimeError('the final --burst pass failed')
         process = None
         ids = queue_ids(connection)
+        still_scheduled = {member.decode() for member in connection.zrange(keys.SCHEDULED_JOBS_KEY, 0, -1)}
     finally:
         if process is not None:
             kill(process)
@@ -119,32 +153,51 @@ def crash(cycles: int, total: int, templates: int, seed: int) -> int:
     occurrences = [job_id for job_id in ids if job_id not in expected_set]
     lost = sorted(expected_set - set(one_off_ids))
     duplicated = duplicates_of(ids)
-    stray = [job_id for job_id in occurrences if job_id.split('_at_')[0] not in template_ids]
-    per_template = Counter(job_id.split('_at_')[0] for job_id in occurrences)
-    too_many = {template: n for template, n in per_template.items() if n > repeat}
+    stray = [job_id for job_id in occurrences if job_id.split('_at_')[0] not in kinds]
+    fire_times: dict[str, list[int]] = {template: [] for template in kinds}
+    for job_id in occurrences:
+        template, _, ms = job_id.partition('_at_')
+        fire_times.setdefault(template, []).append(int(ms))
+    too_many = {t: len(times) for t, times in fire_times.items() if len(times) > repeat}
+    # A template leaves the schedule only with its last run: gone early means runs were lost.
+    ended_early = {t: len(times) for t, times in fire_times.items() if t not in still_scheduled and len(times) < repeat}
+    misplaced = {t: bad for t, times in fire_times.items() if t in kinds and (bad := off_grid(times, kinds[t], start))}
     print_table(
         [
             ('kill -9 cycles', done),
             ('kills landed mid-move', interrupted),
             ('one-offs scheduled', len(expected)),
             ('one-offs enqueued', len(one_off_ids)),
-            ('templates x repeat', f'{templates} x {repeat}'),
-            ('template occurrences enqueued', len(occurrences)),
-            ('occurrences planned (most)', len(expected) + templates * repeat),
+            (
+                'templates x repeat',
+                f'{templates} x {repeat} ({templates - templates // 2} interval, {templates // 2} cron)',
+            ),
+            ('template runs enqueued', len(occurrences)),
+            ('templates finished', sum(t not in still_scheduled for t in kinds)),
+            ('occurrences (one-offs + runs)', len(one_off_ids) + len(occurrences)),
             ('lost one-offs', len(lost)),
+            ('templates ended before their repeat', len(ended_early)),
             ('duplicated ids', len(duplicated)),
             ('templates over their repeat', len(too_many)),
+            ('runs off their schedule', sum(len(bad) for bad in misplaced.values())),
             ('unknown ids', len(stray)),
             ('seconds', f'{time.monotonic() - started:.0f}'),
         ]
     )
-    failed = bool(lost or duplicated or too_many or stray)
-    for label, values in (('lost', lost), ('duplicated', duplicated), ('over repeat', too_many), ('unknown', stray)):
+    problems = {
+        'lost': lost,
+        'ended early': ended_early,
+        'duplicated': duplicated,
+        'over repeat': too_many,
+        'off schedule': misplaced,
+        'unknown': stray,
+    }
+    for label, values in problems.items():
         if values:
             print(f'FAIL {label}: {list(values)[:20]}')
     if interrupted == 0:
         print('WARNING: no kill landed in the middle of a move')
-    return 1 if failed else 0
+    return 1 if any(problems.values()) else 0
 
 
 # -- rivals ------------------------------------------------------------------------------------------------------
@@ -273,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     rivals_parser.add_argument('--ahead', type=float, default=0.2, help='seconds between scheduling and due time')
     args = parser.parse_args(argv)
     if args.command == 'crash':
-        if args.cycles < 1 or args.templates < 1 or args.total < args.templates * 10:
-            parser.error('need --cycles >= 1, --templates >= 1 and --total >= 10 x --templates')
+        if args.cycles < 1 or args.templates < 2 or args.total < args.templates * 10:
+            parser.error('need --cycles >= 1, --templates >= 2 and --total >= 10 x --templates')
         return crash(args.cycles, args.total, args.templates, args.seed)
     if args.minutes <= 0 or args.kill_every <= 0 or args.rate <= 0:
         parser.error('--minutes, --kill-every and --rate must be positive')
