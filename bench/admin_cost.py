@@ -20,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings')
-DATABASE_DIR = Path(tempfile.mkdtemp(prefix='drqs-admin-bench-'))
-os.environ['DRQS_TEST_DB'] = str(DATABASE_DIR / 'small.sqlite3')  # read by tests.settings
+os.environ['DRQS_TEST_DB'] = ':memory:'  # replaced by the run's files before the first query
 
-import django  # noqa: E402
+import django
 
 django.setup()
 
@@ -78,10 +77,11 @@ def use_database(path: Path) -> None:
     connection.settings_dict['NAME'] = str(path)
 
 
-def databases(client: Client, sizes: tuple[int, int]) -> dict[int, Path]:
+def databases(client: Client, sizes: tuple[int, int], folder: Path) -> dict[int, Path]:
     """One file per size, the larger a copy of the smaller with more rows: the same user, session and first rows."""
     small, large = sizes
-    paths = {small: DATABASE_DIR / 'small.sqlite3', large: DATABASE_DIR / 'large.sqlite3'}
+    paths = {small: folder / 'small.sqlite3', large: folder / 'large.sqlite3'}
+    use_database(paths[small])
     call_command('migrate', verbosity=0)
     client.force_login(User.objects.create_superuser('admin', 'admin@example.com', 'pw'))
     add_rows(0, small)
@@ -126,20 +126,19 @@ def render_round(client: Client, path: Path, rows: int, renders: int) -> dict[st
 
 
 def run(config: Config) -> dict:
-    try:
-        with private_redis() as server:
-            settings.RQ_QUEUES = {name: {'URL': server.url, 'DEFAULT_TIMEOUT': 360} for name in ('default', 'high')}
-            RoundTrips.install()
-            client = Client()
-            paths = databases(client, config.sizes)
+    with tempfile.TemporaryDirectory(prefix='drqs-admin-bench-') as folder, private_redis() as server:
+        settings.RQ_QUEUES = {name: {'URL': server.url, 'DEFAULT_TIMEOUT': 360} for name in ('default', 'high')}
+        RoundTrips.install()
+        client = Client()
+        try:
+            paths = databases(client, config.sizes, Path(folder))
             measures = {
                 str(rows): functools.partial(render_round, client, path, rows, config.renders)
                 for rows, path in paths.items()
             }
             return {'pages': alternate(config.rounds, measures)}
-    finally:
-        connections.close_all()
-        shutil.rmtree(DATABASE_DIR, ignore_errors=True)
+        finally:
+            connections.close_all()
 
 
 def report(data: dict) -> str:

@@ -194,7 +194,8 @@ def run_command_line(
 ) -> dict:
     """Runs the mode asked for (``full`` unless a flag names another of ``configs``), prints the report, and writes
     the results as JSON with ``--json FILE``: the machine, the config, what ``run`` returns, and the elapsed time."""
-    parser = argparse.ArgumentParser(prog=f'python -m {module}', description=doc.splitlines()[0])
+    summary = ' '.join(doc.split('\n\n')[0].split())
+    parser = argparse.ArgumentParser(prog=f'python -m {module}', description=summary)
     modes = parser.add_mutually_exclusive_group()
     for mode in [name for name in configs if name != 'full']:
         modes.add_argument(f'--{mode}', dest='mode', action='store_const', const=mode, help=MODE_HELP[mode])

@@ -49,7 +49,7 @@ from bench.common import (  # noqa: E402
 )
 from django_rq_scheduled import Scheduler, keys  # noqa: E402
 from tests import tasks  # noqa: E402
-from tests.processes import queue_ids, scheduler_process, wait_for  # noqa: E402
+from tests.processes import OutputReader, queue_ids, scheduler_process, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CRON = '* * * * * */2'
@@ -87,6 +87,7 @@ def rq_process(*arguments: str) -> Iterator[subprocess.Popen]:
 @contextmanager
 def our_loop(url: str) -> Iterator[subprocess.Popen]:
     process = scheduler_process(url)
+    OutputReader(process)  # drains its output: a full pipe would block the loop
     try:
         yield process
     finally:
