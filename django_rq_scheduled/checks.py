@@ -8,7 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, Warning, register
 
-from .conf import DEFAULTS
+from .conf import DEFAULTS, MAX_BATCH_SIZE, MAX_SECONDS, MIN_SECONDS
 
 APP = 'django_rq_scheduled'
 
@@ -36,8 +36,10 @@ def _positive_number(value: Any) -> bool:
 def _setting_problems(config: dict[str, Any]) -> list[str]:
     problems = [f'unknown key {key!r}' for key in config if key not in DEFAULTS]
     for key in ('INTERVAL', 'LEASE_TTL'):
-        if key in config and not _positive_number(config[key]):
-            problems.append(f'{key} must be a number of seconds greater than zero, got {config[key]!r}')
+        if key in config and not (_positive_number(config[key]) and MIN_SECONDS <= config[key] <= MAX_SECONDS):
+            problems.append(
+                f'{key} must be a number of seconds from {MIN_SECONDS} to {MAX_SECONDS:,}, got {config[key]!r}'
+            )
     if 'RECONCILE_INTERVAL' in config and not _positive_number(config['RECONCILE_INTERVAL']):
         problems.append(
             f'RECONCILE_INTERVAL must be a number of seconds greater than zero, got {config["RECONCILE_INTERVAL"]!r}'
@@ -53,8 +55,8 @@ def _setting_problems(config: dict[str, Any]) -> list[str]:
     ):
         problems.append(f'ALLOWED_CALLABLES must be None or a list of dotted-path patterns, got {allowed!r}')
     batch = config.get('BATCH_SIZE', 1)
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        problems.append(f'BATCH_SIZE must be a whole number of at least 1, got {batch!r}')
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH_SIZE:
+        problems.append(f'BATCH_SIZE must be a whole number from 1 to {MAX_BATCH_SIZE:,}, got {batch!r}')
     zone = config.get('TIMEZONE')
     if zone is not None:
         from .cron import CronError, get_zone

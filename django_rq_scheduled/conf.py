@@ -25,6 +25,18 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# Limits of the values above and of the matching rqscheduler options.
+MIN_SECONDS = 0.001  # the schedule's precision
+MAX_SECONDS = 86_400  # a lease or a sleep of more than a day is a typo, and Redis refuses huge expiries
+MAX_BATCH_SIZE = 50_000  # per Lua call: larger batches would block Redis for too long
+MAX_NAME_LENGTH = 200
+
+
+def is_instance_name(value: str) -> bool:
+    """Whether ``value`` can name a scheduler instance: 1 to MAX_NAME_LENGTH printable characters."""
+    return bool(value.strip()) and len(value) <= MAX_NAME_LENGTH and all(ord(c) >= 32 and ord(c) != 127 for c in value)
+
+
 def get_setting(name: str) -> Any:
     """The value of ``RQ_SCHEDULED[name]``, or its default. Read at call time, never at import."""
     from django.conf import settings

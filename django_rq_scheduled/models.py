@@ -27,6 +27,11 @@ def default_misfire_grace() -> int | None:
     return conf.get_setting('DEFAULT_MISFIRE_GRACE')
 
 
+def _whole(value: Any) -> bool:
+    """Whether a field holds an int: after a failed clean_fields() it may still hold what the caller gave."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
     import django
 
@@ -175,16 +180,45 @@ class ScheduleBase(models.Model):
     def clean_fields(self, exclude: Any = None) -> None:
         # A function object is accepted for `callable` and stored as its dotted path.
         self.callable = validators.callable_path(self.callable)
-        super().clean_fields(exclude=exclude)
+        errors: dict[str, list[str]] = {}
+        for field in self._meta.concrete_fields:
+            message = (
+                None if field.name in (exclude or ()) else validators.wrong_type(field, field.value_from_object(self))
+            )
+            if message:
+                errors[field.name] = [message]
+        try:
+            super().clean_fields(exclude={*(exclude or ()), *errors})
+        except ValidationError as exc:
+            errors.update(exc.message_dict)
+        if errors:
+            raise ValidationError(errors)
 
     def clean(self) -> None:
+        # Runs even when clean_fields() failed: a field that failed there still holds its raw value, hence the
+        # type tests. The arguments are checked here too because Django skips the validators of an empty value,
+        # and {} or '' is not an empty list of arguments.
         super().clean()
-        if self.result_ttl is not None and self.result_ttl < -1:
-            raise ValidationError({'result_ttl': _('Enter -1 (keep for ever), 0 or a positive number of seconds.')})
-        if self.timeout == 0:
-            raise ValidationError({'timeout': _('Enter a positive number of seconds, or leave it empty.')})
-        if self.ttl == 0:
-            raise ValidationError({'ttl': _('Enter a positive number of seconds, or leave it empty.')})
+        errors: dict[str, Any] = {}
+        for name, validate in (('args', validators.validate_args), ('kwargs', validators.validate_kwargs)):
+            try:
+                validate(getattr(self, name))
+            except ValidationError as exc:
+                errors[name] = exc.messages
+        if _whole(self.result_ttl) and self.result_ttl < -1:
+            errors['result_ttl'] = _('Enter -1 (keep for ever), 0 or a positive number of seconds.')
+        if _whole(self.timeout) and self.timeout == 0:
+            errors['timeout'] = _('Enter a positive number of seconds, or leave it empty.')
+        if _whole(self.ttl) and self.ttl == 0:
+            errors['ttl'] = _('Enter a positive number of seconds, or leave it empty.')
+        if errors:
+            raise ValidationError(errors)
+
+    def _naive_time_error(self, name: str) -> dict[str, Any]:
+        value = getattr(self, name)
+        if isinstance(value, datetime) and settings.USE_TZ and django_timezone.is_naive(value):
+            return {name: _('Enter a time with a time zone (USE_TZ is on).')}
+        return {}
 
     # -- the ORM API for views --------------------------------------------------------------------------------
 
@@ -229,8 +263,8 @@ class ScheduledJob(ScheduleBase):
 
     def clean(self) -> None:
         super().clean()
-        if self.scheduled_time is not None and settings.USE_TZ and django_timezone.is_naive(self.scheduled_time):
-            raise ValidationError({'scheduled_time': _('Enter a time with a time zone (USE_TZ is on).')})
+        if errors := self._naive_time_error('scheduled_time'):
+            raise ValidationError(errors)
 
     def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
         return [] if self.has_run or not self.scheduled_time else [self.scheduled_time][:count]
@@ -279,13 +313,11 @@ class RepeatableJob(ScheduleBase):
 
     def clean(self) -> None:
         super().clean()
-        errors = {}
-        if self.interval is not None and self.interval <= 0:
+        errors = self._naive_time_error('scheduled_time')
+        if _whole(self.interval) and self.interval <= 0:
             errors['interval'] = _('Enter an interval greater than zero.')
-        if self.repeat is not None and self.repeat <= 0:
+        if _whole(self.repeat) and self.repeat <= 0:
             errors['repeat'] = _('Enter at least 1 run, or leave it empty to run for ever.')
-        if self.scheduled_time is not None and settings.USE_TZ and django_timezone.is_naive(self.scheduled_time):
-            errors['scheduled_time'] = _('Enter a time with a time zone (USE_TZ is on).')
         if errors:
             raise ValidationError(errors)
 
@@ -339,8 +371,10 @@ class CronJob(ScheduleBase):
 
     def clean(self) -> None:
         super().clean()
-        if self.repeat is not None and self.repeat <= 0:
+        if _whole(self.repeat) and self.repeat <= 0:
             raise ValidationError({'repeat': _('Enter at least 1 run, or leave it empty to run for ever.')})
+        if not isinstance(self.cron_string, str) or not isinstance(self.timezone, str):
+            return  # clean_fields() reported it
         try:
             cron.get_zone(self.timezone)
         except cron.CronError:

@@ -28,6 +28,7 @@ from rq.serializers import resolve_serializer
 from rq.utils import backend_class, import_attribute, parse_timeout, utcformat
 
 from . import _django, cron, keys, scripts
+from .conf import MAX_BATCH_SIZE, MAX_NAME_LENGTH, MAX_SECONDS, is_instance_name
 from .planner import DEAD, ENQUEUED, QUEUES_SET_KEY, UNREADABLE, Entry, Parsed, Planner, QueueInfo, format_score
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,14 @@ def _positive_seconds(value: Any, argument: str) -> float:
     return round(float(value), 3)
 
 
+def _validated_name(name: Any) -> str:
+    if name is None:
+        return uuid4().hex
+    if not isinstance(name, str) or not is_instance_name(name):
+        raise ValueError(f'name: expected 1 to {MAX_NAME_LENGTH} printable characters, got {name!r}')
+    return name
+
+
 def _validated_repeat(repeat: Any) -> int | None:
     if repeat is None:
         return None
@@ -208,15 +217,19 @@ class Scheduler:
         self._queue = queue
         self._interval = _positive_seconds(interval, 'interval')
         self.lease_ttl = _positive_seconds(lease_ttl, 'lease_ttl')
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f'batch_size: must be a whole number of jobs, at least 1, got {batch_size!r}')
+        if self.lease_ttl > MAX_SECONDS:
+            raise ValueError(f'lease_ttl: must be at most {MAX_SECONDS:,} seconds, got {lease_ttl!r}')
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= MAX_BATCH_SIZE:
+            raise ValueError(
+                f'batch_size: must be a whole number of jobs from 1 to {MAX_BATCH_SIZE:,}, got {batch_size!r}'
+            )
         self.batch_size = batch_size
         self.connection = connection if connection is not None else self._default_connection(self.queue_name)
         self.job_class = backend_class(self, 'job_class', override=job_class)
         self.queue_class_name = queue_class if isinstance(queue_class, str) else None
         self.queue_class = backend_class(self, 'queue_class', override=queue_class)
         self.serializer = resolve_serializer(serializer)
-        self.name = name or uuid4().hex
+        self.name = _validated_name(name)
         self.timezone = cron.get_zone(timezone or _django.default_timezone() or 'UTC').key
         self.callable_allowed = callable_allowed
         # Called by the leader after each pass over the due jobs (the Django side syncs feedback here).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -79,3 +80,34 @@ def validate_cron_string(value: Any, timezone: str = 'UTC') -> None:
     except cron.CronError as exc:
         message = str(exc).removeprefix('cron_string: ')
         raise ValidationError(_('Invalid cron string: %(error)s'), params={'error': message}, code='invalid') from exc
+
+
+def wrong_type(field: Any, value: Any) -> str | None:
+    """Why ``value`` cannot be given to ``field`` at all, for values Django would coerce silently or crash on.
+
+    Django turns ``1.5`` into 1 and ``True`` into 1 in an integer field, any object into its ``str()`` in a text
+    field, and raises TypeError or OverflowError (not a ValidationError) for ``inf`` in an integer field or a
+    number in a date field. Non-empty strings are left to Django: forms and fixtures send them.
+    """
+    from django.db import models
+
+    if not field.editable or field.primary_key:
+        return None  # set by the model or the database, not by callers
+    if value is None:
+        # Django skips every check of a blank field given None, and the database then refuses it.
+        return _('This field cannot be null.') if field.blank and not field.null else None
+    if isinstance(field, models.BooleanField):
+        return None
+    if isinstance(value, str):
+        # Django skips every check of a blank field given '', and the database then refuses it (or worse).
+        empty_allowed = isinstance(field, models.CharField)
+        return None if value.strip() or empty_allowed else _('This field cannot be an empty string.')
+    if isinstance(field, models.IntegerField):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+            return _('Enter a whole number.')
+    elif isinstance(field, models.DateTimeField):
+        if not isinstance(value, datetime):
+            return _('Enter a date and time.')
+    elif isinstance(field, models.CharField):
+        return _('Enter text.')
+    return None

@@ -15,7 +15,15 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from django_rq_scheduled import _django
-from django_rq_scheduled.conf import callable_allowed, get_setting
+from django_rq_scheduled.conf import (
+    MAX_BATCH_SIZE,
+    MAX_NAME_LENGTH,
+    MAX_SECONDS,
+    MIN_SECONDS,
+    callable_allowed,
+    get_setting,
+    is_instance_name,
+)
 from django_rq_scheduled.scheduler import Scheduler, connection_identity, run_schedulers
 from django_rq_scheduled.sync import DatabaseSync
 
@@ -29,17 +37,25 @@ def positive_seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(f'expected a number of seconds, got {value!r}') from None
     if not seconds > 0 or seconds == float('inf'):
         raise argparse.ArgumentTypeError(f'must be greater than zero, got {value!r}')
-    return seconds
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f'must be between {MIN_SECONDS} and {MAX_SECONDS:,} seconds, got {value!r}')
+    return round(seconds, 3)
 
 
-def positive_int(value: str) -> int:
+def batch_size(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected a whole number, got {value!r}') from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f'must be at least 1, got {value!r}')
+    if not 1 <= number <= MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f'must be between 1 and {MAX_BATCH_SIZE:,}, got {value!r}')
     return number
+
+
+def instance_name(value: str) -> str:
+    if not is_instance_name(value):
+        raise argparse.ArgumentTypeError(f'expected 1 to {MAX_NAME_LENGTH} printable characters, got {value!r}')
+    return value
 
 
 class Command(BaseCommand):
@@ -55,7 +71,9 @@ class Command(BaseCommand):
             help='Longest sleep between two looks at the schedule, in seconds (default: RQ_SCHEDULED["INTERVAL"]).',
         )
         parser.add_argument('--burst', action='store_true', help='Move the jobs due now, then exit.')
-        parser.add_argument('--name', help='Name of this scheduler instance (default: host:pid:random).')
+        parser.add_argument(
+            '--name', type=instance_name, help='Name of this scheduler instance (default: host:pid:random).'
+        )
         parser.add_argument('--pid', metavar='FILE', help='Write the process id to FILE (removed at exit).')
         parser.add_argument(
             '--queue',
@@ -72,7 +90,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             '--batch-size',
-            type=positive_int,
+            type=batch_size,
             help='Due jobs moved per atomic batch (default: RQ_SCHEDULED["BATCH_SIZE"]).',
         )
 

@@ -1,0 +1,193 @@
+"""Fuzzed rows of every model, saved through ``objects.create`` on a real Redis, and fuzzed command options.
+
+Each input is either refused with errors on the fields at fault and nothing written to the database or Redis,
+or accepted, stored exactly as given, and synced to a template that carries the row's definition.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.core.management import CommandError
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from rq.job import Job
+
+from django_rq_scheduled import keys
+from django_rq_scheduled.management.commands.rqscheduler import Command
+from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+UTC = timezone.utc
+FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**12), max_value=10**12),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=2),
+    st.timedeltas(min_value=timedelta(days=-2), max_value=timedelta(days=2)),
+)
+aware_times = st.datetimes(
+    min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.sampled_from([UTC])
+)
+VALID = {
+    'name': st.from_regex(r'[a-z0-9 _-]{1,40}', fullmatch=True),
+    'callable': st.sampled_from(['tests.tasks.add', 'tests.tasks.record']),
+    'args': st.lists(st.one_of(st.integers(), st.text(max_size=5)), max_size=3),
+    'kwargs': st.dictionaries(st.from_regex(r'[a-z_]{1,6}', fullmatch=True), st.integers(), max_size=3),
+    'queue': st.sampled_from(['default', 'high']),
+    'enabled': st.booleans(),
+    'timeout': st.one_of(st.none(), st.integers(min_value=1, max_value=10**6)),
+    'result_ttl': st.one_of(st.none(), st.integers(min_value=-1, max_value=10**6)),
+    'ttl': st.one_of(st.none(), st.integers(min_value=1, max_value=10**6)),
+    'at_front': st.booleans(),
+    'description': st.text(max_size=100),
+    'misfire_grace': st.one_of(st.none(), st.integers(min_value=0, max_value=10**6)),
+    'overlap': st.sampled_from(['allow', 'skip']),
+    'scheduled_time': aware_times,
+    'interval': st.integers(min_value=1, max_value=10**6),
+    'interval_unit': st.sampled_from(['seconds', 'minutes', 'hours', 'days', 'weeks']),
+    'repeat': st.one_of(st.none(), st.integers(min_value=1, max_value=100)),
+    'cron_string': st.sampled_from(['* * * * *', '0 3 * * *', '*/5 * * * *', '30 2 * * 1-5', '0 0 1 1 *']),
+    'timezone': st.sampled_from(['UTC', 'Europe/Paris', 'America/New_York', 'Australia/Sydney']),
+}
+cron_fields = st.sampled_from(['*', '*/5', '0', '1-5', '7', '59', '61', '*/0', 'a', '?', '1,2', '-1'])
+EDGES = {
+    'name': st.one_of(st.text(max_size=140), st.just('')),
+    'callable': st.one_of(st.sampled_from(['tests.tasks.nope', 'os.getcwd', '', 'tests']), st.text(max_size=15)),
+    'args': st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    'kwargs': st.one_of(st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=5), st.integers())),
+    'queue': st.sampled_from(['nope', '', 'DEFAULT']),
+    'interval_unit': st.one_of(st.sampled_from(['years', 'second', '']), st.text(max_size=5)),
+    'cron_string': st.lists(cron_fields, min_size=0, max_size=7).map(' '.join),
+    'timezone': st.one_of(st.sampled_from(['Mars/Base', '', '../etc', 'utc']), st.text(max_size=8)),
+    'scheduled_time': st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1)),  # naive
+}
+REQUIRED = {
+    ScheduledJob: ('name', 'callable', 'scheduled_time'),
+    RepeatableJob: ('name', 'callable', 'scheduled_time', 'interval'),
+    CronJob: ('name', 'callable', 'cron_string'),
+}
+COMMON = (
+    'args', 'kwargs', 'queue', 'enabled', 'timeout', 'result_ttl', 'ttl', 'at_front', 'description',
+    'misfire_grace', 'overlap',
+)  # fmt: skip
+OPTIONAL = {
+    ScheduledJob: COMMON,
+    RepeatableJob: (*COMMON, 'interval_unit', 'repeat'),
+    CronJob: (*COMMON, 'timezone', 'repeat'),
+}
+
+
+def wild(name):
+    """Any value for the field: a valid one, an edge of its own, or junk of any type."""
+    return st.one_of(VALID[name], EDGES.get(name, junk), junk)
+
+
+def rows(model):
+    """A valid row with up to two fields replaced by wild values, and the names of those fields."""
+    names = (*REQUIRED[model], *OPTIONAL[model])
+    base = st.fixed_dictionaries(
+        {name: VALID[name] for name in REQUIRED[model]}, optional={name: VALID[name] for name in OPTIONAL[model]}
+    )
+    perturbed = st.lists(st.sampled_from(names), max_size=2, unique=True)
+    return st.tuples(base, perturbed).flatmap(
+        lambda pair: st.fixed_dictionaries({name: wild(name) for name in pair[1]}).map(
+            lambda wild_values: ({**pair[0], **wild_values}, set(pair[1]))
+        )
+    )
+
+
+def check_row(model, row_and_wild_fields, connection):
+    values, wild_fields = row_and_wild_fields
+    model.objects.all().delete()
+    connection.flushdb()
+    try:
+        row = model.objects.create(**values)
+    except ValidationError as exc:
+        event('refused')
+        assert exc.message_dict, exc
+        assert set(exc.message_dict) <= wild_fields, (exc.message_dict, values)  # the valid fields are never blamed
+        assert model.objects.count() == 0
+        assert connection.dbsize() == 0
+        return
+    event('accepted' if wild_fields else 'accepted (no wild field)')
+    stored = model.objects.get(pk=row.pk)
+    for name, value in values.items():
+        if name in wild_fields:  # a string a form would send may be converted, e.g. '5' for 5
+            assert getattr(stored, name) == getattr(row, name), (name, value, getattr(stored, name))
+            assert type(value) is str or getattr(stored, name) == value or name == 'callable', (name, value)
+        else:
+            assert getattr(stored, name) == value, (name, value, getattr(stored, name))
+    if not stored.enabled:
+        assert connection.zscore(keys.SCHEDULED_JOBS_KEY, row.template_id) is None
+        return
+    job = Job.fetch(row.template_id, connection=connection)
+    assert job.func_name == stored.callable
+    assert job.args == list(stored.args) and job.kwargs == stored.kwargs
+    assert job.origin == stored.queue
+    assert job.description == (stored.description or job.description)
+    assert connection.zscore(keys.SCHEDULED_JOBS_KEY, row.template_id) is not None
+
+
+@FUZZ
+@given(row=rows(ScheduledJob))
+def test_scheduled_job_rows(connection, row):
+    check_row(ScheduledJob, row, connection)
+
+
+@FUZZ
+@given(row=rows(RepeatableJob))
+def test_repeatable_job_rows(connection, row):
+    check_row(RepeatableJob, row, connection)
+
+
+@FUZZ
+@given(row=rows(CronJob))
+def test_cron_job_rows(connection, row):
+    check_row(CronJob, row, connection)
+
+
+OPTIONS = ('--interval', '--lease-ttl', '--batch-size', '--queue', '--name')
+option_values = st.one_of(
+    st.text(max_size=10),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(min_value=-5, max_value=10**7).map(str),
+    st.sampled_from(['default', 'high', '0.0005', '1e-9', '1e400', '0x10', '1_000', 'a|b', 'x' * 300, ' ', 'bell\x07']),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(option=st.sampled_from(sorted(OPTIONS)), value=option_values)
+def test_command_options(settings_for_command, option, value):
+    command = Command()
+    parser = command.create_parser('manage.py', 'rqscheduler')
+    try:
+        options = vars(parser.parse_args([option, value]))
+        schedulers = command._build_schedulers(options)
+    except CommandError as exc:
+        event('refused')
+        assert option in str(exc), str(exc)
+        return
+    event('accepted')
+    [scheduler] = schedulers
+    attribute = {'--interval': '_interval', '--lease-ttl': 'lease_ttl', '--batch-size': 'batch_size'}
+    if option == '--queue':
+        assert scheduler.queue_name == value
+    elif option == '--name':
+        assert scheduler.name == value
+    elif option == '--batch-size':
+        assert scheduler.batch_size == int(value)
+    else:
+        assert getattr(scheduler, attribute[option]) == round(float(value), 3)  # millisecond precision
+
+
+@pytest.fixture
+def settings_for_command(redis_url):
+    return redis_url
