@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @functools.cache
 def migrated_database() -> str:
     """A migrated SQLite file shared by the scheduler processes of this test run (they sync run feedback)."""
-    path = Path(tempfile.mkdtemp(prefix='drqs-db-')) / 'db.sqlite3'
+    folder = tempfile.mkdtemp(prefix='drqs-db-')
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = Path(folder) / 'db.sqlite3'
     env = {**os.environ, 'DRQS_TEST_DB': str(path), 'PYTHONPATH': str(ROOT)}
     command = [sys.executable, '-m', 'django', 'migrate', '--settings', 'tests.settings', '-v', '0']
     subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=120)
