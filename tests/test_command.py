@@ -128,3 +128,16 @@ def test_run_puts_back_the_signal_handlers_it_replaced(connection):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     Scheduler(connection=connection).run(burst=True)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+@pytest.mark.parametrize(
+    ('configured', 'lease_ttl', 'expected'),
+    [(None, 2.0, 5.0), (None, 30.0, 30.0), (1.5, 30.0, 1.5)],
+)
+def test_the_loop_never_waits_on_redis_without_a_timeout(configured, lease_ttl, expected):
+    from django_rq_scheduled.management.commands.rqscheduler import bound_socket_timeouts
+
+    connection = redis.Redis(socket_timeout=configured, socket_connect_timeout=configured)
+    bound_socket_timeouts(connection, lease_ttl)
+    kwargs = connection.connection_pool.connection_kwargs
+    assert kwargs['socket_timeout'] == kwargs['socket_connect_timeout'] == expected  # a project's own value wins

@@ -243,3 +243,34 @@ def test_redis_paused_longer_than_the_lease_duplicates_nothing_and_the_loop_goes
         f'\n[figures] Redis paused (SIGSTOP) 3 s with a 1 s lease and two schedulers: {len(expected)} jobs once each, '
         f'{len(fire_times)} ticker runs, no duplicate; first job {first_after * 1000:.0f} ms after SIGCONT'
     )
+
+
+@pytest.mark.skipif(not has_redis_server(), reason='needs a redis-server binary to pause')
+def test_a_redis_that_stops_answering_times_out_and_the_loop_recovers():
+    """Redis frozen past the socket timeout (5 s): a partition that never closes the connection, not an outage."""
+    server = RedisServer().start()
+    connection = redis.Redis.from_url(server.url, socket_timeout=15)
+    process = scheduler_process(server.url, '--interval', '0.2', '--lease-ttl', '1', name='frozen')
+    output = OutputReader(process)
+    try:
+        wait_for(lambda: connection.get(keys.LOCK_KEY), timeout=20)
+        start_ticker(connection, 0.2)
+        expected = schedule_soon(connection, 'frozen', 100, within=10.0)
+        time.sleep(1.0)
+        connection.connection_pool.disconnect()
+        server.process.send_signal(signal.SIGSTOP)
+        wait_for(lambda: 'Timeout' in '\n'.join(output.lines), timeout=12)
+        assert process.poll() is None
+        server.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: set(expected) <= set(queue_ids(connection)), timeout=30)
+        ids = queue_ids(connection)
+        assert_each_job_once(ids, expected)
+        fire_times = occurrence_fire_times(ids, 'ticker')
+        assert len(fire_times) == len(set(fire_times))
+        assert stop(process) == 0
+    finally:
+        kill(process)
+        connection.connection_pool.disconnect()
+        server.close()
+    log = output.text
+    assert 'Redis is unavailable' in log and 'Traceback' not in log, log

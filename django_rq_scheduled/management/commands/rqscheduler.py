@@ -27,6 +27,7 @@ from django_rq_scheduled.conf import (
 from django_rq_scheduled.scheduler import Scheduler, connection_identity, run_schedulers
 from django_rq_scheduled.sync import DatabaseSync
 
+MIN_SOCKET_TIMEOUT = 5.0  # seconds: a slow batch on a busy Redis is not an outage
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
 
@@ -56,6 +57,21 @@ def instance_name(value: str) -> str:
     if not is_instance_name(value):
         raise argparse.ArgumentTypeError(f'expected 1 to {MAX_NAME_LENGTH} printable characters, got {value!r}')
     return value
+
+
+def bound_socket_timeouts(connection: Any, lease_ttl: float) -> None:
+    """Gives this process's Redis connections a timeout where the project's settings set none.
+
+    Without one (the default of redis-py before 8, or ``SOCKET_TIMEOUT: None``), a Redis that stops answering
+    without closing the connection (a network partition, a host gone during a failover) would block the loop until
+    TCP gives up, often a quarter of an hour. Past a lease lifetime an answer is of no use anyway: the lease is gone
+    and the loop must start over.
+    """
+    kwargs = connection.connection_pool.connection_kwargs
+    seconds = max(float(lease_ttl), MIN_SOCKET_TIMEOUT)
+    for name in ('socket_timeout', 'socket_connect_timeout'):
+        if kwargs.get(name) is None:
+            kwargs[name] = seconds
 
 
 class Command(BaseCommand):
@@ -128,12 +144,13 @@ class Command(BaseCommand):
 
     def _build_schedulers(self, options: dict[str, Any]) -> list[Scheduler]:
         groups: dict[tuple[Any, ...], str] = {}
+        lease_ttl = options['lease_ttl'] or get_setting('LEASE_TTL')
         for queue_name in self._queue_names(options['queue']):
             connection = _django.connection_for(queue_name)
+            bound_socket_timeouts(connection, lease_ttl)
             groups.setdefault(connection_identity(connection), queue_name)
         base_name = options['name'] or f'{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:6]}'
         interval = options['interval'] or get_setting('INTERVAL')
-        lease_ttl = options['lease_ttl'] or get_setting('LEASE_TTL')
         batch_size = options['batch_size'] or get_setting('BATCH_SIZE')
         try:
             return [
