@@ -42,8 +42,7 @@ def lock_owner(connection: redis.Redis) -> str | None:
     value = connection.get(keys.LOCK_KEY)
     if not value:
         return None
-    parts = value.decode().split('|')
-    return parts[1] if len(parts) == 3 and parts[0] == 'drqs' else None
+    return keys.lease_holder(value.decode())
 
 
 def due_backlog(connection: redis.Redis, templates: int) -> int:

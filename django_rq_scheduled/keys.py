@@ -10,6 +10,7 @@ import re
 
 SCHEDULED_JOBS_KEY = 'rq:scheduler:scheduled_jobs'
 LOCK_KEY = 'rq:scheduler_lock'
+LEASE_TOKEN_PREFIX = 'drqs|'
 INSTANCE_KEY_PREFIX = 'rq:scheduler_instance:'
 JOB_KEY_PREFIX = 'rq:job:'
 
@@ -25,6 +26,21 @@ META_KEY = 'django_rq_scheduled'
 """The one key of ``job.meta`` that holds this project's own data (rq-scheduler ignores unknown meta)."""
 
 JOB_ID_PATTERN = re.compile(r'[A-Za-z0-9_-]+')
+
+
+def lease_token(name: str, nonce: str) -> str:
+    """The value a leader of ours keeps in the lock: its name, and a nonce unique to the process."""
+    return f'{LEASE_TOKEN_PREFIX}{name}|{nonce}'
+
+
+def lease_holder(lock_value: str) -> str | None:
+    """The name of the scheduler of ours holding the lock, or None (rq-scheduler's lock holds a bare timestamp).
+
+    The name itself may hold '|'; the nonce never does.
+    """
+    if not lock_value.startswith(LEASE_TOKEN_PREFIX):
+        return None
+    return lock_value.removeprefix(LEASE_TOKEN_PREFIX).rsplit('|', 1)[0]
 
 
 def instance_key(name: str) -> str:

@@ -6,6 +6,7 @@ job turns into Redis commands: see ``planner``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -77,7 +78,7 @@ class Batch:
     decoded: list[Parsed | Entry]
     entries: list[Entry]
 
-    @property
+    @functools.cached_property
     def fast_entries(self) -> list[Entry]:
         """The entries the move script applies; the others go through RQ's own enqueue."""
         return [entry for entry in self.entries if not entry.slow_path]
@@ -235,7 +236,7 @@ class Scheduler:
         # Called by the leader after each pass over the due jobs (the Django side syncs feedback here).
         self.tick_hooks: list[Callable[[Scheduler], Any]] = []
         self._failing_hooks: set[Any] = set()
-        self._token = f'drqs|{self.name}|{uuid4().hex}'
+        self._token = keys.lease_token(self.name, uuid4().hex)
         self._is_leader = False
         self._lease_renewed_at = 0.0
         self._stop = threading.Event()

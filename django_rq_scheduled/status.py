@@ -94,8 +94,7 @@ def read_status(connection: Any, *, due_limit: int = 20, scan_count: int = 1000)
         lock, pttl, names, count, due, dead, (_, scanned) = pipe.execute()
     names = [_text(name) for name in names]
     lock_value = _text(lock)
-    # drqs|<name>|<random hex>: the name itself may hold '|'
-    leader_name = lock_value.removeprefix('drqs|').rsplit('|', 1)[0] if lock_value.startswith('drqs|') else None
+    leader_name = keys.lease_holder(lock_value)
     if leader_name and leader_name not in names:
         names.append(leader_name)
     with connection.pipeline(transaction=False) as pipe:

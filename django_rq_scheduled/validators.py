@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.db import models
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 
@@ -89,8 +90,6 @@ def wrong_type(field: Any, value: Any) -> str | None:
     field, and raises TypeError or OverflowError (not a ValidationError) for ``inf`` in an integer field or a
     number in a date field. Non-empty strings are left to Django: forms and fixtures send them.
     """
-    from django.db import models
-
     if not field.editable or field.primary_key:
         return None  # set by the model or the database, not by callers
     if value is None:

@@ -36,8 +36,7 @@ def lock_owner(connection):
     value = connection.get(keys.LOCK_KEY)
     if not value:
         return None
-    fields = value.decode().split('|')
-    return fields[1] if len(fields) > 1 else 'rq-scheduler'  # its lock holds a bare timestamp
+    return keys.lease_holder(value.decode()) or 'rq-scheduler'  # its lock holds a bare timestamp
 
 
 def test_kill_9_at_random_points_of_large_batches_loses_and_duplicates_nothing(connection, redis_url):
