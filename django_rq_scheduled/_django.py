@@ -42,3 +42,12 @@ def default_timezone() -> str | None:
     from .conf import default_timezone
 
     return default_timezone()
+
+
+def allow_list() -> Any:
+    """The project's ALLOWED_CALLABLES rule, or None outside a configured Django project."""
+    if not settings_ready():
+        return None
+    from .conf import allow_list
+
+    return allow_list()

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import F, Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -225,12 +225,23 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.action(description=_('Run selected schedules now'), permissions=['change'])
     def run_selected_now(self, request: HttpRequest, queryset: QuerySet) -> None:
-        rows = list(queryset)
-        for row in rows:
-            job = row.run_now()
+        count = 0
+        for row in list(queryset):
+            try:
+                job = row.run_now()
+            except ValidationError as exc:
+                self.message_user(
+                    request,
+                    _('“%(name)s” was not run: %(error)s') % {'name': row.name, 'error': ' '.join(exc.messages)},
+                    messages.ERROR,
+                )
+                continue
             self.log_change(request, row, f'Ran now as job {job.id}')
-        count = len(rows)
-        self.message_user(request, ngettext('%d run enqueued.', '%d runs enqueued.', count) % count, messages.SUCCESS)
+            count += 1
+        if count:
+            self.message_user(
+                request, ngettext('%d run enqueued.', '%d runs enqueued.', count) % count, messages.SUCCESS
+            )
 
     @admin.action(description=_('Cancel selected schedules'), permissions=['change'])
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
+
+from .allowlist import AllowList
 
 DEFAULTS: dict[str, Any] = {
     # Longest sleep of the loop between two looks at the schedule, in seconds. The loop also wakes at the next
@@ -15,8 +18,9 @@ DEFAULTS: dict[str, Any] = {
     'BATCH_SIZE': 500,
     # Time zone of cron jobs that name none (an IANA name); None means settings.TIME_ZONE.
     'TIMEZONE': None,
-    # Dotted-path patterns (fnmatch, e.g. 'myapp.tasks.*') of the callables that rows may run; None allows any
-    # importable callable. Checked when a row is saved and again when a job is enqueued.
+    # Dotted-path patterns of the callables that may run (e.g. 'myapp.tasks.*': `*` matches within one dotted
+    # segment, and the function must be defined in the module the path names; see allowlist.py). None allows any
+    # importable callable. Checked when a row is saved or synced, by the Scheduler API, and before each enqueue.
     'ALLOWED_CALLABLES': None,
     # Seconds between two reconciliations of the database with Redis by `manage.py rqscheduler`.
     'RECONCILE_INTERVAL': 60,
@@ -52,9 +56,21 @@ def default_timezone() -> str:
     return get_setting('TIMEZONE') or getattr(settings, 'TIME_ZONE', None) or 'UTC'
 
 
-def callable_allowed(path: str) -> bool:
-    """Whether ``ALLOWED_CALLABLES`` (when set) lets rows run the callable at ``path``."""
-    from fnmatch import fnmatchcase
-
+def allow_list() -> AllowList:
+    """The ``ALLOWED_CALLABLES`` rule as set now; a malformed setting allows nothing (check E002 says why)."""
     patterns = get_setting('ALLOWED_CALLABLES')
-    return patterns is None or any(fnmatchcase(path, pattern) for pattern in patterns)
+    if patterns is None:
+        return _allow_list(None)
+    if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
+        return _allow_list(())
+    return _allow_list(tuple(pattern for pattern in patterns if isinstance(pattern, str) and pattern))
+
+
+@functools.lru_cache(maxsize=16)
+def _allow_list(patterns: tuple[str, ...] | None) -> AllowList:
+    return AllowList(patterns)
+
+
+def callable_allowed(path: Any) -> bool:
+    """Whether ``ALLOWED_CALLABLES`` (when set) lets the callable at ``path`` run."""
+    return allow_list()(path)

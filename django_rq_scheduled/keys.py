@@ -20,7 +20,9 @@ DEAD_LETTERS_KEY = 'rq:drqs:dead_letters'
 INSTANCES_KEY = 'rq:drqs:instances'
 RUNS_KEY = 'rq:drqs:runs'
 VERSIONS_KEY = 'rq:drqs:versions'
-"""Template id → definition digest of the row that owns it (``done:<digest>`` once it has run its last run)."""
+"""Template id → definition digest of the row that owns it (a done marker once it has run its last run)."""
+DONE_PREFIX = 'done:'
+TEMPLATE_PREFIX = 'drqs-'
 
 META_KEY = 'django_rq_scheduled'
 """The one key of ``job.meta`` that holds this project's own data (rq-scheduler ignores unknown meta)."""
@@ -47,7 +49,10 @@ def instance_key(name: str) -> str:
     return INSTANCE_KEY_PREFIX + name
 
 
-def job_key(job_id: str) -> str:
+def job_key(job_id: str | bytes) -> str | bytes:
+    """The hash of a job; a member that is not UTF-8 keeps its bytes."""
+    if isinstance(job_id, bytes):
+        return JOB_KEY_PREFIX.encode() + job_id
     return JOB_KEY_PREFIX + job_id
 
 
@@ -58,6 +63,32 @@ def occurrence_id(template_id: str, fire_ms: int) -> str:
     under RQ's ``[A-Za-z0-9_-]+`` rule.
     """
     return f'{template_id}_at_{fire_ms}'
+
+
+def template_id(model_name: str, pk: object) -> str:
+    """The id of the template a database row keeps in the schedule."""
+    return f'{TEMPLATE_PREFIX}{model_name}-{pk}'
+
+
+def template_owner(job_id: str) -> tuple[str, str] | None:
+    """``(model name, primary key)`` of a row's template id, or None for any other job id."""
+    if not job_id.startswith(TEMPLATE_PREFIX):
+        return None
+    model_name, _, pk = job_id.removeprefix(TEMPLATE_PREFIX).rpartition('-')
+    return (model_name, pk) if model_name and pk else None
+
+
+def done_marker(version: str, runs: int) -> str:
+    """What the versions hash holds for a schedule that ran its last run: its digest and how many runs it made."""
+    return f'{DONE_PREFIX}{version}:{runs}'
+
+
+def parse_done(stored: str | None) -> tuple[str, int | None] | None:
+    """``(digest, runs)`` of a done marker (runs None in the marker of older versions), None if not one."""
+    if not stored or not stored.startswith(DONE_PREFIX):
+        return None
+    digest, _, runs = stored.removeprefix(DONE_PREFIX).partition(':')
+    return digest, int(runs) if runs.isdigit() else None
 
 
 def validate_job_id(job_id: object, argument: str = 'id') -> str:

@@ -15,8 +15,8 @@ from django.db.models import Q
 from django.utils import timezone as django_timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import conf, cron, validators
-from .querysets import ScheduleQuerySet
+from . import conf, cron, keys, validators
+from .querysets import LOOP_FIELDS, ScheduleQuerySet
 
 
 def default_timezone() -> str:
@@ -149,6 +149,20 @@ class ScheduleBase(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Saves the row, never the loop's feedback: an edit of an instance loaded before a run cannot undo the run.
+
+        On an existing row the fields the loop owns (``LOOP_FIELDS``) are left out of the UPDATE, whatever this
+        instance holds for them; they are written by the loop alone (``record_feedback``).
+        """
+        if not self._state.adding and kwargs.get('update_fields') is None and not kwargs.get('force_insert'):
+            kwargs['update_fields'] = [
+                field.name
+                for field in self._meta.concrete_fields
+                if not field.primary_key and field.name not in LOOP_FIELDS
+            ]
+        super().save(*args, **kwargs)
+
     def natural_key(self) -> tuple[str]:
         return (self.name,)
 
@@ -156,7 +170,7 @@ class ScheduleBase(models.Model):
 
     @property
     def template_id(self) -> str:
-        return f'drqs-{self._meta.model_name}-{self.pk}'
+        return keys.template_id(self._meta.model_name, self.pk)
 
     @property
     def owner(self) -> str:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from . import cron, keys
+from . import cron, keys, payloads
 
 QUEUES_SET_KEY = 'rq:queues'
 SCHEDULING_META_KEYS = ('interval', 'cron_string', 'repeat', 'use_local_timezone', keys.META_KEY)
@@ -51,13 +50,16 @@ class QueueInfo:
 class Entry:
     """The planned, still unapplied, move of one scheduled member."""
 
-    member: str
+    member: str | bytes
+    """Bytes only for a member that is not UTF-8: it can only be dead-lettered."""
     score: str
     commands: list[tuple[Any, ...]] = field(default_factory=list)
     outcome: str = ENQUEUED
     enqueued_id: str | None = None
     reason: str = ''
     slow_path: bool = False
+    requires_hash: bool = True
+    """Applied only while the member's job hash exists (a dead letter needs none)."""
     one_off: tuple[str, str, Any, Any] | None = None
     """(queue key, push command, timeout or '', ttl or ''): a plain one-off, sent to the move script compactly."""
 
@@ -123,20 +125,22 @@ class Planner:
         serializer: Any,
         queue_info: Callable[[str, str | None], QueueInfo],
         default_timezone: str,
-        callable_allowed: Callable[[str], bool] | None = None,
+        callable_refusal: Callable[[str], str | None] | None = None,
     ) -> None:
         self.now = now
         self.enqueued_at = enqueued_at
         self.serializer = serializer
         self.queue_info = queue_info
         self.default_timezone = default_timezone
-        self.callable_allowed = callable_allowed
+        self.callable_refusal = callable_refusal
 
     # -- decoding -------------------------------------------------------------------------------------------
 
-    def parse(self, member: str, score: float, raw: dict[bytes, bytes] | None) -> Parsed | Entry:
+    def parse(self, member: str | bytes, score: float, raw: dict[bytes, bytes] | None) -> Parsed | Entry:
         """Decodes a due member, or returns the dead-letter entry that takes it out of the schedule."""
         try:
+            if isinstance(member, bytes):
+                raise PlanningError('member is not UTF-8 text, so it names no job')
             if raw and UNREADABLE in raw:
                 raise PlanningError(f'job key cannot be read: {raw[UNREADABLE].decode(errors="replace")}')
             if not raw:
@@ -145,50 +149,58 @@ class Planner:
             self._check_payload(raw)
             if not raw.get(b'origin'):
                 raise PlanningError('job hash has no origin queue')
-        except PlanningError as exc:
-            return self.dead_letter(member, guard_score(score), str(exc))
+        except Exception as exc:  # whatever a foreign hash holds, it goes to the dead letters, never up the loop
+            return self.dead_letter(
+                member, guard_score(score), str(exc) if isinstance(exc, PlanningError) else repr(exc)
+            )
         return Parsed(member, score, raw, meta)
 
     def _load_meta(self, raw: dict[bytes, bytes]) -> dict[str, Any]:
-        if not raw.get(b'meta'):
-            return {}
         try:
-            meta = self.serializer.loads(raw[b'meta'])
-        except Exception as exc:
-            raise PlanningError(f'cannot deserialize meta: {exc!r}') from exc
-        if not isinstance(meta, dict):
-            raise PlanningError(f'meta is a {type(meta).__name__}, not a dict')
-        return meta
+            return payloads.read_meta(raw.get(b'meta'), self.serializer)
+        except payloads.PayloadError as exc:
+            raise PlanningError(f'cannot read meta: {exc}') from exc
 
     def _check_payload(self, raw: dict[bytes, bytes]) -> None:
+        """Reads the function name without running any code of the payload, and asks the allow-list."""
+        if not raw.get(b'data'):
+            raise PlanningError('job hash has no payload')
         try:
-            func_name = self.serializer.loads(zlib.decompress(raw[b'data']))[0]
-        except Exception as exc:
-            raise PlanningError(f'cannot load payload: {exc!r}') from exc
-        if self.callable_allowed and isinstance(func_name, str) and not self.callable_allowed(func_name):
-            raise PlanningError(f'callable {func_name!r} is not in ALLOWED_CALLABLES')
+            call = payloads.read_call(raw[b'data'], self.serializer)
+        except payloads.PayloadError as exc:
+            raise PlanningError(f'cannot load payload: {exc}') from exc
+        if self.callable_refusal is None:
+            return
+        if call.bound:
+            raise PlanningError(
+                f'payload calls {call.func_name!r} on a pickled object, which ALLOWED_CALLABLES cannot vouch for'
+            )
+        refusal = self.callable_refusal(call.func_name)
+        if refusal:
+            raise PlanningError(f'callable refused: {refusal}')
 
     # -- planning -------------------------------------------------------------------------------------------
 
     def plan(self, parsed: Parsed, previous_status: bytes | None = None) -> Entry:
         try:
             if parsed.has_dependencies:
+                self._check_plain_meta(parsed)
                 return Entry(parsed.member, guard_score(parsed.score), slow_path=True)
             if parsed.is_our_template:
                 return self._plan_occurrence(parsed, previous_status)
             if parsed.is_periodic:
                 return self._plan_same_id_run(parsed)
             return self._plan_one_off(parsed)
-        except (PlanningError, cron.CronError, ValueError, TypeError, KeyError) as exc:
+        except Exception as exc:  # a template no rule can plan is taken out of the schedule, never retried forever
             return self.dead_letter(parsed.member, guard_score(parsed.score), f'cannot plan: {exc}')
 
-    def dead_letter(self, member: str, score: str, reason: str) -> Entry:
+    def dead_letter(self, member: str | bytes, score: str, reason: str) -> Entry:
         record = json.dumps({'reason': reason, 'score': float(score), 'at': self.now})
         commands = [
             ('ZREM', keys.SCHEDULED_JOBS_KEY, member),
             ('HSET', keys.DEAD_LETTERS_KEY, member, record),
         ]
-        return Entry(member, score, commands, outcome=DEAD, reason=reason)
+        return Entry(member, score, commands, outcome=DEAD, reason=reason, requires_hash=False)
 
     def _plan_one_off(self, parsed: Parsed) -> Entry:
         entry = Entry(parsed.member, guard_score(parsed.score))
@@ -263,7 +275,7 @@ class Planner:
             entry.commands += [('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member), ('DEL', template_key)]
             self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=None, finished=True)
             return entry
-        entry.commands.append(('HSET', template_key, 'meta', self.serializer.dumps(meta)))
+        entry.commands.append(('HSET', template_key, 'meta', self._dumps_meta(meta)))
         next_time = self._next_time(parsed, meta, after=max(self.now, fire_time))
         if next_time is None:
             self._retire_exhausted(entry, parsed, delete_hash=False)
@@ -290,7 +302,7 @@ class Planner:
         if b'timeout' not in parsed.raw and queue.default_timeout is not None:
             fields += ['timeout', queue.default_timeout]
         if meta is not None:
-            fields += ['meta', self.serializer.dumps(meta)]
+            fields += ['meta', self._dumps_meta(meta)]
         return [('HSET', keys.job_key(job_id), *fields), *self._push(queue, job_id, parsed.raw)]
 
     def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
@@ -303,13 +315,27 @@ class Planner:
                 b'status': 'queued',
                 b'created_at': self.enqueued_at,
                 b'enqueued_at': self.enqueued_at,
-                b'meta': self.serializer.dumps(user_meta),
+                b'meta': self._dumps_meta(user_meta),
             }
         )
         if b'timeout' not in mapping and queue.default_timeout is not None:
             mapping[b'timeout'] = queue.default_timeout
         flat = [item for pair in mapping.items() for item in pair]
         return [('HSET', keys.job_key(occurrence), *flat), *self._push(queue, occurrence, parsed.raw)]
+
+    @staticmethod
+    def _check_plain_meta(parsed: Parsed) -> None:
+        """RQ's own enqueue (the path of jobs with dependencies) unpickles meta: it must hold plain data only."""
+        unresolved = payloads.foreign_objects(parsed.meta)
+        if unresolved:
+            names = ', '.join(sorted(set(unresolved)))
+            raise PlanningError(f'meta holds {names}, which the scheduler does not unpickle')
+
+    def _dumps_meta(self, meta: dict[str, Any]) -> bytes:
+        try:
+            return payloads.dumps_meta(meta, self.serializer)
+        except payloads.PayloadError as exc:
+            raise PlanningError(str(exc)) from exc
 
     def _apply_ttl(self, entry: Entry, job_id: str, raw: dict[bytes, bytes]) -> None:
         ttl = int(raw[b'ttl']) if raw.get(b'ttl') else None
@@ -340,7 +366,7 @@ class Planner:
         }
         entry.commands.append(('RPUSH', keys.RUNS_KEY, json.dumps(record)))
         if finished and ours.get('version'):
-            entry.commands.append(('HSET', keys.VERSIONS_KEY, parsed.member, f'done:{ours["version"]}'))
+            entry.commands.append(('HSET', keys.VERSIONS_KEY, parsed.member, keys.done_marker(ours['version'], runs)))
 
     def _retire_exhausted(self, entry: Entry, parsed: Parsed, *, delete_hash: bool) -> None:
         reason = 'cron string has no future fire time'

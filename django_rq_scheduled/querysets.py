@@ -9,9 +9,20 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
-FEEDBACK_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run', 'modified'})
+LOOP_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run'})
+"""Written by the loop and sync alone: user saves and updates never touch them."""
+FEEDBACK_FIELDS = LOOP_FIELDS | {'modified'}
 # Fields no rule can reject once their own type is right: updating only these skips the per-row full_clean().
 SELF_VALIDATING_FIELDS = FEEDBACK_FIELDS | {'enabled', 'at_front'}
+
+
+def _refuse_loop_fields(names: Iterable[str]) -> None:
+    owned = sorted(set(names) & LOOP_FIELDS)
+    if owned:
+        raise ValueError(
+            f'{", ".join(owned)}: written by the scheduler loop only (a run that happened cannot be undone by an '
+            'update); use record_feedback() if you really mean to'
+        )
 
 
 class ScheduleQuerySet(models.QuerySet):
@@ -35,6 +46,7 @@ class ScheduleQuerySet(models.QuerySet):
         """Updates, validates every touched row (all or nothing), and syncs them to Redis after commit."""
         from .signals import schedule_sync
 
+        _refuse_loop_fields(kwargs)
         self._validate_values(kwargs)
         with transaction.atomic(using=self.db):
             pks = list(self.values_list('pk', flat=True))
@@ -77,6 +89,8 @@ class ScheduleQuerySet(models.QuerySet):
     def bulk_update(self, objs: Iterable[Any], fields: Iterable[str], *args: Any, **kwargs: Any) -> int:
         from .signals import schedule_sync
 
+        fields = list(fields)
+        _refuse_loop_fields(fields)
         objs = list(objs)
         for obj in objs:
             obj.full_clean(validate_unique=False, validate_constraints=False)

@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,11 +27,23 @@ from rq.exceptions import TimeoutFormatError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import resolve_serializer
-from rq.utils import backend_class, import_attribute, parse_timeout, utcformat
+from rq.utils import backend_class, parse_timeout, utcformat
 
 from . import _django, cron, keys, scripts
+from .allowlist import AllowList
 from .conf import MAX_BATCH_SIZE, MAX_NAME_LENGTH, MAX_SECONDS, is_instance_name
-from .planner import DEAD, ENQUEUED, QUEUES_SET_KEY, UNREADABLE, Entry, Parsed, Planner, QueueInfo, format_score
+from .planner import (
+    DEAD,
+    ENQUEUED,
+    QUEUES_SET_KEY,
+    UNREADABLE,
+    Entry,
+    Parsed,
+    Planner,
+    QueueInfo,
+    format_score,
+    guard_score,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +66,17 @@ PLANNING_FIELDS = (
     b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
     b'dependency_id', b'dependency_ids',
 )  # fmt: skip
-REDIS_OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+FROM_SETTINGS = object()
+"""Default of ``callable_allowed``: the project's ALLOWED_CALLABLES inside Django, no restriction outside."""
+REDIS_OUTAGE_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    # Out of memory, or a replica after a failover: Redis refuses writes for a while. Waited out, never a reason
+    # to dead-letter a job.
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+)
 
 
 class LeadershipLost(Exception):
@@ -119,6 +142,16 @@ class PendingReplies:
         # Replies may still be on their way: the connection cannot be reused.
         self.connection.disconnect()
         self.pool.release(self.connection)
+
+
+def _member_text(member: str | bytes) -> str | bytes:
+    """A schedule member as text; one that is not UTF-8 (written by someone else) stays bytes, to be dead-lettered."""
+    if isinstance(member, str):
+        return member
+    try:
+        return member.decode()
+    except UnicodeDecodeError:
+        return member
 
 
 def to_score(value: datetime, argument: str = 'scheduled_time') -> float:
@@ -208,7 +241,7 @@ class Scheduler:
         lease_ttl: float = 5.0,
         batch_size: int = 500,
         timezone: str | None = None,
-        callable_allowed: Callable[[str], bool] | None = None,
+        callable_allowed: Callable[[str], bool] | object | None = FROM_SETTINGS,
     ) -> None:
         if queue is not None:
             queue_name = queue.name
@@ -232,7 +265,7 @@ class Scheduler:
         self.serializer = resolve_serializer(serializer)
         self.name = _validated_name(name)
         self.timezone = cron.get_zone(timezone or _django.default_timezone() or 'UTC').key
-        self.callable_allowed = callable_allowed
+        self.callable_allowed = _django.allow_list() if callable_allowed is FROM_SETTINGS else callable_allowed
         # Called by the leader after each pass over the due jobs (the Django side syncs feedback here).
         self.tick_hooks: list[Callable[[Scheduler], Any]] = []
         self._failing_hooks: set[Any] = set()
@@ -336,6 +369,7 @@ class Scheduler:
             )
         except (TypeError, AttributeError) as exc:
             raise ValueError(f'func: {exc}') from exc
+        self._check_callable(job)
         job.origin = origin
         if self.queue_class_name:
             job.meta['queue_class_name'] = self.queue_class_name
@@ -344,6 +378,30 @@ class Scheduler:
         if commit:
             job.save()
         return job
+
+    @property
+    def _callable_refusal(self) -> Callable[[str], str | None] | None:
+        """Why a callable path may not run (None: it may), or None when nothing is restricted."""
+        rule = self.callable_allowed
+        if rule is None or (isinstance(rule, AllowList) and not rule.restricts):
+            return None
+        if isinstance(rule, AllowList):
+            return rule.refusal
+        return lambda path: None if rule(path) else f'{path} is not allowed'
+
+    def _check_callable(self, job: Job) -> None:
+        """The loop's own check, at call time: a refused job raises here instead of becoming a dead letter."""
+        refusal = self._callable_refusal
+        if refusal is None:
+            return
+        if job.instance is not None:
+            raise ValueError(
+                f'func: a bound method of {type(job.instance).__name__} cannot be checked against '
+                'ALLOWED_CALLABLES; schedule a module-level function'
+            )
+        reason = refusal(job.func_name)
+        if reason:
+            raise ValueError(f'func: {reason}')
 
     def _save_and_schedule(self, job: Job, score: float) -> None:
         """Writes the job hash and its schedule entry in one transaction, waking the loop if it is earlier."""
@@ -590,7 +648,7 @@ class Scheduler:
         return self._queues[cache_key]
 
     def _build_queue(self, origin: str, queue_class_name: str | None) -> Queue:
-        queue_class = import_attribute(queue_class_name) if queue_class_name else self.queue_class
+        queue_class = self._named_queue_class(queue_class_name) if queue_class_name else self.queue_class
         known = _django.queue_names()
         if known is not None and origin in known:
             kwargs = {'job_class': self.job_class, 'serializer': self.serializer}
@@ -598,6 +656,19 @@ class Scheduler:
                 kwargs['queue_class'] = queue_class
             return _django.queue_for(origin, self.connection, **kwargs)
         return queue_class(origin, connection=self.connection, job_class=self.job_class, serializer=self.serializer)
+
+    @staticmethod
+    def _named_queue_class(path: Any) -> type[Queue]:
+        """The queue class a job's meta names (rq-scheduler's ``queue_class_name``), if this process has it already.
+
+        The name comes from Redis: importing what it names would run import-time code of the writer's choosing, and
+        calling anything but a queue class would run it. Both are refused.
+        """
+        module_name, _, name = path.rpartition('.') if isinstance(path, str) else ('', '', '')
+        queue_class = getattr(sys.modules.get(module_name), name, None)
+        if not (isinstance(queue_class, type) and issubclass(queue_class, Queue)):
+            raise ValueError(f'queue_class_name: {path!r} is not a queue class this process has imported')
+        return queue_class
 
     def _queue_info(self, origin: str, queue_class_name: str | None) -> QueueInfo:
         queue = self._queue_object(origin, queue_class_name)
@@ -701,7 +772,7 @@ class Scheduler:
             serializer=self.serializer,
             queue_info=self._queue_info,
             default_timezone=self.timezone,
-            callable_allowed=self.callable_allowed,
+            callable_refusal=self._callable_refusal,
         )
 
     def _read_due_args(self, now: float, offset: int, count: int) -> list[Any]:
@@ -739,7 +810,7 @@ class Scheduler:
 
     def _plan_batch(self, pairs: list[Any], fields: list[dict[bytes, bytes]] | None, now: float) -> Batch:
         planner = self._planner(now)
-        members = [(m.decode() if isinstance(m, bytes) else m, float(s)) for m, s in pairs]
+        members = [(_member_text(m), float(s)) for m, s in pairs]
         raws = fields if fields is not None else self._fetch_planning_fields([member for member, _ in members])
         decoded = [planner.parse(member, score, raw) for (member, score), raw in zip(members, raws)]
         self._load_whole_hashes([p for p in decoded if isinstance(p, Parsed) and p.needs_whole_hash])
@@ -763,7 +834,7 @@ class Scheduler:
         self._handle_results(batch.planner, batch.fast_entries, move_reply, report, fenced=fenced)
         for item, entry in zip(batch.decoded, batch.entries):
             if entry.slow_path and isinstance(item, Parsed):
-                self._move_with_dependencies(batch.planner, item, report, fenced=fenced)
+                self._move_slow_path(batch.planner, item, report, fenced=fenced)
         report.batches += 1
         return len(report.enqueued) + len(report.dead) + len(report.skipped) > before
 
@@ -841,7 +912,7 @@ class Scheduler:
             if entry.one_off:
                 argv += [entry.member, entry.score, 'O', *entry.one_off]
                 continue
-            argv += [entry.member, entry.score, 'G', len(entry.commands)]
+            argv += [entry.member, entry.score, 'H' if entry.requires_hash else 'G', len(entry.commands)]
             for command in entry.commands:
                 argv += [len(command), *command]
         return argv
@@ -869,12 +940,16 @@ class Scheduler:
     ) -> None:
         retry: list[Entry] = []
         for entry, result in zip(entries, results):
+            if isinstance(result, Exception):
+                raise result
             if isinstance(result, bytes) and entry.outcome == DEAD:
                 # Even the dead letters cannot be written (a key of ours holds the wrong type): leave the job
                 # where it is, say so, and let the rest of the schedule move.
-                logger.error('Cannot move %s to the dead letters either: %s', entry.member, result.decode())
+                logger.error(
+                    'Cannot move %r to the dead letters either: %s', entry.member, result.decode(errors='replace')
+                )
             elif isinstance(result, bytes):
-                reason = result.decode()
+                reason = result.decode(errors='replace')
                 logger.error('Cannot move %s: %s; moving it to the dead letters', entry.member, reason)
                 retry.append(planner.dead_letter(entry.member, entry.score, reason))
             elif result == 1:
@@ -895,19 +970,30 @@ class Scheduler:
         if entry.reason and entry.outcome != DEAD:
             logger.warning('Retired %s: %s', entry.member, entry.reason)
 
+    def _move_slow_path(self, planner: Planner, parsed: Parsed, report: MoveReport, *, fenced: bool) -> None:
+        try:
+            self._move_with_dependencies(planner, parsed, report, fenced=fenced)
+        except (redis.RedisError, LeadershipLost):
+            raise
+        except Exception as exc:  # RQ could not read or enqueue the job: it must not block the schedule
+            reason = f'cannot enqueue with its dependencies: {exc!r}'
+            self._apply(planner, [planner.dead_letter(parsed.member, guard_score(parsed.score), reason)], report,
+                        fenced=fenced)  # fmt: skip
+
     def _move_with_dependencies(self, planner: Planner, parsed: Parsed, report: MoveReport, *, fenced: bool) -> None:
         """Jobs with ``depends_on`` go through RQ's own enqueue (it may defer them), guarded by WATCH."""
         job = self.job_class(parsed.member, connection=self.connection, serializer=self.serializer)
-        job.restore(parsed.raw)
+        # The planner made sure the meta holds plain data only: RQ unpickles it here. A scheduled job has no result.
+        job.restore({name: value for name, value in parsed.raw.items() if name not in (b'result', b'exc_info')})
         queue = self.get_queue_for_job(job)
         with self.connection.pipeline() as pipe:
             try:
-                pipe.watch(self.scheduler_lock_key, self.scheduled_jobs_key)
+                pipe.watch(self.scheduler_lock_key, self.scheduled_jobs_key, job.key)
                 if fenced and pipe.get(self.scheduler_lock_key) != self._token.encode():
                     self._lose_leadership('the lease changed hands')
                     raise LeadershipLost('lease lost')
-                if pipe.zscore(self.scheduled_jobs_key, parsed.member) != parsed.score:
-                    return
+                if pipe.zscore(self.scheduled_jobs_key, parsed.member) != parsed.score or not pipe.exists(job.key):
+                    return  # cancelled, moved or deleted since it was read: never re-created from our copy
                 next_time = planner.next_time_of_same_id_run(parsed, job.meta) if parsed.is_periodic else None
                 queue.enqueue_job(job, pipeline=pipe, at_front=bool(job.enqueue_at_front))
                 if next_time is None:
@@ -1032,23 +1118,30 @@ class Scheduler:
                     failures = 0
                 except LeadershipLost:
                     continue
-                except REDIS_OUTAGE_ERRORS as exc:
+                except Exception as exc:
+                    # Nothing ends the loop but a stop: a supervisor would only restart it into the same error.
                     failures += 1
-                    self._is_leader = False
+                    if isinstance(exc, REDIS_OUTAGE_ERRORS):
+                        self._is_leader = False
                     delay = self._backoff(failures)
-                    logger.warning('Redis is unavailable (%s); retrying in %.1f s', exc, delay)
-                    self._stop.wait(delay)
-                except redis.RedisError as exc:
-                    # e.g. a key of ours holding the wrong type: an operator must fix it, but the process must
-                    # not die of it (a supervisor would only restart it into the same error).
-                    failures += 1
-                    delay = self._backoff(failures)
-                    logger.error('Redis refused a command (%s); retrying in %.1f s', exc, delay)
+                    self._log_failure(exc, delay, first=failures == 1)
                     self._stop.wait(delay)
         finally:
             self._shut_down()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+
+    @staticmethod
+    def _log_failure(exc: Exception, delay: float, *, first: bool) -> None:
+        if isinstance(exc, REDIS_OUTAGE_ERRORS):
+            logger.warning('Redis is unavailable or refuses writes (%s); retrying in %.1f s', exc, delay)
+        elif isinstance(exc, redis.RedisError):
+            # e.g. a key of ours holding the wrong type: an operator must fix it.
+            logger.error('Redis refused a command (%s); retrying in %.1f s', exc, delay)
+        elif first:
+            logger.exception('Unexpected error in the scheduler loop; retrying in %.1f s', delay)
+        else:
+            logger.error('Unexpected error in the scheduler loop again (%r); retrying in %.1f s', exc, delay)
 
     def _register_birth_when_name_is_free(self) -> None:
         # A process restarted right after a kill -9 finds its own name still registered until the old entry
@@ -1062,6 +1155,7 @@ class Scheduler:
                 self._stop.wait(1.0)
 
     def _call_with_retry(self, func: Callable[[], Any]) -> None:
+        """Calls ``func`` until Redis answers; a refusal other than an outage is logged and the loop goes on."""
         failures = 0
         while not self._stop.is_set():
             try:
@@ -1072,6 +1166,9 @@ class Scheduler:
                 delay = self._backoff(failures)
                 logger.warning('Redis is unavailable (%s); retrying in %.1f s', exc, delay)
                 self._stop.wait(delay)
+            except redis.RedisError as exc:
+                logger.error('Could not %s (%s); going on without it', func.__name__.strip('_'), exc)
+                return
 
     @staticmethod
     def _backoff(failures: int) -> float:
@@ -1079,7 +1176,7 @@ class Scheduler:
 
     def _tick(self, burst: bool) -> bool:
         """One turn of the loop; True once a burst run has moved the due jobs."""
-        self.heartbeat()
+        self._heartbeat_or_log()
         leading = (self._is_leader and self._renew_or_lose()) or self.acquire_lock()
         if not leading:
             self._stop.wait(self._standby_wait())
@@ -1090,6 +1187,14 @@ class Scheduler:
             return True
         self._sleep_until_next_due()
         return False
+
+    def _heartbeat_or_log(self) -> None:
+        # The registry is for people to read: a heartbeat Redis refuses (out of memory, a key of the wrong type)
+        # must not keep the leader from renewing its lease and moving jobs. An outage fails the lease next anyway.
+        try:
+            self.heartbeat()
+        except redis.RedisError as exc:
+            logger.warning('Heartbeat failed (%s); the loop goes on', exc)
 
     def _renew_or_lose(self) -> bool:
         try:
@@ -1150,7 +1255,7 @@ class Scheduler:
                     self._stop.wait(0.1)  # a standby must not take the leader's wake-ups
                 elif self.connection.blpop([keys.WAKEUP_KEY], timeout=max(0.1, round(block, 3))):
                     self._wakeup.set()
-            except REDIS_OUTAGE_ERRORS:
+            except redis.RedisError:  # an outage, or a wake-up key someone broke: the timed sleep still bounds lateness
                 self._stop.wait(1.0)
 
     def _shut_down(self) -> None:

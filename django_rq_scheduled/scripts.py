@@ -6,12 +6,17 @@ from __future__ import annotations
 # ARGV: token (empty for an explicit API call rather than the loop), entry count, enqueued_at, job key prefix,
 # the set of queue keys ('rq:queues'), then per entry: member, expected score ('*' = unguarded), and either
 #   'O', queue key, push command, timeout or '', ttl or '': a plain one-off job (the hot path, kept compact), or
-#   'G', command count, then per command: arg count, args...: any other move, spelled out by the planner.
+#   'G' or 'H', command count, then per command: arg count, args...: any other move, spelled out by the planner;
+#   'H' only if the member's job hash still exists.
 # The whole batch is refused unless the lock still holds our token (a deposed leader cannot enqueue). An entry
 # is applied only if its member still has the score we planned with, so a job cancelled or rescheduled by a
 # producer after we read it is left alone. Key types are checked before any write of an entry (a one-off job's
 # own hash by writing it first, with pcall), so corrupt data under a key fails that entry alone (reported back
-# for dead-lettering) and never half-applies it.
+# for dead-lettering) and never half-applies it. A job hash deleted since it was read is reported as MISSING and
+# never re-created as a ghost with only the fields an enqueue writes.
+# Out of memory, Redis refuses only the first write of a script (later ones would leave it half done): that write
+# fails the whole call before anything is written, so the caller retries it later; no job is ever dead-lettered
+# for it.
 MOVE = """
 local unpack = unpack or table.unpack
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -40,13 +45,24 @@ local function one_off(member, queue_key, push, timeout, ttl)
   if have ~= 'none' and have ~= 'list' then return 'WRONGTYPE ' .. queue_key .. ' holds a ' .. have end
   have = type_of(KEYS[2])
   if have ~= 'none' and have ~= 'zset' then return 'WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. have end
-  local written
+  local written, fields
   if timeout ~= '' then
+    fields = 3
     written = redis.pcall('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at, 'timeout', timeout)
   else
+    fields = 2
     written = redis.pcall('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
   end
-  if type(written) == 'table' and written['err'] then return 'WRONGTYPE ' .. job_key .. ' is not a hash' end
+  if type(written) == 'table' and written['err'] then
+    local err = tostring(written['err'])
+    if string.find(err, 'WRONGTYPE', 1, true) then return 'WRONGTYPE ' .. job_key .. ' is not a hash' end
+    return {failed = err}  -- e.g. OOM: the call ends here, and nothing of it has been written
+  end
+  -- Every field new and nothing else there: the hash did not exist (a job hash always holds its payload).
+  if written == fields and redis.call('HLEN', job_key) == fields then
+    redis.call('DEL', job_key)
+    return 'MISSING ' .. job_key .. ' was deleted before it was moved'
+  end
   redis.call('ZREM', KEYS[2], member)
   redis.call(push, queue_key, member)
   if not registered[queue_key] then
@@ -69,6 +85,7 @@ for e = 1, tonumber(ARGV[2]) do
   if kind == 'O' then
     if still_scheduled(member, score) then
       status = one_off(member, ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+      if type(status) == 'table' then return redis.error_reply(status.failed) end
     end
     i = i + 7
   else
@@ -82,11 +99,16 @@ for e = 1, tonumber(ARGV[2]) do
     end
     if still_scheduled(member, score) then
       status = 1
+      if kind == 'H' and redis.call('EXISTS', job_prefix .. member) == 0 then
+        status = 'MISSING ' .. job_prefix .. member .. ' was deleted before it was moved'
+      end
       for _, cmd in ipairs(cmds) do
         local want = expected_type[cmd[1]]
         if want then
           local have = type_of(cmd[2])
-          if have ~= 'none' and have ~= want then status = 'WRONGTYPE ' .. cmd[2] .. ' holds a ' .. have end
+          if have ~= 'none' and have ~= want and status == 1 then
+            status = 'WRONGTYPE ' .. cmd[2] .. ' holds a ' .. have
+          end
         end
       end
     end
@@ -128,20 +150,72 @@ end
 return out
 """
 
+# Wakes a sleeping leader when a member is scheduled earlier than it means to look next (a Lua fragment).
+# Needs: `score` (the new score), KEYS[next_wake] and KEYS[wakeup_list] substituted by the script using it.
+_WAKE = """
+local wake = redis.pcall('GET', {next_wake})  -- a hint only: a key someone broke must not fail the caller
+if type(wake) == 'string' and tonumber(wake) and tonumber(score) < tonumber(wake) then
+  redis.call('DEL', {wakeup_list})
+  redis.call('RPUSH', {wakeup_list}, '1')
+  redis.call('PEXPIRE', {wakeup_list}, 60000)
+end
+"""
+
 # Adds or moves a member and wakes a sleeping scheduler if the new time is earlier than its wake-up time.
 # KEYS: schedule, next wake-up, wake-up list. ARGV: member, score, and 'XX' to move an existing member only
 # (rq-scheduler's change_execution_time, made atomic). Returns 0 if 'XX' and the member is absent.
-SCHEDULE = """
+SCHEDULE = (
+    """
 if ARGV[3] == 'XX' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-local wake = redis.call('GET', KEYS[2])
-if wake and tonumber(ARGV[2]) < tonumber(wake) then
-  redis.call('DEL', KEYS[3])
-  redis.call('RPUSH', KEYS[3], '1')
-  redis.call('PEXPIRE', KEYS[3], 60000)
+local score = ARGV[2]
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+"""
+    + _WAKE.format(next_wake='KEYS[2]', wakeup_list='KEYS[3]')
+    + """
+return 1
+"""
+)
+
+# Brings one row's template in line with the row, if, and only if, Redis still holds what the sync decided on: the
+# same version (or none) and the same score (or none). Otherwise nothing is written and 0 is returned, so the
+# caller reads again: a loop's move, or another sync, that landed after the read is never overwritten.
+# KEYS: schedule, template hash, versions, next wake-up, wake-up list.
+# ARGV: template id, version read ('' = none), score read ('' = none), then
+#   'W', new version, new score, field, value, ...: write the template (a fresh hash) and schedule it; or
+#   'R', 'keep' or '': unschedule it and forget its version ('keep': unless it is a done marker).
+# A template hash is deleted only while it is still a scheduled template: a one-off's hash belongs to RQ once moved.
+SYNC_TEMPLATE = (
+    """
+local unpack = unpack or table.unpack
+local id = ARGV[1]
+local version = redis.call('HGET', KEYS[3], id) or ''
+local current = redis.call('ZSCORE', KEYS[1], id)
+if version ~= ARGV[2] then return 0 end
+if current then
+  if ARGV[3] == '' or tonumber(current) ~= tonumber(ARGV[3]) then return 0 end
+elseif ARGV[3] ~= '' then
+  return 0
+end
+if ARGV[4] == 'W' then
+  local score = ARGV[6]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], unpack(ARGV, 7))
+  redis.call('ZADD', KEYS[1], score, id)
+  redis.call('HSET', KEYS[3], id, ARGV[5])
+"""
+    + _WAKE.format(next_wake='KEYS[4]', wakeup_list='KEYS[5]')
+    + """
+  return 1
+end
+redis.call('ZREM', KEYS[1], id)
+local status = redis.pcall('HGET', KEYS[2], 'status')
+if type(status) == 'table' or status == false or status == 'scheduled' then redis.call('DEL', KEYS[2]) end
+if version ~= '' and (ARGV[5] ~= 'keep' or string.sub(version, 1, 5) ~= 'done:') then
+  redis.call('HDEL', KEYS[3], id)
 end
 return 1
 """
+)
 
 # Removes a member and, only if it was still scheduled, its job hash (a job already moved to a queue keeps its
 # hash). KEYS: schedule, job hash, dead letters. ARGV: member. Returns 1 if it was scheduled or dead-lettered.
@@ -189,5 +263,15 @@ return 0
 HDEL_UNLESS_DONE = """
 local version = redis.call('HGET', KEYS[1], ARGV[1])
 if version and string.sub(version, 1, 5) ~= 'done:' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+# Drops the run records a reader has handled, unless someone else did first. KEYS: runs. ARGV: first record read,
+# count. Records are only ever appended, so the head is unchanged unless another reader trimmed it.
+TRIM_IF_HEAD = """
+if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
+  redis.call('LTRIM', KEYS[1], ARGV[2], -1)
+  return 1
+end
 return 0
 """

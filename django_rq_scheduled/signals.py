@@ -32,7 +32,6 @@ def schedule_sync(model: type, pks: Iterable[Any], using: str) -> None:
 
 
 def flush(using: str) -> None:
-    from .scheduler import REDIS_OUTAGE_ERRORS
     from .sync import sync_rows
 
     pending = _pending_for(using)
@@ -41,9 +40,10 @@ def flush(using: str) -> None:
     for model, pks in batches:
         try:
             sync_rows(model, pks, using=using)
-        except REDIS_OUTAGE_ERRORS as exc:
-            # The rows are committed: failing the request now would not undo them. Reconciliation repairs Redis.
-            logger.error('Could not sync %d %s rows to Redis (%s); reconciliation will', len(pks), model.__name__, exc)
+        except Exception:
+            # The rows are committed: raising now would not undo them, only fail the request that saved them (Redis
+            # out of memory, read-only, away...). Reconciliation brings Redis in line later.
+            logger.exception('Could not sync %d %s rows to Redis; reconciliation will', len(pks), model.__name__)
 
 
 def validate_before_save(sender: type, instance: Any, raw: bool = False, **kwargs: Any) -> None:

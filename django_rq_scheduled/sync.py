@@ -12,27 +12,30 @@ import json
 import logging
 import threading
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from django.db import models, transaction
+from django.core.exceptions import ValidationError
+from django.db import DatabaseError, InterfaceError, OperationalError, models, transaction
 from django.utils import timezone as django_timezone
+from redis.exceptions import NoScriptError
 
-from . import cron, keys, scripts
-from .conf import callable_allowed
+from . import cron, keys, payloads, scripts
 from .models import SCHEDULE_MODELS, CronJob, RepeatableJob, ScheduleBase, ScheduledJob
-from .planner import format_score
+from .planner import format_score, guard_score
 from .scheduler import Scheduler, connection_identity
 
 logger = logging.getLogger(__name__)
 
 BATCH = 500
 FEEDBACK_BATCH = 1000
+SYNC_ATTEMPTS = 3
+MAX_RUN_COUNT = 2**31 - 1  # what a PositiveIntegerField holds on every database
 UTC = timezone.utc
-TEMPLATE_PREFIX = 'drqs-'
 
 
 @dataclass
@@ -42,11 +45,17 @@ class SyncReport:
     written: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
+    failed: list[str] = field(default_factory=list)
+    """Rows that could not be synced (logged); the others were."""
+    conflicts: list[str] = field(default_factory=list)
+    """Templates that kept changing under the compare-and-set writes; the next sync reads them afresh."""
 
     def merge(self, other: SyncReport) -> None:
         self.written += other.written
         self.removed += other.removed
         self.unchanged += other.unchanged
+        self.failed += other.failed
+        self.conflicts += other.conflicts
 
 
 @dataclass
@@ -170,7 +179,7 @@ def _sync_chunk(
     model: type[ScheduleBase], rows: list[ScheduleBase], missing: set[Any], servers: _Servers, *, using: str
 ) -> SyncReport:
     report = SyncReport()
-    missing_ids = [f'{TEMPLATE_PREFIX}{model._meta.model_name}-{pk}' for pk in missing]
+    missing_ids = [keys.template_id(model._meta.model_name, pk) for pk in missing]
     changed: list[ScheduleBase] = []
     for identity, scheduler in servers.schedulers.items():
         # A row lives on its queue's server; any other server loses its template (e.g. after a queue change).
@@ -194,89 +203,176 @@ def _store_next_runs(model: type[ScheduleBase], rows: list[ScheduleBase], *, usi
         models.QuerySet(model, using=using).filter(pk__in=pks).update(next_run=next_run)
 
 
+@dataclass
+class _Stored:
+    """What Redis holds for one template id, as read before deciding."""
+
+    version: str | None
+    score: float | None
+    raw_meta: Any
+
+    @property
+    def done(self) -> tuple[str, int | None] | None:
+        return keys.parse_done(self.version) if self.score is None else None
+
+
+@dataclass
+class _Decision:
+    """The compare-and-set write a sync decided on for one template id, and the row's next run if it succeeds."""
+
+    template_id: str
+    stored: _Stored
+    action: str  # 'W' write, 'R' remove, '' nothing to do
+    next_run: datetime | None = None
+    argv: list[Any] = field(default_factory=list)
+
+
 def _sync_server(
     scheduler: Scheduler, rows: list[ScheduleBase], strangers: list[str], changed: list[ScheduleBase]
 ) -> SyncReport:
+    """Syncs rows in compare-and-set writes; ids that changed under a write are read and decided again."""
     report = SyncReport()
-    ids = [row.template_id for row in rows] + strangers
-    if not ids:
-        return report
-    versions, scores, metas = _read_templates(scheduler, ids)
-    now = datetime.now(tz=UTC)
-    with scheduler.connection.pipeline() as pipe:
-        for row, version, score, raw_meta in zip(rows, versions, scores, metas):
-            next_run = _sync_row(pipe, scheduler, row, version, score, raw_meta, now, report)
-            if next_run != row.next_run:
-                row.next_run = next_run
-                changed.append(row)
-        for template_id, version, score in zip(strangers, versions[len(rows) :], scores[len(rows) :]):
-            if version is not None or score is not None:
-                _remove(pipe, template_id, keep_done=False)
-                report.removed.append(template_id)
-        pipe.execute()
+    pending_rows, pending_strangers = rows, strangers
+    for _ in range(SYNC_ATTEMPTS):
+        if not pending_rows and not pending_strangers:
+            return report
+        pending_rows, pending_strangers = _sync_attempt(scheduler, pending_rows, pending_strangers, changed, report)
+    conflicted = [row.template_id for row in pending_rows] + pending_strangers
+    if conflicted:
+        # Each attempt lost to a move or another sync: the next sync or reconciliation reads them afresh.
+        logger.info('%d templates kept changing while being synced: %s', len(conflicted), ', '.join(conflicted))
+        report.conflicts += conflicted
     return report
 
 
-def _read_templates(scheduler: Scheduler, ids: list[str]) -> tuple[list[Any], list[Any], list[Any]]:
-    """Stored versions, scores and template metas of these ids, in one round trip."""
+def _sync_attempt(
+    scheduler: Scheduler,
+    rows: list[ScheduleBase],
+    strangers: list[str],
+    changed: list[ScheduleBase],
+    report: SyncReport,
+) -> tuple[list[ScheduleBase], list[str]]:
+    """One read, one decision per id, one pipelined write; returns the rows and ids whose write found a change."""
+    stored = _read_templates(scheduler, [row.template_id for row in rows] + strangers)
+    now = datetime.now(tz=UTC)
+    decisions: list[tuple[ScheduleBase | None, _Decision]] = []
+    for row, state in zip(rows, stored):
+        try:
+            decisions.append((row, _decide(scheduler, row, state, now)))
+        except Exception:
+            # One bad row (e.g. changed by raw SQL into something no rule expects) must not stop the others.
+            logger.exception('Cannot sync %s (%s); its template is left as it is', row.name, row.template_id)
+            report.failed.append(row.template_id)
+    for template_id, state in zip(strangers, stored[len(rows) :]):
+        if state.version is not None or state.score is not None:
+            decisions.append((None, _Decision(template_id, state, 'R', argv=[''])))
+    results = _apply_decisions(scheduler, [decision for _, decision in decisions])
+    conflicted_rows, conflicted_strangers = [], []
+    for (row, decision), result in zip(decisions, results):
+        if result == 0:
+            (conflicted_rows.append(row) if row is not None else conflicted_strangers.append(decision.template_id))
+        elif isinstance(result, Exception):
+            logger.error('Cannot sync %s: %s', decision.template_id, result)
+            report.failed.append(decision.template_id)
+        else:
+            _report(decision, report)
+            if row is not None and decision.next_run != row.next_run:
+                row.next_run = decision.next_run
+                changed.append(row)
+    return conflicted_rows, conflicted_strangers
+
+
+def _report(decision: _Decision, report: SyncReport) -> None:
+    if decision.action == 'W':
+        report.written.append(decision.template_id)
+    elif decision.action == 'R':
+        report.removed.append(decision.template_id)
+    else:
+        report.unchanged += 1
+
+
+def _read_templates(scheduler: Scheduler, ids: list[str]) -> list[_Stored]:
+    """Stored versions, scores and run counts of these ids, in one round trip."""
+    if not ids:
+        return []
     with scheduler.connection.pipeline(transaction=False) as pipe:
         pipe.hmget(keys.VERSIONS_KEY, ids)
         for template_id in ids:
             pipe.zscore(keys.SCHEDULED_JOBS_KEY, template_id)
             pipe.hget(keys.job_key(template_id), 'meta')
-        replies = pipe.execute()
-    return replies[0], replies[1::2], replies[2::2]
+        replies = pipe.execute(raise_on_error=False)
+    versions = replies[0] if isinstance(replies[0], list) else [None] * len(ids)
+    return [
+        _Stored(_text(version), score if isinstance(score, float) else None, meta)
+        for version, score, meta in zip(versions, replies[1::2], replies[2::2])
+    ]
 
 
-def _sync_row(
-    pipe: Any,
-    scheduler: Scheduler,
-    row: ScheduleBase,
-    version: bytes | None,
-    score: float | None,
-    raw_meta: bytes | None,
-    now: datetime,
-    report: SyncReport,
-) -> datetime | None:
-    """Queues the writes that make Redis match ``row``; returns the row's next run."""
-    stored = version.decode() if version else None
-    finished_in_redis = score is None and (stored or '').startswith('done:')
-    if finished_in_redis and (row.is_finished or stored == f'done:{row.version()}'):
-        report.unchanged += 1  # ran its last run; nothing left in Redis to remove
+def _text(value: Any) -> str | None:
+    if not isinstance(value, bytes):
         return None
-    if not row.enabled or row.is_finished or not callable_allowed(row.callable):
-        if row.enabled and not row.is_finished:
-            # Written behind the models' back (raw SQL, or a row older than the setting): never scheduled.
-            logger.error('Not scheduling %s: %s is not in ALLOWED_CALLABLES', row.name, row.callable)
-        if stored or score is not None:
-            _remove(pipe, row.template_id, keep_done=True)
-            report.removed.append(row.template_id)
-        return None
-    if stored == row.version() and score is not None:
-        report.unchanged += 1
-        return datetime.fromtimestamp(score, tz=UTC)
-    runs = max(row.run_count, _runs_in(scheduler, raw_meta))
+    return value.decode(errors='replace')
+
+
+def _decide(scheduler: Scheduler, row: ScheduleBase, stored: _Stored, now: datetime) -> _Decision:
+    """What makes Redis match ``row``: nothing, a fresh template, or no template (keeping a done marker)."""
+    template_id = row.template_id
+    remove = _Decision(template_id, stored, 'R', argv=['keep'])
+    if stored.score is None and (not stored.version or stored.done):
+        remove.action = ''  # nothing in Redis to remove (a done marker stays)
+    if not row.enabled or row.is_finished:
+        return remove
+    problem = _row_problem(row)
+    if problem:
+        logger.error('Not scheduling %s: %s', row.name, problem)
+        return remove
+    if stored.done and _ran_its_last_run(row, stored):
+        return _Decision(template_id, stored, '')
+    if stored.version == row.version() and stored.score is not None:
+        return _Decision(template_id, stored, '', next_run=datetime.fromtimestamp(stored.score, tz=UTC))
+    runs = max(row.run_count, _runs_in(scheduler, stored.raw_meta), (stored.done or ('', 0))[1] or 0)
     due = first_due(row, now)
-    if score is not None and score <= now.timestamp() and not isinstance(row, ScheduledJob):
+    if stored.score is not None and stored.score <= now.timestamp() and not isinstance(row, ScheduledJob):
         # The template is due and not moved yet (the loop is a few ms behind, or down): editing the row must not
         # skip that run. It runs with the new definition; the slots after it follow the new one.
-        due = datetime.fromtimestamp(score, tz=UTC)
+        due = datetime.fromtimestamp(stored.score, tz=UTC)
     if due is None or _is_exhausted(row, runs):
-        _remove(pipe, row.template_id, keep_done=True)
-        report.removed.append(row.template_id)
-        return None
-    _write(pipe, scheduler, row, runs, due)
-    report.written.append(row.template_id)
-    return due
+        return remove
+    argv = [row.version(), format_score(due.timestamp()), *_template_fields(scheduler, row, runs)]
+    return _Decision(template_id, stored, 'W', next_run=due, argv=argv)
 
 
-def _runs_in(scheduler: Scheduler, raw_meta: bytes | None) -> int:
-    if not raw_meta:
+def _ran_its_last_run(row: ScheduleBase, stored: _Stored) -> bool:
+    """Whether the done marker in Redis ends this row: no edit may run again what has already run.
+
+    A one-off never runs twice, whatever was edited. A periodic schedule that finished starts again only when its
+    definition changed and leaves it runs to make (e.g. a larger ``repeat``), from its next slot on.
+    """
+    digest, runs = stored.done or ('', None)
+    if isinstance(row, ScheduledJob) or digest == row.version():
+        return True
+    if runs is None:  # a marker of an older version: the row's own count is all we know
+        return row.is_finished
+    return _is_exhausted(row, max(runs, row.run_count))
+
+
+def _row_problem(row: ScheduleBase) -> str | None:
+    """Why a row must not be scheduled as it stands (it was written past validation: raw SQL, an old release)."""
+    try:
+        row.full_clean(validate_unique=False, validate_constraints=False)
+    except ValidationError as exc:
+        return '; '.join(f'{name}: {" ".join(messages)}' for name, messages in exc.message_dict.items())
+    return None
+
+
+def _runs_in(scheduler: Scheduler, raw_meta: Any) -> int:
+    if not isinstance(raw_meta, bytes):
         return 0
     try:
-        return int(scheduler.serializer.loads(raw_meta).get(keys.META_KEY, {}).get('runs', 0))
+        runs = payloads.read_meta(raw_meta, scheduler.serializer).get(keys.META_KEY, {}).get('runs', 0)
     except Exception:
         return 0
+    return runs if isinstance(runs, int) and not isinstance(runs, bool) and runs >= 0 else 0
 
 
 def _is_exhausted(row: ScheduleBase, runs: int) -> bool:
@@ -284,21 +380,41 @@ def _is_exhausted(row: ScheduleBase, runs: int) -> bool:
     return repeat is not None and runs >= repeat
 
 
-def _write(pipe: Any, scheduler: Scheduler, row: ScheduleBase, runs: int, due: datetime) -> None:
-    job = _template_job(scheduler, row, runs)
-    pipe.delete(keys.job_key(row.template_id))  # a fresh hash: no stale fields of an older definition
-    job.save(pipeline=pipe)
-    pipe.eval(scripts.SCHEDULE, 3, *scheduler._wakeup_keys(), row.template_id, format_score(due.timestamp()), '')
-    pipe.hset(keys.VERSIONS_KEY, row.template_id, row.version())
+def _template_fields(scheduler: Scheduler, row: ScheduleBase, runs: int) -> list[Any]:
+    """The template's job hash as a flat field, value list."""
+    mapping = _template_job(scheduler, row, runs).to_dict()
+    return [item for pair in mapping.items() for item in pair]
 
 
-def _remove(pipe: Any, template_id: str, *, keep_done: bool) -> None:
-    pipe.zrem(keys.SCHEDULED_JOBS_KEY, template_id)
-    pipe.eval(scripts.DELETE_IF_SCHEDULED, 1, keys.job_key(template_id))
-    if not keep_done:
-        pipe.hdel(keys.VERSIONS_KEY, template_id)
-    else:
-        pipe.eval(scripts.HDEL_UNLESS_DONE, 1, keys.VERSIONS_KEY, template_id)
+def _apply_decisions(scheduler: Scheduler, decisions: list[_Decision]) -> list[Any]:
+    """Sends every write in one round trip; per decision 1 (applied), 0 (Redis changed since the read) or an error."""
+    writes = [decision for decision in decisions if decision.action]
+    replies = _send_writes(scheduler, writes) if writes else []
+    if any(isinstance(reply, NoScriptError) for reply in replies):
+        _SCRIPT_SHAS.pop(scheduler.connection.connection_pool, None)  # Redis restarted and forgot it: load it again
+        replies = _send_writes(scheduler, writes)
+    results = {id(decision): reply for decision, reply in zip(writes, replies)}
+    return [results.get(id(decision), 1) for decision in decisions]
+
+
+_SCRIPT_SHAS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _send_writes(scheduler: Scheduler, writes: list[_Decision]) -> list[Any]:
+    # EVALSHA by hand: a pipeline of registered scripts would first ask Redis whether it knows them, a round trip.
+    pool = scheduler.connection.connection_pool
+    if pool not in _SCRIPT_SHAS:
+        _SCRIPT_SHAS[pool] = scheduler.connection.script_load(scripts.SYNC_TEMPLATE)
+    with scheduler.connection.pipeline(transaction=False) as pipe:
+        for decision in writes:
+            stored = decision.stored
+            pipe.evalsha(
+                _SCRIPT_SHAS[pool], 5, keys.SCHEDULED_JOBS_KEY, keys.job_key(decision.template_id),
+                keys.VERSIONS_KEY, keys.NEXT_WAKEUP_KEY, keys.WAKEUP_KEY,
+                decision.template_id, stored.version or '',
+                '' if stored.score is None else guard_score(stored.score), decision.action, *decision.argv,
+            )  # fmt: skip
+        return pipe.execute(raise_on_error=False)
 
 
 # -- reconciliation ---------------------------------------------------------------------------------------------
@@ -308,7 +424,8 @@ def reconcile(*, using: str = 'default', connection: Any = None) -> SyncReport:
     """Repairs drift between every row and Redis (flushed Redis, raw SQL, lost signals), cheaply.
 
     Rows whose stored version matches and whose template is scheduled cost one pipelined read per batch.
-    Templates of rows that no longer exist are removed; schedule entries no row owns are never touched.
+    Templates of rows that no longer exist are removed; schedule entries no row owns are never touched. A row that
+    cannot be loaded or synced is logged and skipped: it never keeps the others from being reconciled.
     """
     report = SyncReport()
     servers = _servers()
@@ -317,12 +434,32 @@ def reconcile(*, using: str = 'default', connection: Any = None) -> SyncReport:
     for model in SCHEDULE_MODELS:
         pks = list(model._base_manager.using(using).values_list('pk', flat=True))
         for chunk in _chunks(pks, BATCH):
-            rows = list(model._base_manager.using(using).filter(pk__in=chunk))
+            rows = _load_rows(model, chunk, using=using, report=report)
             report.merge(_sync_chunk(model, rows, set(), servers, using=using))
     report.merge(_remove_orphans(servers, using=using))
-    if report.written or report.removed:
-        logger.info('Reconciled: %d written, %d removed', len(report.written), len(report.removed))
+    if report.written or report.removed or report.failed:
+        logger.info(
+            'Reconciled: %d written, %d removed, %d failed',
+            len(report.written), len(report.removed), len(report.failed),
+        )  # fmt: skip
     return report
+
+
+def _load_rows(model: type[ScheduleBase], pks: list[Any], *, using: str, report: SyncReport) -> list[ScheduleBase]:
+    """The rows of these pks; if the batch cannot be loaded (a column no field can read), row by row."""
+    manager = model._base_manager.using(using)
+    try:
+        return list(manager.filter(pk__in=pks))
+    except Exception:
+        logger.warning('Cannot load a batch of %s rows; loading them one by one', model.__name__)
+    rows = []
+    for pk in pks:
+        try:
+            rows.extend(manager.filter(pk=pk))
+        except Exception as exc:
+            logger.error('Cannot load %s %s (%r); it is not reconciled', model.__name__, pk, exc)
+            report.failed.append(keys.template_id(model._meta.model_name, pk))
+    return rows
 
 
 def _only(servers: _Servers, identity: tuple[Any, ...]) -> _Servers:
@@ -331,28 +468,33 @@ def _only(servers: _Servers, identity: tuple[Any, ...]) -> _Servers:
 
 
 def _remove_orphans(servers: _Servers, *, using: str) -> SyncReport:
-    models_by_name = {model._meta.model_name: model for model in SCHEDULE_MODELS}
+    """Removes the templates of rows that no longer exist (compare-and-set, like every sync write)."""
     report = SyncReport()
     for scheduler in servers.schedulers.values():
-        owned: dict[str, list[str]] = defaultdict(list)
-        for raw in scheduler.connection.hkeys(keys.VERSIONS_KEY):
-            template_id = raw.decode()
-            model_name, _, pk = template_id.removeprefix(TEMPLATE_PREFIX).rpartition('-')
-            if template_id.startswith(TEMPLATE_PREFIX) and model_name in models_by_name:
-                owned[model_name].append(pk)
-        for model_name, pks in owned.items():
-            model = models_by_name[model_name]
+        orphans: list[str] = []
+        for model, pks in _owned_templates(scheduler).items():
             existing = {
                 str(pk) for pk in model._base_manager.using(using).filter(pk__in=pks).values_list('pk', flat=True)
             }
-            orphans = [f'{TEMPLATE_PREFIX}{model_name}-{pk}' for pk in pks if pk not in existing]
-            if orphans:
-                with scheduler.connection.pipeline() as pipe:
-                    for template_id in orphans:
-                        _remove(pipe, template_id, keep_done=False)
-                    pipe.execute()
-                report.removed += orphans
+            orphans += [keys.template_id(model._meta.model_name, pk) for pk in map(str, pks) if pk not in existing]
+        if orphans:
+            report.merge(_sync_server(scheduler, [], orphans, []))
     return report
+
+
+def _owned_templates(scheduler: Scheduler) -> dict[type[ScheduleBase], list[Any]]:
+    """The primary keys, per model, of the rows that the versions hash names."""
+    models_by_name = {model._meta.model_name: model for model in SCHEDULE_MODELS}
+    owned: dict[type[ScheduleBase], list[Any]] = defaultdict(list)
+    for raw in scheduler.connection.hkeys(keys.VERSIONS_KEY):
+        owner = keys.template_owner(raw.decode(errors='replace'))
+        model = models_by_name.get(owner[0]) if owner else None
+        if owner and model is not None:
+            try:
+                owned[model].append(model._meta.pk.to_python(owner[1]))
+            except ValidationError:
+                continue  # not a key of ours: leave it alone
+    return owned
 
 
 # -- run feedback -----------------------------------------------------------------------------------------------
@@ -361,43 +503,86 @@ def _remove_orphans(servers: _Servers, *, using: str) -> SyncReport:
 def apply_feedback(connection: Any, *, using: str = 'default') -> int:
     """Copies the loop's run records into their rows with ``update()``; returns how many records were read.
 
-    Records stay in Redis until their rows are written, so a database outage only delays feedback.
+    Records stay in Redis until their rows are written, so a database outage only delays feedback. A record that
+    cannot be read or written (foreign data, a row gone) is logged and dropped: it never holds up the others.
     """
     records = connection.lrange(keys.RUNS_KEY, 0, FEEDBACK_BATCH - 1)
     if not records:
         return 0
-    latest: dict[str, dict[str, Any]] = {}
+    latest: dict[tuple[type[ScheduleBase], Any], dict[str, Any]] = {}
     for raw in records:
-        record = json.loads(raw)
-        latest[record['owner']] = record  # records are in order: the last one per row wins
-    models_by_label = {model._meta.label_lower: model for model in SCHEDULE_MODELS}
-    with transaction.atomic(using=using):
-        for owner, record in latest.items():
-            label, _, pk = owner.rpartition(':')
-            model = models_by_label.get(label)
-            if model is not None:
-                model._base_manager.using(using).filter(pk=pk).record_feedback(**_feedback_fields(model, record))
-    connection.ltrim(keys.RUNS_KEY, len(records), -1)
+        parsed = _parse_record(raw)
+        if parsed is not None:
+            model, pk, fields = parsed
+            latest[model, pk] = fields  # records are in order: the last one per row wins
+    _write_feedback(latest, using=using)
+    connection.eval(scripts.TRIM_IF_HEAD, 1, keys.RUNS_KEY, records[0], len(records))
     return len(records)
 
 
+def _write_feedback(latest: dict[tuple[type[ScheduleBase], Any], dict[str, Any]], *, using: str) -> None:
+    try:
+        with transaction.atomic(using=using):
+            for (model, pk), fields in latest.items():
+                model._base_manager.using(using).filter(pk=pk).record_feedback(**fields)
+    except (OperationalError, InterfaceError):
+        raise  # the database is away: the records wait in Redis
+    except DatabaseError:
+        logger.warning('A batch of run feedback failed; writing it row by row')
+        for (model, pk), fields in latest.items():
+            try:
+                with transaction.atomic(using=using):
+                    model._base_manager.using(using).filter(pk=pk).record_feedback(**fields)
+            except (OperationalError, InterfaceError):
+                raise
+            except DatabaseError as exc:
+                logger.error('Dropping the run feedback of %s %s: %s', model.__name__, pk, exc)
+
+
+def _parse_record(raw: bytes) -> tuple[type[ScheduleBase], Any, dict[str, Any]] | None:
+    """The row and the fields a run record sets, or None (logged) for a record no row can take."""
+    try:
+        record = json.loads(raw)
+        label, _, pk = record['owner'].rpartition(':')
+        model = {model._meta.label_lower: model for model in SCHEDULE_MODELS}[label]
+        return model, model._meta.pk.to_python(pk), _feedback_fields(model, record)
+    except Exception as exc:
+        logger.warning('Dropping a malformed run record %r: %r', raw[:200], exc)
+        return None
+
+
 def _feedback_fields(model: type[ScheduleBase], record: dict[str, Any]) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        'run_count': record['runs'],
-        'next_run': datetime.fromtimestamp(record['next'], tz=UTC) if record.get('next') else None,
-    }
+    runs = record['runs']
+    if isinstance(runs, bool) or not isinstance(runs, int) or not 0 <= runs <= MAX_RUN_COUNT:
+        raise ValueError(f'runs: {runs!r}')
+    fields: dict[str, Any] = {'run_count': runs, 'next_run': _record_time(record.get('next'))}
     if record.get('job'):
-        fields['last_run'] = datetime.fromtimestamp(record['at'], tz=UTC)
+        fields['last_run'] = _record_time(record['at'])
     if model is ScheduledJob and record.get('job'):
         fields['has_run'] = True
     return fields
+
+
+def _record_time(epoch: Any) -> datetime | None:
+    if epoch is None:
+        return None
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+        raise ValueError(f'time: {epoch!r}')
+    return datetime.fromtimestamp(epoch, tz=UTC)  # OverflowError, ValueError or OSError if out of range
 
 
 # -- run now ----------------------------------------------------------------------------------------------------
 
 
 def run_now(row: ScheduleBase) -> Any:
-    """Enqueues one extra run of ``row`` at once; the next scheduled run does not move."""
+    """Enqueues one extra run of ``row`` at once; the next scheduled run does not move.
+
+    The row must be saved and valid as it is in the database now (its callable allowed): ValidationError otherwise.
+    """
+    if row.pk is None:
+        raise ValidationError('Save this schedule before running it.', code='unsaved')
+    row = type(row)._base_manager.get(pk=row.pk)  # what the database holds, not what this instance was told
+    row.full_clean(validate_unique=False, validate_constraints=False)
     scheduler = Scheduler(queue_name=row.queue)
     job = _template_job(scheduler, row, row.run_count)
     job.id = f'{row.template_id}_now_{round(time.time() * 1000)}'

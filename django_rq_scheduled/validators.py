@@ -10,9 +10,10 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
-from . import cron
-from .conf import callable_allowed
+from . import conf, cron
+from .allowlist import CallableRefused
 
 
 def callable_path(value: Any) -> Any:
@@ -22,19 +23,35 @@ def callable_path(value: Any) -> Any:
     return value
 
 
+CALLABLE_MESSAGES = {
+    'invalid': gettext_lazy('Enter a dotted path such as "myapp.tasks.send_report".'),
+    'not_allowed': gettext_lazy('%(path)s is not allowed by the ALLOWED_CALLABLES setting.'),
+    'not_defined_here': gettext_lazy('%(path)s is not allowed: %(error)s. Name the module that defines it.'),
+    'not_importable': gettext_lazy('Cannot import %(path)s: %(error)s'),
+    'not_callable': gettext_lazy('%(path)s is not callable.'),
+}
+
+
 def validate_callable(value: Any) -> None:
-    if not isinstance(value, str) or '.' not in value:
-        raise ValidationError(_('Enter a dotted path such as "myapp.tasks.send_report".'), code='invalid')
+    """The allow-list's verdict (its patterns are matched before anything is imported), or an import check."""
+    allow_list = conf.allow_list()
     try:
-        target = import_string(value)
-    except ImportError as exc:
-        raise ValidationError(_('Cannot import %(path)s: %(error)s'), params={'path': value, 'error': exc}) from exc
-    if not callable(target):
-        raise ValidationError(_('%(path)s is not callable.'), params={'path': value}, code='not_callable')
-    if not callable_allowed(value):
+        allow_list.check(value)
+        if not allow_list.restricts:
+            _check_importable(value)
+    except CallableRefused as exc:
         raise ValidationError(
-            _('%(path)s is not allowed by the ALLOWED_CALLABLES setting.'), params={'path': value}, code='not_allowed'
-        )
+            CALLABLE_MESSAGES[exc.code], params={'path': value, 'error': str(exc)}, code=exc.code
+        ) from exc
+
+
+def _check_importable(path: str) -> None:
+    try:
+        target = import_string(path)
+    except Exception as exc:  # whatever the module raises at import time
+        raise CallableRefused(repr(exc), 'not_importable') from exc
+    if not callable(target):
+        raise CallableRefused(f'{path} is not callable', 'not_callable')
 
 
 def validate_args(value: Any) -> None:

@@ -173,11 +173,12 @@ def test_a_disallowed_callable_written_by_raw_sql_is_never_scheduled_nor_enqueue
     settings.RQ_SCHEDULED = {'ALLOWED_CALLABLES': ['tests.tasks.record']}
     assert reconcile().removed == [row.template_id]
     assert scheduled_ids(connection) == []
-    # Even a template written straight into Redis is refused when it is due.
-    from django_rq_scheduled.conf import callable_allowed
-
-    scheduler = Scheduler(connection=connection, callable_allowed=callable_allowed)
-    scheduler.enqueue_at(datetime.now(UTC) - timedelta(seconds=1), 'tests.tasks.add', job_id='smuggled')
+    # The API refuses it at call time; a job written straight into Redis (another producer) is refused when due.
+    scheduler = Scheduler(connection=connection)
+    with pytest.raises(ValueError, match='not allowed by ALLOWED_CALLABLES'):
+        scheduler.enqueue_at(datetime.now(UTC), 'tests.tasks.add', job_id='refused')
+    producer = Scheduler(connection=connection, callable_allowed=None)
+    producer.enqueue_at(datetime.now(UTC) - timedelta(seconds=1), 'tests.tasks.add', job_id='smuggled')
     assert scheduler.enqueue_jobs() == []
     assert 'ALLOWED_CALLABLES' in scheduler.dead_letters()['smuggled']
 

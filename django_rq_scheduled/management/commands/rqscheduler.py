@@ -20,7 +20,6 @@ from django_rq_scheduled.conf import (
     MAX_NAME_LENGTH,
     MAX_SECONDS,
     MIN_SECONDS,
-    callable_allowed,
     get_setting,
     is_instance_name,
 )
@@ -143,12 +142,12 @@ class Command(BaseCommand):
         return requested or known
 
     def _build_schedulers(self, options: dict[str, Any]) -> list[Scheduler]:
-        groups: dict[tuple[Any, ...], str] = {}
+        groups: dict[tuple[Any, ...], tuple[str, Any]] = {}
         lease_ttl = options['lease_ttl'] or get_setting('LEASE_TTL')
         for queue_name in self._queue_names(options['queue']):
             connection = _django.connection_for(queue_name)
             bound_socket_timeouts(connection, lease_ttl)
-            groups.setdefault(connection_identity(connection), queue_name)
+            groups.setdefault(connection_identity(connection), (queue_name, connection))
         base_name = options['name'] or f'{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:6]}'
         interval = options['interval'] or get_setting('INTERVAL')
         batch_size = options['batch_size'] or get_setting('BATCH_SIZE')
@@ -156,13 +155,13 @@ class Command(BaseCommand):
             return [
                 Scheduler(
                     queue_name=queue_name,
+                    connection=connection,  # the one whose socket timeouts were bounded above
                     interval=interval,
                     name=base_name if len(groups) == 1 else f'{base_name}-{index}',
                     lease_ttl=lease_ttl,
                     batch_size=batch_size,
-                    callable_allowed=callable_allowed if get_setting('ALLOWED_CALLABLES') is not None else None,
                 )
-                for index, queue_name in enumerate(groups.values())
+                for index, (queue_name, connection) in enumerate(groups.values())
             ]
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
