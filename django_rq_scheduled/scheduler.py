@@ -611,13 +611,12 @@ class Scheduler:
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def retry_dead_letter(self, job_id: str) -> bool:
-        """Puts a dead-lettered job back into the schedule, due now."""
+        """Puts a dead-lettered job back into the schedule, due now; False (and nothing done) if it was not one."""
         keys.validate_job_id(job_id, 'job_id')
-        with self.connection.pipeline() as pipe:
-            pipe.hdel(keys.DEAD_LETTERS_KEY, job_id)
-            pipe.eval(scripts.SCHEDULE, 3, *self._wakeup_keys(), job_id, format_score(time.time()), '')
-            removed, _ = pipe.execute()
-        return bool(removed)
+        retried = self.connection.eval(
+            scripts.RETRY_DEAD_LETTER, 4, *self._wakeup_keys(), keys.DEAD_LETTERS_KEY, job_id, format_score(time.time())
+        )
+        return bool(retried)
 
     # -- moving due jobs ------------------------------------------------------------------------------------
 

@@ -128,11 +128,9 @@ end
 return out
 """
 
-# Adds or moves a member and wakes a sleeping scheduler if the new time is earlier than its wake-up time.
-# KEYS: schedule, next wake-up, wake-up list. ARGV: member, score, and 'XX' to move an existing member only
-# (rq-scheduler's change_execution_time, made atomic). Returns 0 if 'XX' and the member is absent.
-SCHEDULE = """
-if ARGV[3] == 'XX' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+# Schedules ARGV[1] at ARGV[2] and wakes a sleeping scheduler if that is earlier than its wake-up time.
+# KEYS: schedule, next wake-up, wake-up list: the first three keys of every script that includes it.
+_ZADD_AND_WAKE = """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 local wake = redis.call('GET', KEYS[2])
 if wake and tonumber(ARGV[2]) < tonumber(wake) then
@@ -140,6 +138,22 @@ if wake and tonumber(ARGV[2]) < tonumber(wake) then
   redis.call('RPUSH', KEYS[3], '1')
   redis.call('PEXPIRE', KEYS[3], 60000)
 end
+"""
+
+# Adds or moves a member and wakes a sleeping scheduler if the new time is earlier than its wake-up time.
+# KEYS: schedule, next wake-up, wake-up list. ARGV: member, score, and 'XX' to move an existing member only
+# (rq-scheduler's change_execution_time, made atomic). Returns 0 if 'XX' and the member is absent.
+SCHEDULE = f"""
+if ARGV[3] == 'XX' and not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+{_ZADD_AND_WAKE}
+return 1
+"""
+
+# Puts a dead letter back into the schedule, only if it was one: any other id (a finished job's, say) must not
+# run again. KEYS: schedule, next wake-up, wake-up list, dead letters. ARGV: member, score. Returns 1 if retried.
+RETRY_DEAD_LETTER = f"""
+if redis.call('HDEL', KEYS[4], ARGV[1]) == 0 then return 0 end
+{_ZADD_AND_WAKE}
 return 1
 """
 

@@ -62,10 +62,10 @@ def _act(request: HttpRequest, scheduler: Any) -> None:
     try:
         if action == 'retry':
             done = scheduler.retry_dead_letter(job_id)
-            message = _('%(job)s is scheduled again.') if done else _('%(job)s was not a dead letter.')
+            message = _('“%(job)s” is scheduled again.') if done else _('“%(job)s” was not a dead letter.')
         elif action in ('discard', 'cancel'):
             done = scheduler.cancel(job_id)
-            message = _('%(job)s was removed.') if done else _('%(job)s was not scheduled.')
+            message = _('“%(job)s” was removed.') if done else _('“%(job)s” was not scheduled.')
         else:
             raise ValueError(f'action: unknown action {action!r}')
     except ValueError as exc:
