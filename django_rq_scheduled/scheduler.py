@@ -523,9 +523,14 @@ class Scheduler:
 
     def cancel(self, job: Job | str) -> bool:
         """Removes a job from the schedule (and its hash, if it was still only scheduled). True if it was there."""
-        job_id = self._job_id(job)
+        return self.cancel_member(self._job_id(job).encode())
+
+    def cancel_member(self, member: bytes) -> bool:
+        """``cancel`` of a schedule member or dead letter by its raw bytes, even ones that are no valid job id
+        (written by someone else, or not UTF-8): what the status page shows can always be removed."""
+        job_key = keys.JOB_KEY_PREFIX.encode() + member
         removed = self.connection.eval(
-            scripts.CANCEL, 3, self.scheduled_jobs_key, keys.job_key(job_id), keys.DEAD_LETTERS_KEY, job_id
+            scripts.CANCEL, 3, self.scheduled_jobs_key, job_key, keys.DEAD_LETTERS_KEY, member
         )
         return bool(removed)
 
