@@ -80,3 +80,33 @@ def test_only_the_selected_rows_change(superuser):
     superuser.post(url, {'action': 'disable_selected', '_selected_action': selected(chosen)})
     other.refresh_from_db()
     assert other.enabled and logged('Disabled') == [row.pk for row in chosen]
+
+
+# -- run now reuses the server's client -------------------------------------------------------------------------
+
+
+def connections_opened(connection, action) -> int:
+    """How many connections the Redis server accepted while ``action`` ran."""
+    before = connection.info('stats')['total_connections_received']
+    action()
+    return connection.info('stats')['total_connections_received'] - before
+
+
+def test_run_now_on_many_rows_opens_no_more_connections_than_on_one(superuser, connection):
+    one, many = rows(1), rows(20, enabled=False)
+    url = reverse(CHANGELIST)
+    superuser.get(url)  # the change list warms the cached per-server clients up
+
+    def run(schedules):
+        return lambda: superuser.post(url, {'action': 'run_selected_now', '_selected_action': selected(schedules)})
+
+    on_one = connections_opened(connection, run(one))
+    on_many = connections_opened(connection, run(many))
+    assert connection.llen('rq:queue:default') == 21
+    assert on_many <= on_one
+
+
+def test_run_now_enqueues_on_the_rows_own_queue_through_the_shared_client(superuser, connection):
+    row = CronJob.objects.create(name='high', callable='tests.tasks.add', cron_string='0 7 * * *', queue='high')
+    superuser.post(reverse(CHANGELIST), {'action': 'run_selected_now', '_selected_action': [row.pk]})
+    assert connection.llen('rq:queue:high') == 1 and connection.llen('rq:queue:default') == 0
