@@ -528,6 +528,8 @@ class Scheduler:
     def cancel_member(self, member: bytes) -> bool:
         """``cancel`` of a schedule member or dead letter by its raw bytes, even ones that are no valid job id
         (written by someone else, or not UTF-8): what the status page shows can always be removed."""
+        if not isinstance(member, bytes):
+            raise ValueError(f'member: expected bytes, got {type(member).__name__}')
         job_key = keys.JOB_KEY_PREFIX.encode() + member
         removed = self.connection.eval(
             scripts.CANCEL, 3, self.scheduled_jobs_key, job_key, keys.DEAD_LETTERS_KEY, member
@@ -611,9 +613,12 @@ class Scheduler:
     # -- dead letters ---------------------------------------------------------------------------------------
 
     def dead_letters(self) -> dict[str, str]:
-        """Jobs taken out of the schedule because they could not be moved: job id → JSON with the reason."""
+        """Jobs taken out of the schedule because they could not be moved: job id → JSON with the reason.
+
+        A member that is not UTF-8 (the loop dead-letters those too) appears with ``\\xff`` escapes; remove it with
+        ``cancel_member()`` and its raw bytes."""
         raw = self.connection.hgetall(keys.DEAD_LETTERS_KEY)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {k.decode('utf-8', 'backslashreplace'): v.decode('utf-8', 'backslashreplace') for k, v in raw.items()}
 
     def retry_dead_letter(self, job_id: str) -> bool:
         """Puts a dead-lettered job back into the schedule, due now; False (and nothing done) if it was not one."""

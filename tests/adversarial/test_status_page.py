@@ -404,3 +404,13 @@ def test_any_bytes_render(dead, schedule, instances, lock, strings):
     context = {'servers': [server], 'can_change': True, 'opts': CronJob._meta}
     render_to_string('admin/django_rq_scheduled/status.html', context).encode('utf-8')
     assert {_text(key) for key in strings} <= set(server['status'].problems)
+
+
+def test_the_dead_letters_api_reads_members_that_are_not_utf8(connection):
+    connection.hset(DEAD, b'bad\xff', b'{"reason": "\xfe"}')
+    assert Scheduler(connection=connection).dead_letters() == {r'bad\xff': r'{"reason": "\xfe"}'}
+
+
+def test_cancel_member_takes_bytes_only(connection):
+    with pytest.raises(ValueError, match=r'^member: '):
+        Scheduler(connection=connection).cancel_member('api-job')
