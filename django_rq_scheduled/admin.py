@@ -203,22 +203,29 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     # -- actions --------------------------------------------------------------------------------------------
 
-    def _log_each(self, request: HttpRequest, queryset: QuerySet, message: str) -> None:
-        for obj in queryset:
-            self.log_change(request, obj, message)
+    def _set_enabled(self, request: HttpRequest, queryset: QuerySet, *, enabled: bool, message: str) -> int:
+        """Enables or disables exactly the rows selected, logging each.
+
+        The rows are read before the update and then named by primary key: a change-list filter such as
+        ``?enabled__exact=1`` would match none of them once they are disabled.
+        """
+        rows = list(queryset)
+        same_rows = queryset.model._default_manager.using(queryset.db).filter(pk__in=[row.pk for row in rows])
+        count = same_rows.enable() if enabled else same_rows.disable()
+        for row in rows:
+            self.log_change(request, row, message)
+        return count
 
     @admin.action(description=_('Enable selected schedules'), permissions=['change'])
     def enable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = queryset.enable()
-        self._log_each(request, queryset, 'Enabled')
+        count = self._set_enabled(request, queryset, enabled=True, message='Enabled')
         self.message_user(
             request, ngettext('%d schedule enabled.', '%d schedules enabled.', count) % count, messages.SUCCESS
         )
 
     @admin.action(description=_('Disable selected schedules'), permissions=['change'])
     def disable_selected(self, request: HttpRequest, queryset: QuerySet) -> None:
-        count = queryset.disable()
-        self._log_each(request, queryset, 'Disabled')
+        count = self._set_enabled(request, queryset, enabled=False, message='Disabled')
         self.message_user(
             request, ngettext('%d schedule disabled.', '%d schedules disabled.', count) % count, messages.SUCCESS
         )
@@ -262,9 +269,7 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     def _cancel(self, request: HttpRequest, queryset: QuerySet) -> int:
         """Removes the schedules from Redis and disables their rows; the rows and their history stay."""
-        count = queryset.disable()
-        self._log_each(request, queryset, 'Cancelled')
-        return count
+        return self._set_enabled(request, queryset, enabled=False, message='Cancelled')
 
     # -- the cancel screen of one schedule ------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from rq.queue import Queue
 from rq.serializers import resolve_serializer
 from rq.utils import backend_class, parse_timeout, utcformat
 
-from . import _django, cron, keys, scripts
+from . import _django, cron, keys, payloads, scripts
 from .allowlist import AllowList
 from .conf import MAX_BATCH_SIZE, MAX_NAME_LENGTH, MAX_SECONDS, is_instance_name
 from .planner import (
@@ -68,15 +68,11 @@ PLANNING_FIELDS = (
 )  # fmt: skip
 FROM_SETTINGS = object()
 """Default of ``callable_allowed``: the project's ALLOWED_CALLABLES inside Django, no restriction outside."""
-REDIS_OUTAGE_ERRORS = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    # Out of memory, or a replica after a failover: Redis refuses writes for a while. Waited out, never a reason
-    # to dead-letter a job.
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.ReadOnlyError,
-)
+REDIS_UNREACHABLE_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError)
+# Out of memory, or a replica after a failover: Redis refuses writes for a while. Waited out like an outage, never
+# a reason to dead-letter a job.
+REDIS_WRITES_REFUSED_ERRORS = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError)
+REDIS_OUTAGE_ERRORS = REDIS_UNREACHABLE_ERRORS + REDIS_WRITES_REFUSED_ERRORS
 
 
 class LeadershipLost(Exception):
@@ -581,9 +577,16 @@ class Scheduler:
 
     def cancel(self, job: Job | str) -> bool:
         """Removes a job from the schedule (and its hash, if it was still only scheduled). True if it was there."""
-        job_id = self._job_id(job)
+        return self.cancel_member(self._job_id(job).encode())
+
+    def cancel_member(self, member: bytes) -> bool:
+        """``cancel`` of a schedule member or dead letter by its raw bytes, even ones that are no valid job id
+        (written by someone else, or not UTF-8): what the status page shows can always be removed."""
+        if not isinstance(member, bytes):
+            raise ValueError(f'member: expected bytes, got {type(member).__name__}')
+        job_key = keys.JOB_KEY_PREFIX.encode() + member
         removed = self.connection.eval(
-            scripts.CANCEL, 3, self.scheduled_jobs_key, keys.job_key(job_id), keys.DEAD_LETTERS_KEY, job_id
+            scripts.CANCEL, 3, self.scheduled_jobs_key, job_key, keys.DEAD_LETTERS_KEY, member
         )
         return bool(removed)
 
@@ -677,18 +680,36 @@ class Scheduler:
     # -- dead letters ---------------------------------------------------------------------------------------
 
     def dead_letters(self) -> dict[str, str]:
-        """Jobs taken out of the schedule because they could not be moved: job id → JSON with the reason."""
+        """Jobs taken out of the schedule because they could not be moved: job id → JSON with the reason.
+
+        A member that is not UTF-8 (the loop dead-letters those too) appears with ``\\xff`` escapes; remove it with
+        ``cancel_member()`` and its raw bytes."""
         raw = self.connection.hgetall(keys.DEAD_LETTERS_KEY)
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        return {k.decode('utf-8', 'backslashreplace'): v.decode('utf-8', 'backslashreplace') for k, v in raw.items()}
 
     def retry_dead_letter(self, job_id: str) -> bool:
-        """Puts a dead-lettered job back into the schedule, due now."""
+        """Puts a dead-lettered job back into the schedule, due now; False (and nothing done) if it was not one.
+
+        ValueError if the callable of the job is refused by the allow-list: it would only be dead-lettered again.
+        """
         keys.validate_job_id(job_id, 'job_id')
-        with self.connection.pipeline() as pipe:
-            pipe.hdel(keys.DEAD_LETTERS_KEY, job_id)
-            pipe.eval(scripts.SCHEDULE, 3, *self._wakeup_keys(), job_id, format_score(time.time()), '')
-            removed, _ = pipe.execute()
-        return bool(removed)
+        self._check_stored_callable(job_id)
+        retried = self.connection.eval(
+            scripts.RETRY_DEAD_LETTER, 4, *self._wakeup_keys(), keys.DEAD_LETTERS_KEY, job_id, format_score(time.time())
+        )
+        return bool(retried)
+
+    def _check_stored_callable(self, job_id: str) -> None:
+        refusal, data = self._callable_refusal, self.connection.hget(keys.job_key(job_id), 'data')
+        if refusal is None or data is None:
+            return
+        try:
+            call = payloads.read_call(data, self.serializer)
+        except payloads.PayloadError as exc:
+            raise ValueError(f'job_id: the payload of {job_id} cannot be read: {exc}') from exc
+        reason = 'a bound method cannot be checked' if call.bound else refusal(call.func_name)
+        if reason:
+            raise ValueError(f'job_id: {job_id} would not run: {reason}')
 
     # -- moving due jobs ------------------------------------------------------------------------------------
 
@@ -1190,9 +1211,11 @@ class Scheduler:
 
     def _heartbeat_or_log(self) -> None:
         # The registry is for people to read: a heartbeat Redis refuses (out of memory, a key of the wrong type)
-        # must not keep the leader from renewing its lease and moving jobs. An outage fails the lease next anyway.
+        # must not keep the leader from renewing its lease and moving jobs. An unreachable Redis ends the tick.
         try:
             self.heartbeat()
+        except REDIS_UNREACHABLE_ERRORS:
+            raise
         except redis.RedisError as exc:
             logger.warning('Heartbeat failed (%s); the loop goes on', exc)
 

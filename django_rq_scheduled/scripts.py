@@ -217,6 +217,20 @@ return 1
 """
 )
 
+# Puts a dead letter back into the schedule, only if it was one: any other id (a finished job's, say) must not
+# run again. KEYS: schedule, next wake-up, wake-up list, dead letters. ARGV: member, score. Returns 1 if retried.
+RETRY_DEAD_LETTER = (
+    """
+if redis.call('HDEL', KEYS[4], ARGV[1]) == 0 then return 0 end
+local score = ARGV[2]
+redis.call('ZADD', KEYS[1], score, ARGV[1])
+"""
+    + _WAKE.format(next_wake='KEYS[2]', wakeup_list='KEYS[3]')
+    + """
+return 1
+"""
+)
+
 # Removes a member and, only if it was still scheduled, its job hash (a job already moved to a queue keeps its
 # hash). KEYS: schedule, job hash, dead letters. ARGV: member. Returns 1 if it was scheduled or dead-lettered.
 CANCEL = """
@@ -248,21 +262,6 @@ return 0
 # Releases the lease only if we own it. KEYS: lock. ARGV: token.
 RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# Deletes a job hash only while it is still a scheduled template: a one-off job's id is its template's id, and
-# once moved onto a queue the hash belongs to RQ. KEYS: job hash.
-DELETE_IF_SCHEDULED = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == false or status == 'scheduled' then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-# Forgets a template's version unless it records that the schedule ran its last run. KEYS: versions. ARGV: id.
-HDEL_UNLESS_DONE = """
-local version = redis.call('HGET', KEYS[1], ARGV[1])
-if version and string.sub(version, 1, 5) ~= 'done:' then return redis.call('HDEL', KEYS[1], ARGV[1]) end
 return 0
 """
 

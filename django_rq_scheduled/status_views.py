@@ -2,27 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
+import redis
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 
+from . import keys
 from .models import SCHEDULE_MODELS
-from .status import TEMPLATE_PREFIX, read_status
+from .status import TEMPLATE_PREFIX, Member, read_status
+
+logger = logging.getLogger(__name__)
 
 MODELS_BY_NAME = {model._meta.model_name: model for model in SCHEDULE_MODELS}
+SHOWN_ID_LENGTH = 80
 
 
-def owner_link(template_id: str) -> str | None:
+def owner_link(template_id: str | None) -> str | None:
     """The admin change page of the row that owns a template, without loading the row."""
+    if not template_id or not template_id.startswith(TEMPLATE_PREFIX):
+        return None
     model_name, _, pk = template_id.removeprefix(TEMPLATE_PREFIX).rpartition('-')
     model = MODELS_BY_NAME.get(model_name)
-    if not template_id.startswith(TEMPLATE_PREFIX) or model is None:
+    if model is None:
         return None
     try:
         return reverse(f'admin:{model._meta.app_label}_{model_name}_change', args=[pk])
@@ -30,20 +39,31 @@ def owner_link(template_id: str) -> str | None:
         return None
 
 
-def _time(epoch: float | None) -> datetime | None:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc) if epoch else None
+def _when(epoch: float | None) -> str:
+    """A UTC time as the page shows it; a number no date can hold (inf, 1e15) is shown as that number."""
+    if epoch is None:
+        return '—'
+    try:
+        return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime('%Y-%m-%d %H:%M:%S')
+    except (ValueError, OverflowError, OSError):
+        return f'{epoch:g}'
 
 
 def _server_context(name: str, scheduler: Any) -> dict[str, Any]:
-    status = read_status(scheduler.connection)
+    try:
+        status = read_status(scheduler.connection)
+    except redis.RedisError as exc:
+        # The error's text names the host and port: it goes to the log, and only its kind onto the page.
+        logger.warning('Status page: cannot read the Redis server of queues %s: %s', name, exc)
+        return {'name': name, 'error': type(exc).__name__}
     return {
         'name': name,
         'status': status,
-        'leader_heartbeat': _time(status.leader.last_heartbeat) if status.leader else None,
-        'standbys': [(standby, _time(standby.last_heartbeat)) for standby in status.standbys],
-        'next_due': [(member, _time(score), owner_link(member)) for member, score in status.next_due],
-        'dead_letters': [(letter, _time(letter.score), _time(letter.at)) for letter in status.dead_letters],
-        'unowned': [(member, _time(score)) for member, score in status.unowned],
+        'leader_heartbeat': _when(status.leader.last_heartbeat) if status.leader else '—',
+        'standbys': [(standby, _when(standby.last_heartbeat)) for standby in status.standbys],
+        'next_due': [(member, _when(score), owner_link(member.job_id)) for member, score in status.next_due],
+        'dead_letters': [(letter, _when(letter.score), _when(letter.at)) for letter in status.dead_letters],
+        'unowned': [(member, _when(score)) for member, score in status.unowned],
     }
 
 
@@ -57,21 +77,50 @@ def _servers_by_name() -> dict[str, Any]:
     return {', '.join(names.get(identity, [])): scheduler for identity, scheduler in servers.schedulers.items()}
 
 
+def _posted_member(post: QueryDict) -> Member | None:
+    """The member a button names: hex-encoded (any bytes, as the page's buttons send it), else a plain job id."""
+    if post.get('member'):
+        try:
+            return Member(bytes.fromhex(post['member']))
+        except ValueError:
+            return None
+    job_id = post.get('job_id', '')
+    return Member(job_id.encode()) if keys.JOB_ID_PATTERN.fullmatch(job_id) else None
+
+
+def _retry(request: HttpRequest, scheduler: Any, member: Member, shown: str) -> None:
+    if member.job_id is None:
+        message = _('“%(job)s” is not a valid RQ job id: it cannot be retried, only discarded.')
+        messages.error(request, message % {'job': shown})
+    elif scheduler.retry_dead_letter(member.job_id):
+        messages.success(request, _('“%(job)s” is scheduled again.') % {'job': shown})
+    else:
+        messages.warning(request, _('“%(job)s” was not a dead letter.') % {'job': shown})
+
+
+def _remove(request: HttpRequest, scheduler: Any, member: Member, shown: str) -> None:
+    if scheduler.cancel_member(member.raw):
+        messages.success(request, _('“%(job)s” was removed.') % {'job': shown})
+    else:
+        messages.warning(request, _('“%(job)s” was neither scheduled nor a dead letter.') % {'job': shown})
+
+
+ACTIONS = {'retry': _retry, 'discard': _remove, 'cancel': _remove}
+
+
 def _act(request: HttpRequest, scheduler: Any) -> None:
-    action, job_id = request.POST.get('action'), request.POST.get('job_id', '')
-    try:
-        if action == 'retry':
-            done = scheduler.retry_dead_letter(job_id)
-            message = _('%(job)s is scheduled again.') if done else _('%(job)s was not a dead letter.')
-        elif action in ('discard', 'cancel'):
-            done = scheduler.cancel(job_id)
-            message = _('%(job)s was removed.') if done else _('%(job)s was not scheduled.')
-        else:
-            raise ValueError(f'action: unknown action {action!r}')
-    except ValueError as exc:
-        messages.error(request, str(exc))
-        return
-    messages.add_message(request, messages.SUCCESS if done else messages.WARNING, message % {'job': job_id})
+    act = ACTIONS.get(request.POST.get('action', ''))
+    member = _posted_member(request.POST)
+    if act is None:
+        messages.error(request, _('Unknown action.'))
+    elif member is None:
+        messages.error(request, _('No job was given, or its id is not valid.'))
+    else:
+        try:
+            act(request, scheduler, member, Truncator(member.text).chars(SHOWN_ID_LENGTH))
+        except redis.RedisError as exc:
+            logger.warning('Status page: the %s button failed: %s', request.POST['action'], exc)
+            messages.error(request, _('Redis failed (%(error)s).') % {'error': type(exc).__name__})
 
 
 def status_page(model_admin: Any, request: HttpRequest) -> HttpResponse:

@@ -574,6 +574,15 @@ def _record_time(epoch: Any) -> datetime | None:
 # -- run now ----------------------------------------------------------------------------------------------------
 
 
+def _scheduler_for(queue_name: str) -> Scheduler:
+    """The cached scheduler of the queue's Redis server: its client and connection pool are reused."""
+    servers = _servers()
+    identity = servers.queue_home.get(queue_name)
+    if identity is None:
+        raise ValueError(f'queue: unknown queue {queue_name!r}; RQ_QUEUES has {sorted(servers.queue_home)}')
+    return servers.schedulers[identity]
+
+
 def run_now(row: ScheduleBase) -> Any:
     """Enqueues one extra run of ``row`` at once; the next scheduled run does not move.
 
@@ -583,7 +592,7 @@ def run_now(row: ScheduleBase) -> Any:
         raise ValidationError('Save this schedule before running it.', code='unsaved')
     row = type(row)._base_manager.get(pk=row.pk)  # what the database holds, not what this instance was told
     row.full_clean(validate_unique=False, validate_constraints=False)
-    scheduler = Scheduler(queue_name=row.queue)
+    scheduler = _scheduler_for(row.queue)
     job = _template_job(scheduler, row, row.run_count)
     job.id = f'{row.template_id}_now_{round(time.time() * 1000)}'
     job.meta = {

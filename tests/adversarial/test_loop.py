@@ -31,9 +31,22 @@ def out_of_memory(connection):
     """Redis refusing every write that needs memory (maxmemory reached, noeviction), until ``free()``."""
 
     class OutOfMemory:
+        def settle(self):
+            while int(connection.info('memory').get('lazyfree_pending_objects', 0)):
+                threading.Event().wait(0.05)  # memory an earlier test freed lazily would be freed under our feet
+
         def fill(self):
             connection.config_set('maxmemory-policy', 'noeviction')
-            connection.config_set('maxmemory', max(1, int(connection.info('memory')['used_memory']) - 1024))
+            self.settle()
+            for _ in range(100):  # memory freed lazily by earlier tests may still be counted: set until it bites
+                connection.config_set('maxmemory', max(1, int(connection.info('memory')['used_memory']) - 200_000))
+                try:
+                    connection.set('drqs-test:oom-probe', 'x' * 1000)
+                except redis.exceptions.OutOfMemoryError:
+                    return
+                connection.delete('drqs-test:oom-probe')
+                threading.Event().wait(0.05)
+            raise AssertionError('could not make Redis run out of memory')
 
         def free(self):
             connection.config_set('maxmemory', 0)
@@ -63,6 +76,7 @@ def test_out_of_memory_dead_letters_nothing_and_every_job_moves_once_memory_is_f
 
 @needs_redis_server
 def test_the_loop_waits_out_an_out_of_memory_redis_and_then_moves_everything_once(connection, out_of_memory, caplog):
+    out_of_memory.settle()
     scheduler = Scheduler(connection=connection, batch_size=5, interval=0.05)
     due = datetime.now(UTC) + timedelta(seconds=1.5)
     for number in range(20):
