@@ -62,7 +62,7 @@ def redis_presence(rows: list[ScheduleBase]) -> dict[Any, tuple[bool, str | None
                 pipe.zscore(keys.SCHEDULED_JOBS_KEY, template_id)
             versions, *scores = pipe.execute()
         for row, version, score in zip(group, versions, scores):
-            presence[row.pk] = (score is not None, version.decode() if version else None)
+            presence[row.pk] = (score is not None, version.decode(errors='replace') if version else None)
     return presence
 
 

@@ -160,8 +160,15 @@ def to_score(value: datetime, argument: str = 'scheduled_time') -> float:
 
 
 def from_score(score: float) -> datetime:
-    """A naive UTC datetime, as rq-scheduler returns them."""
-    return datetime.fromtimestamp(score, tz=timezone.utc).replace(tzinfo=None)
+    """A naive UTC datetime, as rq-scheduler returns them; a score beyond what a datetime holds gives its limit."""
+    try:
+        return datetime.fromtimestamp(score, tz=timezone.utc).replace(tzinfo=None)
+    except (OverflowError, OSError, ValueError):
+        return datetime.max if score > 0 else datetime.min
+
+
+def _is_job_id(member: str | bytes) -> bool:
+    return isinstance(member, str) and keys.JOB_ID_PATTERN.fullmatch(member) is not None
 
 
 def _positive_seconds(value: Any, argument: str) -> float:
@@ -632,7 +639,9 @@ class Scheduler:
         pairs = self.connection.zrangebyscore(
             self.scheduled_jobs_key, '-inf', self._until_score(until), withscores=True, **page
         )
-        ids = [member.decode() if isinstance(member, bytes) else member for member, _ in pairs]
+        # Members that name no job (not UTF-8, not a valid id: written by someone else) are left to the loop.
+        pairs = [(text, score) for text, score in ((_member_text(m), s) for m, s in pairs) if _is_job_id(text)]
+        ids = [member for member, _ in pairs]
         jobs = self.job_class.fetch_many(ids, connection=self.connection, serializer=self.serializer)
         if not with_times:
             return [job for job in jobs if job is not None]
