@@ -91,6 +91,11 @@ def parse_done(stored: str | None) -> tuple[str, int | None] | None:
     return digest, int(runs) if runs.isdigit() else None
 
 
+def manual_run_id(template_id: str, at_ms: int) -> str:
+    """The id of an extra run of a schedule started by hand ("run now", ``enqueue_job`` before its time)."""
+    return f'{template_id}_now_{at_ms}'
+
+
 def validate_job_id(job_id: object, argument: str = 'id') -> str:
     if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
         raise ValueError(

@@ -31,6 +31,7 @@ from rq.utils import backend_class, parse_timeout, utcformat
 
 from . import _django, cron, keys, payloads, scripts
 from .allowlist import AllowList
+from .clock import ServerClock
 from .conf import MAX_BATCH_SIZE, MAX_NAME_LENGTH, MAX_SECONDS, is_instance_name
 from .planner import (
     DEAD,
@@ -151,12 +152,20 @@ def _member_text(member: str | bytes) -> str | bytes:
 
 
 def to_score(value: datetime, argument: str = 'scheduled_time') -> float:
-    """Epoch seconds (millisecond precision) of a datetime; a naive datetime means UTC, as in rq-scheduler."""
+    """Epoch seconds of a datetime, truncated to the millisecond; a naive datetime means UTC, as in rq-scheduler.
+
+    Truncated, not rounded: a job scheduled for now is due now, never half a millisecond later.
+    """
     if not isinstance(value, datetime):
         raise ValueError(f'{argument}: expected a datetime, got {type(value).__name__} {value!r}')
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return round(value.timestamp(), 3)
+    return floor_ms(value.timestamp())
+
+
+def floor_ms(seconds: float) -> float:
+    # Rounded to a microsecond first: 1.001 * 1000 is 1000.9999999999999 in floating point.
+    return math.floor(round(seconds * 1000, 3)) / 1000
 
 
 def from_score(score: float) -> datetime:
@@ -230,6 +239,25 @@ class Scheduler:
     queue_class = Queue
     job_class = Job
 
+    # rq-scheduler lets subclasses rename its keys. Ours are read by the Lua moves, sync, the admin and rq-scheduler
+    # itself: a renamed copy would be a second schedule that half the system never sees, so they are fixed.
+    FIXED_KEYS = {
+        'redis_scheduler_namespace_prefix': keys.INSTANCE_KEY_PREFIX,
+        'scheduler_lock_key': keys.LOCK_KEY,
+        'scheduled_jobs_key': keys.SCHEDULED_JOBS_KEY,
+    }
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, value in cls.FIXED_KEYS.items():
+            if getattr(cls, name) != value:
+                raise TypeError(f'{cls.__name__}.{name}: the Redis keys of the schedule are fixed ({value!r})')
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.FIXED_KEYS and value != self.FIXED_KEYS[name]:
+            raise AttributeError(f'{name}: the Redis keys of the schedule are fixed ({self.FIXED_KEYS[name]!r})')
+        super().__setattr__(name, value)
+
     def __init__(
         self,
         queue_name: str = 'default',
@@ -263,6 +291,8 @@ class Scheduler:
         self.batch_size = batch_size
         self.connection = connection if connection is not None else self._default_connection(self.queue_name)
         self.job_class = backend_class(self, 'job_class', override=job_class)
+        if self.job_class.redis_job_namespace_prefix != keys.JOB_KEY_PREFIX:
+            raise ValueError(f"job_class: its job keys must start with {keys.JOB_KEY_PREFIX!r}, as RQ's do")
         self.queue_class_name = queue_class if isinstance(queue_class, str) else None
         self.queue_class = backend_class(self, 'queue_class', override=queue_class)
         self.serializer = resolve_serializer(serializer)
@@ -278,6 +308,9 @@ class Scheduler:
         self._stop = threading.Event()
         self._wakeup = threading.Event()
         self._queues: dict[tuple[str, str | None], Queue] = {}
+        self.clock = ServerClock(self.connection)
+        self._registered = False
+        self._stopped_by: int | None = None
         self._move_script = self.connection.register_script(scripts.MOVE)
         self._read_due_script = self.connection.register_script(scripts.READ_DUE)
         self._scripts_loaded_on: redis.ConnectionPool | None = None
@@ -355,7 +388,7 @@ class Scheduler:
         try:
             job = self.job_class.create(
                 func,
-                args=list(args) if args is not None else None,
+                args=tuple(args) if args is not None else None,  # a tuple, as RQ and rq-scheduler store them
                 kwargs=kwargs,
                 connection=self.connection,
                 result_ttl=_validated_ttl(result_ttl, 'result_ttl', allow_zero=True),
@@ -456,7 +489,7 @@ class Scheduler:
         if not isinstance(time_delta, timedelta):
             raise ValueError(f'time_delta: expected a timedelta, got {type(time_delta).__name__} {time_delta!r}')
         job = self._create_from_reserved(func, args, kwargs)
-        self._save_and_schedule(job, round(time.time() + time_delta.total_seconds(), 3))
+        self._save_and_schedule(job, floor_ms(time.time() + time_delta.total_seconds()))
         return job
 
     def schedule(
@@ -648,7 +681,7 @@ class Scheduler:
         return [(job, from_score(score)) for job, (_, score) in zip(jobs, pairs) if job is not None]
 
     def get_jobs_to_queue(self, with_times: bool = False) -> list[Any]:
-        return self.get_jobs(time.time(), with_times=with_times)
+        return self.get_jobs(self.clock.now(), with_times=with_times)
 
     def get_queue_for_job(self, job: Job) -> Queue:
         return self._queue_object(job.origin, job.meta.get('queue_class_name'))
@@ -723,13 +756,41 @@ class Scheduler:
     # -- moving due jobs ------------------------------------------------------------------------------------
 
     def enqueue_job(self, job: Job) -> Job:
-        """Moves one job onto its queue now, rescheduling it if it is periodic, as rq-scheduler does."""
+        """Enqueues a scheduled job now, as rq-scheduler does, and updates ``job`` in place.
+
+        A due job is moved as the loop would move it. A one-off job not due yet is taken out of the schedule and
+        enqueued. A periodic job not due yet gets one extra run now and keeps its pending run at its time.
+        Returns the job enqueued (for periodic jobs of ours, the run's own job).
+        """
         score = self.connection.zscore(self.scheduled_jobs_key, job.id)
         if score is None:
             return self.get_queue_for_job(job).enqueue_job(job, at_front=bool(job.enqueue_at_front))
-        report = self._move_members([(job.id, score)], fenced=False)
-        enqueued = report.enqueued[0] if report.enqueued else job.id
-        return self.job_class(enqueued, connection=self.connection, serializer=self.serializer)
+        if score <= self.clock.now():
+            report = self._move_members([(job.id, score)], fenced=False)
+            job.refresh()
+            enqueued = report.enqueued[0] if report.enqueued else job.id
+            return job if enqueued == job.id else self.job_class.fetch(enqueued, connection=self.connection)
+        if job.meta.get('interval') or job.meta.get('cron_string'):
+            return self._extra_run(job)
+        if not self.connection.zrem(self.scheduled_jobs_key, job.id):
+            return job  # moved or cancelled meanwhile: whoever took it out of the schedule enqueues it
+        return self.get_queue_for_job(job).enqueue_job(job, at_front=bool(job.enqueue_at_front))
+
+    def _extra_run(self, template: Job) -> Job:
+        """One run of a periodic job now, outside its schedule: its pending run and its repeat count stay."""
+        if not template.meta.get(keys.META_KEY):
+            # rq-scheduler's own periodic job: the same id is enqueued each time, as rq-scheduler does.
+            return self.get_queue_for_job(template).enqueue_job(template, at_front=bool(template.enqueue_at_front))
+        scheduling = ('interval', 'cron_string', 'repeat', 'use_local_timezone', keys.META_KEY)
+        meta = {name: value for name, value in template.meta.items() if name not in scheduling}
+        meta[keys.META_KEY] = {'template': template.id, 'run_now': True}
+        run = self._create_job(
+            template.func_name, args=template.args, kwargs=template.kwargs, commit=False,
+            result_ttl=template.result_ttl, ttl=template.ttl,
+            id=keys.manual_run_id(template.id, round(time.time() * 1000)), description=template.description,
+            queue_name=template.origin, timeout=template.timeout, meta=meta, at_front=bool(template.enqueue_at_front),
+        )  # fmt: skip
+        return self.get_queue_for_job(run).enqueue_job(run, at_front=bool(run.enqueue_at_front))
 
     def enqueue_jobs(self) -> list[Job]:
         """Moves every due job onto its queue; returns the jobs enqueued.
@@ -772,7 +833,7 @@ class Scheduler:
         is guarded on the exact score it was read with: an entry read twice, or changed since, is left alone.
         """
         report = MoveReport()
-        now = time.time()
+        now = self.clock.now()
         pairs, fields = self._read_due(now, count=2 * self.batch_size)
         current = self._plan_batch(pairs[: self.batch_size], fields[: self.batch_size], now)
         ahead = (pairs[self.batch_size :], fields[self.batch_size :], now)
@@ -780,7 +841,7 @@ class Scheduler:
             if not ahead[0] or self._stop.is_set():
                 self._apply_batch(current, report, fenced=True)
                 return report
-            read_at = time.time()
+            read_at = self.clock.now()
             pending = self._send_move_and_read(current, offset=self.batch_size, now=read_at)
             try:
                 upcoming = self._plan_batch(*ahead)
@@ -835,7 +896,8 @@ class Scheduler:
         fields: list[dict[bytes, bytes]] | None = None,
     ) -> MoveReport:
         report = MoveReport()
-        self._apply_batch(self._plan_batch(pairs, fields, time.time() if now is None else now), report, fenced=fenced)
+        now = self.clock.now() if now is None else now
+        self._apply_batch(self._plan_batch(pairs, fields, now), report, fenced=fenced)
         return report
 
     def _plan_batch(self, pairs: list[Any], fields: list[dict[bytes, bytes]] | None, now: float) -> Batch:
@@ -1047,13 +1109,23 @@ class Scheduler:
         acquired = self.connection.set(self.scheduler_lock_key, self._token, nx=True, px=self._lease_ms)
         if acquired:
             logger.info('Scheduler %s is now the leader', self.name)
-            self.connection.hset(self.key, 'leader_since', time.time())
+            self._record_leadership()
         else:
             acquired = self._renew_script(keys=[self.scheduler_lock_key], args=[self._token, self._lease_ms])
         self._is_leader = bool(acquired)
         if self._is_leader:
             self._lease_renewed_at = time.monotonic()
         return self._is_leader
+
+    def _record_leadership(self) -> None:
+        # Only a registered instance (one running the loop) has an entry to add this to; an expiring one, so that a
+        # crash leaves nothing behind that would keep its name taken.
+        if not self._registered:
+            return
+        with self.connection.pipeline() as pipe:
+            pipe.hset(self.key, 'leader_since', self.clock.now())
+            pipe.expire(self.key, self._instance_ttl)
+            pipe.execute()
 
     def remove_lock(self) -> bool:
         """Releases the lease if, and only if, this instance still holds it."""
@@ -1083,9 +1155,10 @@ class Scheduler:
 
     def register_birth(self) -> None:
         """Registers this instance; ValueError if a live instance already has this name."""
-        if self.connection.exists(self.key) and not self.connection.hexists(self.key, 'death'):
+        birth, death = self.connection.hmget(self.key, ['birth', 'death'])
+        if birth is not None and death is None:
             raise ValueError(f"There's already an active RQ scheduler named: {self.name!r}")
-        now = time.time()
+        now = self.clock.now()
         info = {'birth': now, 'hostname': socket.gethostname(), 'pid': os.getpid(), 'last_heartbeat': now}
         with self.connection.pipeline() as pipe:
             pipe.delete(self.key)
@@ -1093,16 +1166,18 @@ class Scheduler:
             pipe.expire(self.key, self._instance_ttl)
             pipe.zadd(keys.INSTANCES_KEY, {self.name: now})
             pipe.execute()
+        self._registered = True
 
     def register_death(self) -> None:
+        self._registered = False
         with self.connection.pipeline() as pipe:
-            pipe.hset(self.key, 'death', time.time())
+            pipe.hset(self.key, 'death', self.clock.now())
             pipe.expire(self.key, 60)
             pipe.zrem(keys.INSTANCES_KEY, self.name)
             pipe.execute()
 
     def heartbeat(self) -> None:
-        now = time.time()
+        now = self.clock.now()
         role = 'leader' if self._is_leader else 'standby'
         with self.connection.pipeline() as pipe:
             pipe.hset(self.key, mapping={'last_heartbeat': now, 'role': role})
@@ -1125,6 +1200,7 @@ class Scheduler:
 
         def stop(signum: int, frame: Any) -> None:
             logger.info('Received %s; finishing the current batch', signal.Signals(signum).name)
+            self._stopped_by = signum
             self.request_stop()
 
         return {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
@@ -1160,6 +1236,9 @@ class Scheduler:
             self._shut_down()
             for signum, handler in previous_handlers.items():
                 signal.signal(signum, handler)
+        if self._stopped_by is not None:
+            # As rq-scheduler's run() does: a signal ends it with SystemExit, once the lease is released.
+            raise SystemExit(0)
 
     @staticmethod
     def _log_failure(exc: Exception, delay: float, *, first: bool) -> None:
@@ -1206,6 +1285,7 @@ class Scheduler:
 
     def _tick(self, burst: bool) -> bool:
         """One turn of the loop; True once a burst run has moved the due jobs."""
+        self._refresh_clock()
         self._heartbeat_or_log()
         leading = (self._is_leader and self._renew_or_lose()) or self.acquire_lock()
         if not leading:
@@ -1217,6 +1297,14 @@ class Scheduler:
             return True
         self._sleep_until_next_due()
         return False
+
+    def _refresh_clock(self) -> None:
+        try:
+            self.clock.refresh_if_due()
+        except REDIS_UNREACHABLE_ERRORS:
+            raise
+        except redis.RedisError as exc:  # e.g. TIME renamed away by a managed Redis: the host's clock it is
+            logger.warning("Cannot read the Redis server's clock (%s); using this host's", exc)
 
     def _heartbeat_or_log(self) -> None:
         # The registry is for people to read: a heartbeat Redis refuses (out of memory, a key of the wrong type)
@@ -1264,14 +1352,14 @@ class Scheduler:
 
     def _sleep_until_next_due(self) -> None:
         """Blocks until the next due time, a producer's wake-up, or the longest sleep, whichever is first."""
-        now = time.time()
+        now = self.clock.now()
         latest = now + self._longest_sleep()
         earliest = self._arm_script(
             keys=[self.scheduled_jobs_key, keys.NEXT_WAKEUP_KEY, keys.WAKEUP_KEY],
             args=[format_score(latest), math.ceil((latest - now) * 1000) + 1000],
         )
         wake_at = min(latest, float(earliest)) if earliest is not None else latest
-        wait = wake_at - time.time()
+        wait = wake_at - self.clock.now()
         if wait > 0.001 and not self._stop.is_set():
             # Timed in Python: Redis times out blocked clients on its own clock tick (100 ms at the default hz),
             # which would make every job up to 100 ms late. The wake-up listener ends the wait early.

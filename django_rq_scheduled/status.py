@@ -157,9 +157,10 @@ def _read_overview(connection: Any, due_limit: int, scan_count: int, problems: d
         pipe.zrange(keys.SCHEDULED_JOBS_KEY, 0, due_limit - 1, withscores=True)
         pipe.hgetall(keys.DEAD_LETTERS_KEY)
         pipe.zscan(keys.SCHEDULED_JOBS_KEY, 0, count=scan_count)
+        pipe.time()  # ages are told by the server's clock, the one the schedulers judge by
         replies = pipe.execute(raise_on_error=False)
     lock, instances, schedule, dead = keys.LOCK_KEY, keys.INSTANCES_KEY, keys.SCHEDULED_JOBS_KEY, keys.DEAD_LETTERS_KEY
-    return _readable(replies, [lock, lock, instances, schedule, schedule, dead, schedule], problems)
+    return _readable(replies, [lock, lock, instances, schedule, schedule, dead, schedule, 'TIME'], problems)
 
 
 def _read_instances(connection: Any, names: list[bytes], problems: dict[str, str]) -> list[Instance]:
@@ -173,7 +174,7 @@ def _read_instances(connection: Any, names: list[bytes], problems: dict[str, str
 
 def read_status(connection: Any, *, due_limit: int = 20, scan_count: int = 1000) -> Status:
     problems: dict[str, str] = {}
-    lock, pttl, names, count, due, dead, scan = _read_overview(connection, due_limit, scan_count, problems)
+    lock, pttl, names, count, due, dead, scan, server_time = _read_overview(connection, due_limit, scan_count, problems)
     names = list(names or [])
     leader_name = _leader_name(lock)
     if leader_name and leader_name not in names:
@@ -191,4 +192,11 @@ def read_status(connection: Any, *, due_limit: int = 20, scan_count: int = 1000)
         dead_letters=sorted((_dead_letter(Member(k), v) for k, v in (dead or {}).items()), key=lambda d: d.at or 0),
         unowned=[(Member(m), s) for m, s in scanned if not m.startswith(TEMPLATE_PREFIX.encode())],
         problems=problems,
+        read_at=_server_seconds(server_time),
     )
+
+
+def _server_seconds(server_time: Any) -> float:
+    if isinstance(server_time, (tuple, list)) and len(server_time) == 2:
+        return server_time[0] + server_time[1] / 1e6
+    return time.time()

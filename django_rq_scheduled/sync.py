@@ -594,7 +594,7 @@ def run_now(row: ScheduleBase) -> Any:
     row.full_clean(validate_unique=False, validate_constraints=False)
     scheduler = _scheduler_for(row.queue)
     job = _template_job(scheduler, row, row.run_count)
-    job.id = f'{row.template_id}_now_{round(time.time() * 1000)}'
+    job.id = keys.manual_run_id(row.template_id, round(time.time() * 1000))
     job.meta = {
         k: v for k, v in job.meta.items() if k not in ('interval', 'cron_string', 'repeat', 'use_local_timezone')
     }

@@ -76,7 +76,7 @@ def test_interval_occurrences_are_fresh_jobs_and_do_not_drift(scheduler, fake_co
     assert job.id == keys.occurrence_id('tick', int(T0.timestamp() * 1000))
     assert score_of(fake_connection, 'tick') == (T0 + timedelta(seconds=60)).timestamp()
     run = Job.fetch(job.id, connection=fake_connection)
-    assert run.args == [1, 2]
+    assert run.args == (1, 2)  # a tuple, as RQ stores them
     assert run.get_status() == 'queued'
     assert run.meta == {keys.META_KEY: {'template': 'tick', 'fire_time': T0.timestamp()}}
     template = Job.fetch('tick', connection=fake_connection)

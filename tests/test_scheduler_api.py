@@ -37,7 +37,7 @@ def test_enqueue_at_writes_rq_scheduler_layout(scheduler, fake_connection):
     stored = Job.fetch('add-1', connection=fake_connection)
     assert stored.get_status() == 'scheduled'
     assert stored.origin == 'high'
-    assert stored.args == [1, 2]
+    assert stored.args == (1, 2)  # a tuple, as rq-scheduler stores them
     assert stored.timeout == 30
     assert job.id == 'add-1'
 
