@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+import redis
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -25,14 +26,19 @@ from .forms import ScheduleForm
 from .models import CronJob, RepeatableJob, ScheduleBase, ScheduledJob, SchedulerStatus
 from .validators import queue_names
 
-SCHEDULED, PAUSED, FINISHED, MISSING = 'scheduled', 'paused', 'finished', 'missing'
+SCHEDULED, PAUSED, FINISHED, MISSING, UNKNOWN = 'scheduled', 'paused', 'finished', 'missing', 'unknown'
 STATUS_LABELS = {
     SCHEDULED: _('scheduled'),
     PAUSED: _('paused'),
     FINISHED: _('finished'),
     MISSING: _('missing in Redis'),
 }
-STATUS_COLOURS = {SCHEDULED: '#2e7d32', PAUSED: '#757575', FINISHED: '#1565c0', MISSING: '#c62828'}
+STATUS_COLOURS = {
+    SCHEDULED: '#2e7d32', PAUSED: '#757575', FINISHED: '#1565c0', MISSING: '#c62828', UNKNOWN: '#ef6c00',
+}  # fmt: skip
+UNKNOWN_LABEL = _('unknown: Redis did not answer')
+Presence = tuple[bool, 'str | None'] | None
+"""(in the schedule?, stored version) of a row, or None when its Redis server could not be asked."""
 
 
 def finished_q(model: type[ScheduleBase]) -> Q:
@@ -41,38 +47,53 @@ def finished_q(model: type[ScheduleBase]) -> Q:
     return Q(repeat__isnull=False, run_count__gte=F('repeat'))
 
 
-def redis_presence(rows: list[ScheduleBase]) -> dict[Any, tuple[bool, str | None]]:
-    """(in the schedule?, stored version) per row, in one pipelined round trip per Redis server."""
+def redis_presence(rows: list[ScheduleBase]) -> dict[Any, Presence]:
+    """The presence of each row in Redis, in one pipelined round trip per Redis server.
+
+    A server that does not answer (down, out of memory, a key of the wrong type) leaves its rows unknown: the admin
+    shows the database's view and says so, it never fails because of Redis.
+    """
     from .sync import _servers
 
     servers = _servers()
     by_server: dict[Any, list[ScheduleBase]] = defaultdict(list)
     for row in rows:
         by_server[servers.queue_home.get(row.queue)].append(row)
-    presence: dict[Any, tuple[bool, str | None]] = {}
+    presence: dict[Any, Presence] = {}
     for identity, group in by_server.items():
         scheduler = servers.schedulers.get(identity)
         if scheduler is None:
             presence.update({row.pk: (False, None) for row in group})
             continue
-        ids = [row.template_id for row in group]
-        with scheduler.connection.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.VERSIONS_KEY, ids)
-            for template_id in ids:
-                pipe.zscore(keys.SCHEDULED_JOBS_KEY, template_id)
-            versions, *scores = pipe.execute()
-        for row, version, score in zip(group, versions, scores):
-            presence[row.pk] = (score is not None, version.decode(errors='replace') if version else None)
+        try:
+            presence.update(_presence_on(scheduler.connection, group))
+        except redis.RedisError:
+            presence.update({row.pk: None for row in group})
     return presence
+
+
+def _presence_on(connection: Any, rows: list[ScheduleBase]) -> dict[Any, Presence]:
+    ids = [row.template_id for row in rows]
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hmget(keys.VERSIONS_KEY, ids)
+        for template_id in ids:
+            pipe.zscore(keys.SCHEDULED_JOBS_KEY, template_id)
+        versions, *scores = pipe.execute()
+    return {
+        row.pk: (score is not None, version.decode(errors='replace') if version else None)
+        for row, version, score in zip(rows, versions, scores)
+    }
 
 
 def row_status(row: ScheduleBase) -> str:
     if not row.enabled:
         return PAUSED
-    in_redis, version = getattr(row, '_drqs_presence', (True, None))
-    if row.is_finished or (version or '').startswith('done:'):
+    presence = getattr(row, '_drqs_presence', (True, None))
+    if row.is_finished or (presence and keys.parse_done(presence[1])):
         return FINISHED
-    return SCHEDULED if in_redis else MISSING
+    if presence is None:
+        return UNKNOWN
+    return SCHEDULED if presence[0] else MISSING
 
 
 class PresenceChangeList(ChangeList):
@@ -84,6 +105,8 @@ class PresenceChangeList(ChangeList):
         presence = redis_presence(rows)
         for row in rows:
             row._drqs_presence = presence.get(row.pk, (False, None))
+        if any(value is None for value in presence.values()):
+            messages.warning(request, _('Redis did not answer: the status of some schedules is unknown.'))
 
 
 class QueueFilter(admin.SimpleListFilter):
@@ -116,7 +139,7 @@ class StatusFilter(admin.SimpleListFilter):
             return queryset
         # Only this choice asks Redis about every active row; the others are plain SQL.
         presence = redis_presence(list(active.only('pk', 'queue')))
-        missing = [pk for pk, (in_redis, version) in presence.items() if not in_redis and not version]
+        missing = [pk for pk, value in presence.items() if value is not None and not value[0] and not value[1]]
         return active.filter(pk__in=missing) if value == MISSING else active.exclude(pk__in=missing)
 
 
@@ -186,7 +209,7 @@ class ScheduleAdmin(admin.ModelAdmin):
             'border-radius:8px;white-space:nowrap">{}</span>',
             state,
             STATUS_COLOURS[state],
-            STATUS_LABELS[state],
+            STATUS_LABELS.get(state, UNKNOWN_LABEL),
         )
 
     @admin.display(description=_('next 5 runs'))
@@ -236,11 +259,10 @@ class ScheduleAdmin(admin.ModelAdmin):
         for row in list(queryset):
             try:
                 job = row.run_now()
-            except ValidationError as exc:
+            except (ValidationError, redis.RedisError) as exc:
+                error = ' '.join(exc.messages) if isinstance(exc, ValidationError) else _('Redis did not answer.')
                 self.message_user(
-                    request,
-                    _('“%(name)s” was not run: %(error)s') % {'name': row.name, 'error': ' '.join(exc.messages)},
-                    messages.ERROR,
+                    request, _('“%(name)s” was not run: %(error)s') % {'name': row.name, 'error': error}, messages.ERROR
                 )
                 continue
             self.log_change(request, row, f'Ran now as job {job.id}')

@@ -27,7 +27,7 @@ from redis.exceptions import NoScriptError
 from . import cron, keys, payloads, scripts
 from .models import SCHEDULE_MODELS, CronJob, RepeatableJob, ScheduleBase, ScheduledJob
 from .planner import format_score, guard_score
-from .scheduler import Scheduler, connection_identity
+from .scheduler import REDIS_OUTAGE_ERRORS, Scheduler, connection_identity
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +271,8 @@ def _sync_attempt(
     for (row, decision), result in zip(decisions, results):
         if result == 0:
             (conflicted_rows.append(row) if row is not None else conflicted_strangers.append(decision.template_id))
+        elif isinstance(result, REDIS_OUTAGE_ERRORS):
+            raise result  # Redis is away or refuses writes: the whole sync is for reconciliation to redo
         elif isinstance(result, Exception):
             logger.error('Cannot sync %s: %s', decision.template_id, result)
             report.failed.append(decision.template_id)
