@@ -9,6 +9,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
+from . import validators
+
 FEEDBACK_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run', 'modified'})
 # Fields no rule can reject once their own type is right: updating only these skips the per-row full_clean().
 SELF_VALIDATING_FIELDS = FEEDBACK_FIELDS | {'enabled', 'at_front'}
@@ -16,6 +18,9 @@ SELF_VALIDATING_FIELDS = FEEDBACK_FIELDS | {'enabled', 'at_front'}
 
 class ScheduleQuerySet(models.QuerySet):
     def get_by_natural_key(self, name: str) -> Any:
+        if isinstance(name, str) and validators.text_problem(name):
+            # No row holds such a name, and the database would fail on the question (loaddata asks it first).
+            raise self.model.DoesNotExist(f'no {self.model.__name__} can be named {name!r}')
         return self.get(name=name)
 
     def enabled(self) -> ScheduleQuerySet:
@@ -52,6 +57,10 @@ class ScheduleQuerySet(models.QuerySet):
             if hasattr(value, 'resolve_expression'):
                 continue
             field = self.model._meta.get_field(name)
+            refusal = validators.refusal(field, value)
+            if refusal:
+                errors[name] = [refusal]
+                continue
             try:
                 field.run_validators(field.to_python(value))
             except ValidationError as exc:

@@ -24,22 +24,61 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 UTC = timezone.utc
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
+# Text no database stores as given: NUL (PostgreSQL), lone surrogates (UTF-8), control characters, long runs.
+hostile_text = st.one_of(
+    st.text(st.characters(codec=None, categories=['Cs', 'Cc', 'Ll']), min_size=1, max_size=12),
+    st.sampled_from(['\x00', 'tests.tasks.add\x00', '\ud800', 'default\udfff', 'x' * 300, 'UTC\n', '* ' * 300]),
+)
+hostile_numbers = st.sampled_from([2**31 - 1, 2**31, -(2**31) - 1, 2**63, 10**30, -(10**30)])
+
+
+def nested_list(depth):
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+json_leaves = st.one_of(
+    st.integers(), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=5), hostile_text, st.none()
+)
+hostile_json = st.one_of(
+    st.recursive(
+        json_leaves,
+        lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),
+        max_leaves=8,
+    ),
+    st.integers(min_value=95, max_value=105).map(nested_list),
+)
 junk = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(10**12), max_value=10**12),
+    hostile_numbers,
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
+    hostile_text,
     st.lists(st.integers(), max_size=2),
     st.timedeltas(min_value=timedelta(days=-2), max_value=timedelta(days=2)),
 )
 aware_times = st.datetimes(
     min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1), timezones=st.sampled_from([UTC])
 )
+# Past the schedule's limits (1970 to 9000) and close to Python's own (years 1 and 9999).
+extreme_times = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.sampled_from([UTC])
+)
+
+
+def storable_text(max_size):
+    """Text without NUL or lone surrogates (UTF-8 has none): hostile_text has them."""
+    return st.text(st.characters(codec='utf-8', exclude_characters='\x00'), max_size=max_size)
+
+
 VALID = {
     'name': st.from_regex(r'[a-z0-9 _-]{1,40}', fullmatch=True),
     'callable': st.sampled_from(['tests.tasks.add', 'tests.tasks.record']),
-    'args': st.lists(st.one_of(st.integers(), st.text(max_size=5)), max_size=3),
+    'args': st.lists(st.one_of(st.integers(), storable_text(5)), max_size=3),
     'kwargs': st.dictionaries(st.from_regex(r'[a-z_]{1,6}', fullmatch=True), st.integers(), max_size=3),
     'queue': st.sampled_from(['default', 'high']),
     'enabled': st.booleans(),
@@ -47,11 +86,11 @@ VALID = {
     'result_ttl': st.one_of(st.none(), st.integers(min_value=-1, max_value=10**6)),
     'ttl': st.one_of(st.none(), st.integers(min_value=1, max_value=10**6)),
     'at_front': st.booleans(),
-    'description': st.text(max_size=100),
+    'description': storable_text(100),
     'misfire_grace': st.one_of(st.none(), st.integers(min_value=0, max_value=10**6)),
     'overlap': st.sampled_from(['allow', 'skip']),
     'scheduled_time': aware_times,
-    'interval': st.integers(min_value=1, max_value=10**6),
+    'interval': st.integers(min_value=1, max_value=5000),  # 5000 weeks: within the longest interval
     'interval_unit': st.sampled_from(['seconds', 'minutes', 'hours', 'days', 'weeks']),
     'repeat': st.one_of(st.none(), st.integers(min_value=1, max_value=100)),
     'cron_string': st.sampled_from(['* * * * *', '0 3 * * *', '*/5 * * * *', '30 2 * * 1-5', '0 0 1 1 *']),
@@ -61,13 +100,21 @@ cron_fields = st.sampled_from(['*', '*/5', '0', '1-5', '7', '59', '61', '*/0', '
 EDGES = {
     'name': st.one_of(st.text(max_size=140), st.just('')),
     'callable': st.one_of(st.sampled_from(['tests.tasks.nope', 'os.getcwd', '', 'tests']), st.text(max_size=15)),
-    'args': st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-    'kwargs': st.one_of(st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=5), st.integers())),
+    'args': st.one_of(st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), hostile_json.map(lambda v: [v])),
+    'kwargs': st.one_of(
+        st.lists(st.integers(), max_size=2),
+        st.dictionaries(st.text(max_size=5), st.integers()),
+        hostile_json.map(lambda value: {'a': value}),
+    ),
     'queue': st.sampled_from(['nope', '', 'DEFAULT']),
     'interval_unit': st.one_of(st.sampled_from(['years', 'second', '']), st.text(max_size=5)),
     'cron_string': st.lists(cron_fields, min_size=0, max_size=7).map(' '.join),
     'timezone': st.one_of(st.sampled_from(['Mars/Base', '', '../etc', 'utc']), st.text(max_size=8)),
-    'scheduled_time': st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1)),  # naive
+    'scheduled_time': st.one_of(
+        st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1)),  # naive
+        extreme_times,
+    ),
+    'interval': st.one_of(st.integers(min_value=5000, max_value=10**6), hostile_numbers),
 }
 REQUIRED = {
     ScheduledJob: ('name', 'callable', 'scheduled_time'),
