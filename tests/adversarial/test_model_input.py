@@ -386,3 +386,12 @@ def test_change_and_cancel_screens_with_hostile_ids(superuser_client, connection
     for view in ('change', 'cancel'):
         response = superuser_client.get(admin_url(CronJob, view, object_id))
         assert response.status_code in (302, 404), (view, response.status_code)
+
+
+@pytest.mark.parametrize('action', ['retry', 'cancel', 'discard', '\x00'])
+@pytest.mark.parametrize('job_id', ['\x00', 'a' * 100_000, '../../x', ''], ids=['nul', '100k', 'path', 'empty'])
+def test_status_page_buttons_with_hostile_job_ids(superuser_client, connection, action, job_id):
+    url = reverse('admin:django_rq_scheduled_schedulerstatus_changelist')
+    server = superuser_client.get(url).context['servers'][0]['name']
+    response = superuser_client.post(url, {'server': server, 'job_id': job_id, 'action': action}, follow=True)
+    assert response.status_code == 200
