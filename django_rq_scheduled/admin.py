@@ -7,11 +7,11 @@ from typing import Any
 
 import redis
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import F, Q, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
@@ -24,7 +24,7 @@ from . import keys
 from .describe import describe_cron, describe_interval
 from .forms import ScheduleForm
 from .models import CronJob, RepeatableJob, ScheduleBase, ScheduledJob, SchedulerStatus
-from .validators import queue_names
+from .validators import queue_names, text_problem
 
 SCHEDULED, PAUSED, FINISHED, MISSING, UNKNOWN = 'scheduled', 'paused', 'finished', 'missing', 'unknown'
 STATUS_LABELS = {
@@ -117,7 +117,11 @@ class QueueFilter(admin.SimpleListFilter):
         return [(name, name) for name in queue_names()]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
-        return queryset.filter(queue=self.value()) if self.value() else queryset
+        value = self.value()
+        if not value:
+            return queryset
+        # A name no row can hold (e.g. with NUL, which PostgreSQL refuses even in a query) matches no row.
+        return queryset.none() if text_problem(value) else queryset.filter(queue=value)
 
 
 class StatusFilter(admin.SimpleListFilter):
@@ -307,7 +311,9 @@ class ScheduleAdmin(admin.ModelAdmin):
         return extra + super().get_urls()
 
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        obj = get_object_or_404(self.get_queryset(request), pk=object_id)
+        obj = self.get_object(request, unquote(object_id))  # None for an id the primary key cannot hold, too
+        if obj is None:
+            raise Http404
         if not self.has_change_permission(request, obj):
             raise PermissionDenied
         if request.method == 'POST':

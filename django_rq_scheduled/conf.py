@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from datetime import datetime, timezone
 from typing import Any
 
 from .allowlist import AllowList
@@ -34,6 +35,18 @@ MIN_SECONDS = 0.001  # the schedule's precision
 MAX_SECONDS = 86_400  # a lease or a sleep of more than a day is a typo, and Redis refuses huge expiries
 MAX_BATCH_SIZE = 50_000  # per Lua call: larger batches would block Redis for too long
 MAX_NAME_LENGTH = 200
+
+# Limits of what a schedule row may hold, the same on every database.
+# Redis scores are UTC epoch seconds: earlier times are negative, and some platforms cannot convert them back.
+# The latest time leaves Python's datetimes (year 9999) room for the arithmetic of intervals and previews.
+EARLIEST_SCHEDULE_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST_SCHEDULE_TIME = datetime(9000, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc)
+MAX_INTERVAL_SECONDS = 36_525 * 86_400  # 100 years of 365.25 days
+# Levels of lists and objects in args and kwargs ([] is one level): deep enough for any real argument, and
+# checked without recursion; deeper values break Python's recursive JSON encoder and decoder.
+MAX_JSON_DEPTH = 100
+# Python refuses to convert longer integers to text (sys.int_info.default_max_str_digits), so JSON cannot hold them.
+MAX_JSON_INTEGER_DIGITS = 4300
 
 
 def is_instance_name(value: str) -> bool:

@@ -75,7 +75,7 @@ def get_zone(name: str) -> ZoneInfo:
 def _load_zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: a name longer than a file name may be
         raise CronError(f'timezone: unknown time zone {name!r}') from exc
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from typing import Any
 
 from django import forms
 from django.apps import apps
+from django.core.exceptions import ValidationError
+from django.forms.fields import InvalidJSONInput, JSONString
 from django.utils.html import format_html, format_html_join
 from django.utils.translation import gettext_lazy as _
 
 from .conf import get_setting
-from .validators import queue_names
+from .validators import json_problem, queue_names
 
 SUGGESTION_LIMIT = 200
 
@@ -31,6 +34,44 @@ class CallableInput(forms.TextInput):
         return format_html(
             '{}<datalist id="{}">{}</datalist>', super().render(name, value, attrs, renderer), list_id, options
         )
+
+
+class ArgumentsField(forms.JSONField):
+    """A JSON text field whose every unusable input is an error on the field, never a crash of the page.
+
+    Python's parser raises RecursionError on deeply nested input and accepts NaN, Infinity and 1e400 (which no
+    JSON column or encoder takes back); Django's field lets all of them through.
+    """
+
+    widget = forms.Textarea(attrs={'rows': 2, 'cols': 60, 'class': 'vLargeTextField'})
+
+    def to_python(self, value: Any) -> Any:
+        if self.disabled or not isinstance(value, str) or value in self.empty_values:
+            return super().to_python(value)
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):  # JSONDecodeError, too many digits, too deep
+            raise ValidationError(self.error_messages['invalid'], code='invalid', params={'value': value}) from None
+        problem = json_problem(parsed)
+        if problem:
+            raise ValidationError(problem, code='invalid')
+        return JSONString(parsed) if isinstance(parsed, str) else parsed
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        if self.disabled or not isinstance(data, str):
+            return super().bound_data(data, initial)
+        try:
+            return self.to_python(data)
+        except ValidationError:
+            return InvalidJSONInput(data)  # shown again exactly as typed
+
+    def prepare_value(self, value: Any) -> Any:
+        text = super().prepare_value(value)
+        try:
+            text.encode()
+        except UnicodeEncodeError:  # a lone surrogate stored before it was refused: show it escaped
+            return json.dumps(value, cls=self.encoder)
+        return text
 
 
 def job_decorated_callables() -> list[str]:
@@ -68,6 +109,9 @@ def callable_suggestions() -> list[str]:
 class ScheduleForm(forms.ModelForm):
     """The change form of every schedule model."""
 
+    class Meta:
+        field_classes = {'args': ArgumentsField, 'kwargs': ArgumentsField}
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if 'queue' in self.fields:
@@ -80,9 +124,6 @@ class ScheduleForm(forms.ModelForm):
             )
         if 'callable' in self.fields:
             self.fields['callable'].widget = CallableInput(callable_suggestions())
-        for name in ('args', 'kwargs'):
-            if name in self.fields:
-                self.fields[name].widget = forms.Textarea(attrs={'rows': 2, 'cols': 60, 'class': 'vLargeTextField'})
 
 
 class CancelForm(forms.Form):

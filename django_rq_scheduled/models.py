@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,6 +26,12 @@ def default_timezone() -> str:
 
 def default_misfire_grace() -> int | None:
     return conf.get_setting('DEFAULT_MISFIRE_GRACE')
+
+
+def latest_schedule_time(moment: datetime) -> datetime:
+    """The latest time a schedule may run (conf.py), naive when ``moment`` is (USE_TZ off)."""
+    latest = conf.LATEST_SCHEDULE_TIME
+    return latest if django_timezone.is_aware(moment) else django_timezone.make_naive(latest, latest.tzinfo)
 
 
 def _whole(value: Any) -> bool:
@@ -196,9 +203,8 @@ class ScheduleBase(models.Model):
         self.callable = validators.callable_path(self.callable)
         errors: dict[str, list[str]] = {}
         for field in self._meta.concrete_fields:
-            message = (
-                None if field.name in (exclude or ()) else validators.wrong_type(field, field.value_from_object(self))
-            )
+            skipped = field.name in (exclude or ())
+            message = None if skipped else validators.refusal(field, field.value_from_object(self))
             if message:
                 errors[field.name] = [message]
         try:
@@ -225,8 +231,17 @@ class ScheduleBase(models.Model):
             errors['timeout'] = _('Enter a positive number of seconds, or leave it empty.')
         if _whole(self.ttl) and self.ttl == 0:
             errors['ttl'] = _('Enter a positive number of seconds, or leave it empty.')
+        if self._usable('name'):
+            try:
+                validators.validate_printable(self.name)
+            except ValidationError as exc:
+                errors['name'] = exc.messages
         if errors:
             raise ValidationError(errors)
+
+    def _usable(self, name: str) -> bool:
+        """Whether the field passed the checks of clean_fields() that run before Django's (clean() runs anyway)."""
+        return validators.refusal(self._meta.get_field(name), getattr(self, name)) is None
 
     def _naive_time_error(self, name: str) -> dict[str, Any]:
         value = getattr(self, name)
@@ -330,19 +345,30 @@ class RepeatableJob(ScheduleBase):
         errors = self._naive_time_error('scheduled_time')
         if _whole(self.interval) and self.interval <= 0:
             errors['interval'] = _('Enter an interval greater than zero.')
+        elif self._too_long_interval():
+            days = conf.MAX_INTERVAL_SECONDS // UNIT_SECONDS['days']
+            errors['interval'] = _('Enter an interval of at most %(days)d days.') % {'days': days}
         if _whole(self.repeat) and self.repeat <= 0:
             errors['repeat'] = _('Enter at least 1 run, or leave it empty to run for ever.')
         if errors:
             raise ValidationError(errors)
 
+    def _too_long_interval(self) -> bool:
+        known = _whole(self.interval) and self._usable('interval') and self._usable('interval_unit')
+        return known and self.interval_unit in UNIT_SECONDS and self.interval_seconds > conf.MAX_INTERVAL_SECONDS
+
     def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
+        """The runs strictly after ``after``, none later than the latest schedule time (conf.py)."""
         if self.is_finished or not self.scheduled_time or not self.interval:
             return []
-        after = after or django_timezone.now()
-        step = timedelta(seconds=self.interval_seconds)
-        missed = max(0, int((after - self.scheduled_time) / step) + 1) if after >= self.scheduled_time else 0
+        start, step = self.scheduled_time, self.interval_seconds
+        elapsed = ((after or django_timezone.now()) - start).total_seconds()
+        first = int(elapsed // step) + 1 if elapsed >= 0 else 0
         limit = count if self.remaining_runs is None else min(count, self.remaining_runs)
-        return [self.scheduled_time + (missed + i) * step for i in range(limit)]
+        # Whole seconds from the start: a slot past the limit is never built, so no datetime overflows.
+        room = (latest_schedule_time(start) - start).total_seconds()
+        slots = itertools.takewhile(lambda slot: slot * step <= room, range(first, first + limit))
+        return [start + timedelta(seconds=slot * step) for slot in slots]
 
 
 class CronJob(ScheduleBase):
@@ -387,7 +413,7 @@ class CronJob(ScheduleBase):
         super().clean()
         if _whole(self.repeat) and self.repeat <= 0:
             raise ValidationError({'repeat': _('Enter at least 1 run, or leave it empty to run for ever.')})
-        if not isinstance(self.cron_string, str) or not isinstance(self.timezone, str):
+        if not self._usable('cron_string') or not self._usable('timezone'):
             return  # clean_fields() reported it
         try:
             cron.get_zone(self.timezone)
@@ -402,9 +428,11 @@ class CronJob(ScheduleBase):
         if self.is_finished:
             return []
         limit = count if self.remaining_runs is None else min(count, self.remaining_runs)
-        if limit <= 0:
+        after = after or django_timezone.now()
+        if limit <= 0 or after >= latest_schedule_time(after):
             return []
-        return cron.next_fire_times(self.cron_string, after or django_timezone.now(), self.timezone, limit)
+        runs = cron.next_fire_times(self.cron_string, after, self.timezone, limit)
+        return [run for run in runs if run <= conf.LATEST_SCHEDULE_TIME]
 
 
 SCHEDULE_MODELS: tuple[type[ScheduleBase], ...] = (ScheduledJob, RepeatableJob, CronJob)

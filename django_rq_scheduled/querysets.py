@@ -9,6 +9,8 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
+from . import validators
+
 LOOP_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run'})
 """Written by the loop and sync alone: user saves and updates never touch them."""
 FEEDBACK_FIELDS = LOOP_FIELDS | {'modified'}
@@ -27,6 +29,9 @@ def _refuse_loop_fields(names: Iterable[str]) -> None:
 
 class ScheduleQuerySet(models.QuerySet):
     def get_by_natural_key(self, name: str) -> Any:
+        if isinstance(name, str) and validators.text_problem(name):
+            # No row holds such a name, and the database would fail on the question (loaddata asks it first).
+            raise self.model.DoesNotExist(f'no {self.model.__name__} can be named {name!r}')
         return self.get(name=name)
 
     def enabled(self) -> ScheduleQuerySet:
@@ -64,6 +69,10 @@ class ScheduleQuerySet(models.QuerySet):
             if hasattr(value, 'resolve_expression'):
                 continue
             field = self.model._meta.get_field(name)
+            refusal = validators.refusal(field, value)
+            if refusal:
+                errors[name] = [refusal]
+                continue
             try:
                 field.run_validators(field.to_python(value))
             except ValidationError as exc:

@@ -25,6 +25,7 @@ from django.utils import timezone as django_timezone
 from redis.exceptions import NoScriptError
 
 from . import cron, keys, payloads, scripts
+from .conf import LATEST_SCHEDULE_TIME
 from .models import SCHEDULE_MODELS, CronJob, RepeatableJob, ScheduleBase, ScheduledJob
 from .planner import format_score, guard_score
 from .scheduler import REDIS_OUTAGE_ERRORS, Scheduler, connection_identity
@@ -100,20 +101,27 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def first_due(row: ScheduleBase, now: datetime) -> datetime | None:
-    """When the row's template is next due, or None when it has nothing left to run."""
+    """When the row's template is next due, or None when it has nothing left to run before the latest schedule
+    time (conf.py)."""
     if isinstance(row, ScheduledJob):
-        return _aware(row.scheduled_time)
+        return _until_the_limit(_aware(row.scheduled_time))
     if isinstance(row, RepeatableJob):
         start = _aware(row.scheduled_time)
         if start >= now:
-            return start
+            return _until_the_limit(start)
         # Strictly after now: a slot at this very instant may just have run.
         step = row.interval_seconds
         slots = int((now - start).total_seconds() // step) + 1
-        return datetime.fromtimestamp(start.timestamp() + slots * step, tz=UTC)
+        due = start.timestamp() + slots * step
+        # Compared as a number: a datetime past the limit may be past year 9999 (OverflowError).
+        return datetime.fromtimestamp(due, tz=UTC) if due <= LATEST_SCHEDULE_TIME.timestamp() else None
     if isinstance(row, CronJob):
-        return cron.next_fire_time(row.cron_string, now, row.timezone)
+        return _until_the_limit(cron.next_fire_time(row.cron_string, now, row.timezone))
     raise TypeError(f'not a schedule model: {type(row).__name__}')
+
+
+def _until_the_limit(due: datetime | None) -> datetime | None:
+    return due if due is not None and due <= LATEST_SCHEDULE_TIME else None
 
 
 def _scheduling_meta(row: ScheduleBase, runs: int) -> tuple[dict[str, Any], dict[str, Any]]:

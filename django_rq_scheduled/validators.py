@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import math
+import re
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxLengthValidator
 from django.db import models
+from django.db.backends.base.operations import BaseDatabaseOperations
 from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
 from . import conf, cron
 from .allowlist import CallableRefused
+
+# PostgreSQL refuses NUL in text, and UTF-8 (hence every database and Redis's JSON) has no unpaired surrogates.
+_UNSTORABLE_CHARACTER = re.compile('[\x00\ud800-\udfff]')
+_CONTROL_CHARACTER = re.compile('[\x00-\x1f\x7f-\x9f]')
+_JSON_INTEGER_LIMIT = 10**conf.MAX_JSON_INTEGER_DIGITS
 
 
 def callable_path(value: Any) -> Any:
@@ -100,6 +109,20 @@ def validate_cron_string(value: Any, timezone: str = 'UTC') -> None:
         raise ValidationError(_('Invalid cron string: %(error)s'), params={'error': message}, code='invalid') from exc
 
 
+def validate_printable(value: Any) -> None:
+    if isinstance(value, str) and _CONTROL_CHARACTER.search(value):
+        raise ValidationError(_('Enter text without control characters (such as line breaks).'), code='invalid')
+
+
+def refusal(field: Any, value: Any) -> str | None:
+    """Why ``value`` cannot be given to ``field`` (its type, or a limit), checked before Django's own validation.
+
+    A field refused here skips Django's validation: its validators would crash on the value, take long over it, or
+    pass what the database then refuses.
+    """
+    return wrong_type(field, value) or out_of_bounds(field, value)
+
+
 def wrong_type(field: Any, value: Any) -> str | None:
     """Why ``value`` cannot be given to ``field`` at all, for values Django would coerce silently or crash on.
 
@@ -126,4 +149,80 @@ def wrong_type(field: Any, value: Any) -> str | None:
             return _('Enter a date and time.')
     elif isinstance(field, models.CharField):
         return _('Enter text.')
+    return None
+
+
+def out_of_bounds(field: Any, value: Any) -> str | None:
+    """Why a value of the right type cannot be stored: the same limits on every database (see conf.py)."""
+    if not field.editable or field.primary_key or value is None:
+        return None
+    if isinstance(field, models.JSONField):
+        return json_problem(value)
+    try:
+        value = field.to_python(value)
+    except ValidationError:
+        return None  # Django's own validation says why
+    if isinstance(value, str) and isinstance(field, models.CharField):
+        return text_problem(value) or too_long(value, field.max_length)
+    if isinstance(field, models.IntegerField) and isinstance(value, int):
+        # The ranges of PostgreSQL's and MySQL's columns: a row that SQLite takes must load anywhere.
+        low, high = BaseDatabaseOperations.integer_field_ranges[field.get_internal_type()]
+        if not low <= value <= high:
+            return _('Enter a whole number from %(low)d to %(high)d.') % {'low': low, 'high': high}
+    if isinstance(field, models.DateTimeField) and isinstance(value, datetime):
+        return schedule_time_problem(value)
+    return None
+
+
+def text_problem(value: str) -> str | None:
+    found = _UNSTORABLE_CHARACTER.search(value)
+    if found is None:
+        return None
+    if found.group() == '\x00':
+        return _('Null characters are not allowed.')
+    return _('Enter text without unpaired surrogate characters (such as %(character)s).') % {
+        'character': ascii(found.group()).strip("'")
+    }
+
+
+def too_long(value: str, max_length: int | None) -> str | None:
+    """Django's own message, before any other validator spends time on a long value (e.g. 10 MB)."""
+    if max_length is None:
+        return None
+    try:
+        MaxLengthValidator(max_length)(value)
+    except ValidationError as exc:
+        return exc.messages[0]
+    return None
+
+
+def schedule_time_problem(value: datetime) -> str | None:
+    earliest, latest = conf.EARLIEST_SCHEDULE_TIME, conf.LATEST_SCHEDULE_TIME
+    # Naive times count as UTC here: near the limits, the difference does not matter. Comparing aware times never
+    # overflows, even for one that is before year 1 or after year 9999 in UTC.
+    if earliest <= (value if value.tzinfo else value.replace(tzinfo=earliest.tzinfo)) <= latest:
+        return None
+    return _('Enter a time from %(earliest)s to %(latest)s (UTC).') % {
+        'earliest': f'{earliest:%Y-%m-%d %H:%M}',
+        'latest': f'{latest:%Y-%m-%d %H:%M}',
+    }
+
+
+def json_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be stored and sent as JSON: walked without recursion, however deep it is."""
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (list, tuple, dict)):
+            if depth >= conf.MAX_JSON_DEPTH:
+                return _('Nest lists and objects at most %(limit)d levels deep.') % {'limit': conf.MAX_JSON_DEPTH}
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+        elif isinstance(item, str):
+            if problem := text_problem(item):
+                return problem
+        elif isinstance(item, float) and not math.isfinite(item):
+            return _('Enter finite numbers: JSON has no NaN or Infinity.')
+        elif isinstance(item, int) and abs(item) >= _JSON_INTEGER_LIMIT:
+            return _('Enter whole numbers of at most %(limit)d digits.') % {'limit': conf.MAX_JSON_INTEGER_DIGITS}
     return None

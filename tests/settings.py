@@ -1,10 +1,14 @@
 """Minimal Django settings for the test suite.
 
 Redis URLs come from ``DRQS_TEST_REDIS_URL`` (set by tests/conftest.py for the processes it starts) and are
-pointed at the suite's own redis-server by the ``redis_url`` fixture.
+pointed at the suite's own redis-server by the ``redis_url`` fixture. The database is SQLite (``DRQS_TEST_DB``, in
+memory by default), or PostgreSQL when ``DRQS_TEST_POSTGRES_URL`` is set, e.g.
+``postgresql://user:password@127.0.0.1:5432/drqs`` (runtests.py sets it for its PostgreSQL pass; tests run in the
+database ``test_<name>``, created and dropped by pytest-django).
 """
 
 import os
+from urllib.parse import unquote, urlsplit
 
 SECRET_KEY = 'tests-only'
 DEBUG = False
@@ -49,6 +53,20 @@ TEMPLATES = [
 ]
 
 DATABASES = {'default': {'ENGINE': 'django.db.backends.sqlite3', 'NAME': os.environ.get('DRQS_TEST_DB', ':memory:')}}
+
+_POSTGRES_URL = os.environ.get('DRQS_TEST_POSTGRES_URL')
+if _POSTGRES_URL:
+    _postgres = urlsplit(_POSTGRES_URL)
+    DATABASES = {
+        'default': {
+            'ENGINE': 'django.db.backends.postgresql',
+            'NAME': _postgres.path.lstrip('/') or 'drqs',
+            'USER': unquote(_postgres.username or ''),
+            'PASSWORD': unquote(_postgres.password or ''),
+            'HOST': _postgres.hostname or '127.0.0.1',
+            'PORT': str(_postgres.port or 5432),
+        }
+    }
 
 _REDIS_URL = os.environ.get('DRQS_TEST_REDIS_URL', 'redis://127.0.0.1:1/0')
 RQ_QUEUES = {

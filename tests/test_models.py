@@ -51,7 +51,7 @@ def test_creating_a_row_schedules_its_template(connection):
     job = template(connection, row)
     assert job.meta['cron_string'] == '0 7 * * 1-5'
     assert job.meta[keys.META_KEY]['owner'] == f'django_rq_scheduled.cronjob:{row.pk}'
-    assert job.args == ['report']
+    assert job.args == ('report',)
     row.refresh_from_db()
     assert row.next_run == datetime.fromtimestamp(entries[row.template_id], tz=UTC)
     assert connection.hget(keys.VERSIONS_KEY, row.template_id).decode() == row.version()
@@ -83,7 +83,7 @@ def test_editing_takes_effect_for_the_next_run_without_duplicates(connection):
     due = datetime.fromtimestamp(entries[row.template_id], tz=ZoneInfo('Europe/Paris'))
     assert (due.hour, due.minute) == (8, 30)
     job = template(connection, row)
-    assert job.args == ['changed'] and job.origin == 'high'
+    assert job.args == ('changed',) and job.origin == 'high'
 
 
 def test_saving_an_unchanged_row_writes_nothing(connection):
