@@ -24,7 +24,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, models, t
 from django.utils import timezone as django_timezone
 from redis.exceptions import NoScriptError
 
-from . import cron, keys, payloads, scripts
+from . import conf, cron, keys, payloads, scripts
 from .conf import LATEST_SCHEDULE_TIME
 from .models import SCHEDULE_MODELS, CronJob, RepeatableJob, ScheduleBase, ScheduledJob
 from .planner import format_score, guard_score
@@ -332,14 +332,17 @@ def _decide(scheduler: Scheduler, row: ScheduleBase, stored: _Stored, now: datet
         remove.action = ''  # nothing in Redis to remove (a done marker stays)
     if not row.enabled or row.is_finished:
         return remove
-    problem = _row_problem(row)
-    if problem:
-        logger.error('Not scheduling %s: %s', row.name, problem)
+    if not conf.callable_allowed(row.callable):  # cheap (cached), so checked for every row: the setting may change
+        logger.error('Not scheduling %s: %s is not allowed by ALLOWED_CALLABLES', row.name, row.callable)
         return remove
     if stored.done and _ran_its_last_run(row, stored):
         return _Decision(template_id, stored, '')
     if stored.version == row.version() and stored.score is not None:
         return _Decision(template_id, stored, '', next_run=datetime.fromtimestamp(stored.score, tz=UTC))
+    problem = _row_problem(row)  # only rows about to be written: a written row was valid when it was written
+    if problem:
+        logger.error('Not scheduling %s: %s', row.name, problem)
+        return remove
     runs = max(row.run_count, _runs_in(scheduler, stored.raw_meta), (stored.done or ('', 0))[1] or 0)
     due = first_due(row, now)
     if stored.score is not None and stored.score <= now.timestamp() and not isinstance(row, ScheduledJob):
