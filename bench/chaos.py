@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,8 @@ import redis
 from django.conf import settings
 from django.db import connections
 
-from bench.chaos_check import Findings, Observed, Rules, Schedule
+from bench.chaos_check import Observed, Rules, Schedule, check
+from bench.chaos_evidence import explain
 from django_rq_scheduled import keys
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
 from django_rq_scheduled.scheduler import REDIS_OUTAGE_ERRORS
@@ -569,7 +571,9 @@ class Soak:
         self.heap: list[Action] = []
         self.restores = itertools.count(10**9)
 
-    def run(self) -> tuple[Plan, Observed, Rules]:
+    def run(self) -> None:
+        """Sets up, plays the plan, drains, and writes everything the report needs into the folder."""
+        started = time.monotonic()
         self.cluster.start()
         self._use_cluster()
         self.recorder = CommandRecorder(self.cluster.server.port, self.folder / 'monitor.log')
@@ -592,7 +596,7 @@ class Soak:
             drain_start=drain_start,
             faults=tuple((start, end) for start, end, _ in self.journal.faults),
         )
-        return plan, observed, rules
+        save_run(self, observed, rules, time.monotonic() - started)
 
     def _use_cluster(self) -> None:
         """This process's ORM writes to the schedulers' database file, and its sync to the private Redis."""
@@ -744,6 +748,9 @@ class Soak:
         if self.recorder is not None:
             self.recorder.stop()
         self.cluster.server.kill()
+        with suppress(FileNotFoundError):
+            shutil.copytree(Path(self.cluster.server.dir) / 'appendonlydir', self.folder / 'appendonlydir')
+        self.cluster.server.close()
         connections['default'].close()
         for name, lines in self.cluster.logs().items():
             (self.folder / f'{name}.log').write_text('\n'.join(lines) + '\n')
@@ -773,7 +780,53 @@ def database_rows() -> dict[str, dict[str, Any]]:
     return rows
 
 
-def summary(soak: Soak, findings: Findings, seconds: float) -> list[tuple[str, object]]:
+# -- the record of a run, and its report ------------------------------------------------------------------------
+
+RUN_FILE = 'run.json'
+
+
+def save_run(soak: Soak, observed: Observed, rules: Rules, seconds: float) -> None:
+    """Everything the report needs, in the run's folder: the report can be made again from it (``--recheck``)."""
+    journal = soak.journal
+    record = {
+        't0': journal.t0,
+        'figures': run_figures(soak, seconds),
+        'schedules': [asdict(row) for row in journal.rows.values() if row.template_id],
+        'observed': {**vars(observed), 'pushes': dict(observed.pushes)},  # asdict() would mangle the Counter
+        'rules': asdict(rules),
+        'events': journal.events,
+        'row_events': journal.row_events,
+    }
+    (soak.folder / RUN_FILE).write_text(json.dumps(record, default=str))
+
+
+def load_run(folder: Path) -> tuple[Journal, list[tuple[str, Any]], Observed, Rules]:
+    record = json.loads((folder / RUN_FILE).read_text())
+    rows = {}
+    for fields in record['schedules']:
+        fields['states'] = [tuple(state) for state in fields['states']]
+        fields['blind'] = [tuple(window) for window in fields['blind']]
+        rows[fields['key']] = Schedule(**fields)
+    journal = Journal(record['t0'], rows, [tuple(event) for event in record['events']], record['row_events'])
+    observed = Observed(**record['observed'])
+    observed.pushes = Counter(observed.pushes)
+    rules = Rules(**{**record['rules'], 'faults': tuple(tuple(window) for window in record['rules']['faults'])})
+    return journal, [tuple(figure) for figure in record['figures']], observed, rules
+
+
+def report(folder: Path) -> tuple[list[tuple[str, Any]], list[str], int]:
+    """The table of figures, the violations with their evidence, and the number of violations."""
+    journal, figures, observed, rules = load_run(folder)
+    findings = check(journal.rows.values(), observed, rules)
+    table = [*figures[:-1], *findings.figures.items(), ('violations', len(findings.violations)), figures[-1]]
+    if not findings.violations:
+        return table, [], 0
+    logs = {path.stem: path.read_text().splitlines() for path in sorted(folder.glob('s[0-9]*.log'))}
+    return table, explain(findings.violations, journal, folder, folder, logs), len(findings.violations)
+
+
+def run_figures(soak: Soak, seconds: float) -> list[tuple[str, Any]]:
+    """What the run did; the checker's figures go before the last one (the run time)."""
     config, counts = soak.config, soak.journal.counts
     restarts = soak.cluster.restarts_with_data
     skipped = sum(n for name, n in counts.items() if name.startswith('faults skipped'))
@@ -797,7 +850,5 @@ def summary(soak: Soak, findings: Findings, seconds: float) -> list[tuple[str, o
         ('user edits: saves near a due time / stale saves / disables and enables', edits),
         ('user edits that failed (e.g. database locked)', failed),
         ('user syncs that failed (Redis down; left to reconciliation)', soak.users.log.failed_syncs),
-        *findings.figures.items(),
-        ('violations', len(findings.violations)),
         ('run time (s)', f'{seconds:.0f}'),
     ]

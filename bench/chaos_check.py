@@ -107,8 +107,9 @@ class Schedule:
         if self.kind == 'interval':
             assert self.interval
             return self.interval
-        following = self.slots(slot, slot + 3600)
-        return following[0] - slot if following else INFINITY
+        assert self.cron is not None
+        upcoming = cron.next_fire_time(self.cron, datetime.fromtimestamp(slot, tz=UTC), 'UTC')
+        return upcoming.timestamp() - slot if upcoming else INFINITY
 
 
 @dataclass

@@ -34,9 +34,9 @@ django.setup()
 
 import redis  # noqa: E402
 
-from bench import chaos_check, chaos_evidence  # noqa: E402
 from bench.chaos import Config as ChaosConfig  # noqa: E402
-from bench.chaos import Soak, summary  # noqa: E402
+from bench.chaos import Soak  # noqa: E402
+from bench.chaos import report as chaos_report  # noqa: E402
 from django_rq_scheduled import Scheduler, keys  # noqa: E402
 from tests import tasks  # noqa: E402
 from tests.processes import kill, queue_ids, scheduler_process, wait_for  # noqa: E402
@@ -321,27 +321,23 @@ def rivals(minutes: float, kill_every: float, rate: float, ahead: float) -> int:
 # -- chaos -------------------------------------------------------------------------------------------------------
 
 
-def chaos(config: ChaosConfig, logs: str | None) -> int:
-    """Everything at once (bench/chaos.py), then every occurrence checked (bench/chaos_check.py)."""
-    folder = Path(logs) if logs else Path(tempfile.mkdtemp(prefix='drqs-chaos-'))
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    soak = Soak(config, folder)
-    try:
-        plan, observed, rules = soak.run()
-        findings = chaos_check.check([row for row in plan.rows.values() if row.template_id], observed, rules)
-        print_table(summary(soak, findings, time.monotonic() - started))
-        if findings.violations:
-            logs_of, redis_dir = soak.cluster.logs(), soak.cluster.server.dir
-            print('\n'.join(chaos_evidence.explain(findings.violations, soak.journal, folder, redis_dir, logs_of)))
-            shutil.copytree(Path(soak.cluster.server.dir) / 'appendonlydir', folder / 'appendonlydir')
-    finally:
-        soak.cluster.server.close()
-    if findings.violations or logs:
-        print(f'\nLogs, MONITOR output, the AOF and the timeline of events: {folder}')
+def chaos(config: ChaosConfig, logs: str | None, recheck: str | None) -> int:
+    """Everything at once (bench/chaos.py), then every occurrence checked (bench/chaos_check.py).
+
+    With ``recheck``, only the report again, from the folder of an earlier run.
+    """
+    folder = Path(recheck or logs or tempfile.mkdtemp(prefix='drqs-chaos-'))
+    if not recheck:
+        folder.mkdir(parents=True, exist_ok=True)
+        Soak(config, folder).run()
+    figures, evidence, violations = chaos_report(folder)
+    print_table(figures)
+    print('\n'.join(evidence))
+    if violations or logs or recheck:
+        print(f"\nThe run's folder (logs, MONITOR output, AOF, timeline; --recheck reads it): {folder}")
     else:
         shutil.rmtree(folder, ignore_errors=True)
-    return 1 if findings.violations else 0
+    return 1 if violations else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -364,12 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     chaos_parser.add_argument('--fault-every', type=float, default=6, help='mean seconds between two faults')
     chaos_parser.add_argument('--logs', metavar='DIR', help='keep the logs here (default: a temporary folder, '
                               'kept only when a violation was found)')  # fmt: skip
+    chaos_parser.add_argument('--recheck', metavar='DIR', help='no run: the report again, from the folder of a run')
     args = parser.parse_args(argv)
     if args.command == 'chaos':
         if args.minutes < 0.5 or args.rate <= 0 or args.fault_every <= 0:
             parser.error('need --minutes >= 0.5 and a positive --rate and --fault-every')
         config = ChaosConfig(minutes=args.minutes, seed=args.seed, rate=args.rate, fault_every=args.fault_every)
-        return chaos(config, args.logs)
+        return chaos(config, args.logs, args.recheck)
     if args.command == 'crash':
         if args.cycles < 1 or args.templates < 2 or args.total < args.templates * 10:
             parser.error('need --cycles >= 1, --templates >= 2 and --total >= 10 x --templates')
