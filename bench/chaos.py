@@ -59,6 +59,7 @@ MODELS = {'once': ScheduledJob, 'interval': RepeatableJob, 'cron': CronJob}
 # No automatic AOF rewrite: the incremental AOF then holds every write of the run, for the evidence.
 AOF_ARGS = ('--aof-timestamp-enabled', 'yes', '--auto-aof-rewrite-percentage', '0')
 LOOP_INTERVAL = '0.2'
+COUNTING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,6 @@ class Action:
 
 FAULTS = ('kill-leader', 'pause-leader', 'kill-redis', 'kill-standby')
 FAULT_WEIGHTS = (0.35, 0.25, 0.25, 0.15)
-EDITS = ('save', 'load', 'save_stale', 'disable', 'enable')
 
 
 class Plan:
@@ -150,9 +150,8 @@ class Plan:
                 self._row(Schedule(f'cron-repeat-{i}', 'cron', cron=cron_string(step), repeat=repeat), at)
             else:
                 start = round(at + rng.uniform(0.5, 2.5), 3)
-                schedule = Schedule(f'every-repeat-{i}', 'interval', start=start, interval=rng.choice((1, 2)))
-                schedule.repeat = repeat
-                self._row(schedule, at)
+                interval = rng.choice((1, 2))
+                self._row(Schedule(f'every-repeat-{i}', 'interval', start=start, interval=interval, repeat=repeat), at)
             at += rng.uniform(0.5, 1.5) * self.config.repeat_every
             i += 1
 
@@ -200,9 +199,10 @@ class Plan:
             self._edit(key, slot, self.created_at[key])
         for key in periodic:
             row = self.rows[key]
-            if row.repeat and rng.random() < 0.5:
+            slots = self._slots(key, self.created_at[key] + 0.05, self.load_end)
+            if row.repeat and len(slots) >= row.repeat and rng.random() < 0.5:
                 # A stale instance saved across the last run: it says fewer runs than Redis counted.
-                last = self._slots(key, self.created_at[key] + 0.05, self.load_end)[row.repeat - 1]
+                last = slots[row.repeat - 1]
                 handle = f'stale-last-{key}'
                 self.add(last - rng.uniform(0.2, 1.0), 'load', row=key, handle=handle)
                 self.add(last + rng.uniform(0.1, 1.5), 'save_stale', row=key, handle=handle, change=True)
@@ -251,6 +251,10 @@ class Journal:
     faults: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end of its effect, what)
     counts: Counter[str] = field(default_factory=Counter)
 
+    def count(self, name: str) -> None:
+        with COUNTING:  # two threads count: the users' and the faults'
+            self.counts[name] += 1
+
     def note(self, what: str, who: str = 'soak', at: float | None = None) -> None:
         self.events.append((time.time() if at is None else at, who, what))
 
@@ -282,7 +286,8 @@ class Cluster:
         self.paused: set[str] = set()
         self.generations = itertools.count(1)
         self.redis_up = False
-        self.restarts_with_data: list[bool] = []
+        self.queue_before_kill = 0
+        self.restarts_intact: list[bool] = []
         self.connection: redis.Redis | None = None
 
     def url(self, client_name: str) -> str:
@@ -333,15 +338,19 @@ class Cluster:
             self.paused.discard(name)
 
     def kill_redis(self) -> None:
+        assert self.connection is not None
+        with suppress(*REDIS_OUTAGE_ERRORS):
+            self.queue_before_kill = self.connection.llen(QUEUE_KEY)
         self.server.kill()
         self.redis_up = False
 
     def start_redis(self) -> None:
-        self.server.start()  # the same port and data directory: the AOF is replayed
+        """The same port and data directory: the AOF is replayed, and the queue is back whole (fsync always)."""
+        self.server.start()
         self.redis_up = True
         assert self.connection is not None
         with suppress(*REDIS_OUTAGE_ERRORS):
-            self.restarts_with_data.append(self.connection.exists(keys.SCHEDULED_JOBS_KEY, keys.VERSIONS_KEY) > 0)
+            self.restarts_intact.append(self.connection.llen(QUEUE_KEY) >= self.queue_before_kill)
 
     def stop(self) -> None:
         for name in list(self.paused):
@@ -455,13 +464,13 @@ class Users:
         key = action.row
         assert key is not None
         if action.verb != 'create' and key not in self.pks:
-            self.journal.counts['edits skipped (row not created)'] += 1
+            self.journal.count('edits skipped (row not created)')
             return False
         began, failed_syncs = time.time(), self.log.failed_syncs
         try:
             getattr(self, action.verb)(action, key, began)
         except Exception as exc:  # e.g. the database locked by a paused process: noted, and the soak goes on
-            self.journal.counts[f'{action.verb} failed'] += 1
+            self.journal.count(f'{action.verb} failed')
             self.journal.row_note(key, f'{action.verb} FAILED: {type(exc).__name__}: {exc}', began)
             self._read_back(key, began)
             return False
@@ -490,7 +499,7 @@ class Users:
         self.pks[key] = row.pk
         schedule.template_id = row.template_id
         schedule.created = time.time()
-        self.journal.counts[f'created {schedule.kind}'] += 1
+        self.journal.count(f'created {schedule.kind}')
         self.journal.row_note(key, f'created ({row.template_id})', began)
 
     def _get(self, key: str) -> Any:
@@ -501,7 +510,7 @@ class Users:
         if action.change:
             row.description = f'edited at {began:.3f}'
         row.save()
-        self.journal.counts['saves near a due time'] += 1
+        self.journal.count('saves near a due time')
         self.journal.row_note(key, f'saved a fresh instance ({self._what(action)}; {self._feedback(row)})', began)
 
     def load(self, action: Action, key: str, began: float) -> None:
@@ -517,7 +526,7 @@ class Users:
         if action.change:
             row.description = f'edited at {began:.3f}'
         row.save()
-        self.journal.counts['stale saves'] += 1
+        self.journal.count('stale saves')
         self.journal.wrote_enabled(key, began, row.enabled)
         self.journal.row_note(key, f'saved {action.handle}, stale ({self._what(action)}; {self._feedback(row)})', began)
 
@@ -536,7 +545,7 @@ class Users:
             row.enabled = value
             row.save()
         self.journal.wrote_enabled(key, began, value)
-        self.journal.counts['disables and enables'] += 1
+        self.journal.count('disables and enables')
         how = 'queryset' if action.how == 'update' else 'a save'
         self.journal.row_note(key, f'{"enabled" if value else "disabled"} by {how}', began)
 
@@ -568,7 +577,8 @@ class Soak:
         self.users = Users(self.journal, config.settle)
         self.killed: set[str] = set()
         self.recorder: CommandRecorder | None = None
-        self.heap: list[Action] = []
+        self.faults: list[Action] = []  # faults and their restores: a thread of their own
+        self.edits: list[Action] = []  # rows created and edited: the ORM may block (a paused process's lock)
         self.restores = itertools.count(10**9)
 
     def run(self) -> None:
@@ -584,9 +594,9 @@ class Soak:
             plan = Plan(self.config, t0)
             self.journal.t0 = t0
             self.journal.rows = plan.rows
-            self.heap = list(plan.actions)
-            heapq.heapify(self.heap)
-            self._play(until=plan.load_end)
+            self.faults = [action for action in plan.actions if action.verb in FAULTS]
+            self.edits = [action for action in plan.actions if action.verb not in FAULTS]
+            self._play_both(until=plan.load_end)
             drain_start = self._drain()
             observed = self._observe()
         finally:
@@ -606,17 +616,36 @@ class Soak:
         url = self.cluster.url('orm')
         settings.RQ_QUEUES = {name: {'URL': url, 'DEFAULT_TIMEOUT': 360} for name in ('default', 'high')}
 
-    def _play(self, until: float) -> None:
-        while self.heap:
-            action = self.heap[0]
-            now = time.time()
-            if action.at > until:
-                return  # what is left (restores) is the drain's
-            if action.at > now:
-                self._look_after_processes()
-                time.sleep(min(0.05, action.at - now))
+    def _play_both(self, until: float) -> None:
+        """Faults in a thread, edits in this one: an ORM write blocked by a paused process's database lock (5 s,
+        SQLite's busy timeout) must not hold back the SIGCONT that releases it."""
+        failures: list[BaseException] = []
+
+        def play_faults() -> None:
+            try:
+                self._play(self.faults, until, between=self._look_after_processes)
+            except BaseException as exc:  # re-raised below, in the main thread
+                failures.append(exc)
+
+        thread = threading.Thread(target=play_faults, name='chaos-faults', daemon=True)
+        thread.start()
+        try:
+            self._play(self.edits, until, between=lambda: None)
+        finally:
+            thread.join()
+        if failures:
+            raise failures[0]
+
+    def _play(self, heap: list[Action], until: float, between: Callable[[], object]) -> None:
+        """Does the heap's actions at their times, up to ``until``; what is left (restores) is the drain's."""
+        heapq.heapify(heap)
+        while heap and heap[0].at <= until:
+            wait = heap[0].at - time.time()
+            if wait > 0:
+                between()
+                time.sleep(min(0.05, wait))
                 continue
-            self._do(heapq.heappop(self.heap))
+            self._do(heapq.heappop(heap))
 
     def _do(self, action: Action) -> None:
         handler: Callable[[Action], None] | None = getattr(self, '_' + action.verb.replace('-', '_'), None)
@@ -627,7 +656,7 @@ class Soak:
 
     def _restore_later(self, action: Action, verb: str, target: str | None = None) -> None:
         restore = Action(time.time() + action.duration, next(self.restores), verb, target=target)
-        heapq.heappush(self.heap, restore)
+        heapq.heappush(self.faults, restore)
 
     def _fault(self, label: str, duration: float) -> None:
         now = time.time()
@@ -638,7 +667,7 @@ class Soak:
     def _kill_leader(self, action: Action) -> None:
         leader = self.cluster.leader()
         if leader not in self.cluster.running:
-            self.journal.counts['faults skipped (no live leader)'] += 1
+            self.journal.count('faults skipped (no live leader)')
             return
         self.cluster.kill(leader)
         self.killed.add(leader)
@@ -649,19 +678,19 @@ class Soak:
         leader = self.cluster.leader()
         standbys = [name for name in self.cluster.running if name != leader]
         if not standbys:
-            self.journal.counts['faults skipped (no standby)'] += 1
+            self.journal.count('faults skipped (no standby)')
             return
         name = self.rng.choice(standbys)
         self.cluster.kill(name)
         self.killed.add(name)
         self.journal.note(f'kill-standby {name} (kill -9)')
-        self.journal.counts['kill-standby'] += 1
+        self.journal.count('kill-standby')
         self._restore_later(action, 'spawn')
 
     def _pause_leader(self, action: Action) -> None:
         leader = self.cluster.leader()
         if leader not in self.cluster.running:
-            self.journal.counts['faults skipped (no live leader)'] += 1
+            self.journal.count('faults skipped (no live leader)')
             return
         self.cluster.pause(leader)
         self._fault(f'pause-leader {leader} (SIGSTOP for {action.duration:.1f} s)', action.duration)
@@ -669,7 +698,7 @@ class Soak:
 
     def _kill_redis(self, action: Action) -> None:
         if not self.cluster.redis_up:
-            self.journal.counts['faults skipped (Redis down)'] += 1
+            self.journal.count('faults skipped (Redis down)')
             return
         self.cluster.kill_redis()
         self._fault(f'kill-redis (kill -9, down {action.duration:.1f} s)', action.duration + 3)
@@ -691,16 +720,16 @@ class Soak:
         for name, process in list(self.cluster.processes.items()):
             if process.poll() is not None and name not in self.killed:
                 self.killed.add(name)  # handled once
-                self.journal.counts['processes that died on their own'] += 1
+                self.journal.count('processes that died on their own')
                 self.journal.note(f'{name} exited by itself with {process.returncode}', who=name)
                 self.cluster.spawn()
 
     def _drain(self) -> float:
         """Every fault undone, every periodic row disabled, then the loop left alone until nothing is left to do."""
-        for action in sorted(self.heap):
-            if action.verb not in (*EDITS, 'create'):
+        for action in sorted(self.faults):
+            if action.verb not in FAULTS:
                 self._do(action)
-        self.heap = []
+        self.faults = self.edits = []
         wait_for(lambda: len(self.cluster.running) == self.config.schedulers and self.cluster.leader(), timeout=60)
         drain_start = time.time()
         for key, schedule in self.journal.rows.items():
@@ -828,7 +857,7 @@ def report(folder: Path) -> tuple[list[tuple[str, Any]], list[str], int]:
 def run_figures(soak: Soak, seconds: float) -> list[tuple[str, Any]]:
     """What the run did; the checker's figures go before the last one (the run time)."""
     config, counts = soak.config, soak.journal.counts
-    restarts = soak.cluster.restarts_with_data
+    intact = soak.cluster.restarts_intact
     skipped = sum(n for name, n in counts.items() if name.startswith('faults skipped'))
     failed = sum(n for name, n in counts.items() if name.endswith(' failed'))
     created = ' / '.join(str(counts[f'created {kind}']) for kind in MODELS)
@@ -843,7 +872,10 @@ def run_figures(soak: Soak, seconds: float) -> list[tuple[str, Any]]:
         ('leaders killed -9', counts['kill-leader']),
         ('leaders paused past the lease (SIGSTOP, then SIGCONT)', counts['pause-leader']),
         ('standbys killed -9', counts['kill-standby']),
-        ('Redis killed -9 and restarted (data back from the AOF)', f'{counts["kill-redis"]} ({sum(restarts)})'),
+        (
+            'Redis killed -9 and restarted on its AOF (queue whole after it)',
+            f'{counts["kill-redis"]} ({sum(intact)} of {len(intact)})',
+        ),
         ('faults skipped (no live leader, Redis already down)', skipped),
         ('scheduler processes that exited by themselves', counts['processes that died on their own']),
         ('rows created: one-off / interval / cron', created),

@@ -161,7 +161,7 @@ def check(schedules: Iterable[Schedule], observed: Observed, rules: Rules) -> Fi
     occurrences, unknown = _attribute(observed.pushes, by_template)
     moves = _moves(observed, by_template)
     violations = [
-        *_duplicates(observed.pushes, by_template),
+        *_duplicates(observed, by_template),
         *(Violation('unknown job', job_id, 'reached the queue; no row of the soak owns it') for job_id in unknown),
         *_early(moves),
         *_leftovers(observed, by_template),
@@ -208,12 +208,14 @@ def _moves(observed: Observed, by_template: dict[str, Schedule]) -> list[Move]:
     return sorted(moves, key=lambda move: move.at)
 
 
-def _duplicates(pushes: Counter[str], by_template: dict[str, Schedule]) -> list[Violation]:
+def _duplicates(observed: Observed, by_template: dict[str, Schedule]) -> list[Violation]:
     out = []
-    for job_id, count in sorted(pushes.items()):
+    for job_id, count in sorted(observed.pushes.items()):
         if count > 1:
-            due = _due_of(job_id, by_template)
-            out.append(Violation('duplicated', job_id, f'reached the queue {count} times', (due,) if due else ()))
+            # Its due time, and its last move (the only one its hash remembers): the evidence spans both.
+            moments = (_due_of(job_id, by_template), observed.enqueued_at.get(job_id))
+            detail = f'reached the queue {count} times'
+            out.append(Violation('duplicated', job_id, detail, tuple(m for m in moments if m is not None)))
     return out
 
 
@@ -364,7 +366,7 @@ def _figures(
     violations: list[Violation],
 ) -> dict[str, Any]:
     rules = Counter(violation.rule for violation in violations)
-    lateness = sorted(move.at - move.due for move in moves)
+    lateness = _lateness(schedules, observed, moves)
     one_offs = [s for s in schedules if not s.periodic]
     return {
         'occurrences checked': len(one_offs) + sum(len(occurrences[s.template_id]) for s in schedules if s.periodic),
@@ -378,8 +380,24 @@ def _figures(
         'over repeat / unfinished': f'{rules["over repeat"]} / {rules["unfinished"]}',
         'rows whose feedback disagrees': rules['feedback'],
         'left scheduled / dead letters': f'{rules["left scheduled"]} / {rules["dead letter"]}',
-        'lateness p50 / p99 / max (ms)': _percentiles(lateness),
+        'lateness p50 / p99 / max (ms) of the jobs moved once': _percentiles(lateness),
     }
+
+
+def _lateness(schedules: list[Schedule], observed: Observed, moves: list[Move]) -> list[float]:
+    """Seconds from when each job could first move (due, and its row created) to its move; jobs moved once only,
+    of rows never disabled and always synced: the others wait for a user or a reconciliation on purpose."""
+    by_template = {schedule.template_id: schedule for schedule in schedules}
+    out = []
+    for move in moves:
+        schedule = by_template[template_of(move.job_id)]
+        if observed.pushes[move.job_id] == 1 and not schedule.states and not schedule.blind:
+            out.append(move.at - max(move.due, schedule.created))
+    return sorted(out)
+
+
+def template_of(job_id: str) -> str:
+    return job_id.partition('_at_')[0]
 
 
 def _percentiles(values: list[float]) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ MAX_LINES = 70
 MAX_AOF_LINES = 30
 EXPLAINED_PER_RULE = 3  # violations of one rule shown with their whole evidence; the others are listed
 LISTED_PER_RULE = 100
+READS = ('"HGET"', '"ZSCORE"', '"HMGET"')
 VERSIONS_READ = f'"HMGET" "{keys.VERSIONS_KEY}"'
 LONG_ARGUMENT = re.compile(r'"((?:[^"\\]|\\.){60,})"')
 MONITOR_LINE = re.compile(r'^\+(\d+\.\d+) \[\d+ ([^\]]+)\] (.*)$')
@@ -83,8 +84,7 @@ def subjects_of(violations: Iterable[Violation]) -> dict[str, Subject]:
     subjects: dict[str, Subject] = {}
     for violation in violations:
         subject = subjects.setdefault(template_of(violation.subject), Subject(template_of(violation.subject)))
-        if violation.moments:
-            subject.windows.append((min(violation.moments) - WINDOW, max(violation.moments) + WINDOW))
+        subject.windows += [(moment - WINDOW, moment + WINDOW) for moment in violation.moments]
     return subjects
 
 
@@ -235,21 +235,30 @@ def sender(line: Line) -> str:
     return line.who.split(' ')[0]
 
 
+@dataclass(frozen=True)
+class Cause:
+    label: str  # short, for the tally
+    text: str  # the story, with its times
+
+
+MONITOR_GAP = 'not told (MONITOR was reconnecting after a Redis restart)'
+
+
 def likely_cause(
     violation: Violation, lines: list[Line], row_notes: list[tuple[float, str]], events: list[tuple[float, str, str]]
-) -> str:
+) -> Cause | None:
     """Which write put a job back into the schedule after it had run, and what its writer had read before."""
     if violation.rule not in ('duplicated', 'over repeat'):
-        return ''
+        return None
     runs = runs_of(lines, violation)
     if violation.rule == 'duplicated' and len(runs) < 2:
-        return 'MONITOR missed a push (it was reconnecting after a Redis restart): no timeline to go by.'
+        return Cause(MONITOR_GAP, 'MONITOR missed one of the pushes: no timeline to go by.')
     # The run after which the job went back into the schedule: for a duplicate its first run, for a schedule over
     # its repeat the run that should have been its last.
     first = runs[0].at if violation.rule == 'duplicated' else min(violation.moments, default=0.0)
     writes = readds(lines, template_of(violation.subject), first)
     if not writes:
-        return 'no write that put it back into the schedule was seen (MONITOR gap?).'
+        return Cause(MONITOR_GAP, 'no write that put it back into the schedule was seen.')
     write = writes[0]
     writer = sender(write)
     score = last_read(lines, writer, write.at, '"ZSCORE"')
@@ -257,26 +266,29 @@ def likely_cause(
     raced = read_at is not None and read_at < first
     if writer == 'orm':
         return user_cause(write, read_at, raced, row_notes)
-    return reconcile_cause(write, read_at, raced, first, lines, events)
+    return reconcile_cause(write, read_at, raced, first, lines, events, row_notes)
 
 
-def user_cause(write: Line, read_at: float | None, raced: bool, row_notes: list[tuple[float, str]]) -> str:
+def user_cause(write: Line, read_at: float | None, raced: bool, row_notes: list[tuple[float, str]]) -> Cause:
     saves = [note for at, note in row_notes if at <= write.at and note.startswith(('saved', 'enabled', 'disabled'))]
     action = saves[-1] if saves else 'no action of the soak'
     told = f'The user action: "{action}"; its sync wrote the template back at {write.at:.3f}'
     if raced:
-        return (
-            f'(c) a user save racing the move. {told}, from a read of the schedule at {read_at:.3f}, before the run: '
-            'sync reads, then writes, with nothing that stops a move in between.'
+        return Cause(
+            '(c) a user save racing the move',
+            f'{told}, from a read of the schedule at {read_at:.3f}, before the run: sync reads, then writes, with '
+            'nothing that stops a move in between.',
         )
     if 'stale' in action:
-        return (
-            f'(b) a save of a stale instance. {told}: the instance was loaded before the run, so it said the job '
-            'had not run yet, and sync believed the row over Redis.'
+        return Cause(
+            '(b) a save of a stale instance',
+            f'{told}: the instance was loaded before the run, so it said the job had not run yet (has_run, '
+            'run_count), and sync believed the row over Redis.',
         )
-    return (
-        f"(b) a save after the run, before the loop's feedback reached the row. {told}: the row still said the job "
-        'had not run (feedback is applied on a later tick), and sync believed the row over Redis.'
+    return Cause(
+        "(b) a save after the run, before the loop's feedback reached the row",
+        f'{told}: the row still said the job had not run (feedback is applied on a later tick), and sync believed '
+        'the row over Redis.',
     )
 
 
@@ -287,7 +299,8 @@ def reconcile_cause(
     first: float,
     lines: list[Line],
     events: list[tuple[float, str, str]],
-) -> str:
+    row_notes: list[tuple[float, str]],
+) -> Cause:
     writer = sender(write)
     version = last_read(lines, writer, write.at, VERSIONS_READ)
     reads = f'version read at {version.at:.3f}, ' if version else ''
@@ -295,26 +308,70 @@ def reconcile_cause(
     told = f'Reconciliation in {writer}: {reads}template written back at {write.at:.3f}'
     paused = [at for at, _, what in events if what.startswith(f'pause-leader {writer} ') and at <= write.at]
     if paused and version and version.at <= paused[-1]:
-        return (
-            f'(d) a reconciliation paused mid-pass. {told}; {writer} was stopped (SIGSTOP) at {paused[-1]:.3f}, '
-            'between its reads and its write, and on waking wrote what it had read before the pause (reconciliation '
-            'writes are not fenced by the lease).'
+        return Cause(
+            '(d) a reconciliation paused between its reads and its writes',
+            f'{told}; {writer} was stopped (SIGSTOP) at {paused[-1]:.3f} and, on waking, wrote what it had read '
+            'before the pause: reconciliation writes are not fenced by the lease.',
         )
     if version and version.at < first and not raced:
-        return (
-            f"(a) reconciliation's two reads straddled the move. {told}; the run moved the job at {first:.3f}, "
-            'after the version read (not yet done) and before the score read (gone), so the job looked never synced.'
+        return Cause(
+            "(a) reconciliation's two reads straddled the move",
+            f'{told}; the run moved the job at {first:.3f}, after the version read (not done yet) and before the '
+            'score read (gone), so the job looked never synced.',
         )
     if raced:
-        return f'reconciliation racing the move. {told}; both reads were before the run, the write after it.'
-    return f'reconciliation re-created it. {told}.'
+        return Cause(
+            'reconciliation racing the move', f'{told}; both reads were before the run, and the write after it.'
+        )
+    saves = [(at, note) for at, note in row_notes if first <= at <= write.at and note.startswith('saved')]
+    if saves:
+        return Cause(
+            '(b) a save after the run, its sync failed, and reconciliation followed the row',
+            f'{told}; the user action before it: "{saves[-1][1]}" at {saves[-1][0]:.3f}. The row said the job had '
+            'not run; reconciliation believed the row over Redis.',
+        )
+    return Cause('reconciliation, other', f'{told}.')
+
+
+def feedback_cause(violation: Violation, row_notes: list[tuple[float, str]], ran_again: bool) -> Cause:
+    """Why a row's run feedback disagrees with the queue at the end."""
+    if ran_again:
+        return Cause(
+            'after a job of the row ran again',
+            'the extra run restarted its count from what the row said; see the duplicate or over-repeat entry.',
+        )
+    due = min(violation.moments, default=None)  # one-offs only
+    saves = [(at, note) for at, note in row_notes if note.startswith('saved') or note.endswith('by a save')]
+    after = [(at, note) for at, note in saves if (at >= due - 0.05 if due else 'stale' in note)]
+    if after:
+        at, note = after[-1]
+        return Cause(
+            "(b) a save after the run overwrote the loop's fields",
+            f'"{note}" at {at:.3f}: a whole-row save writes has_run / run_count / last_run / next_run as the instance '
+            'had them, over the feedback the loop wrote (or before it, and the one-off never writes again).',
+        )
+    return Cause('not explained by a save', 'no save of the row after its run: a feedback record lost or overwritten?')
 
 
 # -- the report -------------------------------------------------------------------------------------------------
 
 
+def trimmed(timeline: list[Line]) -> list[Line]:
+    """Reads only where they explain a write (the half second before one), then the head and the tail."""
+    writes = [line.at for line in timeline if not line.text.startswith(READS)]
+    kept = [
+        line for line in timeline if not line.text.startswith(READS) or any(0 <= at - line.at <= 0.5 for at in writes)
+    ]
+    if len(kept) <= MAX_LINES:
+        return kept
+    half = MAX_LINES // 2
+    gap = Line(kept[half].at, '', f'... {len(kept) - 2 * half} lines left out ...')
+    return [*kept[:half], gap, *kept[-half:]]
+
+
 def render(
     violation: Violation,
+    cause: Cause | None,
     subject: Subject,
     row_notes: list[tuple[float, str]],
     events: list[tuple[float, str, str]],
@@ -328,12 +385,10 @@ def render(
     timeline += subject.lines
     timeline.sort(key=lambda line: line.at)
     if len(timeline) > MAX_LINES:
-        kept = [line for line in timeline if not line.text.startswith(('"HGET"', '"ZSCORE"'))]
-        timeline = kept if len(kept) <= MAX_LINES else kept[:MAX_LINES]
+        timeline = trimmed(timeline)
     out = [f'#### {violation.rule}: {violation.subject}', '', violation.detail, '']
-    cause = likely_cause(violation, subject.lines, row_notes, events)
     if cause:
-        out += [f'Likely cause: {cause}', '']
+        out += [f'Likely cause: {cause.label}. {cause.text}', '']
     out += ['```', *(f'{line.at - t0:9.3f}  {line.who:<16} {line.text}' for line in timeline), '```']
     if aof:
         shown = aof[:MAX_AOF_LINES]
@@ -345,27 +400,62 @@ def render(
 def explain(
     violations: list[Violation], journal: Any, folder: Path, redis_dir: str, logs: dict[str, list[str]]
 ) -> list[str]:
-    """The violations grouped by rule, each listed, the first few of each rule with their timelines."""
+    """The tally of likely causes, then the violations by rule, each listed, a few with their whole timelines:
+    the first ones of each rule and the first one of each cause."""
     by_rule: dict[str, list[Violation]] = defaultdict(list)
     for violation in sorted(violations, key=lambda v: min(v.moments, default=0.0)):
         by_rule[violation.rule].append(violation)
-    chosen = [violation for group in by_rule.values() for violation in group[:EXPLAINED_PER_RULE]]
-    subjects = subjects_of(chosen)
-    read_monitor(folder / 'monitor.log', subjects)
-    aof = read_aof(Path(redis_dir), subjects)
-    logged = log_lines(logs)
     key_of = {schedule.template_id: key for key, schedule in journal.rows.items()}
+
+    def notes(violation: Violation) -> list[tuple[float, str]]:
+        return journal.row_events.get(key_of.get(template_of(violation.subject), ''), [])
+
+    shown = [violation for group in by_rule.values() for violation in group[:EXPLAINED_PER_RULE]]
+    told = [violation for violation in violations if violation.rule in ('duplicated', 'over repeat')]
+    subjects = subjects_of([*shown, *told])
+    read_monitor(folder / 'monitor.log', subjects)
+    causes: dict[int, Cause] = {}
+    for violation in told:
+        cause = likely_cause(
+            violation, subjects[template_of(violation.subject)].lines, notes(violation), journal.events
+        )
+        if cause:
+            causes[id(violation)] = cause
+    firsts = {}
+    for violation in sorted(told, key=lambda v: min(v.moments, default=0.0)):
+        firsts.setdefault(causes[id(violation)].label, violation) if id(violation) in causes else None
+    ran_again = {template_of(violation.subject) for violation in told}
+    for violation in by_rule.get('feedback', []):
+        cause = feedback_cause(violation, notes(violation), violation.subject in ran_again)
+        causes[id(violation)] = cause
+        firsts.setdefault(cause.label, violation)
+    shown += [violation for violation in firsts.values() if violation not in shown]
+    aof = read_aof(Path(redis_dir), {template_of(v.subject): subjects[template_of(v.subject)] for v in shown})
+    logged = log_lines(logs)
     out = ['', '## Violations', '']
+    tally = Counter(
+        (violation.rule, causes[id(violation)].label) for violation in violations if id(violation) in causes
+    )
+    if tally:
+        out += ['Likely causes:', '', '| violation | likely cause | count |', '| --- | --- | --- |']
+        out += [f'| {rule} | {label} | {count} |' for (rule, label), count in sorted(tally.items())]
+        out.append('')
     for rule, group in by_rule.items():
         out += [f'### {rule} ({len(group)})', '']
         for violation in group[:LISTED_PER_RULE]:
-            out.append(f'- {violation.subject} ({key_of.get(template_of(violation.subject), "?")}): {violation.detail}')
+            cause = causes.get(id(violation))
+            why = f' [{cause.label}]' if cause else ''
+            out.append(
+                f'- {violation.subject} ({key_of.get(template_of(violation.subject), "?")}): {violation.detail}{why}'
+            )
         if len(group) > LISTED_PER_RULE:
             out.append(f'- ... and {len(group) - LISTED_PER_RULE} more')
         out.append('')
-        for violation in group[:EXPLAINED_PER_RULE]:
+        for violation in (v for v in group if v in shown):
             template_id = template_of(violation.subject)
-            notes = journal.row_events.get(key_of.get(template_id, ''), [])
             subject = subjects[template_id]
-            out += render(violation, subject, notes, journal.events, logged, aof[template_id], journal.t0)
+            out += render(
+                violation, causes.get(id(violation)), subject, notes(violation), journal.events, logged,
+                aof.get(template_id, []), journal.t0,
+            )  # fmt: skip
     return out
