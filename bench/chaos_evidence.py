@@ -412,23 +412,20 @@ def explain(
 
     shown = [violation for group in by_rule.values() for violation in group[:EXPLAINED_PER_RULE]]
     told = [violation for violation in violations if violation.rule in ('duplicated', 'over repeat')]
-    subjects = subjects_of([*shown, *told])
-    read_monitor(folder / 'monitor.log', subjects)
+    ran_again = {template_of(violation.subject) for violation in told}
     causes: dict[int, Cause] = {}
-    for violation in told:
-        cause = likely_cause(
-            violation, subjects[template_of(violation.subject)].lines, notes(violation), journal.events
-        )
+    firsts: dict[tuple[str, str], Violation] = {}  # the first violation of each (rule, cause): shown in full
+    for violation in by_rule.get('feedback', []):
+        causes[id(violation)] = feedback_cause(violation, notes(violation), violation.subject in ran_again)
+        firsts.setdefault((violation.rule, causes[id(violation)].label), violation)
+    subjects = subjects_of([*shown, *told, *firsts.values()])
+    read_monitor(folder / 'monitor.log', subjects)
+    for violation in sorted(told, key=lambda v: min(v.moments, default=0.0)):
+        lines = subjects[template_of(violation.subject)].lines
+        cause = likely_cause(violation, lines, notes(violation), journal.events)
         if cause:
             causes[id(violation)] = cause
-    firsts = {}
-    for violation in sorted(told, key=lambda v: min(v.moments, default=0.0)):
-        firsts.setdefault(causes[id(violation)].label, violation) if id(violation) in causes else None
-    ran_again = {template_of(violation.subject) for violation in told}
-    for violation in by_rule.get('feedback', []):
-        cause = feedback_cause(violation, notes(violation), violation.subject in ran_again)
-        causes[id(violation)] = cause
-        firsts.setdefault(cause.label, violation)
+            firsts.setdefault((violation.rule, cause.label), violation)
     shown += [violation for violation in firsts.values() if violation not in shown]
     aof = read_aof(Path(redis_dir), {template_of(v.subject): subjects[template_of(v.subject)] for v in shown})
     logged = log_lines(logs)

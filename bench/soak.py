@@ -358,14 +358,21 @@ def main(argv: list[str] | None = None) -> int:
     chaos_parser.add_argument('--seed', type=int, default=1, help='draws the rows, the edits and the faults')
     chaos_parser.add_argument('--rate', type=float, default=5, help='one-off rows falling due per second')
     chaos_parser.add_argument('--fault-every', type=float, default=6, help='mean seconds between two faults')
+    chaos_parser.add_argument('--reconcile-interval', type=float, default=3, help='of the rqscheduler processes (s)')
     chaos_parser.add_argument('--logs', metavar='DIR', help='keep the logs here (default: a temporary folder, '
                               'kept only when a violation was found)')  # fmt: skip
     chaos_parser.add_argument('--recheck', metavar='DIR', help='no run: the report again, from the folder of a run')
     args = parser.parse_args(argv)
     if args.command == 'chaos':
-        if args.minutes < 0.5 or args.rate <= 0 or args.fault_every <= 0:
-            parser.error('need --minutes >= 0.5 and a positive --rate and --fault-every')
-        config = ChaosConfig(minutes=args.minutes, seed=args.seed, rate=args.rate, fault_every=args.fault_every)
+        if args.minutes < 0.5 or min(args.rate, args.fault_every, args.reconcile_interval) <= 0:
+            parser.error('need --minutes >= 0.5 and a positive --rate, --fault-every and --reconcile-interval')
+        config = ChaosConfig(
+            minutes=args.minutes,
+            seed=args.seed,
+            rate=args.rate,
+            fault_every=args.fault_every,
+            reconcile_interval=args.reconcile_interval,
+        )
         return chaos(config, args.logs, args.recheck)
     if args.command == 'crash':
         if args.cycles < 1 or args.templates < 2 or args.total < args.templates * 10:
