@@ -13,7 +13,8 @@ The rules, for every row the soak created:
 - a periodic row with ``repeat = N`` ran at most N times, and exactly N if it had N + 2 clear slots to do it in;
 - no slot of an enabled periodic row is missed while the loop was demonstrably moving: if the loop moved some job
   due at or after the slot before the next slot, it read the template too and had to run the slot (a leader that is
-  down or late coalesces slots, and then moves nothing else either);
+  down or late coalesces slots, and then moves nothing else either). Slots within ``settle`` seconds of a write of
+  ``enabled``, or of a write whose sync failed (Redis down; a reconciliation repairs it), are not expected;
 - at the end the schedule and the dead letters are empty, and each row's run feedback (``run_count``, ``has_run``,
   ``last_run``, ``next_run``) agrees with what reached the queue.
 """

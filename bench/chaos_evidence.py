@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.chaos_check import Violation
+from bench.chaos_check import Violation, template_of
 from django_rq_scheduled import keys, scripts
 
 WINDOW = 4.0  # seconds of context on each side of a violation's moments
@@ -76,10 +76,6 @@ class Subject:
         return any(low <= moment <= high for low, high in self.windows)
 
 
-def template_of(subject: str) -> str:
-    return subject.partition('_at_')[0]
-
-
 def subjects_of(violations: Iterable[Violation]) -> dict[str, Subject]:
     subjects: dict[str, Subject] = {}
     for violation in violations:
@@ -110,7 +106,7 @@ def read_monitor(path: Path, subjects: dict[str, Subject]) -> None:
             if not match:
                 continue
             at, address, command = float(match[1]), match[2], match[3]
-            if address == 'lua':
+            if address == 'lua':  # Redis 7.0 shows a script's own commands right after the call that ran it
                 who = f'{caller} {script_name(caller_command)}'
             else:
                 named = re.match(r'"client" "setname" "([^"]+)"', command, re.IGNORECASE)
@@ -338,7 +334,7 @@ def feedback_cause(violation: Violation, row_notes: list[tuple[float, str]], ran
     if ran_again:
         return Cause(
             'after a job of the row ran again',
-            'the extra run restarted its count from what the row said; see the duplicate or over-repeat entry.',
+            'The extra run restarted its count from what the row said; see its duplicate or over-repeat entry.',
         )
     due = min(violation.moments, default=None)  # one-offs only
     saves = [(at, note) for at, note in row_notes if note.startswith('saved') or note.endswith('by a save')]
@@ -350,7 +346,7 @@ def feedback_cause(violation: Violation, row_notes: list[tuple[float, str]], ran
             f'"{note}" at {at:.3f}: a whole-row save writes has_run / run_count / last_run / next_run as the instance '
             'had them, over the feedback the loop wrote (or before it, and the one-off never writes again).',
         )
-    return Cause('not explained by a save', 'no save of the row after its run: a feedback record lost or overwritten?')
+    return Cause('not explained by a save', 'No save of the row after its run: a feedback record lost or overwritten?')
 
 
 # -- the report -------------------------------------------------------------------------------------------------
