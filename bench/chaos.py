@@ -498,7 +498,7 @@ class Users:
             row = CronJob.objects.create(cron_string=schedule.cron, timezone='UTC', repeat=schedule.repeat, **common)
         self.pks[key] = row.pk
         schedule.template_id = row.template_id
-        schedule.created = time.time()
+        schedule.created, schedule.synced = began, time.time()
         self.journal.count(f'created {schedule.kind}')
         self.journal.row_note(key, f'created ({row.template_id})', began)
 

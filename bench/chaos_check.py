@@ -45,7 +45,8 @@ class Schedule:
     key: str
     kind: str  # 'once', 'interval' or 'cron'
     template_id: str = ''
-    created: float = 0.0  # when its creation (and its sync) was done
+    created: float = 0.0  # when its creation began: nothing of it runs before
+    synced: float = 0.0  # when its creation, and its sync, were done: its first slot is the first after
     due: float | None = None  # a one-off's scheduled time
     start: float | None = None  # an interval row's first slot
     interval: float | None = None  # an interval row's period, in seconds
@@ -288,7 +289,7 @@ def _check_periodic(schedule: Schedule, fired: dict[int, int], moves: list[Move]
 
 def _clear_slots(schedule: Schedule, rules: Rules) -> list[float]:
     """Slots of the row while it was steadily enabled and synced, after its creation and before the drain."""
-    slots = schedule.slots(schedule.created + 0.05, rules.drain_start - rules.settle)
+    slots = schedule.slots(schedule.synced, rules.drain_start - rules.settle)
     return [
         slot
         for slot in slots
@@ -353,7 +354,8 @@ def _check_feedback(schedule: Schedule, observed: Observed, fired: dict[int, int
     if not wrong:
         return []
     detail = f'database says {", ".join(wrong)}; the queue got {runs} distinct runs'
-    return [Violation('feedback', schedule.template_id, detail, (schedule.due,) if schedule.due else ())]
+    last_run = schedule.due if schedule.due else max(fired, default=0) / 1000
+    return [Violation('feedback', schedule.template_id, detail, (last_run,) if last_run else ())]
 
 
 # -- figures ----------------------------------------------------------------------------------------------------
@@ -393,7 +395,7 @@ def _lateness(schedules: list[Schedule], observed: Observed, moves: list[Move]) 
     for move in moves:
         schedule = by_template[template_of(move.job_id)]
         if observed.pushes[move.job_id] == 1 and not schedule.states and not schedule.blind:
-            out.append(move.at - max(move.due, schedule.created))
+            out.append(move.at - max(move.due, schedule.synced))
     return sorted(out)
 
 

@@ -39,6 +39,8 @@ TOLD = re.compile(
     r'|"HGET" "[^"]+" "meta"'
     r'|"HSET" "[^"]+" "status"'
 )
+FEEDBACK_LIST = keys.RUNS_KEY  # a subject of its own: the reads and trims of the run records
+LIST_OPERATION = re.compile(rf'"(LRANGE|LTRIM)" "{re.escape(keys.RUNS_KEY)}"')
 LOG_WORTH_SHOWING = re.compile(r'leader|Reconcil|unavailable|Traceback|Error|error|dead letter|Retired|Skipped')
 
 
@@ -91,7 +93,9 @@ def read_monitor(path: Path, subjects: dict[str, Subject]) -> None:
     """One pass over the MONITOR file: each subject gets its lines (in its windows), the senders named."""
     if not subjects or not path.exists():
         return
-    mention = re.compile(r'(?<![\w-])(' + '|'.join(map(re.escape, subjects)) + r')(?![0-9])')
+    templates = [template_id for template_id in subjects if template_id != FEEDBACK_LIST]
+    mention = re.compile(r'(?<![\w-])(' + '|'.join(map(re.escape, templates)) + r')(?![0-9])')
+    feedback = subjects.get(FEEDBACK_LIST)
     names: dict[str, str] = {}
     caller = caller_command = ''
     with path.open('rb') as lines:
@@ -114,6 +118,8 @@ def read_monitor(path: Path, subjects: dict[str, Subject]) -> None:
                     names[address] = named[1]
                 caller, caller_command = names.get(address, address), command
                 who = caller
+            if feedback and LIST_OPERATION.match(command) and feedback.wants(at):
+                feedback.lines.append(Line(at, who, command))
             if not TOLD.match(command):
                 continue
             for template_id in set(mention.findall(command)):
@@ -211,9 +217,15 @@ def log_lines(logs: dict[str, list[str]]) -> list[Line]:
 
 def runs_of(lines: list[Line], violation: Violation) -> list[Line]:
     """The pushes onto a queue of the violation's job (a duplicate) or of any run of its template (over repeat)."""
-    template_id = template_of(violation.subject)
-    job = re.escape(violation.subject) if violation.rule == 'duplicated' else re.escape(template_id) + '_at_'
-    return [line for line in lines if re.match(rf'"[RL]PUSH" "rq:queue:[^"]+" "{job}', line.text)]
+    if violation.rule == 'duplicated':
+        return pushes_of(lines, violation.subject)
+    return pushes_of(lines, template_of(violation.subject) + '_at_', prefix=True)
+
+
+def pushes_of(lines: list[Line], job_id: str, *, prefix: bool = False) -> list[Line]:
+    end = '' if prefix else '"'
+    pattern = re.compile(rf'"[RL]PUSH" "rq:queue:[^"]+" "{re.escape(job_id)}{end}')
+    return [line for line in lines if pattern.match(line.text)]
 
 
 def readds(lines: list[Line], template_id: str, after: float) -> list[Line]:
@@ -244,15 +256,22 @@ def likely_cause(
     violation: Violation, lines: list[Line], row_notes: list[tuple[float, str]], events: list[tuple[float, str, str]]
 ) -> Cause | None:
     """Which write put a job back into the schedule after it had run, and what its writer had read before."""
-    if violation.rule not in ('duplicated', 'over repeat'):
+    if violation.rule == 'duplicated':
+        runs = runs_of(lines, violation)
+        if len(runs) < 2:
+            return Cause(MONITOR_GAP, 'MONITOR missed one of the pushes: no timeline to go by.')
+        first = runs[0].at  # the job went back into the schedule after its first run
+        writes = readds(lines, template_of(violation.subject), first)[:1]
+    elif violation.rule == 'over repeat':
+        # The last write of the template, other than the loop's, before its first run too many: what it wrote
+        # came after the run before it.
+        extra = pushes_of(lines, f'{template_of(violation.subject)}_at_{round(violation.moments[1] * 1000)}')
+        until = extra[0].at if extra else max(violation.moments)
+        writes = [line for line in readds(lines, template_of(violation.subject), 0.0) if line.at < until][-1:]
+        before = [line.at for line in runs_of(lines, violation) if writes and line.at < writes[0].at]
+        first = before[-1] if before else (writes[0].at if writes else 0.0)
+    else:
         return None
-    runs = runs_of(lines, violation)
-    if violation.rule == 'duplicated' and len(runs) < 2:
-        return Cause(MONITOR_GAP, 'MONITOR missed one of the pushes: no timeline to go by.')
-    # The run after which the job went back into the schedule: for a duplicate its first run, for a schedule over
-    # its repeat the run that should have been its last.
-    first = runs[0].at if violation.rule == 'duplicated' else min(violation.moments, default=0.0)
-    writes = readds(lines, template_of(violation.subject), first)
     if not writes:
         return Cause(MONITOR_GAP, 'no write that put it back into the schedule was seen.')
     write = writes[0]
@@ -349,6 +368,31 @@ def feedback_cause(violation: Violation, row_notes: list[tuple[float, str]], ran
     return Cause('not explained by a save', 'No save of the row after its run: a feedback record lost or overwritten?')
 
 
+def concurrent_feedback(list_lines: list[Line], violation: Violation) -> Cause | None:
+    """Two processes reading and trimming the run records at once, around the row's last run."""
+    last = min(violation.moments, default=0.0)
+    reading: dict[str, float] = {}  # sender → when it read records it has not trimmed yet
+    for line in sorted(list_lines, key=lambda line: line.at):
+        if not last - 1 <= line.at <= last + WINDOW:
+            continue
+        who = sender(line)
+        others = {other: at for other, at in reading.items() if other != who}
+        if line.text.startswith('"LTRIM"') and others:
+            other, read_at = next(iter(others.items()))
+            return Cause(
+                '(e) two processes applied run feedback at once',
+                f'{who} trimmed the run records at {line.at:.3f} ({line.text}) while {other}, which read them at '
+                f'{read_at:.3f}, had not written or trimmed yet: one writes older absolute counts over newer ones, '
+                'and LTRIM by count drops records that nobody applied. (A leader paused in apply_feedback, or '
+                'blocked on the database lock, and its successor.)',
+            )
+        if line.text.startswith('"LRANGE"'):
+            reading[who] = line.at
+        else:
+            reading.pop(who, None)
+    return None
+
+
 # -- the report -------------------------------------------------------------------------------------------------
 
 
@@ -415,7 +459,17 @@ def explain(
         causes[id(violation)] = feedback_cause(violation, notes(violation), violation.subject in ran_again)
         firsts.setdefault((violation.rule, causes[id(violation)].label), violation)
     subjects = subjects_of([*shown, *told, *firsts.values()])
+    unexplained = [v for v in by_rule.get('feedback', []) if causes[id(v)].label == 'not explained by a save']
+    if unexplained:
+        windows = [(moment - 1, moment + WINDOW) for violation in unexplained for moment in violation.moments]
+        subjects[FEEDBACK_LIST] = Subject(FEEDBACK_LIST, windows)
     read_monitor(folder / 'monitor.log', subjects)
+    list_lines = subjects[FEEDBACK_LIST].lines if unexplained else []
+    for violation in unexplained:
+        cause = concurrent_feedback(list_lines, violation)
+        if cause:
+            causes[id(violation)] = cause
+            firsts.setdefault((violation.rule, cause.label), violation)
     for violation in sorted(told, key=lambda v: min(v.moments, default=0.0)):
         lines = subjects[template_of(violation.subject)].lines
         cause = likely_cause(violation, lines, notes(violation), journal.events)
@@ -447,8 +501,9 @@ def explain(
         for violation in (v for v in group if v in shown):
             template_id = template_of(violation.subject)
             subject = subjects[template_id]
+            extra = [line for line in list_lines if subject.wants(line.at)] if violation.rule == 'feedback' else []
             out += render(
-                violation, causes.get(id(violation)), subject, notes(violation), journal.events, logged,
+                violation, causes.get(id(violation)), subject, notes(violation), journal.events, logged + extra,
                 aof.get(template_id, []), journal.t0,
             )  # fmt: skip
     return out

@@ -38,7 +38,9 @@ def feedback(runs: int, *, enabled: bool = True, one_off: bool = False) -> dict:
 
 
 def one_off(pk: int, due: float, **fields: object) -> Schedule:
-    return Schedule(f'once-{pk}', 'once', template_id=f'drqs-scheduledjob-{pk}', created=T0, due=due, **fields)
+    return Schedule(
+        f'once-{pk}', 'once', template_id=f'drqs-scheduledjob-{pk}', created=T0, synced=T0, due=due, **fields
+    )
 
 
 def every_second(pk: int, **fields: object) -> Schedule:
@@ -120,7 +122,7 @@ def test_interval_runs_on_their_slots_pass_and_a_run_off_the_grid_does_not():
 
 
 def test_cron_slots_follow_the_seconds_field():
-    row = Schedule('cron-1', 'cron', template_id='drqs-cronjob-1', created=T0, cron='* * * * * */2')
+    row = Schedule('cron-1', 'cron', template_id='drqs-cronjob-1', created=T0, synced=T0, cron='* * * * * */2')
     assert row.slots(T0, T0 + 7) == [T0 + 2, T0 + 4, T0 + 6]
     assert row.is_slot(round((T0 + 4) * 1000)) and not row.is_slot(round((T0 + 5) * 1000))
     assert row.period_after(T0 + 4) == 2
