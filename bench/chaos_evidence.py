@@ -348,7 +348,7 @@ def reconcile_cause(
     return Cause('reconciliation, other', f'{told}.')
 
 
-def feedback_cause(violation: Violation, row_notes: list[tuple[float, str]], ran_again: bool) -> Cause:
+def feedback_cause(violation: Violation, row_notes: list[tuple[float, str]], ran_again: bool, periodic: bool) -> Cause:
     """Why a row's run feedback disagrees with the queue at the end."""
     if ran_again:
         return Cause(
@@ -364,6 +364,14 @@ def feedback_cause(violation: Violation, row_notes: list[tuple[float, str]], ran
             "(b) a save after the run overwrote the loop's fields",
             f'"{note}" at {at:.3f}: a whole-row save writes has_run / run_count / last_run / next_run as the instance '
             'had them, over the feedback the loop wrote (or before it, and the one-off never writes again).',
+        )
+    enables = [(at, note) for at, note in row_notes if note.startswith('enabled by')]
+    if periodic and enables:
+        return Cause(
+            'a disable and enable restarted the run count from the row',
+            f'Enabled again at {enables[-1][0]:.3f} ("{enables[-1][1]}"): disabling drops the template and the run '
+            "count it keeps; enabling writes a new one from the row's run_count, which lags the runs (feedback not "
+            'applied yet, or a stale save wrote it back).',
         )
     return Cause('not explained by a save', 'No save of the row after its run: a feedback record lost or overwritten?')
 
@@ -456,7 +464,8 @@ def explain(
     causes: dict[int, Cause] = {}
     firsts: dict[tuple[str, str], Violation] = {}  # the first violation of each (rule, cause): shown in full
     for violation in by_rule.get('feedback', []):
-        causes[id(violation)] = feedback_cause(violation, notes(violation), violation.subject in ran_again)
+        periodic = journal.rows[key_of[violation.subject]].periodic
+        causes[id(violation)] = feedback_cause(violation, notes(violation), violation.subject in ran_again, periodic)
         firsts.setdefault((violation.rule, causes[id(violation)].label), violation)
     subjects = subjects_of([*shown, *told, *firsts.values()])
     unexplained = [v for v in by_rule.get('feedback', []) if causes[id(v)].label == 'not explained by a save']
