@@ -568,6 +568,9 @@ class Users:
 
 
 class Soak:
+    """One chaos run: the plan played against the cluster by the users and the faults, then the drain; everything
+    the report needs is written into ``folder``."""
+
     def __init__(self, config: Config, folder: Path) -> None:
         self.config = config
         self.folder = folder
@@ -662,7 +665,7 @@ class Soak:
         now = time.time()
         self.journal.faults.append((now, now + duration + self.config.lease_ttl + 3, label))
         self.journal.note(label)
-        self.journal.counts[label.split(' ')[0]] += 1
+        self.journal.count(label.split(' ')[0])
 
     def _kill_leader(self, action: Action) -> None:
         leader = self.cluster.leader()

@@ -195,6 +195,45 @@ def test_ids_no_row_owns_and_leftovers_are_violations():
     ]
 
 
+# -- likely causes ----------------------------------------------------------------------------------------------
+
+
+def monitor_lines(*lines: tuple[float, str, str]) -> list:
+    from bench.chaos_evidence import Line
+
+    return [Line(T0 + at, who, text) for at, who, text in lines]
+
+
+PUSH = '"RPUSH" "rq:queue:default" "drqs-scheduledjob-1"'
+READD = f'"ZADD" "rq:scheduler:scheduled_jobs" "{T0 + 5}" "drqs-scheduledjob-1"'
+SCORE = '"ZSCORE" "rq:scheduler:scheduled_jobs" "drqs-scheduledjob-1"'
+VERSION = '"HMGET" "rq:drqs:versions" "drqs-scheduledjob-1"'
+
+
+def cause_of(lines: list, notes: Iterable[tuple[float, str]] = ()) -> str:
+    from bench.chaos_check import Violation
+    from bench.chaos_evidence import likely_cause
+
+    violation = Violation('duplicated', 'drqs-scheduledjob-1', 'reached the queue 2 times', (T0 + 5,))
+    return likely_cause(violation, lines, [(T0 + at, note) for at, note in notes], []).label
+
+
+def test_likely_causes_are_told_from_who_read_and_wrote_when():
+    reconciliation = monitor_lines(
+        (5.000, 's2', VERSION), (5.001, 's2 MOVE', PUSH), (5.002, 's2', SCORE),
+        (5.010, 's2 SCHEDULE', READD), (5.020, 's2 MOVE', PUSH),
+    )  # fmt: skip
+    assert cause_of(reconciliation).startswith('(a)')
+    racing_user = monitor_lines(
+        (5.000, 'orm', SCORE), (5.001, 's2 MOVE', PUSH), (5.002, 'orm SCHEDULE', READD), (5.010, 's2 MOVE', PUSH)
+    )
+    assert cause_of(racing_user, [(4.99, 'saved a fresh instance (description changed)')]).startswith('(c)')
+    stale_user = monitor_lines(
+        (5.000, 's2 MOVE', PUSH), (6.000, 'orm', SCORE), (6.001, 'orm SCHEDULE', READD), (6.010, 's2 MOVE', PUSH)
+    )
+    assert cause_of(stale_user, [(5.99, 'saved stale-1, stale (description changed)')]).startswith('(b)')
+
+
 # -- the plan ---------------------------------------------------------------------------------------------------
 
 
