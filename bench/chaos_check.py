@@ -14,7 +14,8 @@ The rules, for every row the soak created:
 - no slot of an enabled periodic row is missed while the loop was demonstrably moving: if the loop moved some job
   due at or after the slot before the next slot, it read the template too and had to run the slot (a leader that is
   down or late coalesces slots, and then moves nothing else either). Slots within ``settle`` seconds of a write of
-  ``enabled``, or of a write whose sync failed (Redis down; a reconciliation repairs it), are not expected;
+  ``enabled``, or after a write whose sync failed (Redis down) until a reconciliation can have repaired it, are not
+  expected;
 - at the end the schedule and the dead letters are empty, and each row's run feedback (``run_count``, ``has_run``,
   ``last_run``, ``next_run``) agrees with what reached the queue.
 """
@@ -77,9 +78,6 @@ class Schedule:
         if self.enabled_at(low) is not enabled:
             return False
         return not any(began <= high and done >= low for began, done, _ in self.states)
-
-    def blind_at(self, moment: float) -> bool:
-        return any(low <= moment <= high for low, high in self.blind)
 
     def slots(self, low: float, high: float) -> list[float]:
         """The fire times (epoch seconds) of a periodic row in (low, high]."""
@@ -290,12 +288,27 @@ def _check_periodic(schedule: Schedule, fired: dict[int, int], moves: list[Move]
 def _clear_slots(schedule: Schedule, rules: Rules) -> list[float]:
     """Slots of the row while it was steadily enabled and synced, after its creation and before the drain."""
     slots = schedule.slots(schedule.synced, rules.drain_start - rules.settle)
+    blind = _blind_windows(schedule, rules)
     return [
         slot
         for slot in slots
         if schedule.steady(slot - rules.settle, slot + schedule.period_after(slot), enabled=True)
-        and not schedule.blind_at(slot)
+        and not any(low <= slot <= high for low, high in blind)
     ]
+
+
+def _blind_windows(schedule: Schedule, rules: Rules) -> list[tuple[float, float]]:
+    """The row's blind windows, each stretched over the faults it meets: the reconciliation that repairs a failed
+    sync comes from a leader, and a leader killed or paused, or Redis down, puts it off."""
+    out = []
+    for low, high in schedule.blind:
+        stretched = True
+        while stretched:
+            ends = [end + rules.settle for start, end in rules.faults if start <= high and end >= low]
+            stretched = bool(ends) and max(ends) > high
+            high = max([high, *ends])
+        out.append((low, high))
+    return out
 
 
 def _missed_slots(schedule: Schedule, fired: dict[int, int], moves: list[Move], rules: Rules) -> list[Violation]:
