@@ -1,8 +1,10 @@
-"""Soak: the long versions of the kill -9 and rival-leader tests of tests/test_faults.py, run by hand.
+"""Soak: the long versions of the kill -9 and rival-leader tests of tests/test_faults.py, and a chaos soak, run by hand.
 
-Run as ``PYTHONPATH=. python -m bench.soak crash [--cycles N]`` or ``... rivals [--minutes M]`` from the repository
-root. Each starts its own redis-server on a free loopback port and real ``rqscheduler`` processes, prints figures,
-kills every process it started, and exits non-zero if any occurrence was lost or enqueued twice.
+Run as ``PYTHONPATH=. python -m bench.soak crash [--cycles N]``, ``... rivals [--minutes M]`` or
+``... chaos [--minutes M] [--seed S]`` from the repository root. Each starts its own redis-server on a free loopback
+port and real ``rqscheduler`` processes, prints figures, kills every process it started, and exits non-zero if any
+occurrence was lost or enqueued twice. ``chaos`` (bench/chaos.py) does everything at once: rows created and edited
+through the ORM while leaders are killed or paused and Redis is killed, and checks every occurrence.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings')
 warnings.filterwarnings('ignore', category=FutureWarning, module='rq_scheduler')
@@ -29,6 +34,9 @@ django.setup()
 
 import redis  # noqa: E402
 
+from bench.chaos import Config as ChaosConfig  # noqa: E402
+from bench.chaos import Soak  # noqa: E402
+from bench.chaos import report as chaos_report  # noqa: E402
 from django_rq_scheduled import Scheduler, keys  # noqa: E402
 from tests import tasks  # noqa: E402
 from tests.processes import kill, queue_ids, scheduler_process, wait_for  # noqa: E402
@@ -310,6 +318,28 @@ def rivals(minutes: float, kill_every: float, rate: float, ahead: float) -> int:
     return 1 if lost or duplicated or stray or not takeovers else 0
 
 
+# -- chaos -------------------------------------------------------------------------------------------------------
+
+
+def chaos(config: ChaosConfig, logs: str | None, recheck: str | None) -> int:
+    """Everything at once (bench/chaos.py), then every occurrence checked (bench/chaos_check.py).
+
+    With ``recheck``, only the report again, from the folder of an earlier run.
+    """
+    folder = Path(recheck or logs or tempfile.mkdtemp(prefix='drqs-chaos-'))
+    if not recheck:
+        folder.mkdir(parents=True, exist_ok=True)
+        Soak(config, folder).run()
+    figures, evidence, violations = chaos_report(folder)
+    print_table(figures)
+    print('\n'.join(evidence))
+    if violations or logs or recheck:
+        print(f"\nThe run's folder (logs, MONITOR output, AOF, timeline; --recheck reads it): {folder}")
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    return 1 if violations else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m bench.soak', description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest='command', required=True)
@@ -323,7 +353,27 @@ def main(argv: list[str] | None = None) -> int:
     rivals_parser.add_argument('--kill-every', type=float, default=30, help='seconds between two kills')
     rivals_parser.add_argument('--rate', type=float, default=20, help='one-off jobs scheduled per second')
     rivals_parser.add_argument('--ahead', type=float, default=0.2, help='seconds between scheduling and due time')
+    chaos_parser = commands.add_parser('chaos', help='faults, user edits and every kind of row at once; all checked')
+    chaos_parser.add_argument('--minutes', type=float, default=10, help='length of the load phase')
+    chaos_parser.add_argument('--seed', type=int, default=1, help='draws the rows, the edits and the faults')
+    chaos_parser.add_argument('--rate', type=float, default=5, help='one-off rows falling due per second')
+    chaos_parser.add_argument('--fault-every', type=float, default=6, help='mean seconds between two faults')
+    chaos_parser.add_argument('--reconcile-interval', type=float, default=3, help='of the rqscheduler processes (s)')
+    chaos_parser.add_argument('--logs', metavar='DIR', help='keep the logs here (default: a temporary folder, '
+                              'kept only when a violation was found)')  # fmt: skip
+    chaos_parser.add_argument('--recheck', metavar='DIR', help='no run: the report again, from the folder of a run')
     args = parser.parse_args(argv)
+    if args.command == 'chaos':
+        if args.minutes < 0.5 or min(args.rate, args.fault_every, args.reconcile_interval) <= 0:
+            parser.error('need --minutes >= 0.5 and a positive --rate, --fault-every and --reconcile-interval')
+        config = ChaosConfig(
+            minutes=args.minutes,
+            seed=args.seed,
+            rate=args.rate,
+            fault_every=args.fault_every,
+            reconcile_interval=args.reconcile_interval,
+        )
+        return chaos(config, args.logs, args.recheck)
     if args.command == 'crash':
         if args.cycles < 1 or args.templates < 2 or args.total < args.templates * 10:
             parser.error('need --cycles >= 1, --templates >= 2 and --total >= 10 x --templates')
