@@ -537,7 +537,7 @@ def _write_feedback(latest: dict[tuple[type[ScheduleBase], Any], dict[str, Any]]
     try:
         with transaction.atomic(using=using):
             for (model, pk), fields in latest.items():
-                model._base_manager.using(using).filter(pk=pk).record_feedback(**fields)
+                _record(model, pk, fields, using=using)
     except (OperationalError, InterfaceError):
         raise  # the database is away: the records wait in Redis
     except DatabaseError:
@@ -545,11 +545,17 @@ def _write_feedback(latest: dict[tuple[type[ScheduleBase], Any], dict[str, Any]]
         for (model, pk), fields in latest.items():
             try:
                 with transaction.atomic(using=using):
-                    model._base_manager.using(using).filter(pk=pk).record_feedback(**fields)
+                    _record(model, pk, fields, using=using)
             except (OperationalError, InterfaceError):
                 raise
             except DatabaseError as exc:
                 logger.error('Dropping the run feedback of %s %s: %s', model.__name__, pk, exc)
+
+
+def _record(model: type[ScheduleBase], pk: Any, fields: dict[str, Any], *, using: str) -> None:
+    # Never backwards: a reader that was paused with older records must not undo a newer reader's work.
+    rows = model._base_manager.using(using).filter(pk=pk, run_count__lte=fields['run_count'])
+    rows.record_feedback(**fields)
 
 
 def _parse_record(raw: bytes) -> tuple[type[ScheduleBase], Any, dict[str, Any]] | None:
@@ -619,43 +625,64 @@ def run_now(row: ScheduleBase) -> Any:
 
 
 class DatabaseSync:
-    """The loop's tick hook: run feedback into rows every tick, reconciliation every ``reconcile_interval``."""
+    """The loop's tick hook: run feedback into rows, and reconciliation every ``reconcile_interval``.
+
+    In the background (the default), both run in a thread of their own, started by a tick when the last one is
+    done: the database may be slow or locked (SQLite under a writer, a paused process holding a lock), and the loop
+    must keep renewing its lease and moving due jobs meanwhile. With ``background=False`` (burst runs, tests) they
+    run in the tick itself.
+    """
 
     def __init__(self, reconcile_interval: float, *, background: bool = True) -> None:
         self.reconcile_interval = reconcile_interval
         self.background = background
         self._next_reconcile = 0.0
-        self._reconciling: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
+        self._failing = False
 
     def __call__(self, scheduler: Scheduler) -> None:
-        from django.db import close_old_connections
+        if not self.background:
+            self._sync(scheduler.connection, raise_errors=True)
+            return
+        if self._worker is not None and self._worker.is_alive():
+            return  # the last round is still at work; this tick's feedback waits in Redis for the next one
+        self._worker = threading.Thread(
+            target=self._sync, args=(scheduler.connection,), name='drqs-database-sync', daemon=True
+        )
+        self._worker.start()
 
-        close_old_connections()
-        apply_feedback(scheduler.connection)
-        busy = self._reconciling is not None and self._reconciling.is_alive()
-        if time.monotonic() >= self._next_reconcile and not busy:
-            self._next_reconcile = time.monotonic() + self.reconcile_interval
-            if not self.background:
-                reconcile(connection=scheduler.connection)
-                return
-            # In a thread of its own: with many rows it takes seconds, and the loop must keep moving due jobs.
-            self._reconciling = threading.Thread(
-                target=self._reconcile, args=(scheduler.connection,), name='drqs-reconcile', daemon=True
-            )
-            self._reconciling.start()
-
-    @staticmethod
-    def _reconcile(connection: Any) -> None:
-        from django.db import connections
+    def _sync(self, connection: Any, *, raise_errors: bool = False) -> None:
+        from django.db import close_old_connections, connections
 
         try:
-            reconcile(connection=connection)
-        except Exception:
-            logger.exception('Reconciliation failed; it is tried again at the next interval')
+            close_old_connections()
+            apply_feedback(connection)
+            if time.monotonic() >= self._next_reconcile:
+                self._next_reconcile = time.monotonic() + self.reconcile_interval
+                reconcile(connection=connection)
+        except Exception as exc:
+            if raise_errors:
+                raise
+            self._log_failure(exc)
+        else:
+            if self._failing:
+                logger.info('Run feedback and reconciliation work again')
+            self._failing = False
         finally:
-            connections.close_all()
+            if not raise_errors:
+                connections.close_all()
+
+    def _log_failure(self, exc: Exception) -> None:
+        # Once per streak with its traceback (unless Redis or the database is simply away), then quietly.
+        if self._failing:
+            logger.debug('Run feedback or reconciliation still failing: %r', exc)
+        elif isinstance(exc, (*REDIS_OUTAGE_ERRORS, OperationalError, InterfaceError)):
+            logger.warning('Run feedback or reconciliation failed (%r); tried again at the next tick', exc)
+        else:
+            logger.exception('Run feedback or reconciliation failed; tried again at the next tick')
+        self._failing = True
 
     def wait(self, timeout: float | None = None) -> None:
-        """Waits for a running reconciliation (tests, shutdown)."""
-        if self._reconciling is not None:
-            self._reconciling.join(timeout)
+        """Waits for a running round of feedback and reconciliation (tests, shutdown)."""
+        if self._worker is not None:
+            self._worker.join(timeout)

@@ -268,12 +268,6 @@ def test_the_plan_is_the_same_for_the_same_seed_and_has_every_kind_of_event():
 @pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.skipif(not has_redis_server(), reason='needs a redis-server binary to kill and restart on its AOF')
-@pytest.mark.xfail(
-    strict=False,
-    reason='the core runs jobs again today: a save of a stale instance (or one made before the feedback landed) '
-    'writes has_run/run_count back and sync re-schedules the job; sync racing a move; reconciliation reading the '
-    'version before a move and the score after it. Remove this mark once they are fixed.',
-)
 def test_chaos_soak_loses_and_duplicates_nothing(tmp_path):
     command = [sys.executable, '-m', 'bench.soak', 'chaos', '--minutes', str(MINUTES), '--seed', str(SEED)]
     env = {**os.environ, 'PYTHONPATH': str(ROOT)}

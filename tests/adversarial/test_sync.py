@@ -371,3 +371,35 @@ def test_the_admin_run_now_action_reports_a_refused_row_and_runs_the_others(conn
     page = response.content.decode()
     assert 'was not run' in page and '1 run enqueued' in page
     assert [job_id.split('_now_')[0] for job_id in queued(connection)] == [good.template_id]
+
+
+def test_a_paused_reader_with_older_records_never_writes_the_run_count_back(connection):
+    row = RepeatableJob.objects.create(
+        name='counted', callable='tests.tasks.add', scheduled_time=datetime.now(UTC), interval=1,
+        interval_unit='hours', repeat=8,
+    )  # fmt: skip
+    older = json.dumps({'owner': row.owner, 'runs': 7, 'next': None, 'job': 'x', 'at': 1.0, 'fire_time': 1.0})
+    RepeatableJob.objects.filter(pk=row.pk).record_feedback(run_count=8)  # a newer reader got there first
+    connection.rpush(keys.RUNS_KEY, older)
+    apply_feedback(connection)
+    assert RepeatableJob.objects.get().run_count == 8
+
+
+def test_a_stuck_database_never_blocks_the_loops_tick(connection, monkeypatch):
+    from django_rq_scheduled.sync import DatabaseSync
+
+    stuck, entered = threading.Event(), threading.Event()
+
+    def locked_database(*args, **kwargs):
+        entered.set()
+        stuck.wait(30)  # SQLite locked by a paused process, say
+        return 0
+
+    monkeypatch.setattr(sync, 'apply_feedback', locked_database)
+    hook = DatabaseSync(reconcile_interval=3600)
+    scheduler = leader(connection)
+    hook(scheduler)  # returns at once: the round runs in its own thread
+    assert entered.wait(10)
+    hook(scheduler)  # still stuck: this tick starts nothing more and returns
+    stuck.set()
+    hook.wait(10)
