@@ -6,6 +6,7 @@ job turns into Redis commands: see ``planner``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -23,7 +24,7 @@ from typing import Any
 from uuid import uuid4
 
 import redis
-from rq.exceptions import TimeoutFormatError
+from rq.exceptions import NoSuchJobError, TimeoutFormatError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import resolve_serializer
@@ -767,7 +768,8 @@ class Scheduler:
             return self.get_queue_for_job(job).enqueue_job(job, at_front=bool(job.enqueue_at_front))
         if score <= self.clock.now():
             report = self._move_members([(job.id, score)], fenced=False)
-            job.refresh()
+            with contextlib.suppress(NoSuchJobError):  # a periodic job's last run deletes its template
+                job.refresh()
             enqueued = report.enqueued[0] if report.enqueued else job.id
             return job if enqueued == job.id else self.job_class.fetch(enqueued, connection=self.connection)
         if job.meta.get('interval') or job.meta.get('cron_string'):

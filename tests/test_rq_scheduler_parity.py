@@ -45,6 +45,12 @@ def test_enqueue_job_updates_the_callers_job_in_place(scheduler, fake_connection
     assert returned.id == 'now' and queued(fake_connection) == ['now']
 
 
+def test_enqueue_job_of_a_periodic_jobs_last_due_run_returns_the_run(scheduler, fake_connection):
+    template = scheduler.schedule(datetime.now(UTC), tasks.add, args=[1, 2], interval=60, repeat=1, id='last')
+    run = scheduler.enqueue_job(template)  # its template is deleted by this, its last run
+    assert queued(fake_connection) == [run.id] and run.id.startswith('last_at_')
+
+
 def test_enqueue_job_of_a_one_off_not_due_yet_enqueues_it_and_takes_it_out_of_the_schedule(scheduler, fake_connection):
     job = scheduler.enqueue_at(LATER, tasks.add, 1, 2, job_id='later')
     scheduler.enqueue_job(job)
