@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format docs bench clean
+.PHONY: test matrix lint format docs dist bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,16 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) runtests.py
+
+# The version matrix (noxfile.py): the cells CI runs; `$(VENV)/bin/nox -s matrix` runs all twelve.
+matrix: $(STAMP)
+	$(VENV)/bin/nox -s ci
+
+# An sdist and a wheel in dist/, checked by twine. Built without isolation from the test environment's hatchling.
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --no-isolation --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -46,7 +56,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) .nox .pytest_cache build dist *.egg-info
 
 # The example project: admin, scheduler and worker on a private Redis; Ctrl-C stops it all (see scripts/demo.py).
 .PHONY: demo

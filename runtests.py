@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Run the test suite with pytest on SQLite, then the tests where the database matters again on PostgreSQL.
 
-``runtests.py [--no-postgres] [pytest arguments]``. The PostgreSQL pass starts a throwaway cluster
-(tests/postgres_server.py) and runs POSTGRES_TESTS there, or those of the given test paths that are among them. It
+``runtests.py [--no-postgres | --postgres-only] [pytest arguments]``. The PostgreSQL pass starts a throwaway
+cluster (tests/postgres_server.py) and runs POSTGRES_TESTS there, or those of the given test paths that are among
+them; ``--postgres-only`` skips the SQLite pass and runs the given tests, whichever they are, on PostgreSQL. It
 is skipped, with a message, where PostgreSQL is not installed (in CI that is a failure), with ``--no-postgres``, and
 when ``DRQS_TEST_POSTGRES_URL`` already puts the first pass on a PostgreSQL. Either pass failing fails the run, and
 an empty pass (pytest exit code 5) counts as a failure.
@@ -33,7 +34,10 @@ POSTGRES_TESTS = (
 
 def main(argv: list[str]) -> int:
     with_postgres = '--no-postgres' not in argv
-    argv = [arg for arg in argv if arg != '--no-postgres']
+    postgres_only = '--postgres-only' in argv
+    argv = [arg for arg in argv if arg not in ('--no-postgres', '--postgres-only')]
+    if postgres_only:
+        return postgres_pass(argv, only_postgres_tests=False)
     database = 'PostgreSQL' if os.environ.get('DRQS_TEST_POSTGRES_URL') else 'SQLite'
     code = checked(database, pytest.main(argv))
     if with_postgres:
@@ -48,13 +52,13 @@ def checked(name: str, code: int) -> int:
     return int(code)
 
 
-def postgres_pass(argv: list[str]) -> int:
+def postgres_pass(argv: list[str], *, only_postgres_tests: bool = True) -> int:
     from tests.postgres_server import find_bindir, start_postgres
 
     if os.environ.get('DRQS_TEST_POSTGRES_URL'):
         return 0  # the first pass ran on PostgreSQL already
     options, paths = split_paths(argv)
-    selected = postgres_paths(paths)
+    selected = postgres_paths(paths) if only_postgres_tests else paths or ['tests']
     if not selected:
         print('\nruntests.py: none of the given tests runs on PostgreSQL; the PostgreSQL pass is skipped.')
         return 0
@@ -64,7 +68,7 @@ def postgres_pass(argv: list[str]) -> int:
             '/usr/lib/postgresql/*/bin); the PostgreSQL pass is skipped. Install it with `apt-get install postgresql`.'
         )
         print(f'\n{message}', file=sys.stderr)
-        return 1 if os.environ.get('CI') else 0
+        return 1 if os.environ.get('CI') or not only_postgres_tests else 0
     started = time.monotonic()
     server = start_postgres()
     print(f'\nruntests.py: PostgreSQL pass on a throwaway cluster at 127.0.0.1:{server.port}: {" ".join(selected)}')

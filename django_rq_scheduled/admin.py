@@ -310,6 +310,12 @@ class ScheduleAdmin(admin.ModelAdmin):
         ]
         return extra + super().get_urls()
 
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
+        try:
+            return super().get_object(request, object_id, from_field)
+        except OverflowError:  # Django before 5.0 sends SQLite an id beyond its integers
+            return None
+
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         obj = self.get_object(request, unquote(object_id))  # None for an id the primary key cannot hold, too
         if obj is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -11,10 +12,23 @@ from pathlib import Path
 import fakeredis
 import pytest
 import redis
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from tests.redis_server import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@receiver(setting_changed)
+def _reload_django_rq_queues(setting: str, **kwargs: object) -> None:
+    """django-rq before 4.0 reads RQ_QUEUES once, at import: tests that point it elsewhere reload that module."""
+    if setting != 'RQ_QUEUES':
+        return
+    import django_rq.settings
+
+    if 'QUEUES' in vars(django_rq.settings):
+        importlib.reload(django_rq.settings)
 
 
 @pytest.fixture(scope='session')
