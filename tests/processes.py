@@ -20,13 +20,19 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def own_database_env() -> dict[str, str]:
+    """This process's environment without its PostgreSQL: the test database there belongs to this process's tests,
+    so the processes it starts get a SQLite file of their own."""
+    return {name: value for name, value in os.environ.items() if name != 'DRQS_TEST_POSTGRES_URL'}
+
+
 @functools.cache
 def migrated_database() -> str:
     """A migrated SQLite file shared by the scheduler processes of this test run (they sync run feedback)."""
     folder = tempfile.mkdtemp(prefix='drqs-db-')
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = Path(folder) / 'db.sqlite3'
-    env = {**os.environ, 'DRQS_TEST_DB': str(path), 'PYTHONPATH': str(ROOT)}
+    env = {**own_database_env(), 'DRQS_TEST_DB': str(path), 'PYTHONPATH': str(ROOT)}
     command = [sys.executable, '-m', 'django', 'migrate', '--settings', 'tests.settings', '-v', '0']
     subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=120)
     return str(path)
@@ -34,7 +40,7 @@ def migrated_database() -> str:
 
 def process_env(url: str, env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of the suite's Django processes; ``env`` adds to it or overrides it (e.g. DRQS_TEST_DB)."""
-    base = {**os.environ, 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
+    base = {**own_database_env(), 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
     if not (env and 'DRQS_TEST_DB' in env):
         base['DRQS_TEST_DB'] = migrated_database()
     return {**base, **(env or {})}
