@@ -403,3 +403,54 @@ def test_a_stuck_database_never_blocks_the_loops_tick(connection, monkeypatch):
     hook(scheduler)  # still stuck: this tick starts nothing more and returns
     stuck.set()
     hook.wait(10)
+
+
+def _in_thread(function, *args):
+    """Runs ``function`` in a thread of its own, hence on a database connection of its own."""
+    from django.db import connections
+
+    def run():
+        try:
+            function(*args)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize('order', ['feedback-commits-first', 'admin-updates-first'])
+def test_an_admin_save_and_the_leaders_feedback_on_another_connection_both_land(connection, client, monkeypatch, order):
+    if db_connection.vendor != 'postgresql':
+        pytest.skip('two connections writing one row at once: PostgreSQL (runtests.py runs this module there)')
+    row = due_one_off()
+    leader(connection).move_due_jobs()  # the run's record waits in Redis for the leader's feedback
+    original = ScheduledJobAdmin.save_model
+    racers = []
+
+    def save_racing_the_feedback(self, request, obj, form, change):
+        if order == 'feedback-commits-first':
+            _in_thread(apply_feedback, connection).join(30)  # lands between the admin's read and its UPDATE
+            original(self, request, obj, form, change)
+        else:
+            original(self, request, obj, form, change)  # the UPDATE locks the row until the POST commits
+            racers.append(_in_thread(apply_feedback, connection))  # waits on that lock
+
+    monkeypatch.setattr(ScheduledJobAdmin, 'save_model', save_racing_the_feedback)
+    client.force_login(User.objects.create_superuser('admin', 'a@example.com', 'pw'))
+    url = reverse('admin:django_rq_scheduled_scheduledjob_change', args=[row.pk])
+    form = client.get(url).context['adminform'].form
+    data = {name: form[name].value() for name in form.fields}
+    data.update(
+        description='edited in the admin', args='[1, 2]', kwargs='{}',
+        scheduled_time_0=f'{row.scheduled_time:%Y-%m-%d}', scheduled_time_1=f'{row.scheduled_time:%H:%M:%S}',
+    )  # fmt: skip
+    response = client.post(url, {key: value for key, value in data.items() if value is not None})
+    assert response.status_code == 302
+    for racer in racers:
+        racer.join(30)
+    row = ScheduledJob.objects.get()
+    assert row.description == 'edited in the admin' and row.has_run and row.run_count == 1
+    reconcile()
+    assert queued(connection) == [row.template_id]
