@@ -3,31 +3,50 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from .allowlist import AllowList
 
-DEFAULTS: dict[str, Any] = {
-    # Longest sleep of the loop between two looks at the schedule, in seconds. The loop also wakes at the next
-    # due time and when a producer schedules something earlier, so this only bounds the lateness of jobs written
-    # by other programs (e.g. rq-scheduler's client), and how often a standby looks for a dead leader.
-    'INTERVAL': 1.0,
-    # Lifetime of the leader lease in seconds: a standby takes over at most this long after the leader died.
-    'LEASE_TTL': 5.0,
-    # How many due jobs are moved per atomic batch.
-    'BATCH_SIZE': 500,
-    # Time zone of cron jobs that name none (an IANA name); None means settings.TIME_ZONE.
-    'TIMEZONE': None,
-    # Dotted-path patterns of the callables that may run (e.g. 'myapp.tasks.*': `*` matches within one dotted
-    # segment, and the function must be defined in the module the path names; see allowlist.py). None allows any
-    # importable callable. Checked when a row is saved or synced, by the Scheduler API, and before each enqueue.
-    'ALLOWED_CALLABLES': None,
-    # Seconds between two reconciliations of the database with Redis by `manage.py rqscheduler`.
-    'RECONCILE_INTERVAL': 60,
-    # Misfire grace (seconds) of new rows whose form leaves it empty; None means "always run once".
-    'DEFAULT_MISFIRE_GRACE': None,
+
+@dataclass(frozen=True)
+class Setting:
+    default: Any
+    help: str
+    """What the setting does, in the docs' words: the settings reference is rendered from it."""
+
+
+SETTINGS: dict[str, Setting] = {
+    'INTERVAL': Setting(
+        1.0,
+        'Longest sleep of the loop between two looks at the schedule, in seconds (0.001 to 86,400). The loop also '
+        'wakes at the next due time and when a producer schedules something earlier, so this only bounds the '
+        "lateness of jobs written by other programs (e.g. rq-scheduler's client), and how often a standby looks "
+        'for a dead leader.',
+    ),
+    'LEASE_TTL': Setting(
+        5.0,
+        'Lifetime of the leader lease in seconds (0.001 to 86,400): a standby takes over at most this long after '
+        'the leader died.',
+    ),
+    'BATCH_SIZE': Setting(500, 'How many due jobs are moved per atomic batch (1 to 50,000).'),
+    'TIMEZONE': Setting(None, 'Time zone of cron jobs that name none (an IANA name); ``None`` means ``TIME_ZONE``.'),
+    'ALLOWED_CALLABLES': Setting(
+        None,
+        "Dotted-path patterns of the callables that may run, e.g. ``['myapp.tasks.*']``: ``*`` matches within one "
+        'dotted segment, and the function must be defined in the module the path names (see :doc:`security`). '
+        '``None`` allows any importable callable. Checked when a row is saved, synced or run now, by the '
+        '``Scheduler`` API, and before each enqueue.',
+    ),
+    'RECONCILE_INTERVAL': Setting(
+        60, 'Seconds between two reconciliations of the database with Redis by ``manage.py rqscheduler``.'
+    ),
+    'DEFAULT_MISFIRE_GRACE': Setting(
+        None, 'Misfire grace (seconds) of new rows whose form leaves it empty; ``None`` means "always run once".'
+    ),
 }
+DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.items()}
 
 
 # Limits of the values above and of the matching rqscheduler options.
