@@ -6,7 +6,8 @@ import functools
 from datetime import datetime, timezone
 from typing import Any
 
-from .allowlist import AllowList
+from .core.allowlist import AllowList
+from .core.limits import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_TTL
 
 DEFAULTS: dict[str, Any] = {
     # Longest sleep of the loop between two looks at the schedule, in seconds. The loop also wakes at the next
@@ -14,13 +15,13 @@ DEFAULTS: dict[str, Any] = {
     # by other programs (e.g. rq-scheduler's client), and how often a standby looks for a dead leader.
     'INTERVAL': 1.0,
     # Lifetime of the leader lease in seconds: a standby takes over at most this long after the leader died.
-    'LEASE_TTL': 5.0,
+    'LEASE_TTL': DEFAULT_LEASE_TTL,
     # How many due jobs are moved per atomic batch.
-    'BATCH_SIZE': 500,
+    'BATCH_SIZE': DEFAULT_BATCH_SIZE,
     # Time zone of cron jobs that name none (an IANA name); None means settings.TIME_ZONE.
     'TIMEZONE': None,
     # Dotted-path patterns of the callables that may run (e.g. 'myapp.tasks.*': `*` matches within one dotted
-    # segment, and the function must be defined in the module the path names; see allowlist.py). None allows any
+    # segment, and the function must be defined in the module the path names; see core/allowlist.py). None allows any
     # importable callable. Checked when a row is saved or synced, by the Scheduler API, and before each enqueue.
     'ALLOWED_CALLABLES': None,
     # Seconds between two reconciliations of the database with Redis by `manage.py rqscheduler`.
@@ -29,12 +30,7 @@ DEFAULTS: dict[str, Any] = {
     'DEFAULT_MISFIRE_GRACE': None,
 }
 
-
-# Limits of the values above and of the matching rqscheduler options.
-MIN_SECONDS = 0.001  # the schedule's precision
-MAX_SECONDS = 86_400  # a lease or a sleep of more than a day is a typo, and Redis refuses huge expiries
-MAX_BATCH_SIZE = 50_000  # per Lua call: larger batches would block Redis for too long
-MAX_NAME_LENGTH = 200
+# The limits of INTERVAL, LEASE_TTL and BATCH_SIZE are the scheduler's: see core/limits.py.
 
 # Limits of what a schedule row may hold, the same on every database.
 # Redis scores are UTC epoch seconds: earlier times are negative, and some platforms cannot convert them back.
@@ -47,11 +43,6 @@ MAX_INTERVAL_SECONDS = 36_525 * 86_400  # 100 years of 365.25 days
 MAX_JSON_DEPTH = 100
 # Python refuses to convert longer integers to text (sys.int_info.default_max_str_digits), so JSON cannot hold them.
 MAX_JSON_INTEGER_DIGITS = 4300
-
-
-def is_instance_name(value: str) -> bool:
-    """Whether ``value`` can name a scheduler instance: 1 to MAX_NAME_LENGTH printable characters."""
-    return bool(value.strip()) and len(value) <= MAX_NAME_LENGTH and all(ord(c) >= 32 and ord(c) != 127 for c in value)
 
 
 def get_setting(name: str) -> Any:
