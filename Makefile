@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint format docs bench clean
+.PHONY: test lint typecheck format docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,12 +12,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) typecheck
 	$(PY) runtests.py
 
-lint: $(STAMP)
+lint: $(STAMP) typecheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy with django-stubs over the package; the scheduler core (django_rq_scheduled/core) strictly. See pyproject.toml.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W -b html docs docs/_build/html
