@@ -71,9 +71,7 @@ def refusal_of(rule: object) -> Refusal | None:
         return None
     if isinstance(rule, AllowList):
         return rule.refusal
-    if not callable(rule):
-        raise ValueError(f'callable_allowed: expected a predicate of dotted paths or None, got {rule!r}')
-    predicate = rule
+    predicate = cast(Callable[[str], bool], rule)
     return lambda path: None if predicate(path) else f'{path} is not allowed'
 
 

@@ -42,22 +42,15 @@ DEFAULT_INTERVAL = 60
 """rq-scheduler's: the longest sleep of the loop (``manage.py rqscheduler`` sleeps at most its INTERVAL setting)."""
 
 
-class Scheduler:
-    """Schedules RQ jobs in rq-scheduler's Redis layout and moves them onto their queues when they are due.
-
-    Same constructor, methods and reserved keyword arguments as ``rq_scheduler.Scheduler`` 0.14. Differences are
-    fixes: times keep millisecond precision, periodic jobs created here enqueue a fresh job per occurrence,
-    intervals do not drift, cron strings follow a time zone across DST, and the loop holds a fenced leader lease.
-    """
+class FixedKeys:
+    """rq-scheduler's key attributes, fixed: rq-scheduler lets subclasses rename its keys, but ours are read by the
+    Lua moves, sync, the admin and rq-scheduler itself; a renamed copy would be a second schedule that half the
+    system never sees."""
 
     redis_scheduler_namespace_prefix = keys.INSTANCE_KEY_PREFIX
     scheduler_lock_key = keys.LOCK_KEY
     scheduled_jobs_key = keys.SCHEDULED_JOBS_KEY
-    queue_class = Queue
-    job_class = Job
 
-    # rq-scheduler lets subclasses rename its keys. Ours are read by the Lua moves, sync, the admin and rq-scheduler
-    # itself: a renamed copy would be a second schedule that half the system never sees, so they are fixed.
     FIXED_KEYS = {
         'redis_scheduler_namespace_prefix': keys.INSTANCE_KEY_PREFIX,
         'scheduler_lock_key': keys.LOCK_KEY,
@@ -74,6 +67,18 @@ class Scheduler:
         if name in self.FIXED_KEYS and value != self.FIXED_KEYS[name]:
             raise AttributeError(f'{name}: the Redis keys of the schedule are fixed ({self.FIXED_KEYS[name]!r})')
         super().__setattr__(name, value)
+
+
+class Scheduler(FixedKeys):
+    """Schedules RQ jobs in rq-scheduler's Redis layout and moves them onto their queues when they are due.
+
+    Same constructor, methods and reserved keyword arguments as ``rq_scheduler.Scheduler`` 0.14. Differences are
+    fixes: times keep millisecond precision, periodic jobs created here enqueue a fresh job per occurrence,
+    intervals do not drift, cron strings follow a time zone across DST, and the loop holds a fenced leader lease.
+    """
+
+    queue_class = Queue
+    job_class = Job
 
     def __init__(
         self,
@@ -114,8 +119,8 @@ class Scheduler:
             raise ValueError(f'name: {problem}')
         self.name = name
         self.timezone = cron.get_zone(timezone or _django.default_timezone() or 'UTC').key
-        self.callable_allowed = _django.allow_list() if callable_allowed is FROM_SETTINGS else callable_allowed
-        refusal = refusal_of(self.callable_allowed)
+        self._callable_allowed = _django.allow_list() if callable_allowed is FROM_SETTINGS else callable_allowed
+        refusal = refusal_of(self._callable_allowed)
         stop = threading.Event()
         self.clock = ServerClock(self.connection)
         self.queues = Queues(self.connection, self.job_class, self.queue_class, self.serializer)
@@ -147,6 +152,16 @@ class Scheduler:
     @property
     def is_leader(self) -> bool:
         return self.lease.held
+
+    @property
+    def callable_allowed(self) -> object:
+        """The rule of which callables may run: an ``AllowList``, a predicate of dotted paths, or None."""
+        return self._callable_allowed
+
+    @callable_allowed.setter
+    def callable_allowed(self, rule: object) -> None:
+        self._callable_allowed = rule
+        self.jobs.refusal = self.mover.refusal = refusal_of(rule)
 
     # -- creating jobs --------------------------------------------------------------------------------------
 
