@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test matrix lint format docs dist bench clean
+.PHONY: test matrix lint typecheck format docs dist bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) typecheck
 	$(PY) runtests.py
 
 # The version matrix (noxfile.py): the cells CI runs; `$(VENV)/bin/nox -s matrix` runs all twelve.
@@ -25,9 +25,13 @@ dist: $(STAMP)
 	$(PY) -m build --no-isolation --outdir dist .
 	$(VENV)/bin/twine check --strict dist/*
 
-lint: $(STAMP)
+lint: $(STAMP) typecheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# mypy with django-stubs over the package; the scheduler core (django_rq_scheduled/core) strictly. See pyproject.toml.
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W -b html docs docs/_build/html

@@ -45,9 +45,9 @@ from django.db import connections
 
 from bench.chaos_check import Observed, Rules, Schedule, check
 from bench.chaos_evidence import explain
-from django_rq_scheduled import keys
+from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.errors import REDIS_OUTAGE_ERRORS
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
-from django_rq_scheduled.scheduler import REDIS_OUTAGE_ERRORS
 from tests.processes import OutputReader, migrated_database, scheduler_process, wait_for
 from tests.redis_server import RedisServer
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from django_rq_scheduled import cron
+from django_rq_scheduled.core import cron
 
 UTC = timezone.utc
 EARLY_TOLERANCE = 0.002  # seconds: scores have millisecond precision

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chaos_check import Violation, template_of
-from django_rq_scheduled import keys, scripts
+from django_rq_scheduled.core import keys, scripts
 
 WINDOW = 4.0  # seconds of context on each side of a violation's moments
 MAX_LINES = 70

@@ -47,7 +47,8 @@ from bench.common import (  # noqa: E402
     spread,
     stop_process,
 )
-from django_rq_scheduled import Scheduler, keys  # noqa: E402
+from django_rq_scheduled import Scheduler  # noqa: E402
+from django_rq_scheduled.core import keys  # noqa: E402
 from tests import tasks  # noqa: E402
 from tests.processes import OutputReader, queue_ids, scheduler_process, wait_for  # noqa: E402
 

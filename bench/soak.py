@@ -37,7 +37,8 @@ import redis  # noqa: E402
 from bench.chaos import Config as ChaosConfig  # noqa: E402
 from bench.chaos import Soak  # noqa: E402
 from bench.chaos import report as chaos_report  # noqa: E402
-from django_rq_scheduled import Scheduler, keys  # noqa: E402
+from django_rq_scheduled import Scheduler  # noqa: E402
+from django_rq_scheduled.core import keys  # noqa: E402
 from tests import tasks  # noqa: E402
 from tests.processes import kill, queue_ids, scheduler_process, wait_for  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402

@@ -43,7 +43,8 @@ from bench.common import (  # noqa: E402
     same_or_range,
     spread,
 )
-from django_rq_scheduled import keys, signals  # noqa: E402
+from django_rq_scheduled import signals  # noqa: E402
+from django_rq_scheduled.core import keys  # noqa: E402
 from django_rq_scheduled.models import CronJob  # noqa: E402
 
 UID = 'django_rq_scheduled.CronJob'

@@ -9,13 +9,13 @@ __version__ = '0.1.0.dev0'
 __all__ = ['Scheduler', '__version__']
 
 if TYPE_CHECKING:
-    from .scheduler import Scheduler
+    from .core.scheduler import Scheduler
 
 
 def __getattr__(name: str) -> Any:
     # Lazy so that importing the app (e.g. from INSTALLED_APPS) does not import rq and redis.
     if name == 'Scheduler':
-        from .scheduler import Scheduler
+        from .core.scheduler import Scheduler
 
         return Scheduler
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import redis
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import F, Q, QuerySet
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -20,11 +21,15 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import keys
+from .core import keys
 from .describe import describe_cron, describe_interval
 from .forms import ScheduleForm
 from .models import CronJob, RepeatableJob, ScheduleBase, ScheduledJob, SchedulerStatus
+from .servers import servers
 from .validators import queue_names, text_problem
+
+if TYPE_CHECKING:
+    from django_stubs_ext import StrOrPromise
 
 SCHEDULED, PAUSED, FINISHED, MISSING, UNKNOWN = 'scheduled', 'paused', 'finished', 'missing', 'unknown'
 STATUS_LABELS = {
@@ -41,27 +46,19 @@ Presence = tuple[bool, 'str | None'] | None
 """(in the schedule?, stored version) of a row, or None when its Redis server could not be asked."""
 
 
-def finished_q(model: type[ScheduleBase]) -> Q:
-    if model is ScheduledJob:
-        return Q(has_run=True)
-    return Q(repeat__isnull=False, run_count__gte=F('repeat'))
-
-
 def redis_presence(rows: list[ScheduleBase]) -> dict[Any, Presence]:
     """The presence of each row in Redis, in one pipelined round trip per Redis server.
 
     A server that does not answer (down, out of memory, a key of the wrong type) leaves its rows unknown: the admin
     shows the database's view and says so, it never fails because of Redis.
     """
-    from .sync import _servers
-
-    servers = _servers()
+    known = servers()
     by_server: dict[Any, list[ScheduleBase]] = defaultdict(list)
     for row in rows:
-        by_server[servers.queue_home.get(row.queue)].append(row)
+        by_server[known.queue_home.get(row.queue)].append(row)
     presence: dict[Any, Presence] = {}
     for identity, group in by_server.items():
-        scheduler = servers.schedulers.get(identity)
+        scheduler = known.schedulers.get(identity)
         if scheduler is None:
             presence.update({row.pk: (False, None) for row in group})
             continue
@@ -133,7 +130,7 @@ class StatusFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
-        finished = finished_q(queryset.model)
+        finished = queryset.model.finished_q()
         if value == PAUSED:
             return queryset.filter(enabled=False)
         if value == FINISHED:
@@ -151,7 +148,7 @@ class ScheduleAdmin(admin.ModelAdmin):
     """What the three schedule admins share."""
 
     form = ScheduleForm
-    list_display = (
+    list_display: tuple[str, ...] = (
         'name', 'what', 'queue', 'enabled', 'schedule', 'next_run_display', 'last_run', 'run_count', 'status',
     )  # fmt: skip
     list_filter = ('enabled', QueueFilter, StatusFilter)
@@ -160,10 +157,12 @@ class ScheduleAdmin(admin.ModelAdmin):
     show_full_result_count = False
     save_on_top = True
     actions = ('enable_selected', 'disable_selected', 'run_selected_now', 'cancel_selected')
-    readonly_fields = ('upcoming_runs', 'next_run', 'last_run', 'run_count', 'created', 'modified')
+    readonly_fields: ClassVar[tuple[str, ...]] = (
+        'upcoming_runs', 'next_run', 'last_run', 'run_count', 'created', 'modified',
+    )  # fmt: skip
     when_fields: tuple[str, ...] = ()
 
-    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> list[tuple[Any, dict[str, Any]]]:
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         return [
             (_('What to run'), {'fields': ('name', 'callable', 'args', 'kwargs', 'queue', 'enabled')}),
             (_('When'), {'fields': (*self.when_fields, 'upcoming_runs')}),
@@ -191,7 +190,7 @@ class ScheduleAdmin(admin.ModelAdmin):
         return f'{obj.callable.rsplit(".", 1)[-1]}({summary})'
 
     @admin.display(description=_('schedule'))
-    def schedule(self, obj: ScheduleBase) -> str:
+    def schedule(self, obj: Any) -> str:
         raise NotImplementedError
 
     @admin.display(description=_('next run'), ordering='next_run')
@@ -217,7 +216,7 @@ class ScheduleAdmin(admin.ModelAdmin):
         )
 
     @admin.display(description=_('next 5 runs'))
-    def upcoming_runs(self, obj: ScheduleBase) -> str:
+    def upcoming_runs(self, obj: ScheduleBase) -> StrOrPromise:
         if obj is None or not obj.pk:
             return _('Shown once saved.')
         runs = obj.next_runs(5) if obj.enabled else []
@@ -289,7 +288,7 @@ class ScheduleAdmin(admin.ModelAdmin):
             'title': _('Cancel schedules?'),
             'opts': self.opts,
             'objects': queryset,
-            'action_checkbox_name': admin.helpers.ACTION_CHECKBOX_NAME,
+            'action_checkbox_name': helpers.ACTION_CHECKBOX_NAME,
         }
         return TemplateResponse(request, 'admin/django_rq_scheduled/cancel_selected.html', context)
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.checks import Error, Warning, register
+from django.db.models import Field
 
-from .conf import DEFAULTS, MAX_BATCH_SIZE, MAX_SECONDS, MIN_SECONDS
+from .conf import DEFAULTS
+from .core import limits
+from .core.cron import CronError, get_zone
 
 APP = 'django_rq_scheduled'
 
@@ -36,10 +39,8 @@ def _positive_number(value: Any) -> bool:
 def _setting_problems(config: dict[str, Any]) -> list[str]:
     problems = [f'unknown key {key!r}' for key in config if key not in DEFAULTS]
     for key in ('INTERVAL', 'LEASE_TTL'):
-        if key in config and not (_positive_number(config[key]) and MIN_SECONDS <= config[key] <= MAX_SECONDS):
-            problems.append(
-                f'{key} must be a number of seconds from {MIN_SECONDS} to {MAX_SECONDS:,}, got {config[key]!r}'
-            )
+        if key in config and (problem := limits.seconds_problem(config[key])):
+            problems.append(f'{key}: {problem}')
     if 'RECONCILE_INTERVAL' in config and not _positive_number(config['RECONCILE_INTERVAL']):
         problems.append(
             f'RECONCILE_INTERVAL must be a number of seconds greater than zero, got {config["RECONCILE_INTERVAL"]!r}'
@@ -54,13 +55,10 @@ def _setting_problems(config: dict[str, Any]) -> list[str]:
         or not all(isinstance(p, str) and p for p in allowed)
     ):
         problems.append(f'ALLOWED_CALLABLES must be None or a list of dotted-path patterns, got {allowed!r}')
-    batch = config.get('BATCH_SIZE', 1)
-    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH_SIZE:
-        problems.append(f'BATCH_SIZE must be a whole number from 1 to {MAX_BATCH_SIZE:,}, got {batch!r}')
+    if 'BATCH_SIZE' in config and (problem := limits.batch_size_problem(config['BATCH_SIZE'])):
+        problems.append(f'BATCH_SIZE: {problem}')
     zone = config.get('TIMEZONE')
     if zone is not None:
-        from .cron import CronError, get_zone
-
         try:
             get_zone(zone)
         except CronError:
@@ -98,7 +96,7 @@ def check_default_queue(app_configs: Any = None, **kwargs: Any) -> list[Warning]
     from .models import SCHEDULE_MODELS
 
     queues = getattr(settings, 'RQ_QUEUES', None) or {}
-    default = SCHEDULE_MODELS[0]._meta.get_field('queue').default
+    default = cast(Field, SCHEDULE_MODELS[0]._meta.get_field('queue')).default
     if default not in queues:
         return [
             Warning(

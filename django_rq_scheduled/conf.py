@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from .allowlist import AllowList
+from .core.allowlist import AllowList
+from .core.limits import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_TTL, MAX_BATCH_SIZE, MAX_SECONDS, MIN_SECONDS
 
 
 @dataclass(frozen=True)
@@ -17,20 +18,24 @@ class Setting:
     """What the setting does, in the docs' words: the settings reference is rendered from it."""
 
 
+_SECONDS_RANGE = f'{MIN_SECONDS} to {MAX_SECONDS:,}'
+
 SETTINGS: dict[str, Setting] = {
     'INTERVAL': Setting(
         1.0,
-        'Longest sleep of the loop between two looks at the schedule, in seconds (0.001 to 86,400). The loop also '
+        f'Longest sleep of the loop between two looks at the schedule, in seconds ({_SECONDS_RANGE}). The loop also '
         'wakes at the next due time and when a producer schedules something earlier, so this only bounds the '
         "lateness of jobs written by other programs (e.g. rq-scheduler's client), and how often a standby looks "
         'for a dead leader.',
     ),
     'LEASE_TTL': Setting(
-        5.0,
-        'Lifetime of the leader lease in seconds (0.001 to 86,400): a standby takes over at most this long after '
+        DEFAULT_LEASE_TTL,
+        f'Lifetime of the leader lease in seconds ({_SECONDS_RANGE}): a standby takes over at most this long after '
         'the leader died.',
     ),
-    'BATCH_SIZE': Setting(500, 'How many due jobs are moved per atomic batch (1 to 50,000).'),
+    'BATCH_SIZE': Setting(
+        DEFAULT_BATCH_SIZE, f'How many due jobs are moved per atomic batch (1 to {MAX_BATCH_SIZE:,}).'
+    ),
     'TIMEZONE': Setting(None, 'Time zone of cron jobs that name none (an IANA name); ``None`` means ``TIME_ZONE``.'),
     'ALLOWED_CALLABLES': Setting(
         None,
@@ -48,12 +53,7 @@ SETTINGS: dict[str, Setting] = {
 }
 DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.items()}
 
-
-# Limits of the values above and of the matching rqscheduler options.
-MIN_SECONDS = 0.001  # the schedule's precision
-MAX_SECONDS = 86_400  # a lease or a sleep of more than a day is a typo, and Redis refuses huge expiries
-MAX_BATCH_SIZE = 50_000  # per Lua call: larger batches would block Redis for too long
-MAX_NAME_LENGTH = 200
+# The limits of INTERVAL, LEASE_TTL and BATCH_SIZE are the scheduler's: see core/limits.py.
 
 # Limits of what a schedule row may hold, the same on every database.
 # Redis scores are UTC epoch seconds: earlier times are negative, and some platforms cannot convert them back.
@@ -66,11 +66,6 @@ MAX_INTERVAL_SECONDS = 36_525 * 86_400  # 100 years of 365.25 days
 MAX_JSON_DEPTH = 100
 # Python refuses to convert longer integers to text (sys.int_info.default_max_str_digits), so JSON cannot hold them.
 MAX_JSON_INTEGER_DIGITS = 4300
-
-
-def is_instance_name(value: str) -> bool:
-    """Whether ``value`` can name a scheduler instance: 1 to MAX_NAME_LENGTH printable characters."""
-    return bool(value.strip()) and len(value) <= MAX_NAME_LENGTH and all(ord(c) >= 32 and ord(c) != 127 for c in value)
 
 
 def get_setting(name: str) -> Any:

@@ -12,7 +12,7 @@ from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.forms.fields import InvalidJSONInput, JSONString
 from django.utils.html import format_html, format_html_join
-from django.utils.translation import gettext_lazy as _
+from django.utils.safestring import SafeString
 
 from .conf import get_setting
 from .validators import json_problem, queue_names
@@ -27,7 +27,7 @@ class CallableInput(forms.TextInput):
         super().__init__(attrs={'size': 60, **(attrs or {})})
         self.suggestions = suggestions
 
-    def render(self, name: str, value: Any, attrs: dict[str, Any] | None = None, renderer: Any = None) -> str:
+    def render(self, name: str, value: Any, attrs: dict[str, Any] | None = None, renderer: Any = None) -> SafeString:
         list_id = f'{(attrs or {}).get("id", name)}_suggestions'
         attrs = {**(attrs or {}), 'list': list_id, 'autocomplete': 'off'}
         options = format_html_join('', '<option value="{}"></option>', ((s,) for s in self.suggestions))
@@ -124,9 +124,3 @@ class ScheduleForm(forms.ModelForm):
             )
         if 'callable' in self.fields:
             self.fields['callable'].widget = CallableInput(callable_suggestions())
-
-
-class CancelForm(forms.Form):
-    """The confirmation of a cancel: nothing to fill in, the POST itself confirms."""
-
-    confirm = forms.BooleanField(initial=True, widget=forms.HiddenInput, label=_('confirm'))

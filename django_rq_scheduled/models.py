@@ -1,4 +1,8 @@
-"""One-off, repeatable and cron jobs as Django models; ``sync`` keeps Redis in line with them after commit."""
+"""One-off, repeatable and cron jobs as Django models; ``sync`` keeps Redis in line with them after commit.
+
+Each model says what its template is (``first_due``, ``schedule_meta``); sync asks, and never tests which model a
+row is.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import hashlib
 import itertools
 import json
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar, TypeGuard
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -16,7 +20,9 @@ from django.db.models import Q
 from django.utils import timezone as django_timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import conf, cron, keys, validators
+from . import conf, validators
+from .choices import UNIT_SECONDS, IntervalUnit, Overlap
+from .core import cron, keys, scores
 from .querysets import LOOP_FIELDS, ScheduleQuerySet
 
 
@@ -34,7 +40,15 @@ def latest_schedule_time(moment: datetime) -> datetime:
     return latest if django_timezone.is_aware(moment) else django_timezone.make_naive(latest, latest.tzinfo)
 
 
-def _whole(value: Any) -> bool:
+def _aware(value: datetime) -> datetime:
+    return value if django_timezone.is_aware(value) else django_timezone.make_aware(value)
+
+
+def _until_the_limit(due: datetime | None) -> datetime | None:
+    return due if due is not None and due <= conf.LATEST_SCHEDULE_TIME else None
+
+
+def _whole(value: Any) -> TypeGuard[int]:
     """Whether a field holds an int: after a failed clean_fields() it may still hold what the caller gave."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -42,24 +56,9 @@ def _whole(value: Any) -> bool:
 def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
     import django
 
-    keyword = 'condition' if django.VERSION >= (5, 1) else 'check'
-    return models.CheckConstraint(**{keyword: condition, 'name': name})
-
-
-class Overlap(models.TextChoices):
-    ALLOW = 'allow', _('Allow: enqueue every run')
-    SKIP = 'skip', _('Skip a run while the previous one is queued or running')
-
-
-class IntervalUnit(models.TextChoices):
-    SECONDS = 'seconds', _('seconds')
-    MINUTES = 'minutes', _('minutes')
-    HOURS = 'hours', _('hours')
-    DAYS = 'days', _('days')
-    WEEKS = 'weeks', _('weeks')
-
-
-UNIT_SECONDS = {'seconds': 1, 'minutes': 60, 'hours': 3600, 'days': 86400, 'weeks': 604800}
+    if django.VERSION >= (5, 1):
+        return models.CheckConstraint(condition=condition, name=name)
+    return models.CheckConstraint(check=condition, name=name)  # type: ignore[call-arg,unused-ignore]
 
 
 class ScheduleBase(models.Model):
@@ -143,6 +142,9 @@ class ScheduleBase(models.Model):
 
     objects = ScheduleQuerySet.as_manager()
 
+    is_periodic: ClassVar[bool] = True
+    """False for one-off schedules: they run once, whatever is edited after."""
+
     DEFINITION_FIELDS: tuple[str, ...] = (
         'callable', 'args', 'kwargs', 'queue', 'timeout', 'result_ttl', 'ttl', 'at_front', 'description',
         'misfire_grace', 'overlap',
@@ -177,15 +179,29 @@ class ScheduleBase(models.Model):
 
     @property
     def template_id(self) -> str:
-        return keys.template_id(self._meta.model_name, self.pk)
+        return keys.template_id(self._meta.model_name or '', self.pk)
 
     @property
     def owner(self) -> str:
-        return f'{self._meta.label_lower}:{self.pk}'
+        return keys.owner_id(self._meta.label_lower, self.pk)
 
     @property
     def is_finished(self) -> bool:
         return False
+
+    @classmethod
+    def finished_q(cls) -> Q:
+        """The rows that ran their last run, as a query."""
+        raise NotImplementedError
+
+    def first_due(self, now: datetime) -> datetime | None:
+        """When the row's template is next due, or None when it has nothing left to run before the latest schedule
+        time (conf.py)."""
+        raise NotImplementedError
+
+    def schedule_meta(self) -> dict[str, Any]:
+        """What makes this kind of schedule: ``core.jobs.template_meta``'s kind and timing arguments."""
+        raise NotImplementedError
 
     def definition(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.DEFINITION_FIELDS}
@@ -261,7 +277,7 @@ class ScheduleBase(models.Model):
 
     def run_now(self) -> Any:
         """Enqueues one run now, without moving the next scheduled one; returns the RQ job."""
-        from .sync import run_now
+        from .servers import run_now
 
         return run_now(self)
 
@@ -281,6 +297,7 @@ class ScheduledJob(ScheduleBase):
     )
 
     DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'scheduled_time')
+    is_periodic = False
 
     class Meta(ScheduleBase.Meta):
         verbose_name = _('scheduled job')
@@ -289,6 +306,16 @@ class ScheduledJob(ScheduleBase):
     @property
     def is_finished(self) -> bool:
         return self.has_run
+
+    @classmethod
+    def finished_q(cls) -> Q:
+        return Q(has_run=True)
+
+    def first_due(self, now: datetime) -> datetime | None:
+        return _until_the_limit(_aware(self.scheduled_time))
+
+    def schedule_meta(self) -> dict[str, Any]:
+        return {'kind': 'once'}
 
     def clean(self) -> None:
         super().clean()
@@ -299,7 +326,34 @@ class ScheduledJob(ScheduleBase):
         return [] if self.has_run or not self.scheduled_time else [self.scheduled_time][:count]
 
 
-class RepeatableJob(ScheduleBase):
+class PeriodicSchedule(ScheduleBase):
+    """What the periodic schedules share: a number of runs in total."""
+
+    repeat = models.PositiveIntegerField(
+        _('repeat'),
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text=_('How many runs in total; empty for ever.'),
+    )
+
+    class Meta(ScheduleBase.Meta):
+        abstract = True
+
+    @property
+    def remaining_runs(self) -> int | None:
+        return None if self.repeat is None else max(0, self.repeat - self.run_count)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.remaining_runs == 0
+
+    @classmethod
+    def finished_q(cls) -> Q:
+        return Q(repeat__isnull=False, run_count__gte=models.F('repeat'))
+
+
+class RepeatableJob(PeriodicSchedule):
     """A job that runs every ``interval`` units from ``scheduled_time``, ``repeat`` times in total."""
 
     scheduled_time = models.DateTimeField(_('first run'), help_text=_('When the first run is due.'))
@@ -310,17 +364,10 @@ class RepeatableJob(ScheduleBase):
         _('interval unit'), max_length=8, choices=IntervalUnit.choices, default=IntervalUnit.MINUTES,
         help_text=_('The unit of the interval.'),
     )  # fmt: skip
-    repeat = models.PositiveIntegerField(
-        _('repeat'),
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(1)],
-        help_text=_('How many runs in total; empty for ever.'),
-    )
 
     DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'scheduled_time', 'interval', 'interval_unit', 'repeat')
 
-    class Meta(ScheduleBase.Meta):
+    class Meta(PeriodicSchedule.Meta):
         verbose_name = _('repeatable job')
         verbose_name_plural = _('repeatable jobs')
         constraints = [
@@ -332,13 +379,18 @@ class RepeatableJob(ScheduleBase):
     def interval_seconds(self) -> int:
         return self.interval * UNIT_SECONDS[self.interval_unit]
 
-    @property
-    def remaining_runs(self) -> int | None:
-        return None if self.repeat is None else max(0, self.repeat - self.run_count)
+    def first_due(self, now: datetime) -> datetime | None:
+        start = _aware(self.scheduled_time)
+        if start >= now:
+            return _until_the_limit(start)
+        # Strictly after now: a slot at this very instant may just have run.
+        step = self.interval_seconds
+        due = start.timestamp() + (scores.slots_in((now - start).total_seconds(), step) + 1) * step
+        # Compared as a number: a datetime past the limit may be past year 9999 (OverflowError).
+        return datetime.fromtimestamp(due, tz=scores.UTC) if due <= conf.LATEST_SCHEDULE_TIME.timestamp() else None
 
-    @property
-    def is_finished(self) -> bool:
-        return self.remaining_runs == 0
+    def schedule_meta(self) -> dict[str, Any]:
+        return {'kind': 'interval', 'interval': self.interval_seconds}
 
     def clean(self) -> None:
         super().clean()
@@ -363,7 +415,7 @@ class RepeatableJob(ScheduleBase):
             return []
         start, step = self.scheduled_time, self.interval_seconds
         elapsed = ((after or django_timezone.now()) - start).total_seconds()
-        first = int(elapsed // step) + 1 if elapsed >= 0 else 0
+        first = scores.slots_in(elapsed, step) + 1 if elapsed >= 0 else 0
         limit = count if self.remaining_runs is None else min(count, self.remaining_runs)
         # Whole seconds from the start: a slot past the limit is never built, so no datetime overflows.
         room = (latest_schedule_time(start) - start).total_seconds()
@@ -371,7 +423,7 @@ class RepeatableJob(ScheduleBase):
         return [start + timedelta(seconds=slot * step) for slot in slots]
 
 
-class CronJob(ScheduleBase):
+class CronJob(PeriodicSchedule):
     """A job that runs on a cron string, in a time zone."""
 
     cron_string = models.CharField(
@@ -386,28 +438,19 @@ class CronJob(ScheduleBase):
         validators=[validators.validate_timezone],
         help_text=_('The IANA time zone the cron string is read in, e.g. "Europe/Paris".'),
     )
-    repeat = models.PositiveIntegerField(
-        _('repeat'),
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(1)],
-        help_text=_('How many runs in total; empty for ever.'),
-    )
 
     DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'cron_string', 'timezone', 'repeat')
 
-    class Meta(ScheduleBase.Meta):
+    class Meta(PeriodicSchedule.Meta):
         verbose_name = _('cron job')
         verbose_name_plural = _('cron jobs')
         constraints = [check_constraint(Q(repeat__isnull=True) | Q(repeat__gt=0), 'drqs_cron_repeat_positive')]
 
-    @property
-    def remaining_runs(self) -> int | None:
-        return None if self.repeat is None else max(0, self.repeat - self.run_count)
+    def first_due(self, now: datetime) -> datetime | None:
+        return _until_the_limit(cron.next_fire_time(self.cron_string, now, self.timezone))
 
-    @property
-    def is_finished(self) -> bool:
-        return self.remaining_runs == 0
+    def schedule_meta(self) -> dict[str, Any]:
+        return {'kind': 'cron', 'cron_string': self.cron_string, 'timezone': self.timezone}
 
     def clean(self) -> None:
         super().clean()

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
 from . import validators
+from .pending import schedule_sync
 
 LOOP_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run'})
 """Written by the loop and sync alone: user saves and updates never touch them."""
@@ -27,7 +28,7 @@ def _refuse_loop_fields(names: Iterable[str]) -> None:
         )
 
 
-class ScheduleQuerySet(models.QuerySet):
+class ScheduleQuerySet(models.QuerySet[Any]):
     def get_by_natural_key(self, name: str) -> Any:
         if isinstance(name, str) and validators.text_problem(name):
             # No row holds such a name, and the database would fail on the question (loaddata asks it first).
@@ -49,8 +50,6 @@ class ScheduleQuerySet(models.QuerySet):
 
     def update(self, **kwargs: Any) -> int:
         """Updates, validates every touched row (all or nothing), and syncs them to Redis after commit."""
-        from .signals import schedule_sync
-
         _refuse_loop_fields(kwargs)
         self._validate_values(kwargs)
         with transaction.atomic(using=self.db):
@@ -81,8 +80,6 @@ class ScheduleQuerySet(models.QuerySet):
             raise ValidationError(errors)
 
     def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
-        from .signals import schedule_sync
-
         objs = list(objs)
         for obj in objs:
             obj.full_clean(validate_unique=False, validate_constraints=False)
@@ -96,8 +93,6 @@ class ScheduleQuerySet(models.QuerySet):
         return created
 
     def bulk_update(self, objs: Iterable[Any], fields: Iterable[str], *args: Any, **kwargs: Any) -> int:
-        from .signals import schedule_sync
-
         fields = list(fields)
         _refuse_loop_fields(fields)
         objs = list(objs)

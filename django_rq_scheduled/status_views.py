@@ -15,9 +15,10 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 
-from . import keys
+from .core import keys
+from .core.status import Member, read_status
 from .models import SCHEDULE_MODELS
-from .status import TEMPLATE_PREFIX, Member, read_status
+from .servers import servers
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +28,10 @@ SHOWN_ID_LENGTH = 80
 
 def owner_link(template_id: str | None) -> str | None:
     """The admin change page of the row that owns a template, without loading the row."""
-    if not template_id or not template_id.startswith(TEMPLATE_PREFIX):
+    owner = keys.template_owner(template_id) if template_id else None
+    if owner is None:
         return None
-    model_name, _, pk = template_id.removeprefix(TEMPLATE_PREFIX).rpartition('-')
+    model_name, pk = owner
     model = MODELS_BY_NAME.get(model_name)
     if model is None:
         return None
@@ -68,24 +70,22 @@ def _server_context(name: str, scheduler: Any) -> dict[str, Any]:
 
 
 def _servers_by_name() -> dict[str, Any]:
-    from .sync import _servers
-
-    servers = _servers()
+    known = servers()
     names: dict[Any, list[str]] = {}
-    for queue_name, identity in servers.queue_home.items():
+    for queue_name, identity in known.queue_home.items():
         names.setdefault(identity, []).append(queue_name)
-    return {', '.join(names.get(identity, [])): scheduler for identity, scheduler in servers.schedulers.items()}
+    return {', '.join(names.get(identity, [])): scheduler for identity, scheduler in known.schedulers.items()}
 
 
 def _posted_member(post: QueryDict) -> Member | None:
     """The member a button names: hex-encoded (any bytes, as the page's buttons send it), else a plain job id."""
     if post.get('member'):
         try:
-            return Member(bytes.fromhex(post['member']))
+            return Member(bytes.fromhex(str(post['member'])))
         except ValueError:
             return None
     job_id = post.get('job_id', '')
-    return Member(job_id.encode()) if keys.JOB_ID_PATTERN.fullmatch(job_id) else None
+    return Member(job_id.encode()) if keys.is_job_id(job_id) else None
 
 
 def _retry(request: HttpRequest, scheduler: Any, member: Member, shown: str) -> None:

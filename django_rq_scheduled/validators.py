@@ -16,8 +16,9 @@ from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from . import conf, cron
-from .allowlist import CallableRefused
+from . import conf
+from .core import cron
+from .core.allowlist import CallableRefused
 
 # PostgreSQL refuses NUL in text, and UTF-8 (hence every database and Redis's JSON) has no unpaired surrogates.
 _UNSTORABLE_CHARACTER = re.compile('[\x00\ud800-\udfff]')

@@ -12,7 +12,8 @@ from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from django_rq_scheduled import Scheduler, keys
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -222,9 +223,9 @@ def changelist_costs(client, url):
     """SQL queries, Redis round trips and the best of 5 render times of one change list page."""
     import time
 
-    from django_rq_scheduled.sync import _servers
+    from django_rq_scheduled.servers import servers
 
-    for scheduler in _servers().schedulers.values():
+    for scheduler in servers().schedulers.values():
         scheduler.connection.connection_pool.connection_class = CountingConnection
         scheduler.connection.connection_pool.reset()
     client.get(url)  # warm-up: connections, session

@@ -18,7 +18,8 @@ from django.urls import reverse
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from pytest_django.live_server_helper import LiveServer
 
-from django_rq_scheduled import Scheduler, keys
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -11,7 +11,8 @@ from django.core.checks import run_checks
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from django_rq_scheduled import Scheduler, keys
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
 from tests import tasks
 from tests.processes import scheduler_process, stop, wait_for
 
@@ -115,7 +116,7 @@ def test_command_is_ours_not_django_rqs():
 
 
 def test_redis_connection_identity_distinguishes_databases(redis_url):
-    from django_rq_scheduled.scheduler import connection_identity
+    from django_rq_scheduled.core.queues import connection_identity
 
     a = redis.Redis.from_url(redis_url)
     b = redis.Redis.from_url(redis_url.rsplit('/', 1)[0] + '/2')

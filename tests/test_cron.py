@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from croniter import croniter
 
-from django_rq_scheduled.cron import (
+from django_rq_scheduled.core.cron import (
     CronError,
     from_crontab_syntax,
     get_zone,

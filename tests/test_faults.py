@@ -15,7 +15,8 @@ import pytest
 import redis
 from rq_scheduler import Scheduler as RQScheduler
 
-from django_rq_scheduled import Scheduler, keys
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
 from tests import tasks
 from tests.processes import kill, queue_ids, scheduler_process, stop, wait_for
 from tests.redis_server import RedisServer, has_redis_server

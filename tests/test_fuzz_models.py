@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from rq.job import Job
 
-from django_rq_scheduled import keys
+from django_rq_scheduled.core import keys
 from django_rq_scheduled.management.commands.rqscheduler import Command
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
 
@@ -249,7 +249,7 @@ def test_command_options(settings_for_command, option, value):
         return
     event('accepted')
     [scheduler] = schedulers
-    attribute = {'--interval': '_interval', '--lease-ttl': 'lease_ttl', '--batch-size': 'batch_size'}
+    attribute = {'--interval': 'interval', '--lease-ttl': 'lease_ttl', '--batch-size': 'batch_size'}
     if option == '--queue':
         assert scheduler.queue_name == value
     elif option == '--name':

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.db import IntegrityError, transaction
 from rq.job import Job
 
-from django_rq_scheduled import keys
+from django_rq_scheduled.core import keys
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
 from tests import tasks
 

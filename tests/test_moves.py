@@ -10,8 +10,10 @@ import time_machine
 from redis.exceptions import NoScriptError
 from rq.job import Job
 
-from django_rq_scheduled import Scheduler, keys
-from django_rq_scheduled.scheduler import LeadershipLost, PendingReplies
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.errors import LeadershipLost
+from django_rq_scheduled.core.mover import PendingReplies
 from tests import tasks
 
 UTC = timezone.utc
@@ -207,7 +209,7 @@ def test_a_job_changed_after_planning_is_left_alone(scheduler, fake_connection, 
     pairs = fake_connection.zrangebyscore(keys.SCHEDULED_JOBS_KEY, '-inf', '+inf', withscores=True)
     scheduler.change_execution_time('moved', T0 + timedelta(hours=1))  # a producer, between read and write
     assert scheduler.acquire_lock()
-    report = scheduler._move_members(pairs, fenced=True)
+    report = scheduler.mover.move_members(pairs, fenced=True)
     assert report.enqueued == []
     assert queued(fake_connection) == []
 
@@ -292,7 +294,7 @@ def test_scripts_flushed_in_the_middle_of_a_backlog_are_loaded_again(fake_connec
         scheduler.enqueue_at(T0, tasks.add, i, job_id=f'f{i}')
     clock.move_to(T0)
     assert scheduler.acquire_lock()
-    plan_batch = scheduler._plan_batch
+    plan_batch = scheduler.mover.plan_batch
     calls = []
 
     def flush_on_the_third_batch(*args):
@@ -301,7 +303,7 @@ def test_scripts_flushed_in_the_middle_of_a_backlog_are_loaded_again(fake_connec
             fake_connection.script_flush()  # e.g. Redis restarted between two batches
         return plan_batch(*args)
 
-    monkeypatch.setattr(scheduler, '_plan_batch', flush_on_the_third_batch)
+    monkeypatch.setattr(scheduler.mover, 'plan_batch', flush_on_the_third_batch)
     replies = []
     wait = PendingReplies.wait
     monkeypatch.setattr(PendingReplies, 'wait', lambda pending: replies.append(wait(pending)) or replies[-1])
@@ -318,11 +320,11 @@ def test_a_job_key_that_changed_type_after_the_read_fails_alone_and_half_writes_
     scheduler.enqueue_at(T0, tasks.add, job_id='fine')
     scheduler.enqueue_at(T0, tasks.add, job_id='changed')
     clock.move_to(T0)
-    pairs, fields = scheduler._read_due(T0.timestamp())
+    pairs, fields = scheduler.mover.read_due(T0.timestamp())
     fake_connection.delete(keys.job_key('changed'))
     fake_connection.set(keys.job_key('changed'), 'a string now')  # between the read and the move
     assert scheduler.acquire_lock()
-    report = scheduler._move_members(pairs, fenced=True, fields=fields)
+    report = scheduler.mover.move_members(pairs, fenced=True, fields=fields)
     assert report.enqueued == ['fine']
     assert report.dead == ['changed']
     assert 'WRONGTYPE' in scheduler.dead_letters()['changed']

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from django_rq_scheduled import Scheduler, keys
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
 from tests import tasks
 from tests.processes import (
     ROOT,

@@ -10,9 +10,11 @@ import redis
 import time_machine
 from django.db import connection as db_connection
 
-from django_rq_scheduled import Scheduler, keys
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
+from django_rq_scheduled.feedback import DatabaseSync, apply_feedback
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
-from django_rq_scheduled.sync import DatabaseSync, apply_feedback, reconcile
+from django_rq_scheduled.sync import reconcile
 from tests.conftest import run_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -211,14 +213,14 @@ def test_a_hand_written_fixture_without_timestamps_loads(connection, tmp_path):
 def test_the_loop_keeps_moving_jobs_while_the_database_is_down(connection, monkeypatch, caplog):
     from django.db import OperationalError
 
-    from django_rq_scheduled import sync
+    from django_rq_scheduled import feedback
 
     row = ScheduledJob.objects.create(name='once', callable='tests.tasks.add', scheduled_time=datetime.now(UTC))
 
     def database_down(*args, **kwargs):
         raise OperationalError('database is locked')
 
-    monkeypatch.setattr(sync, 'apply_feedback', database_down)
+    monkeypatch.setattr(feedback, 'apply_feedback', database_down)
     scheduler = Scheduler(queue_name='default', name='db-down')
     scheduler.tick_hooks.append(DatabaseSync(reconcile_interval=3600, background=False))
     scheduler.run(burst=True)

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import redis
 
-from django_rq_scheduled import Scheduler, keys
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
 from tests import tasks
 from tests.processes import kill, scheduler_process, wait_for
 

@@ -13,8 +13,9 @@ from urllib.parse import urlparse
 import pytest
 from rq.job import Job
 
-from django_rq_scheduled import Scheduler, keys
-from django_rq_scheduled.clock import ServerClock
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.clock import ServerClock
 from tests import tasks
 
 UTC = timezone.utc

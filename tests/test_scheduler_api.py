@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from rq.job import Job
 
-from django_rq_scheduled import Scheduler, keys
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
 from tests import tasks
 
 UTC = timezone.utc

@@ -15,7 +15,8 @@ import pytest
 import redis
 from redis.sentinel import Sentinel
 
-from django_rq_scheduled import Scheduler, keys
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
 from tests import tasks
 from tests.processes import OutputReader, kill, migrated_database, queue_ids, scheduler_process, stop, wait_for
 from tests.redis_server import RedisServer, free_port, has_redis_server

@@ -14,8 +14,9 @@ import pytest
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from django_rq_scheduled import Scheduler, keys
-from django_rq_scheduled.allowlist import AllowList
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.allowlist import AllowList
 from tests import hostile_tasks, tasks
 
 pytestmark = pytest.mark.integration

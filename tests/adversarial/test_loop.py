@@ -11,8 +11,9 @@ import pytest
 import redis
 from rq.job import Job
 
-from django_rq_scheduled import Scheduler, keys
-from django_rq_scheduled.scheduler import MoveReport
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.mover import MoveReport
 from tests import tasks
 from tests.redis_server import has_redis_server
 
@@ -126,11 +127,11 @@ def test_a_save_while_redis_is_out_of_memory_is_committed_and_reconciled_later(c
 def _plan_then(scheduler, connection, meddle):
     """Reads and plans the due jobs, lets ``meddle`` change Redis, then applies the planned move."""
     now = datetime.now(UTC).timestamp()
-    pairs, fields = scheduler._read_due(now)
-    batch = scheduler._plan_batch(pairs, fields, now)
+    pairs, fields = scheduler.mover.read_due(now)
+    batch = scheduler.mover.plan_batch(pairs, fields, now)
     meddle()
     report = MoveReport()
-    scheduler._apply_batch(batch, report, fenced=False)
+    scheduler.mover.apply_batch(batch, report, fenced=False)
     return report
 
 

@@ -23,7 +23,7 @@ from django.urls import reverse
 
 from django_rq_scheduled import conf
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduleBase, ScheduledJob
-from django_rq_scheduled.sync import first_due, reconcile
+from django_rq_scheduled.sync import reconcile
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -348,7 +348,7 @@ def test_repeatable_rows_beyond_the_limits_never_overflow(superuser_client, conn
     now = datetime.now(UTC)
     runs = row.next_runs(5)
     assert all(now < run <= LATEST for run in runs)
-    due = first_due(row, now)
+    due = row.first_due(now)
     assert due is None or now < due <= LATEST
     reconcile()
     assert superuser_client.get(admin_url(RepeatableJob, 'change', row.pk)).status_code == 200
@@ -365,7 +365,7 @@ def test_cron_next_runs_stop_at_the_latest_schedule_time():
 
 def test_one_off_rows_beyond_the_limits_show_their_pages(superuser_client, connection):
     row = unchecked(ScheduledJob, scheduled_time=datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC))
-    assert first_due(row, datetime.now(UTC)) is None
+    assert row.first_due(datetime.now(UTC)) is None
     reconcile()
     assert superuser_client.get(admin_url(ScheduledJob, 'change', row.pk)).status_code == 200
     assert superuser_client.get(admin_url(ScheduledJob, 'changelist')).status_code == 200

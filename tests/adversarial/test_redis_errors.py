@@ -14,7 +14,8 @@ import redis
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from django_rq_scheduled import Scheduler, keys
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import keys
 from django_rq_scheduled.models import CronJob, ScheduledJob
 from django_rq_scheduled.sync import reconcile
 from tests import tasks

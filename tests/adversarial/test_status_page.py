@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from django_rq_scheduled import Scheduler, keys, status_views
+from django_rq_scheduled import Scheduler, status_views
+from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.status import _text
 from django_rq_scheduled.models import CronJob
-from django_rq_scheduled.status import _text
 from tests import tasks
 from tests.redis_server import RedisServer, has_redis_server
 

@@ -15,10 +15,12 @@ from django.core.exceptions import ValidationError
 from django.db import connection as db_connection
 from django.urls import reverse
 
-from django_rq_scheduled import Scheduler, keys, sync
+from django_rq_scheduled import Scheduler, feedback, sync
 from django_rq_scheduled.admin import ScheduledJobAdmin
+from django_rq_scheduled.core import keys
+from django_rq_scheduled.feedback import apply_feedback
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
-from django_rq_scheduled.sync import apply_feedback, reconcile
+from django_rq_scheduled.sync import reconcile
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 UTC = timezone.utc
@@ -386,7 +388,7 @@ def test_a_paused_reader_with_older_records_never_writes_the_run_count_back(conn
 
 
 def test_a_stuck_database_never_blocks_the_loops_tick(connection, monkeypatch):
-    from django_rq_scheduled.sync import DatabaseSync
+    from django_rq_scheduled.feedback import DatabaseSync
 
     stuck, entered = threading.Event(), threading.Event()
 
@@ -395,7 +397,7 @@ def test_a_stuck_database_never_blocks_the_loops_tick(connection, monkeypatch):
         stuck.wait(30)  # SQLite locked by a paused process, say
         return 0
 
-    monkeypatch.setattr(sync, 'apply_feedback', locked_database)
+    monkeypatch.setattr(feedback, 'apply_feedback', locked_database)
     hook = DatabaseSync(reconcile_interval=3600)
     scheduler = leader(connection)
     hook(scheduler)  # returns at once: the round runs in its own thread

@@ -14,17 +14,12 @@ from uuid import uuid4
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from django_rq_scheduled import _django
-from django_rq_scheduled.conf import (
-    MAX_BATCH_SIZE,
-    MAX_NAME_LENGTH,
-    MAX_SECONDS,
-    MIN_SECONDS,
-    get_setting,
-    is_instance_name,
-)
-from django_rq_scheduled.scheduler import Scheduler, connection_identity, run_schedulers
-from django_rq_scheduled.sync import DatabaseSync
+from django_rq_scheduled.conf import get_setting
+from django_rq_scheduled.core import _django, limits
+from django_rq_scheduled.core.loop import run_schedulers
+from django_rq_scheduled.core.queues import connection_identity
+from django_rq_scheduled.core.scheduler import Scheduler
+from django_rq_scheduled.feedback import DatabaseSync
 
 MIN_SOCKET_TIMEOUT = 5.0  # seconds: a slow batch on a busy Redis is not an outage
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -35,10 +30,8 @@ def positive_seconds(value: str) -> float:
         seconds = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected a number of seconds, got {value!r}') from None
-    if not seconds > 0 or seconds == float('inf'):
-        raise argparse.ArgumentTypeError(f'must be greater than zero, got {value!r}')
-    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f'must be between {MIN_SECONDS} and {MAX_SECONDS:,} seconds, got {value!r}')
+    if problem := limits.seconds_problem(seconds):
+        raise argparse.ArgumentTypeError(problem)
     return round(seconds, 3)
 
 
@@ -47,14 +40,14 @@ def batch_size(value: str) -> int:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f'expected a whole number, got {value!r}') from None
-    if not 1 <= number <= MAX_BATCH_SIZE:
-        raise argparse.ArgumentTypeError(f'must be between 1 and {MAX_BATCH_SIZE:,}, got {value!r}')
+    if problem := limits.batch_size_problem(number):
+        raise argparse.ArgumentTypeError(problem)
     return number
 
 
 def instance_name(value: str) -> str:
-    if not is_instance_name(value):
-        raise argparse.ArgumentTypeError(f'expected 1 to {MAX_NAME_LENGTH} printable characters, got {value!r}')
+    if problem := limits.instance_name_problem(value):
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 

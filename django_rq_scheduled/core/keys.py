@@ -1,4 +1,5 @@
-"""Redis key names and job id formats shared by the scheduler, the API and (later) the Django models.
+"""Redis key names, job id formats and markers: one place for each, read by the core, sync, the admin and the Lua
+scripts (``scripts`` formats the markers it tests into its source).
 
 The first four names are rq-scheduler 0.14's, so that both programs read the same schedule and never lead at once.
 Everything this project adds lives under ``rq:drqs:``.
@@ -13,10 +14,14 @@ LOCK_KEY = 'rq:scheduler_lock'
 LEASE_TOKEN_PREFIX = 'drqs|'
 INSTANCE_KEY_PREFIX = 'rq:scheduler_instance:'
 JOB_KEY_PREFIX = 'rq:job:'
+QUEUES_SET_KEY = 'rq:queues'
+"""RQ's set of queue keys: a move adds the queue it pushes to, as RQ's own enqueue does."""
 
 WAKEUP_KEY = 'rq:drqs:wakeup'
 NEXT_WAKEUP_KEY = 'rq:drqs:next_wakeup'
 DEAD_LETTERS_KEY = 'rq:drqs:dead_letters'
+WAKEUP_KEYS = (SCHEDULED_JOBS_KEY, NEXT_WAKEUP_KEY, WAKEUP_KEY)
+"""The keys of a write that may wake a sleeping leader (``scripts.SCHEDULE`` and others): schedule, wake-ups."""
 INSTANCES_KEY = 'rq:drqs:instances'
 RUNS_KEY = 'rq:drqs:runs'
 VERSIONS_KEY = 'rq:drqs:versions'
@@ -26,6 +31,8 @@ TEMPLATE_PREFIX = 'drqs-'
 
 META_KEY = 'django_rq_scheduled'
 """The one key of ``job.meta`` that holds this project's own data (rq-scheduler ignores unknown meta)."""
+SCHEDULING_META_KEYS = ('interval', 'cron_string', 'repeat', 'use_local_timezone', META_KEY)
+"""The meta keys that make a job periodic (rq-scheduler's and ours): a run of a template does not inherit them."""
 
 JOB_ID_PATTERN = re.compile(r'[A-Za-z0-9_-]+')
 
@@ -78,6 +85,17 @@ def template_owner(job_id: str) -> tuple[str, str] | None:
     return (model_name, pk) if model_name and pk else None
 
 
+def owner_id(model_label: str, pk: object) -> str:
+    """What a row's template and run records carry to name it: ``<app label>.<model name>:<primary key>``."""
+    return f'{model_label}:{pk}'
+
+
+def parse_owner(owner: str) -> tuple[str, str]:
+    """``(model label, primary key)`` of an owner id."""
+    label, _, pk = owner.rpartition(':')
+    return label, pk
+
+
 def done_marker(version: str, runs: int) -> str:
     """What the versions hash holds for a schedule that ran its last run: its digest and how many runs it made."""
     return f'{DONE_PREFIX}{version}:{runs}'
@@ -96,8 +114,13 @@ def manual_run_id(template_id: str, at_ms: int) -> str:
     return f'{template_id}_now_{at_ms}'
 
 
+def is_job_id(value: object) -> bool:
+    """Whether ``value`` is a valid RQ job id (RQ refuses others)."""
+    return isinstance(value, str) and JOB_ID_PATTERN.fullmatch(value) is not None
+
+
 def validate_job_id(job_id: object, argument: str = 'id') -> str:
-    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
+    if not isinstance(job_id, str) or not is_job_id(job_id):
         raise ValueError(
             f'{argument}: job ids may only contain letters, digits, underscores and dashes, got {job_id!r}'
         )

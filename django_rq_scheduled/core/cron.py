@@ -118,9 +118,10 @@ def next_fire_times(cron_string: str, after: datetime, timezone: str = 'UTC', co
     schedule = _get_schedule(cron_string)
     zone = get_zone(timezone)
     fire_times: list[datetime] = []
-    instant: datetime | None = _to_naive_utc(after, 'after')
-    while len(fire_times) < count and (instant := _next_instant(schedule, zone, instant)) is not None:
-        fire_times.append(instant.replace(tzinfo=_UTC))
+    upcoming = _next_instant(schedule, zone, _to_naive_utc(after, 'after'))
+    while upcoming is not None and len(fire_times) < count:
+        fire_times.append(upcoming.replace(tzinfo=_UTC))
+        upcoming = _next_instant(schedule, zone, upcoming) if len(fire_times) < count else None
     return fire_times
 
 
@@ -175,10 +176,12 @@ def _next_instant(schedule: _Schedule, zone: ZoneInfo, after: datetime) -> datet
             return first_wall - offset
         wall = transition + offset_at_window_end - _ONE_SECOND
     # Walls map to instants in increasing order from here on, so the first one that fires later is the answer.
-    while (wall := schedule.wall_after(wall)) is not None:
-        later = [instant for instant in _fire_instants(wall, zone, schedule.fixed_time) if instant > after]
+    next_wall = schedule.wall_after(wall)
+    while next_wall is not None:
+        later = [instant for instant in _fire_instants(next_wall, zone, schedule.fixed_time) if instant > after]
         if later:
             return later[0]
+        next_wall = schedule.wall_after(next_wall)
     return None
 
 
@@ -198,18 +201,19 @@ def _latest_instant(schedule: _Schedule, zone: ZoneInfo, at_or_before: datetime)
         ceiling = transition + offset_at_window_start
     oldest = at_or_before - _LATEST_LOOKBACK
     oldest_wall = oldest + _offset_at(oldest, zone) - _TRANSITION_WINDOW
-    wall: datetime | None = ceiling
-    while (wall := schedule.wall_before(wall)) is not None and wall >= oldest_wall:
+    wall = schedule.wall_before(ceiling)
+    while wall is not None and wall >= oldest_wall:
         earlier = [instant for instant in _fire_instants(wall, zone, schedule.fixed_time) if instant <= at_or_before]
         if earlier:
             return earlier[-1] if earlier[-1] >= oldest else None
+        wall = schedule.wall_before(wall)
     return None
 
 
 def _fire_instants(wall: datetime, zone: ZoneInfo, fixed_time: bool) -> tuple[datetime, ...]:
     """The real instants (naive UTC, ascending) at which a job matching the wall-clock time ``wall`` fires."""
-    first = wall - wall.replace(tzinfo=zone).utcoffset()
-    second = wall - wall.replace(tzinfo=zone, fold=1).utcoffset()
+    first = wall - _utcoffset(wall.replace(tzinfo=zone))
+    second = wall - _utcoffset(wall.replace(tzinfo=zone, fold=1))
     if first == second:
         return (first,)
     if first < second:
@@ -234,7 +238,13 @@ def _transition_in(start: datetime, end: datetime, zone: ZoneInfo) -> datetime:
 
 
 def _offset_at(instant: datetime, zone: ZoneInfo) -> timedelta:
-    return zone.fromutc(instant.replace(tzinfo=zone)).utcoffset()
+    return _utcoffset(zone.fromutc(instant.replace(tzinfo=zone)))
+
+
+def _utcoffset(aware: datetime) -> timedelta:
+    offset = aware.utcoffset()
+    assert offset is not None  # a datetime in a ZoneInfo always has one
+    return offset
 
 
 def _to_naive_utc(moment: datetime, name: str) -> datetime:

@@ -160,4 +160,5 @@ def dumps_meta(meta: dict[str, Any], serializer: Any) -> bytes:
             f'meta holds {", ".join(sorted(set(unresolved)))}, which the scheduler does not unpickle and so '
             'cannot copy; keep meta of periodic jobs to plain data'
         )
-    return serializer.dumps(meta)
+    dumped: bytes = serializer.dumps(meta)
+    return dumped

@@ -1,23 +1,21 @@
-"""Plans the move of due jobs: from a member, its score and its raw job hash to the exact Redis commands.
+"""Pure planning of moves: a due entry (member, score, the fields of its job hash) → the Redis writes it needs.
 
-Pure apart from the clock value it is given: no Redis I/O here, so every rule (one-off, rq-scheduler template,
-our templates, misfire, overlap, repeat, dead letters) is unit-testable. The scheduler sends the commands of a
-whole batch to Redis in one fenced Lua call (see ``scripts.MOVE``).
+No Redis I/O here, and no clock but the instant it is given, so every rule (one-off, rq-scheduler template, our
+templates, misfire, overlap, repeat, dead letters) is testable without Redis. The mover reads what planning needs
+and sends the writes of a whole batch to Redis in one fenced Lua call (``scripts.MOVE``).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
-from . import cron, keys, payloads
+from . import cron, keys, payloads, scores
+from .limits import MIN_SECONDS
+from .scores import format_score, guard_score, utc_datetime
 
-QUEUES_SET_KEY = 'rq:queues'
-SCHEDULING_META_KEYS = ('interval', 'cron_string', 'repeat', 'use_local_timezone', keys.META_KEY)
 # Fields of a template hash that describe one run, not the job: a fresh occurrence does not inherit them.
 RUN_STATE_FIELDS = frozenset(
     {
@@ -26,9 +24,7 @@ RUN_STATE_FIELDS = frozenset(
     }
 )  # fmt: skip
 ACTIVE_STATUSES = frozenset({b'queued', b'started', b'deferred', b'scheduled'})
-
-MIN_INTERVAL = 0.001
-"""Seconds: scores have millisecond precision, so no interval can be shorter."""
+AT_FRONT_VALUES = (b'1', b'True', b'true')
 UNREADABLE = b'__unreadable__'
 """Key of a planning-fields dict whose job key could not be read (e.g. it holds a string): value = Redis's error."""
 
@@ -38,7 +34,7 @@ SKIPPED_OVERLAP = 'skipped_overlap'
 DEAD = 'dead'
 
 
-@dataclass
+@dataclass(frozen=True)
 class QueueInfo:
     """What the planner needs of an RQ queue."""
 
@@ -98,20 +94,8 @@ class PlanningError(Exception):
     """A due member that cannot be moved: it goes to the dead letters with this message as reason."""
 
 
-def format_score(value: float) -> str:
-    return repr(round(value, 3))
-
-
-def guard_score(value: float) -> str:
-    """The exact score as read, for the move script's "still scheduled at this time?" check.
-
-    Never rounded: a score written by another client with more than millisecond precision must still match.
-    """
-    return repr(float(value))
-
-
-def utc_datetime(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, tz=timezone.utc)
+def _push_command(raw: dict[bytes, bytes]) -> str:
+    return 'LPUSH' if raw.get(b'enqueue_at_front') in AT_FRONT_VALUES else 'RPUSH'
 
 
 class Planner:
@@ -226,8 +210,7 @@ class Planner:
         queue = self._queue(parsed)
         timeout = queue.default_timeout if b'timeout' not in parsed.raw and queue.default_timeout is not None else ''
         ttl = int(parsed.raw[b'ttl']) if parsed.raw.get(b'ttl') else 0
-        push = 'LPUSH' if parsed.raw.get(b'enqueue_at_front') in (b'1', b'True', b'true') else 'RPUSH'
-        return queue.key, push, timeout, ttl if ttl > 0 else ''
+        return queue.key, _push_command(parsed.raw), timeout, ttl if ttl > 0 else ''
 
     def _plan_same_id_run(self, parsed: Parsed) -> Entry:
         """rq-scheduler's own periodic job: the template itself is pushed again, as rq-scheduler does."""
@@ -242,7 +225,7 @@ class Planner:
             return entry
         next_time = self._next_time(parsed, meta)
         if next_time is None:
-            self._retire_exhausted(entry, parsed, delete_hash=False)
+            self._retire_exhausted(entry, parsed)
         else:
             entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(next_time), parsed.member))
         return entry
@@ -278,7 +261,7 @@ class Planner:
         entry.commands.append(('HSET', template_key, 'meta', self._dumps_meta(meta)))
         next_time = self._next_time(parsed, meta, after=max(self.now, fire_time))
         if next_time is None:
-            self._retire_exhausted(entry, parsed, delete_hash=False)
+            self._retire_exhausted(entry, parsed)
         else:
             entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(next_time), parsed.member))
         self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=next_time, finished=next_time is None)
@@ -290,8 +273,7 @@ class Planner:
         return self.queue_info(parsed.raw[b'origin'].decode(), parsed.meta.get('queue_class_name'))
 
     def _push(self, queue: QueueInfo, job_id: str, raw: dict[bytes, bytes]) -> list[tuple[Any, ...]]:
-        push = 'LPUSH' if raw.get(b'enqueue_at_front') in (b'1', b'True', b'true') else 'RPUSH'
-        return [('SADD', QUEUES_SET_KEY, queue.key), (push, queue.key, job_id)]
+        return [('SADD', keys.QUEUES_SET_KEY, queue.key), (_push_command(raw), queue.key, job_id)]
 
     def _enqueue_existing(
         self, parsed: Parsed, job_id: str, meta: dict[str, Any] | None = None
@@ -308,7 +290,7 @@ class Planner:
     def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
         queue = self._queue(parsed)
         mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in RUN_STATE_FIELDS}
-        user_meta = {k: v for k, v in parsed.meta.items() if k not in SCHEDULING_META_KEYS}
+        user_meta = {k: v for k, v in parsed.meta.items() if k not in keys.SCHEDULING_META_KEYS}
         user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time}
         mapping.update(
             {
@@ -368,7 +350,7 @@ class Planner:
         if finished and ours.get('version'):
             entry.commands.append(('HSET', keys.VERSIONS_KEY, parsed.member, keys.done_marker(ours['version'], runs)))
 
-    def _retire_exhausted(self, entry: Entry, parsed: Parsed, *, delete_hash: bool) -> None:
+    def _retire_exhausted(self, entry: Entry, parsed: Parsed) -> None:
         reason = 'cron string has no future fire time'
         record = json.dumps({'reason': reason, 'score': parsed.score, 'at': self.now})
         entry.reason = reason
@@ -376,8 +358,6 @@ class Planner:
             ('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member),
             ('HSET', keys.DEAD_LETTERS_KEY, parsed.member, record),
         ]
-        if delete_hash:
-            entry.commands.append(('DEL', keys.job_key(parsed.member)))
 
     def next_time_of_same_id_run(self, parsed: Parsed, meta: dict[str, Any]) -> float | None:
         """For the slow path: decrements ``repeat`` in ``meta`` and returns the next time, None when done."""
@@ -390,11 +370,12 @@ class Planner:
 
     # -- time -----------------------------------------------------------------------------------------------
 
-    def _interval(self, parsed: Parsed, meta: dict[str, Any]) -> float:
+    @staticmethod
+    def _interval(meta: dict[str, Any]) -> float:
         ours = meta.get(keys.META_KEY) or {}
         interval = float(ours['interval'] if 'interval' in ours else meta['interval'])
-        if not interval >= MIN_INTERVAL:
-            raise PlanningError(f'interval must be at least {MIN_INTERVAL} s, got {interval!r}')
+        if not interval >= MIN_SECONDS:
+            raise PlanningError(f'interval must be at least {MIN_SECONDS} s, got {interval!r}')
         return interval
 
     def _cron(self, meta: dict[str, Any]) -> tuple[str, str]:
@@ -410,9 +391,7 @@ class Planner:
             expression, zone = self._cron(parsed.meta)
             latest = cron.latest_fire_time(expression, utc_datetime(self.now), zone)
             return max(parsed.score, latest.timestamp()) if latest else parsed.score
-        interval = self._interval(parsed, parsed.meta)
-        missed = max(0, math.floor((self.now - parsed.score) / interval))
-        return round(parsed.score + missed * interval, 3)
+        return scores.latest_slot(parsed.score, self._interval(parsed.meta), self.now)
 
     def _next_time(self, parsed: Parsed, meta: dict[str, Any], after: float | None = None) -> float | None:
         after = self.now if after is None else after
@@ -420,11 +399,5 @@ class Planner:
             expression, zone = self._cron(meta)
             upcoming = cron.next_fire_time(expression, utc_datetime(after), zone)
             return upcoming.timestamp() if upcoming else None
-        interval = self._interval(parsed, meta)
         # Drift-free: the next slot is a whole number of intervals after the scheduled time, never "now + interval".
-        slots = max(1, math.floor((after - parsed.score) / interval) + 1)
-        upcoming = round(parsed.score + slots * interval, 3)
-        while upcoming <= after:  # rounding to milliseconds must never bring it back to a due time
-            slots += 1
-            upcoming = round(parsed.score + slots * interval, 3)
-        return upcoming
+        return scores.next_slot(parsed.score, self._interval(meta), after)

@@ -1,15 +1,22 @@
-"""The few places where the scheduler core looks at Django (settings and django-rq), never at the ORM."""
+"""The bridge: the one module of the core that looks at Django (its settings and django-rq), never at the ORM.
+
+Every function is safe outside a configured Django project (a plain RQ project using the ``Scheduler``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from rq.queue import Queue
+
+    from .allowlist import AllowList
 
 
 def settings_ready() -> bool:
-    try:
-        from django.conf import settings
-    except ImportError:
-        return False
+    from django.conf import settings
+
     return bool(settings.configured)
 
 
@@ -23,31 +30,33 @@ def queue_names() -> list[str] | None:
     return list(queues) if isinstance(queues, dict) else None
 
 
-def connection_for(queue_name: str) -> Any:
+def connection_for(queue_name: str) -> Redis:
     import django_rq
 
-    return django_rq.get_connection(queue_name)
+    connection: Redis = django_rq.get_connection(queue_name)
+    return connection
 
 
-def queue_for(queue_name: str, connection: Any, **kwargs: Any) -> Any:
+def queue_for(queue_name: str, connection: Redis, **kwargs: Any) -> Queue:
     """django-rq's queue (with ``DEFAULT_TIMEOUT`` and the queue's class) on our connection."""
     import django_rq
 
-    return django_rq.get_queue(queue_name, connection=connection, **kwargs)
+    queue: Queue = django_rq.get_queue(queue_name, connection=connection, **kwargs)
+    return queue
 
 
 def default_timezone() -> str | None:
     if not settings_ready():
         return None
-    from .conf import default_timezone
+    from ..conf import default_timezone
 
     return default_timezone()
 
 
-def allow_list() -> Any:
+def allow_list() -> AllowList | None:
     """The project's ALLOWED_CALLABLES rule, or None outside a configured Django project."""
     if not settings_ready():
         return None
-    from .conf import allow_list
+    from ..conf import allow_list
 
     return allow_list()

@@ -1,6 +1,11 @@
-"""Lua scripts: every write of the scheduler that must be atomic, fenced by the leader lease, or both."""
+"""Lua scripts: every write of the scheduler that must be atomic, fenced by the leader lease, or both.
+
+Key names and markers come in as KEYS and ARGV, or are formatted into the source from ``keys``.
+"""
 
 from __future__ import annotations
+
+from .keys import DONE_PREFIX
 
 # Moves one batch of due jobs. KEYS: lock, schedule.
 # ARGV: token (empty for an explicit API call rather than the loop), entry count, enqueued_at, job key prefix,
@@ -204,13 +209,13 @@ if ARGV[4] == 'W' then
   redis.call('HSET', KEYS[3], id, ARGV[5])
 """
     + _WAKE.format(next_wake='KEYS[4]', wakeup_list='KEYS[5]')
-    + """
+    + f"""
   return 1
 end
 redis.call('ZREM', KEYS[1], id)
 local status = redis.pcall('HGET', KEYS[2], 'status')
 if type(status) == 'table' or status == false or status == 'scheduled' then redis.call('DEL', KEYS[2]) end
-if version ~= '' and (ARGV[5] ~= 'keep' or string.sub(version, 1, 5) ~= 'done:') then
+if version ~= '' and (ARGV[5] ~= 'keep' or string.sub(version, 1, {len(DONE_PREFIX)}) ~= '{DONE_PREFIX}') then
   redis.call('HDEL', KEYS[3], id)
 end
 return 1

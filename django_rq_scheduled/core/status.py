@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from . import keys
-
-TEMPLATE_PREFIX = 'drqs-'
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class Member:
             text = self.raw.decode()
         except UnicodeDecodeError:
             return None
-        return text if keys.JOB_ID_PATTERN.fullmatch(text) else None
+        return text if keys.is_job_id(text) else None
 
     @property
     def hex(self) -> str:
@@ -137,7 +136,7 @@ def _leader_name(lock: bytes | None) -> bytes | None:
     return None if holder is None else holder.encode('utf-8', 'surrogateescape')
 
 
-def _readable(replies: list[Any], keys_read: list[str | bytes], problems: dict[str, str]) -> list[Any]:
+def _readable(replies: list[Any], keys_read: Sequence[str | bytes], problems: dict[str, str]) -> list[Any]:
     """The replies, with each read refused by Redis (a key of the wrong type) noted as a problem and set to None."""
     readable = []
     for reply, key in zip(replies, keys_read):
@@ -190,7 +189,7 @@ def read_status(connection: Any, *, due_limit: int = 20, scan_count: int = 1000)
         scheduled_count=count,
         next_due=[(Member(member), score) for member, score in due or []],
         dead_letters=sorted((_dead_letter(Member(k), v) for k, v in (dead or {}).items()), key=lambda d: d.at or 0),
-        unowned=[(Member(m), s) for m, s in scanned if not m.startswith(TEMPLATE_PREFIX.encode())],
+        unowned=[(Member(m), s) for m, s in scanned if not m.startswith(keys.TEMPLATE_PREFIX.encode())],
         problems=problems,
         read_at=_server_seconds(server_time),
     )
@@ -198,5 +197,5 @@ def read_status(connection: Any, *, due_limit: int = 20, scan_count: int = 1000)
 
 def _server_seconds(server_time: Any) -> float:
     if isinstance(server_time, (tuple, list)) and len(server_time) == 2:
-        return server_time[0] + server_time[1] / 1e6
+        return float(server_time[0]) + float(server_time[1]) / 1e6
     return time.time()

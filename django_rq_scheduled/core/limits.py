@@ -1,0 +1,60 @@
+"""Defaults and limits of the scheduler's options, and the rule for each: one place for the ``Scheduler``, the
+``rqscheduler`` command and the system checks.
+
+Each rule returns why a value is refused (None when it is fine); callers put the option's name in front.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+MIN_SECONDS = 0.001
+"""The schedule's precision: no duration may round to less than a millisecond."""
+MAX_SECONDS = 86_400
+"""A lease or a sleep of more than a day is a typo, and Redis refuses huge expiries."""
+MAX_BATCH_SIZE = 50_000
+"""Per Lua call: larger batches would block Redis for too long."""
+MAX_NAME_LENGTH = 200
+
+DEFAULT_LEASE_TTL = 5.0
+DEFAULT_BATCH_SIZE = 500
+
+
+def seconds_problem(value: object, *, at_most: float | None = MAX_SECONDS) -> str | None:
+    """Why ``value`` is no duration (a number of seconds or a timedelta) from a millisecond to ``at_most``."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return f'expected a number of seconds or a timedelta, got {value!r}'
+    if value <= 0:
+        return f'must be greater than zero, got {value!r}'
+    if round(float(value), 3) < MIN_SECONDS:
+        return f'must be at least {MIN_SECONDS} (millisecond precision), got {value!r}'
+    if at_most is not None and value > at_most:
+        return f'must be at most {at_most:,} seconds, got {value!r}'
+    return None
+
+
+def to_seconds(value: object, argument: str, *, at_most: float | None = MAX_SECONDS) -> float:
+    """``value`` in seconds, rounded to the millisecond; ValueError (naming ``argument``) if it is refused."""
+    problem = seconds_problem(value, at_most=at_most)
+    if problem:
+        raise ValueError(f'{argument}: {problem}')
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    assert isinstance(seconds, (int, float))
+    return round(float(seconds), 3)
+
+
+def batch_size_problem(value: object) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BATCH_SIZE:
+        return f'must be a whole number of jobs from 1 to {MAX_BATCH_SIZE:,}, got {value!r}'
+    return None
+
+
+def instance_name_problem(value: object) -> str | None:
+    """Why ``value`` cannot name a scheduler instance: it takes 1 to MAX_NAME_LENGTH printable characters."""
+    printable = isinstance(value, str) and all(ord(c) >= 32 and ord(c) != 127 for c in value)
+    if not (printable and isinstance(value, str) and value.strip() and len(value) <= MAX_NAME_LENGTH):
+        return f'expected 1 to {MAX_NAME_LENGTH} printable characters, got {value!r}'
+    return None

@@ -1,0 +1,264 @@
+"""The loop of ``Scheduler.run()``: each tick reads the clock, beats, holds or takes the lease, moves the due jobs
+and runs the tick hooks, then sleeps until the next due time or a producer's wake-up. Outages back off and retry;
+SIGINT/SIGTERM finish the batch, release the lease and register the instance's death.
+
+The loop drives its scheduler through the scheduler's public methods (``heartbeat``, ``acquire_lock``,
+``move_due_jobs``...), so a subclass that overrides one is heard.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import redis
+
+from . import keys, scripts
+from .errors import REDIS_OUTAGE_ERRORS, REDIS_UNREACHABLE_ERRORS, LeadershipLost
+from .scores import format_score
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
+
+logger = logging.getLogger(__name__)
+
+TickHook = Callable[['Scheduler'], Any]
+"""Called by the leader after each pass over the due jobs (the Django side writes run feedback there)."""
+MAX_BACKOFF = 10.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row: from 0.2 s, doubling, at most 10 s, with jitter."""
+    return min(MAX_BACKOFF, 0.2 * 2.0 ** min(failures - 1, 6)) * random.uniform(0.8, 1.2)
+
+
+class Loop:
+    """The running state of one scheduler's loop: its stop and wake-up events, tick hooks and failures."""
+
+    def __init__(self, scheduler: Scheduler, stop: threading.Event) -> None:
+        self.scheduler = scheduler
+        self.stop = stop
+        self.wakeup = threading.Event()
+        self.hooks: list[TickHook] = []
+        self.stopped_by: int | None = None
+        self._failing_hooks: set[TickHook] = set()
+        self._arm_script = scheduler.connection.register_script(scripts.ARM_WAKEUP)
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.wakeup.set()
+
+    def run(self, burst: bool = False) -> None:
+        """Runs until stopped, or one pass with ``burst``; outages are logged and retried, never end the loop."""
+        scheduler = self.scheduler
+        previous_handlers = self._install_signal_handlers()
+        self._call_with_retry(self._register_birth_when_name_is_free)
+        logger.info('Scheduler %s started (pid %s)', scheduler.name, os.getpid())
+        listener = threading.Thread(target=self._listen_for_wakeups, name=f'{scheduler.name}-wakeups', daemon=True)
+        listener.start()
+        failures = 0
+        try:
+            while not self.stop.is_set():
+                try:
+                    if self._tick(burst) and burst:
+                        break
+                    failures = 0
+                except LeadershipLost:
+                    continue
+                except Exception as exc:
+                    # Nothing ends the loop but a stop: a supervisor would only restart it into the same error.
+                    failures += 1
+                    if isinstance(exc, REDIS_OUTAGE_ERRORS):
+                        scheduler.lease.held = False
+                    delay = backoff(failures)
+                    _log_failure(exc, delay, first=failures == 1)
+                    self.stop.wait(delay)
+        finally:
+            self._shut_down()
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
+        if self.stopped_by is not None:
+            # As rq-scheduler's run() does: a signal ends it with SystemExit, once the lease is released.
+            raise SystemExit(0)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Stops the loop on SIGINT/SIGTERM; returns the handlers it replaced, for ``run()`` to put back."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            logger.info('Received %s; finishing the current batch', signal.Signals(signum).name)
+            self.stopped_by = signum
+            self.request_stop()
+
+        return {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+    def _register_birth_when_name_is_free(self) -> None:
+        # A process restarted right after a kill -9 finds its own name still registered until the old entry
+        # expires; waiting for that beats crash-looping under a supervisor.
+        while not self.stop.is_set():
+            try:
+                self.scheduler.register_birth()
+                return
+            except ValueError as exc:
+                logger.warning('%s; waiting for it to expire', exc)
+                self.stop.wait(1.0)
+
+    def _call_with_retry(self, func: Callable[[], Any]) -> None:
+        """Calls ``func`` until Redis answers; a refusal other than an outage is logged and the loop goes on."""
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                func()
+                return
+            except REDIS_OUTAGE_ERRORS as exc:
+                failures += 1
+                delay = backoff(failures)
+                logger.warning('Redis is unavailable (%s); retrying in %.1f s', exc, delay)
+                self.stop.wait(delay)
+            except redis.RedisError as exc:
+                logger.error('Could not %s (%s); going on without it', func.__name__.strip('_'), exc)
+                return
+
+    # -- one tick -------------------------------------------------------------------------------------------
+
+    def _tick(self, burst: bool) -> bool:
+        """One turn of the loop; True once a burst run has moved the due jobs."""
+        scheduler = self.scheduler
+        self._refresh_clock()
+        self._heartbeat_or_log()
+        leading = (scheduler.lease.held and scheduler.lease.still_ours()) or scheduler.acquire_lock()
+        if not leading:
+            self.stop.wait(self._standby_wait())
+            return False
+        scheduler.move_due_jobs()
+        self._run_tick_hooks()
+        if burst:
+            return True
+        self._sleep_until_next_due()
+        return False
+
+    def _refresh_clock(self) -> None:
+        try:
+            self.scheduler.clock.refresh_if_due()
+        except REDIS_UNREACHABLE_ERRORS:
+            raise
+        except redis.RedisError as exc:  # e.g. TIME renamed away by a managed Redis: the host's clock it is
+            logger.warning("Cannot read the Redis server's clock (%s); using this host's", exc)
+
+    def _heartbeat_or_log(self) -> None:
+        # The registry is for people to read: a heartbeat Redis refuses (out of memory, a key of the wrong type)
+        # must not keep the leader from renewing its lease and moving jobs. An unreachable Redis ends the tick.
+        try:
+            self.scheduler.heartbeat()
+        except REDIS_UNREACHABLE_ERRORS:
+            raise
+        except redis.RedisError as exc:
+            logger.warning('Heartbeat failed (%s); the loop goes on', exc)
+
+    def _run_tick_hooks(self) -> None:
+        for hook in self.hooks:
+            try:
+                hook(self.scheduler)
+            except REDIS_OUTAGE_ERRORS:
+                raise
+            except Exception as exc:
+                # Logged once per outage (e.g. the database is down), not once per tick.
+                if hook not in self._failing_hooks:
+                    logger.exception('Tick hook %r failed; the loop goes on moving jobs', hook)
+                self._failing_hooks.add(hook)
+                logger.debug('Tick hook %r still failing: %s', hook, exc)
+            else:
+                if hook in self._failing_hooks:
+                    logger.info('Tick hook %r works again', hook)
+                self._failing_hooks.discard(hook)
+
+    # -- sleeping and waking --------------------------------------------------------------------------------
+
+    def _standby_wait(self) -> float:
+        return min(self.scheduler.interval, self.scheduler.lease.ttl / 3)
+
+    def _longest_sleep(self) -> float:
+        longest = self._standby_wait()
+        socket_timeout = self.scheduler.connection.connection_pool.connection_kwargs.get('socket_timeout')
+        if socket_timeout:
+            longest = min(longest, socket_timeout * 0.8)
+        return longest
+
+    def _sleep_until_next_due(self) -> None:
+        """Blocks until the next due time, a producer's wake-up, or the longest sleep, whichever is first."""
+        clock = self.scheduler.clock
+        now = clock.now()
+        latest = now + self._longest_sleep()
+        earliest = self._arm_script(
+            keys=list(keys.WAKEUP_KEYS),
+            args=[format_score(latest), math.ceil((latest - now) * 1000) + 1000],
+        )
+        wake_at = min(latest, float(earliest)) if earliest is not None else latest
+        wait = wake_at - clock.now()
+        if wait > 0.001 and not self.stop.is_set():
+            # Timed in Python: Redis times out blocked clients on its own clock tick (100 ms at the default hz),
+            # which would make every job up to 100 ms late. The wake-up listener ends the wait early.
+            self.wakeup.wait(wait)
+        self.wakeup.clear()
+
+    def _listen_for_wakeups(self) -> None:
+        """Runs in a thread while the loop runs: turns a producer's push on the wake-up list into an event."""
+        block = self._longest_sleep()
+        connection = self.scheduler.connection
+        while not self.stop.is_set():
+            try:
+                if not self.scheduler.lease.held:
+                    self.stop.wait(0.1)  # a standby must not take the leader's wake-ups
+                elif connection.blpop([keys.WAKEUP_KEY], timeout=max(0.1, round(block, 3))):
+                    self.wakeup.set()
+            except redis.RedisError:  # an outage, or a wake-up key someone broke: the timed sleep still bounds lateness
+                self.stop.wait(1.0)
+
+    def _shut_down(self) -> None:
+        for step in (self.scheduler.remove_lock, self.scheduler.register_death):
+            try:
+                step()
+            except redis.RedisError as exc:
+                logger.warning('Could not %s at shutdown: %s', step.__name__, exc)
+        logger.info('Scheduler %s stopped', self.scheduler.name)
+
+
+def _log_failure(exc: Exception, delay: float, *, first: bool) -> None:
+    if isinstance(exc, REDIS_OUTAGE_ERRORS):
+        logger.warning('Redis is unavailable or refuses writes (%s); retrying in %.1f s', exc, delay)
+    elif isinstance(exc, redis.RedisError):
+        # e.g. a key of ours holding the wrong type: an operator must fix it.
+        logger.error('Redis refused a command (%s); retrying in %.1f s', exc, delay)
+    elif first:
+        logger.exception('Unexpected error in the scheduler loop; retrying in %.1f s', delay)
+    else:
+        logger.error('Unexpected error in the scheduler loop again (%r); retrying in %.1f s', exc, delay)
+
+
+def run_schedulers(schedulers: list[Scheduler], *, burst: bool = False) -> None:
+    """Runs one loop per Redis server, in this process; SIGINT/SIGTERM stop them all."""
+    if len(schedulers) == 1:
+        schedulers[0].run(burst=burst)
+        return
+
+    def stop_all(signum: int, frame: FrameType | None) -> None:
+        logger.info('Received %s; stopping %d schedulers', signal.Signals(signum).name, len(schedulers))
+        for scheduler in schedulers:
+            scheduler.request_stop()
+
+    signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGTERM, stop_all)
+    threads = [threading.Thread(target=s.run, kwargs={'burst': burst}, name=s.name) for s in schedulers]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        for thread in threads:
+            thread.join(0.2)

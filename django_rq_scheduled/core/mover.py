@@ -1,0 +1,415 @@
+"""The mover: reads due jobs in batches, has ``moves`` plan them, and applies each batch in one fenced Lua call.
+
+With a backlog, the next batch is read ahead and planned while Redis applies the previous one. Scripts that Redis
+lost (a restart) are loaded again; jobs with dependencies go through RQ's own enqueue under WATCH.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+
+import redis
+from redis import Redis
+from rq.job import Job
+from rq.serializers import Serializer
+from rq.utils import utcformat
+
+from . import keys, scripts
+from .clock import ServerClock
+from .errors import LeadershipLost
+from .jobs import Refusal
+from .lease import Lease
+from .moves import DEAD, ENQUEUED, UNREADABLE, Entry, Parsed, Planner
+from .queues import Queues
+from .scores import guard_score
+
+logger = logging.getLogger(__name__)
+
+PLANNING_FIELDS = (
+    b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
+    b'dependency_id', b'dependency_ids',
+)  # fmt: skip
+Pairs = list[tuple[Any, Any]]
+Fields = list[dict[bytes, bytes]]
+
+
+@dataclass
+class MoveReport:
+    """What one pass over the due jobs did."""
+
+    enqueued: list[str] = field(default_factory=list)
+    dead: list[str | bytes] = field(default_factory=list)
+    skipped: list[str | bytes] = field(default_factory=list)
+    batches: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.enqueued) + len(self.dead) + len(self.skipped)
+
+
+@dataclass
+class Batch:
+    """One batch of due jobs, planned and not yet applied."""
+
+    planner: Planner
+    decoded: list[Parsed | Entry]
+    entries: list[Entry]
+
+    @functools.cached_property
+    def fast_entries(self) -> list[Entry]:
+        """The entries the move script applies; the others go through RQ's own enqueue."""
+        return [entry for entry in self.entries if not entry.slow_path]
+
+
+class PendingReplies:
+    """Commands written to one connection of the pool, their replies not read yet: the caller works meanwhile."""
+
+    def __init__(self, pool: redis.ConnectionPool, commands: list[tuple[Any, ...]]) -> None:
+        self.pool = pool
+        self.count = len(commands)
+        try:
+            self.connection = pool.get_connection()
+        except TypeError:  # redis-py before 5.3 wants the command name
+            self.connection = pool.get_connection('EVALSHA')  # type: ignore[call-arg,unused-ignore]
+        try:
+            packed = self.connection.pack_commands(commands)  # type: ignore[no-untyped-call]
+            self.connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._discard()
+            raise
+
+    def wait(self) -> list[Any]:
+        """Every reply, in order; an error reply is returned as its exception, not raised."""
+        replies: list[Any] = []
+        try:
+            for _ in range(self.count):
+                try:
+                    replies.append(self.connection.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            self._discard()
+            raise
+        self.pool.release(self.connection)
+        return replies
+
+    def _discard(self) -> None:
+        # Replies may still be on their way: the connection cannot be reused.
+        self.connection.disconnect()  # type: ignore[no-untyped-call]
+        self.pool.release(self.connection)
+
+
+def member_text(member: str | bytes) -> str | bytes:
+    """A schedule member as text; one that is not UTF-8 (written by someone else) stays bytes, to be dead-lettered."""
+    if isinstance(member, str):
+        return member
+    try:
+        return member.decode()
+    except UnicodeDecodeError:
+        return member
+
+
+class Mover:
+    """Moves the due jobs of one Redis server: fenced by ``lease`` for the loop, unfenced for an API call."""
+
+    def __init__(
+        self,
+        connection: Redis,
+        job_class: type[Job],
+        serializer: Serializer,
+        *,
+        lease: Lease,
+        clock: ServerClock,
+        queues: Queues,
+        batch_size: int,
+        timezone: str,
+        refusal: Refusal | None,
+        stop: threading.Event,
+    ) -> None:
+        self.connection = connection
+        self.job_class = job_class
+        self.serializer = serializer
+        self.lease = lease
+        self.clock = clock
+        self.queues = queues
+        self.batch_size = batch_size
+        self.timezone = timezone
+        self.refusal = refusal
+        self.stop = stop
+        self._move_script = connection.register_script(scripts.MOVE)
+        self._read_due_script = connection.register_script(scripts.READ_DUE)
+        self._scripts_loaded_on: redis.ConnectionPool | None = None
+        self._scripts_missing = False
+
+    def move_due_jobs(self) -> MoveReport:
+        """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call.
+
+        With a backlog of more than one batch, the next batch is read ahead and planned while Redis applies the
+        previous one: the move of batch k and the read of batch k + 2 go out in one write, and batch k + 1, read
+        by the write before, is planned while Redis works. Reading ahead is safe because every entry of a move
+        is guarded on the exact score it was read with: an entry read twice, or changed since, is left alone.
+        """
+        report = MoveReport()
+        now = self.clock.now()
+        pairs, fields = self.read_due(now, count=2 * self.batch_size)
+        current = self.plan_batch(pairs[: self.batch_size], fields[: self.batch_size], now)
+        ahead = (pairs[self.batch_size :], fields[self.batch_size :], now)
+        while current.entries:
+            if not ahead[0] or self.stop.is_set():
+                self.apply_batch(current, report, fenced=True)
+                return report
+            read_at = self.clock.now()
+            pending = self._send_move_and_read(current, offset=self.batch_size, now=read_at)
+            try:
+                upcoming = self.plan_batch(*ahead)
+            finally:
+                move_reply, read_reply = self._replies(pending, current, read_at)
+            # A batch that moved nothing (entries that cannot even be dead-lettered, or all changed by producers
+            # meanwhile) would be met again at once: leave the rest to the next tick instead of spinning.
+            if not self._finish_batch(current, move_reply, report, fenced=True):
+                return report
+            current, ahead = upcoming, (*self._parse_read_due(read_reply), read_at)
+            self.lease.renew_if_due()
+        return report
+
+    def move_members(
+        self, pairs: Pairs, *, fenced: bool, now: float | None = None, fields: Fields | None = None
+    ) -> MoveReport:
+        """Moves these (member, score) pairs, as read; the fields their moves are planned from are read if not given."""
+        report = MoveReport()
+        now = self.clock.now() if now is None else now
+        self.apply_batch(self.plan_batch(pairs, fields, now), report, fenced=fenced)
+        return report
+
+    # -- reading and planning -------------------------------------------------------------------------------
+
+    def read_due(self, now: float, count: int | None = None) -> tuple[Pairs, Fields]:
+        """Due members with their scores, and the fields their moves are planned from: one round trip."""
+        flat = self._read_due_script(
+            keys=[keys.SCHEDULED_JOBS_KEY], args=self._read_due_args(now, 0, count or self.batch_size)
+        )
+        return self._parse_read_due(flat)
+
+    def _read_due_args(self, now: float, offset: int, count: int) -> list[Any]:
+        return [self.job_class.redis_job_namespace_prefix, repr(now), offset, count, *PLANNING_FIELDS]
+
+    @staticmethod
+    def _parse_read_due(flat: list[Any]) -> tuple[Pairs, Fields]:
+        width = 3 + len(PLANNING_FIELDS)
+        rows = [flat[start : start + width] for start in range(0, len(flat), width)]
+        pairs = [(row[0], row[1]) for row in rows]
+        fields = [
+            {UNREADABLE: row[2]} if row[2] else {name: value for name, value in zip(PLANNING_FIELDS, row[3:]) if value}
+            for row in rows
+        ]
+        return pairs, fields
+
+    def planner(self, now: float) -> Planner:
+        return Planner(
+            now=now,
+            enqueued_at=utcformat(datetime.fromtimestamp(now, tz=timezone.utc)),
+            serializer=self.serializer,
+            queue_info=self.queues.info,
+            default_timezone=self.timezone,
+            callable_refusal=self.refusal,
+        )
+
+    def plan_batch(self, pairs: Pairs, fields: Fields | None, now: float) -> Batch:
+        """Decodes the due members, reads what their moves also need (whole templates, previous runs), plans."""
+        planner = self.planner(now)
+        members = [(member_text(m), float(s)) for m, s in pairs]
+        raws = fields if fields is not None else self._fetch_planning_fields([member for member, _ in members])
+        decoded = [planner.parse(member, score, raw) for (member, score), raw in zip(members, raws)]
+        self._load_whole_hashes([p for p in decoded if isinstance(p, Parsed) and p.needs_whole_hash])
+        statuses = self._previous_run_statuses([p for p in decoded if isinstance(p, Parsed)])
+        entries = [
+            item if isinstance(item, Entry) else planner.plan(item, statuses.get(item.previous_run_to_check or ''))
+            for item in decoded
+        ]
+        return Batch(planner, decoded, entries)
+
+    def _fetch_planning_fields(self, members: list[str | bytes]) -> Fields:
+        """The few hash fields a move is planned from (whole hashes cost more to read than to move)."""
+        with self.connection.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hmget(keys.job_key(member), PLANNING_FIELDS)
+            replies = pipe.execute()
+        return [{name: value for name, value in zip(PLANNING_FIELDS, reply) if value is not None} for reply in replies]
+
+    def _load_whole_hashes(self, parsed: list[Parsed]) -> None:
+        """Templates of ours are copied into each occurrence, and RQ's own enqueue needs the whole job."""
+        if not parsed:
+            return
+        with self.connection.pipeline(transaction=False) as pipe:
+            for item in parsed:
+                pipe.hgetall(keys.job_key(item.member))
+            for item, raw in zip(parsed, pipe.execute()):
+                item.raw = raw or item.raw
+
+    def _previous_run_statuses(self, parsed: list[Parsed]) -> dict[str, bytes | None]:
+        run_ids = [p.previous_run_to_check for p in parsed if p.previous_run_to_check]
+        if not run_ids:
+            return {}
+        with self.connection.pipeline(transaction=False) as pipe:
+            for run_id in run_ids:
+                pipe.hget(keys.job_key(run_id), 'status')
+            return dict(zip(run_ids, pipe.execute()))
+
+    # -- applying -------------------------------------------------------------------------------------------
+
+    def apply_batch(self, batch: Batch, report: MoveReport, *, fenced: bool) -> None:
+        fast = batch.fast_entries
+        results = self._call_move(self._move_argv(batch.planner, fast, fenced=fenced)) if fast else []
+        self._finish_batch(batch, results, report, fenced=fenced)
+
+    def _finish_batch(self, batch: Batch, move_reply: Any, report: MoveReport, *, fenced: bool) -> bool:
+        """Reports the move's outcome per entry, then takes the jobs RQ must enqueue itself; True if any moved."""
+        if isinstance(move_reply, Exception):
+            self._raise_move_error(move_reply)
+        before = report.count
+        self._handle_results(batch.planner, batch.fast_entries, move_reply, report, fenced=fenced)
+        for item, entry in zip(batch.decoded, batch.entries):
+            if entry.slow_path and isinstance(item, Parsed):
+                self._move_slow_path(batch.planner, item, report, fenced=fenced)
+        report.batches += 1
+        return report.count > before
+
+    def _send_move_and_read(self, batch: Batch, *, offset: int, now: float) -> PendingReplies:
+        """Sends the move of ``batch`` and the read of the due jobs after the next ``offset``, without waiting."""
+        move = self._move_argv(batch.planner, batch.fast_entries, fenced=True)
+        read = self._read_due_args(now, offset, self.batch_size)
+        self._load_scripts_once()
+        commands = [
+            ('EVALSHA', self._move_script.sha, 2, keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, *move),
+            ('EVALSHA', self._read_due_script.sha, 1, keys.SCHEDULED_JOBS_KEY, *read),
+        ]
+        return PendingReplies(self.connection.connection_pool, commands)
+
+    def _replies(self, pending: PendingReplies, batch: Batch, read_at: float) -> tuple[Any, Any]:
+        """The replies of a pipelined move and read; either one is redone if Redis had lost its script."""
+        move_reply, read_reply = pending.wait()
+        if isinstance(move_reply, redis.exceptions.NoScriptError):
+            self._scripts_missing = True
+            move_reply = self._call_move(self._move_argv(batch.planner, batch.fast_entries, fenced=True))
+        if isinstance(read_reply, redis.exceptions.NoScriptError):
+            self._scripts_missing = True
+            read_reply = self._read_due_script(
+                keys=[keys.SCHEDULED_JOBS_KEY], args=self._read_due_args(read_at, self.batch_size, self.batch_size)
+            )
+        if isinstance(read_reply, Exception):
+            raise read_reply
+        return move_reply, read_reply
+
+    def _load_scripts_once(self) -> None:
+        # Pipelined calls bypass redis-py's NOSCRIPT fallback: load the scripts up front. A Redis restart flushes
+        # them; ``_replies`` then redoes the call the slow way and the next batch loads them again.
+        if self._scripts_loaded_on is not self.connection.connection_pool or self._scripts_missing:
+            for script in (self._move_script, self._read_due_script):
+                script.sha = self.connection.script_load(script.script)
+            self._scripts_loaded_on = self.connection.connection_pool
+            self._scripts_missing = False
+
+    def _move_argv(self, planner: Planner, entries: list[Entry], *, fenced: bool) -> list[Any]:
+        header = [self.lease.token if fenced else '', len(entries), planner.enqueued_at]
+        argv: list[Any] = [*header, self.job_class.redis_job_namespace_prefix, keys.QUEUES_SET_KEY]
+        for entry in entries:
+            if entry.one_off:
+                argv += [entry.member, entry.score, 'O', *entry.one_off]
+                continue
+            argv += [entry.member, entry.score, 'H' if entry.requires_hash else 'G', len(entry.commands)]
+            for command in entry.commands:
+                argv += [len(command), *command]
+        return argv
+
+    def _call_move(self, argv: list[Any]) -> list[Any]:
+        try:
+            results: list[Any] = self._move_script(keys=[keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY], args=argv)
+        except redis.ResponseError as exc:
+            self._raise_move_error(exc)
+        return results
+
+    def _raise_move_error(self, exc: Exception) -> NoReturn:
+        if 'NOTLEADER' in str(exc):
+            self.lease.lose('the lease changed hands before a batch was applied')
+            raise LeadershipLost(str(exc)) from exc
+        raise exc
+
+    def _apply_entries(self, planner: Planner, entries: list[Entry], report: MoveReport, *, fenced: bool) -> None:
+        results = self._call_move(self._move_argv(planner, entries, fenced=fenced))
+        self._handle_results(planner, entries, results, report, fenced=fenced)
+
+    def _handle_results(
+        self, planner: Planner, entries: list[Entry], results: list[Any], report: MoveReport, *, fenced: bool
+    ) -> None:
+        retry: list[Entry] = []
+        for entry, result in zip(entries, results):
+            if isinstance(result, Exception):
+                raise result
+            if isinstance(result, bytes) and entry.outcome == DEAD:
+                # Even the dead letters cannot be written (a key of ours holds the wrong type): leave the job
+                # where it is, say so, and let the rest of the schedule move.
+                logger.error(
+                    'Cannot move %r to the dead letters either: %s', entry.member, result.decode(errors='replace')
+                )
+            elif isinstance(result, bytes):
+                reason = result.decode(errors='replace')
+                logger.error('Cannot move %s: %s; moving it to the dead letters', entry.member, reason)
+                retry.append(planner.dead_letter(entry.member, entry.score, reason))
+            elif result == 1:
+                _report(entry, report)
+        if retry:
+            self._apply_entries(planner, retry, report, fenced=fenced)
+
+    def _move_slow_path(self, planner: Planner, parsed: Parsed, report: MoveReport, *, fenced: bool) -> None:
+        try:
+            self._move_with_dependencies(planner, parsed, report, fenced=fenced)
+        except (redis.RedisError, LeadershipLost):
+            raise
+        except Exception as exc:  # RQ could not read or enqueue the job: it must not block the schedule
+            reason = f'cannot enqueue with its dependencies: {exc!r}'
+            dead = planner.dead_letter(parsed.member, guard_score(parsed.score), reason)
+            self._apply_entries(planner, [dead], report, fenced=fenced)
+
+    def _move_with_dependencies(self, planner: Planner, parsed: Parsed, report: MoveReport, *, fenced: bool) -> None:
+        """Jobs with ``depends_on`` go through RQ's own enqueue (it may defer them), guarded by WATCH."""
+        job = self.job_class(parsed.member, connection=self.connection, serializer=self.serializer)
+        # The planner made sure the meta holds plain data only: RQ unpickles it here. A scheduled job has no result.
+        job.restore({name: value for name, value in parsed.raw.items() if name not in (b'result', b'exc_info')})
+        queue = self.queues.for_job(job)
+        with self.connection.pipeline() as pipe:
+            try:
+                pipe.watch(keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, job.key)  # type: ignore[no-untyped-call]
+                if fenced and pipe.get(keys.LOCK_KEY) != self.lease.token.encode():
+                    self.lease.lose('the lease changed hands')
+                    raise LeadershipLost('lease lost')
+                if pipe.zscore(keys.SCHEDULED_JOBS_KEY, parsed.member) != parsed.score or not pipe.exists(job.key):
+                    return  # cancelled, moved or deleted since it was read: never re-created from our copy
+                next_time = planner.next_time_of_same_id_run(parsed, job.meta) if parsed.is_periodic else None
+                queue.enqueue_job(job, pipeline=pipe, at_front=bool(job.enqueue_at_front))
+                if next_time is None:
+                    pipe.zrem(keys.SCHEDULED_JOBS_KEY, parsed.member)
+                else:
+                    pipe.zadd(keys.SCHEDULED_JOBS_KEY, {parsed.member: next_time})
+                pipe.execute()
+            except redis.WatchError:
+                logger.info('%s changed while being moved; trying again on the next pass', parsed.member)
+                return
+        report.enqueued.append(parsed.member)
+
+
+def _report(entry: Entry, report: MoveReport) -> None:
+    if entry.outcome == DEAD:
+        logger.error('Moved %s to the dead letters: %s', entry.member, entry.reason)
+        report.dead.append(entry.member)
+    elif entry.outcome == ENQUEUED and entry.enqueued_id:
+        report.enqueued.append(entry.enqueued_id)
+    else:
+        logger.info('Skipped a run of %s (%s)', entry.member, entry.outcome)
+        report.skipped.append(entry.member)
+    if entry.reason and entry.outcome != DEAD:
+        logger.warning('Retired %s: %s', entry.member, entry.reason)

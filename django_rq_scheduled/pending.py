@@ -1,0 +1,42 @@
+"""The after-commit buffer: rows saved, updated or deleted in a transaction, handed on together once it commits.
+
+Rows of one transaction are announced together, per model, by the ``rows_committed`` signal (``signals`` syncs
+them); a rolled-back transaction announces nothing. Outside a transaction they are announced at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+from functools import partial
+from typing import Any
+
+from django.db import transaction
+from django.dispatch import Signal
+
+rows_committed = Signal()
+"""Sent once per model and transaction with ``pks`` (sorted) and ``using``; the sender is the model."""
+
+_pending = threading.local()
+
+
+def _pending_for(using: str) -> dict[type, set[Any]]:
+    if not hasattr(_pending, 'by_alias'):
+        _pending.by_alias = defaultdict(lambda: defaultdict(set))
+    by_model: dict[type, set[Any]] = _pending.by_alias[using]
+    return by_model
+
+
+def schedule_sync(model: type, pks: Iterable[Any], using: str) -> None:
+    """Announces these rows once the current transaction commits (at once outside a transaction)."""
+    _pending_for(using)[model].update(pks)
+    transaction.on_commit(partial(flush, using), using=using)
+
+
+def flush(using: str) -> None:
+    pending = _pending_for(using)
+    batches = [(model, sorted(pks)) for model, pks in pending.items() if pks]
+    pending.clear()
+    for model, pks in batches:
+        rows_committed.send(sender=model, pks=pks, using=using)

@@ -1,0 +1,105 @@
+"""The Redis servers of ``RQ_QUEUES``: one ``Scheduler`` per distinct server, and the server of each queue.
+
+Sync writes a row's template on its queue's server, the admin reads each server once per page, and run-now
+enqueues through the server's scheduler. Clients (and their connection pools) are built once per ``RQ_QUEUES``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from rq.job import Job
+
+from .core.jobs import template_meta
+from .core.queues import connection_identity
+from .core.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from .models import ScheduleBase
+
+
+@dataclass
+class Servers:
+    """The distinct Redis servers of RQ_QUEUES, each with one scheduler, and which server each queue is on."""
+
+    schedulers: dict[tuple[Any, ...], Scheduler]
+    queue_home: dict[str, tuple[Any, ...]]
+
+    def only(self, identity: tuple[Any, ...]) -> Servers:
+        """The same servers, reduced to one: rows of other servers are left to those servers' loops."""
+        return Servers({key: value for key, value in self.schedulers.items() if key == identity}, self.queue_home)
+
+    def scheduler_for(self, queue_name: str) -> Scheduler:
+        identity = self.queue_home.get(queue_name)
+        if identity is None:
+            raise ValueError(f'queue: unknown queue {queue_name!r}; RQ_QUEUES has {sorted(self.queue_home)}')
+        return self.schedulers[identity]
+
+
+def servers() -> Servers:
+    return _servers_for(repr(getattr(settings, 'RQ_QUEUES', {})))
+
+
+@functools.lru_cache(maxsize=8)
+def _servers_for(queues_fingerprint: str) -> Servers:
+    """Cached per RQ_QUEUES value: clients (and their connection pools) are reused across syncs."""
+    schedulers: dict[tuple[Any, ...], Scheduler] = {}
+    queue_home: dict[str, tuple[Any, ...]] = {}
+    for queue_name in getattr(settings, 'RQ_QUEUES', {}):
+        scheduler = Scheduler(queue_name=queue_name)
+        identity = connection_identity(scheduler.connection)
+        schedulers.setdefault(identity, scheduler)
+        queue_home[queue_name] = identity
+    return Servers(schedulers, queue_home)
+
+
+def template_job(scheduler: Scheduler, row: ScheduleBase, runs: int) -> Job:
+    """The (unsaved) template of ``row`` after ``runs`` runs, built by the scheduler of its queue's server."""
+    job = scheduler.jobs.create(
+        row.callable,
+        args=row.args,
+        kwargs=row.kwargs,
+        commit=False,
+        result_ttl=row.result_ttl,
+        ttl=row.ttl,
+        id=row.template_id,
+        description=row.description or None,
+        queue_name=row.queue,
+        timeout=row.timeout,
+        at_front=row.at_front,
+    )
+    repeat = getattr(row, 'repeat', None)
+    job.meta.update(
+        template_meta(
+            **row.schedule_meta(),
+            repeat=None if repeat is None else repeat - runs,
+            misfire_grace=row.misfire_grace,
+            overlap=row.overlap,
+            runs=runs,
+            record=True,
+            owner=row.owner,
+            version=row.version(),
+        )
+    )
+    return job
+
+
+def run_now(row: ScheduleBase) -> Job:
+    """Enqueues one extra run of ``row`` at once; the next scheduled run does not move.
+
+    The row must be saved and valid as it is in the database now (its callable allowed): ValidationError otherwise.
+    """
+    if row.pk is None:
+        raise ValidationError('Save this schedule before running it.', code='unsaved')
+    row = type(row)._base_manager.get(pk=row.pk)  # what the database holds, not what this instance was told
+    row.full_clean(validate_unique=False, validate_constraints=False)
+    scheduler = servers().scheduler_for(row.queue)
+    run = scheduler.jobs.extra_run(template_job(scheduler, row, row.run_count))
+    enqueued = scheduler.get_queue_for_job(run).enqueue_job(run, at_front=row.at_front)
+    type(row)._base_manager.filter(pk=row.pk).record_feedback(last_run=datetime.now(tz=timezone.utc))
+    return enqueued
