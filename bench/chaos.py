@@ -48,7 +48,8 @@ from bench.chaos_evidence import explain
 from django_rq_scheduled.core import keys
 from django_rq_scheduled.core.errors import REDIS_OUTAGE_ERRORS
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
-from tests.processes import OutputReader, migrated_database, scheduler_process, wait_for
+from tests.processes import OutputReader, scheduler_process, wait_for
+from tests.processes_database import processes_database
 from tests.redis_server import RedisServer
 
 UTC = timezone.utc
@@ -297,7 +298,7 @@ class Cluster:
         self.server.start()
         self.redis_up = True
         self.connection = redis.Redis.from_url(self.url('soak'), socket_timeout=2, socket_connect_timeout=2)
-        self.database = migrated_database()
+        self.database = processes_database()
         for _ in range(self.config.schedulers):
             self.spawn()
 

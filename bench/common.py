@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from tests.processes import migrated_database
+from tests.processes_database import discard_processes_database, processes_database
 from tests.redis_server import RedisServer
 
 K = TypeVar('K')
@@ -106,11 +106,11 @@ def stopwatch(phases: dict[str, float], name: str) -> Iterator[None]:
 def loop_database() -> Iterator[None]:
     """The migrated SQLite file shared by the ``manage.py rqscheduler`` processes of a run (they record run
     feedback), removed at the end."""
-    path = Path(migrated_database())
+    processes_database()
     try:
         yield
     finally:
-        shutil.rmtree(path.parent, ignore_errors=True)
+        discard_processes_database()
 
 
 def stop_process(process: subprocess.Popen) -> int:

@@ -1,4 +1,5 @@
-"""Redis fixtures: fakeredis for unit tests, a private redis-server for integration tests."""
+"""Redis fixtures: fakeredis for unit tests, a private redis-server for integration tests; the processes' database
+dropped after each test."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import redis
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from tests.processes_database import discard_processes_database
 from tests.redis_server import start_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +31,14 @@ def _reload_django_rq_queues(setting: str, **kwargs: object) -> None:
 
     if 'QUEUES' in vars(django_rq.settings):
         importlib.reload(django_rq.settings)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_processes_database() -> Iterator[None]:
+    """The processes a test starts share a fresh copy of the migrated database (tests/processes_database.py),
+    dropped once the test is over: a module or session fixture must not start processes that outlive its test."""
+    yield
+    discard_processes_database()
 
 
 @pytest.fixture(scope='session')

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import atexit
-import functools
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -17,32 +13,17 @@ from pathlib import Path
 
 import redis
 
+from tests.processes_database import DATABASE_VARIABLES, database_env, processes_database, without_database
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def own_database_env() -> dict[str, str]:
-    """This process's environment without its PostgreSQL: the test database there belongs to this process's tests,
-    so the processes it starts get a SQLite file of their own."""
-    return {name: value for name, value in os.environ.items() if name != 'DRQS_TEST_POSTGRES_URL'}
-
-
-@functools.cache
-def migrated_database() -> str:
-    """A migrated SQLite file shared by the scheduler processes of this test run (they sync run feedback)."""
-    folder = tempfile.mkdtemp(prefix='drqs-db-')
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    path = Path(folder) / 'db.sqlite3'
-    env = {**own_database_env(), 'DRQS_TEST_DB': str(path), 'PYTHONPATH': str(ROOT)}
-    command = [sys.executable, '-m', 'django', 'migrate', '--settings', 'tests.settings', '-v', '0']
-    subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=120)
-    return str(path)
-
-
 def process_env(url: str, env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of the suite's Django processes; ``env`` adds to it or overrides it (e.g. DRQS_TEST_DB)."""
-    base = {**own_database_env(), 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
-    if not (env and 'DRQS_TEST_DB' in env):
-        base['DRQS_TEST_DB'] = migrated_database()
+    """The environment of the suite's Django processes, on the running test's processes' database
+    (tests/processes_database.py); ``env`` adds to it or overrides it (e.g. a DRQS_TEST_DB of its own)."""
+    base = {**without_database(os.environ), 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
+    if not (env and set(DATABASE_VARIABLES) & set(env)):
+        base |= database_env(processes_database())
     return {**base, **(env or {})}
 
 
@@ -54,6 +35,14 @@ def scheduler_process(
         command += ['--name', name]
     env = process_env(url, env)
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def django_shell(url: str, code: str, env: dict[str, str] | None = None) -> str:
+    """Runs ``code`` in ``manage.py shell`` on the processes' database; returns the last line it printed."""
+    command = [sys.executable, '-m', 'django', 'shell', '--settings', 'tests.settings', '-c', code]
+    done = subprocess.run(command, cwd=ROOT, env=process_env(url, env), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f'manage.py shell failed ({done.returncode}):\n{done.stdout}\n{done.stderr}'
+    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ''
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 15.0, step: float = 0.02) -> object:

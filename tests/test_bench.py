@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes_database import without_database
 from tests.redis_server import has_redis_server
 
 pytestmark = [
@@ -36,9 +37,8 @@ def run_benchmark(module: str, mode: str, folder: Path) -> tuple[dict, str]:
     """Runs a benchmark script; returns its JSON and its printed report. A wrong count exits non-zero."""
     out = folder / f'{module}.json'
     command = [sys.executable, '-m', module, f'--{mode}', '--json', str(out)]
-    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    env.pop('DRQS_TEST_REDIS_URL', None)  # the benchmark starts its own redis-server
-    env.pop('DRQS_TEST_DB', None)
+    env = {**without_database(os.environ), 'PYTHONPATH': str(ROOT)}  # the benchmark has a SQLite file of its own
+    env.pop('DRQS_TEST_REDIS_URL', None)  # and starts its own redis-server
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert done.returncode == 0, f'exit code {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}'
     assert out.exists(), f'no JSON written\n{done.stdout[-3000:]}'

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos_check import Observed, Rules, Schedule, check
+from tests.processes_database import without_database
 from tests.redis_server import has_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,9 +271,9 @@ def test_the_plan_is_the_same_for_the_same_seed_and_has_every_kind_of_event():
 @pytest.mark.skipif(not has_redis_server(), reason='needs a redis-server binary to kill and restart on its AOF')
 def test_chaos_soak_loses_and_duplicates_nothing(tmp_path):
     command = [sys.executable, '-m', 'bench.soak', 'chaos', '--minutes', str(MINUTES), '--seed', str(SEED)]
-    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    for name in ('DRQS_TEST_REDIS_URL', 'DRQS_TEST_DB', 'DRQS_TEST_RECONCILE_INTERVAL'):
-        env.pop(name, None)  # the soak starts its own Redis and database
+    env = {**without_database(os.environ), 'PYTHONPATH': str(ROOT)}  # the soak has a SQLite file of its own
+    for name in ('DRQS_TEST_REDIS_URL', 'DRQS_TEST_RECONCILE_INTERVAL'):
+        env.pop(name, None)  # the soak starts its own Redis
     done = subprocess.run(
         [*command, '--logs', str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )

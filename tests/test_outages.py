@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 import redis
@@ -21,11 +17,9 @@ from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import keys
 from tests import tasks
 from tests.processes import (
-    ROOT,
     OutputReader,
+    django_shell,
     kill,
-    migrated_database,
-    process_env,
     queue_ids,
     scheduler_process,
     stop,
@@ -64,26 +58,15 @@ def scheduled_ids(connection: redis.Redis) -> set[str]:
     return {member.decode() for member in connection.zrange(keys.SCHEDULED_JOBS_KEY, 0, -1)}
 
 
-def private_database(tmp_path: Path) -> str:
-    """A copy of the migrated database: the rows of this test must not reach other tests' scheduler processes."""
-    path = tmp_path / 'db.sqlite3'
-    shutil.copyfile(migrated_database(), path)
-    return str(path)
-
-
 def create_rows(url: str, env: dict[str, str]) -> list[tuple[str, bool]]:
-    command = [sys.executable, '-m', 'django', 'shell', '--settings', 'tests.settings', '-c', CREATE_ROWS]
-    result = subprocess.run(
-        command, cwd=ROOT, env=process_env(url, env), capture_output=True, text=True, timeout=60, check=True
-    )
-    return [(template_id, enabled) for template_id, enabled in json.loads(result.stdout.strip().splitlines()[-1])]
+    return [(template_id, enabled) for template_id, enabled in json.loads(django_shell(url, CREATE_ROWS, env))]
 
 
 @pytest.mark.skipif(not has_redis_server(), reason='needs a redis-server binary to restart empty')
-def test_redis_restarted_empty_gets_every_enabled_row_back_from_the_database(tmp_path):
+def test_redis_restarted_empty_gets_every_enabled_row_back_from_the_database():
     server = RedisServer().start()  # no AOF, no RDB: a restart loses everything
     connection = redis.Redis.from_url(server.url, socket_timeout=2)
-    env = {'DRQS_TEST_DB': private_database(tmp_path), 'DRQS_TEST_RECONCILE_INTERVAL': str(RECONCILE_INTERVAL)}
+    env = {'DRQS_TEST_RECONCILE_INTERVAL': str(RECONCILE_INTERVAL)}
     process = None
     try:
         rows = create_rows(server.url, env)

@@ -18,7 +18,7 @@ from redis.sentinel import Sentinel
 from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import keys
 from tests import tasks
-from tests.processes import OutputReader, kill, migrated_database, queue_ids, scheduler_process, stop, wait_for
+from tests.processes import OutputReader, kill, queue_ids, scheduler_process, stop, wait_for
 from tests.redis_server import RedisServer, free_port, has_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -99,18 +99,13 @@ def discovered_port(sentinel: Sentinel) -> int | None:
         return None
 
 
-def test_the_scheduler_follows_a_sentinel_failover(tmp_path):
+def test_the_scheduler_follows_a_sentinel_failover():
     if not (SENTINEL_BINARY and has_redis_server()):
         pytest.fail('CI must install redis-server and redis-sentinel')
     primary = RedisServer().start()
     replica = RedisServer(extra_args=('--replicaof', '127.0.0.1', str(primary.port))).start()
     sentinels = [SentinelProcess(primary.port).start() for _ in range(3)]
-    database = tmp_path / 'db.sqlite3'
-    shutil.copyfile(migrated_database(), database)
-    env = {
-        'DRQS_TEST_DB': str(database),
-        'DRQS_TEST_SENTINELS': ','.join(f'127.0.0.1:{sentinel.port}' for sentinel in sentinels),
-    }
+    env = {'DRQS_TEST_SENTINELS': ','.join(f'127.0.0.1:{sentinel.port}' for sentinel in sentinels)}
     process = None
     client_sentinel = Sentinel([('127.0.0.1', s.port) for s in sentinels], socket_timeout=1)
     connection = client_sentinel.master_for(MASTER, socket_timeout=1)
