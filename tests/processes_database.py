@@ -19,14 +19,18 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from django_rq_scheduled.core import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 SQLITE_VARIABLE = 'DRQS_TEST_DB'
 POSTGRES_VARIABLE = 'DRQS_TEST_POSTGRES_URL'
 DATABASE_VARIABLES = (SQLITE_VARIABLE, POSTGRES_VARIABLE)
+SCHEDULE_MODELS = ('scheduledjob', 'repeatablejob', 'cronjob')
 
 
 class SqliteFiles:
@@ -175,3 +179,14 @@ def connect_processes_database() -> Any:
     """A DB-API connection to the running test's copy, in autocommit, for a test to read what its processes
     wrote (use SQL both SQLite and PostgreSQL understand, without parameters)."""
     return databases().connect(processes_database())
+
+
+def run_feedback() -> dict[str, tuple[int, bool]]:
+    """What the processes wrote back into the running test's rows, by template id: the run count, and whether
+    the row has a last run."""
+    feedback = {}
+    with closing(connect_processes_database()) as connection:
+        for model in SCHEDULE_MODELS:
+            rows = connection.execute(f'SELECT id, run_count, last_run FROM django_rq_scheduled_{model}')
+            feedback |= {keys.template_id(model, pk): (runs, last is not None) for pk, runs, last in rows}
+    return feedback

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from rq_scheduler import Scheduler as RQScheduler
 from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import keys
 from tests import tasks
-from tests.processes import kill, queue_ids, scheduler_process, stop, wait_for
+from tests.processes import django_shell, kill, queue_ids, scheduler_process, stop, wait_for
+from tests.processes_database import run_feedback
 from tests.redis_server import RedisServer, has_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -70,6 +72,54 @@ def test_kill_9_at_random_points_of_large_batches_loses_and_duplicates_nothing(c
     assert all(template in scheduler for template in templates)  # periodic templates never lost
     print(f'\n[figures] kill -9 cycles: {cycles}, landed mid-move: {interrupted}, jobs: {len(ids)}, duplicates: 0')
     assert interrupted >= 3, f'only {interrupted} kills landed in the middle of the move'
+
+
+FEEDBACK_ROWS = """
+import json
+from datetime import datetime, timedelta, timezone
+from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
+now = datetime.now(timezone.utc)
+rows = [
+    RepeatableJob.objects.create(
+        name='every-second', callable='tests.tasks.add', scheduled_time=now, interval=1, interval_unit='seconds'
+    ),
+    CronJob.objects.create(name='cron-every-second', callable='tests.tasks.add', cron_string='* * * * * *'),
+    ScheduledJob.objects.create(name='once', callable='tests.tasks.add', scheduled_time=now + timedelta(seconds=3)),
+]
+print(json.dumps([row.template_id for row in rows]))
+"""
+
+
+def runs_of(template: str, ids: list[str]) -> int:
+    """How many times a row's template reached the queue: a one-off under its own id, a periodic one as
+    ``<template>_at_<fire time>``."""
+    return sum(job_id == template or job_id.startswith(f'{template}_at_') for job_id in ids)
+
+
+def test_run_feedback_of_leaders_killed_9_while_writing_it_reaches_each_row_once(connection, redis_url):
+    """The leader writes run feedback into the rows right after a move; kill -9 lands there, or just before. The
+    records wait in Redis until a successor writes them: in the end each row counts the runs the queue holds."""
+    templates = json.loads(django_shell(redis_url, FEEDBACK_ROWS))
+    rng = random.Random(4321)
+    left_unwritten = 0
+    for _ in range(5):
+        before = connection.llen('rq:queue:default')
+        process = scheduler_process(redis_url, '--interval', '0.1', '--lease-ttl', '0.5')
+        wait_for(lambda before=before: connection.llen('rq:queue:default') > before, timeout=30, step=0.001)
+        time.sleep(rng.uniform(0, 0.03))
+        kill(process)
+        left_unwritten += connection.llen(keys.RUNS_KEY) > 0
+        wait_for(lambda: not connection.exists(keys.LOCK_KEY), timeout=5)
+    process = scheduler_process(redis_url, '--burst')  # moves what fell due meanwhile, then writes all feedback
+    assert process.wait(60) == 0
+    assert connection.llen(keys.RUNS_KEY) == 0
+    ids = queue_ids(connection)
+    assert [job_id for job_id, n in Counter(ids).items() if n > 1] == []
+    runs = {template: runs_of(template, ids) for template in templates}
+    assert runs[templates[-1]] == 1 and min(runs.values()) >= 1
+    assert run_feedback() == {template: (count, True) for template, count in runs.items()}
+    print(f'\n[figures] kill -9 right after a move: {left_unwritten} of 5 left run records unwritten; runs {runs}')
+    assert left_unwritten >= 1, 'no kill landed before the feedback was written'
 
 
 def test_two_leaders_never_both_move_and_a_standby_takes_over(connection, redis_url):

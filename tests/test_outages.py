@@ -25,6 +25,7 @@ from tests.processes import (
     stop,
     wait_for,
 )
+from tests.processes_database import run_feedback
 from tests.redis_server import RedisServer, has_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -50,7 +51,7 @@ rows = [
     ),
     ScheduledJob.objects.create(name='later', callable='tests.tasks.add', scheduled_time=now + timedelta(hours=2)),
 ]
-print(json.dumps([[row.template_id, row.enabled] for row in rows]))
+print(json.dumps({row.name: [row.template_id, row.enabled] for row in rows}))
 """
 
 
@@ -58,8 +59,16 @@ def scheduled_ids(connection: redis.Redis) -> set[str]:
     return {member.decode() for member in connection.zrange(keys.SCHEDULED_JOBS_KEY, 0, -1)}
 
 
-def create_rows(url: str, env: dict[str, str]) -> list[tuple[str, bool]]:
-    return [(template_id, enabled) for template_id, enabled in json.loads(django_shell(url, CREATE_ROWS, env))]
+def create_rows(url: str, env: dict[str, str]) -> dict[str, tuple[str, bool]]:
+    """The rows of CREATE_ROWS in the processes' database: their template ids and whether enabled, by name."""
+    return {
+        name: (template_id, enabled)
+        for name, (template_id, enabled) in json.loads(django_shell(url, CREATE_ROWS, env)).items()
+    }
+
+
+def run_count(template: str) -> int:
+    return run_feedback()[template][0]
 
 
 @pytest.mark.skipif(not has_redis_server(), reason='needs a redis-server binary to restart empty')
@@ -70,8 +79,9 @@ def test_redis_restarted_empty_gets_every_enabled_row_back_from_the_database():
     process = None
     try:
         rows = create_rows(server.url, env)
-        enabled = {template_id for template_id, on in rows if on}
-        disabled = {template_id for template_id, on in rows if not on}
+        enabled = {template_id for template_id, on in rows.values() if on}
+        disabled = {template_id for template_id, on in rows.values() if not on}
+        every_second = rows['every-second'][0]
         assert len(enabled) == 5 and len(disabled) == 1
         process = scheduler_process(server.url, '--interval', '0.2', '--lease-ttl', '2', name='restorer', env=env)
         output = OutputReader(process)
@@ -79,6 +89,7 @@ def test_redis_restarted_empty_gets_every_enabled_row_back_from_the_database():
         wait_for(lambda: any('_at_' in job_id for job_id in queue_ids(connection)), timeout=10)  # every-second runs
         assert not disabled & scheduled_ids(connection)
         before = queue_ids(connection)
+        counted_before = run_count(every_second)
 
         server.stop()
         server.wipe()
@@ -97,6 +108,11 @@ def test_redis_restarted_empty_gets_every_enabled_row_back_from_the_database():
         duplicates = [job_id for job_id, n in Counter(before + after).items() if n > 1]
         assert duplicates == []
         assert enabled <= scheduled_ids(connection)
+        # The restored template counts on from the row: its runs since the restart land on top, never replacing.
+        runs_after = len(occurrence_fire_times(after, every_second))
+        wait_for(lambda: run_count(every_second) >= counted_before + runs_after, timeout=5)
+        feedback = run_feedback()
+        assert feedback[rows['off'][0]] == feedback[rows['later'][0]] == (0, False)
         assert process.poll() is None
         assert stop(process) == 0
         print(
