@@ -3,10 +3,11 @@
 
 ``runtests.py [--no-postgres | --postgres-only] [pytest arguments]``. The PostgreSQL pass starts a throwaway
 cluster (tests/postgres_server.py) and runs POSTGRES_TESTS there, or those of the given test paths that are among
-them; ``--postgres-only`` skips the SQLite pass and runs the given tests, whichever they are, on PostgreSQL. It
-is skipped, with a message, where PostgreSQL is not installed (in CI that is a failure), with ``--no-postgres``, and
-when ``DRQS_TEST_POSTGRES_URL`` already puts the first pass on a PostgreSQL. Either pass failing fails the run, and
-an empty pass (pytest exit code 5) counts as a failure.
+them; the processes those tests start (``manage.py rqscheduler``) get a database of their own in the same cluster
+(tests/processes_database.py). ``--postgres-only`` skips the SQLite pass and runs the given tests, whichever they
+are, on PostgreSQL. It is skipped, with a message, where PostgreSQL is not installed (in CI that is a failure),
+with ``--no-postgres``, and when ``DRQS_TEST_POSTGRES_URL`` already puts the first pass on a PostgreSQL. Either pass
+failing fails the run, and an empty pass (pytest exit code 5) counts as a failure.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ POSTGRES_TESTS = (
     'tests/adversarial/test_admin_actions.py',
     'tests/test_reconcile.py',
     'tests/test_admin.py',
+    'tests/test_faults.py',
+    'tests/test_outages.py',
 )
 
 
