@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeGuard
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import EMPTY_VALUES, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone as django_timezone
@@ -232,13 +232,14 @@ class ScheduleBase(models.Model):
 
     def clean(self) -> None:
         # Runs even when clean_fields() failed: a field that failed there still holds its raw value, hence the
-        # type tests. The arguments are checked here too because Django skips the validators of an empty value,
-        # and {} or '' is not an empty list of arguments.
+        # type tests. Empty arguments are checked here because Django skips the validators of an empty value,
+        # and {} or '' is not an empty list of arguments; the others were checked once, by clean_fields().
         super().clean()
         errors: dict[str, Any] = {}
         for name, validate in (('args', validators.validate_args), ('kwargs', validators.validate_kwargs)):
             try:
-                validate(getattr(self, name))
+                if getattr(self, name) in EMPTY_VALUES:
+                    validate(getattr(self, name))
             except ValidationError as exc:
                 errors[name] = exc.messages
         if _whole(self.result_ttl) and self.result_ttl < -1:

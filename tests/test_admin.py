@@ -95,6 +95,26 @@ def test_bad_cron_string_shows_a_field_error_and_saves_nothing(admin_client_, co
     assert page.count('<li>') >= 5 and 'drqs-upcoming' in page
 
 
+@pytest.mark.parametrize(
+    ('field', 'typed', 'message'),
+    [
+        ('args', '{"a": 1}', 'Positional arguments must be a JSON list, e.g. [1, "a"]; got an object.'),
+        ('args', '"a"', 'Positional arguments must be a JSON list, e.g. [1, "a"]; got a string.'),
+        ('kwargs', '[1, 2]', 'Keyword arguments must be a JSON object, e.g. {"name": "value"}; got a list.'),
+        ('kwargs', '[]', 'Keyword arguments must be a JSON object, e.g. {"name": "value"}; got a list.'),
+    ],
+)
+def test_wrong_json_type_of_arguments_is_explained_on_the_field(admin_client_, connection, field, typed, message):
+    data = {
+        'name': 'typo', 'callable': 'tests.tasks.add', 'args': '[]', 'kwargs': '{}', 'queue': 'default',
+        'enabled': 'on', 'cron_string': '*/5 * * * *', 'timezone': 'UTC', 'overlap': 'allow', field: typed,
+    }  # fmt: skip
+    response = admin_client_.post(reverse('admin:django_rq_scheduled_cronjob_add'), data)
+    assert response.status_code == 200
+    assert response.context['adminform'].form.errors[field] == [message]
+    assert CronJob.objects.count() == 0 and connection.dbsize() == 0
+
+
 def test_queue_select_is_built_from_rq_queues_per_request(admin_client_, settings, redis_url):
     settings.RQ_QUEUES = {**settings.RQ_QUEUES, 'reports': {'URL': redis_url}}
     form = admin_client_.get(reverse('admin:django_rq_scheduled_cronjob_add')).context['adminform'].form

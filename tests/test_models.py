@@ -169,6 +169,29 @@ def test_bad_values_are_refused_by_full_clean_and_create(connection, field, valu
     assert connection.dbsize() == 0
 
 
+LIST_NEEDED = 'Positional arguments must be a JSON list, e.g. [1, "a"]; got {}.'
+OBJECT_NEEDED = 'Keyword arguments must be a JSON object, e.g. {{"name": "value"}}; got {}.'
+ARGUMENTS_OF_THE_WRONG_TYPE = [
+    ('args', {'a': 1}, LIST_NEEDED.format('an object')),
+    ('args', {}, LIST_NEEDED.format('an object')),  # empty: Django skips its validators, the model does not
+    ('args', 'oops', LIST_NEEDED.format('a string')),
+    ('args', 3, LIST_NEEDED.format('a number')),
+    ('args', True, LIST_NEEDED.format('true or false')),
+    ('args', (1, 2), LIST_NEEDED.format('a Python tuple')),
+    ('kwargs', [1, 2], OBJECT_NEEDED.format('a list')),
+    ('kwargs', [], OBJECT_NEEDED.format('a list')),
+    ('kwargs', 1.5, OBJECT_NEEDED.format('a number')),
+    ('kwargs', {'not an identifier': 1}, "Keyword argument names must be identifiers; not 'not an identifier'."),
+]
+
+
+@pytest.mark.parametrize(('field', 'value', 'message'), ARGUMENTS_OF_THE_WRONG_TYPE)
+def test_arguments_of_the_wrong_json_type_say_what_is_needed_once(field, value, message):
+    with pytest.raises(ValidationError) as excinfo:
+        CronJob(**bad_values(field, value)).full_clean()
+    assert excinfo.value.message_dict[field] == [message]
+
+
 @pytest.mark.parametrize(('field', 'value', 'error_field'), BAD_VALUES)
 def test_bad_values_are_refused_by_update_and_bulk_update(connection, field, value, error_field):
     row = make_cron()
