@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from typing import Any
 
 import redis
@@ -12,10 +11,12 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 
 from .core import keys
+from .core.scores import utc_datetime
 from .core.status import Member, read_status
 from .models import SCHEDULE_MODELS
 from .servers import servers
@@ -42,11 +43,15 @@ def owner_link(template_id: str | None) -> str | None:
 
 
 def _when(epoch: float | None) -> str:
-    """A UTC time as the page shows it; a number no date can hold (inf, 1e15) is shown as that number."""
+    """A time as the page shows it: in the current time zone, as the admin's change lists show theirs.
+
+    The zone's abbreviation follows each time, so that the hour repeated when daylight saving time ends reads
+    "02:30:00 CEST", then "02:30:00 CET". A number no date can hold (inf, 1e15) is shown as that number.
+    """
     if epoch is None:
         return '—'
     try:
-        return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime('%Y-%m-%d %H:%M:%S')
+        return timezone.localtime(utc_datetime(epoch)).strftime('%Y-%m-%d %H:%M:%S %Z')
     except (ValueError, OverflowError, OSError):
         return f'{epoch:g}'
 
@@ -140,6 +145,7 @@ def status_page(model_admin: Any, request: HttpRequest) -> HttpResponse:
         'title': _('Scheduler status'),
         'opts': model_admin.opts,
         'servers': [_server_context(name, scheduler) for name, scheduler in servers.items()],
+        'time_zone': timezone.get_current_timezone_name(),
         'can_change': can_change,
     }
     return TemplateResponse(request, 'admin/django_rq_scheduled/status.html', context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -220,6 +221,45 @@ def test_status_page(admin_client_, connection):
     assert 'broken' in scheduler and scheduler.dead_letters() == {}
     admin_client_.post(url, {'server': server, 'job_id': 'api-job', 'action': 'cancel'})
     assert 'api-job' not in scheduler
+
+
+def table_cells(page: str, table_id: str) -> list[list[str]]:
+    """The text of each cell of each body row of one table of the page."""
+    table = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S).group(1)
+    body = re.search(r'<tbody>(.*?)</tbody>', table, re.S).group(1)
+    return [
+        [' '.join(re.sub(r'<[^>]+>', ' ', cell).split()) for cell in re.findall(r'<td[^>]*>(.*?)</td>', row, re.S)]
+        for row in re.findall(r'<tr>(.*?)</tr>', body, re.S)
+    ]
+
+
+def test_status_page_times_are_in_the_current_time_zone_and_name_it(admin_client_, connection, settings):
+    settings.TIME_ZONE = 'Europe/Paris'
+    scheduler = Scheduler(connection=connection, name='paris-leader')
+    scheduler.register_birth()
+    assert scheduler.acquire_lock()
+    for job_id, due in (
+        ('winter', datetime(2031, 1, 1, 6, tzinfo=UTC)),
+        ('summer', datetime(2031, 7, 1, 6, tzinfo=UTC)),
+        # 02:30 happens twice in Paris that night: the abbreviation tells the two apart.
+        ('before-fall-back', datetime(2031, 10, 26, 0, 30, tzinfo=UTC)),
+        ('after-fall-back', datetime(2031, 10, 26, 1, 30, tzinfo=UTC)),
+    ):
+        scheduler.enqueue_at(due, 'tests.tasks.add', job_id=job_id)
+    connection.hset(keys.DEAD_LETTERS_KEY, 'poisoned', '{"reason": "r", "score": 1924927200, "at": 1924927200}')
+    page = admin_client_.get(reverse('admin:django_rq_scheduled_schedulerstatus_changelist')).content.decode()
+    assert 'UTC' not in page
+    for label in ('Last heartbeat', 'Due', 'Was due', 'Since'):
+        assert f'{label} (Europe/Paris)' in page
+    due = {cells[0].split()[0]: cells[1] for cells in table_cells(page, 'drqs-next-due')}
+    assert due == {
+        'winter': '2031-01-01 07:00:00 CET',
+        'summer': '2031-07-01 08:00:00 CEST',
+        'before-fall-back': '2031-10-26 02:30:00 CEST',
+        'after-fall-back': '2031-10-26 02:30:00 CET',
+    }
+    assert {cells[1] for cells in table_cells(page, 'drqs-unowned')} == set(due.values())
+    assert table_cells(page, 'drqs-dead-letters')[0][2:4] == ['2030-12-31 07:00:00 CET'] * 2
 
 
 def test_status_page_buttons_need_change_permission(client, connection, redis_url):
