@@ -26,6 +26,7 @@ from .core.queues import connection_identity
 from .core.scheduler import Scheduler
 from .core.scores import format_score, guard_score
 from .models import SCHEDULE_MODELS, ScheduleBase
+from .owners import owner_of
 from .servers import Servers, servers, template_job
 
 logger = logging.getLogger(__name__)
@@ -388,15 +389,10 @@ def _remove_orphans(servers: Servers, *, using: str) -> SyncReport:
 
 
 def _owned_templates(scheduler: Scheduler) -> dict[type[ScheduleBase], list[Any]]:
-    """The primary keys, per model, of the rows that the versions hash names."""
-    models_by_name = {model._meta.model_name: model for model in SCHEDULE_MODELS}
+    """The primary keys, per model, of the rows that the versions hash names; other keys are left alone."""
     owned: dict[type[ScheduleBase], list[Any]] = defaultdict(list)
     for raw in scheduler.connection.hkeys(keys.VERSIONS_KEY):
-        owner = keys.template_owner(cast(bytes, raw).decode(errors='replace'))
-        model = models_by_name.get(owner[0]) if owner else None
-        if owner and model is not None:
-            try:
-                owned[model].append(model._meta.pk.to_python(owner[1]))
-            except ValidationError:
-                continue  # not a key of ours: leave it alone
+        owner = owner_of(cast(bytes, raw).decode(errors='replace'))
+        if owner is not None:
+            owned[owner[0]].append(owner[1])
     return owned

@@ -193,13 +193,22 @@ def out_of_bounds(field: Any, value: Any) -> str | None:
     if isinstance(value, str) and isinstance(field, models.CharField):
         return text_problem(value) or too_long(value, field.max_length)
     if isinstance(field, models.IntegerField) and isinstance(value, int):
-        # The ranges of PostgreSQL's and MySQL's columns: a row that SQLite takes must load anywhere.
-        low, high = BaseDatabaseOperations.integer_field_ranges[field.get_internal_type()]
-        if not low <= value <= high:
-            return _('Enter a whole number from %(low)d to %(high)d.') % {'low': low, 'high': high}
+        return integer_range_problem(field, value)
     if isinstance(field, models.DateTimeField) and isinstance(value, datetime):
         return schedule_time_problem(value)
     return None
+
+
+def integer_range_problem(field: models.Field, value: int) -> str | None:
+    """Why ``value`` does not fit the column of an integer field (a primary key included).
+
+    The ranges of PostgreSQL's and MySQL's columns: a row that SQLite takes must load anywhere, and a lookup of a
+    larger number must not reach SQLite, which Django before 5.0 lets fail with OverflowError.
+    """
+    low, high = BaseDatabaseOperations.integer_field_ranges[field.get_internal_type()]
+    if low <= value <= high:
+        return None
+    return _('Enter a whole number from %(low)d to %(high)d.') % {'low': low, 'high': high}
 
 
 def text_problem(value: str) -> str | None:

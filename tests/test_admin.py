@@ -262,6 +262,70 @@ def test_status_page_times_are_in_the_current_time_zone_and_name_it(admin_client
     assert table_cells(page, 'drqs-dead-letters')[0][2:4] == ['2030-12-31 07:00:00 CET'] * 2
 
 
+def first_cells(page: str, table_id: str) -> set[str]:
+    return {cells[0] for cells in table_cells(page, table_id)}
+
+
+def change_url(row) -> str:
+    return reverse(f'admin:django_rq_scheduled_{row._meta.model_name}_change', args=[row.pk])
+
+
+@pytest.fixture
+def one_row_of_each_kind_and_two_strangers(connection):
+    later = datetime(2031, 1, 1, tzinfo=UTC)
+    rows = [
+        cron(name='weekday-report'),
+        RepeatableJob.objects.create(
+            name='poll-feeds', callable='tests.tasks.add', scheduled_time=later, interval=1, interval_unit='hours'
+        ),
+        ScheduledJob.objects.create(name='launch', callable='tests.tasks.add', scheduled_time=later),
+    ]
+    Scheduler(connection=connection).enqueue_at(later, 'tests.tasks.add', job_id='api-job')
+    connection.zadd(keys.SCHEDULED_JOBS_KEY, {keys.template_id('cronjob', 999_999): later.timestamp()})  # row gone
+    return rows
+
+
+def test_status_page_names_and_links_the_rows_of_its_entries(admin_client_, one_row_of_each_kind_and_two_strangers):
+    page = admin_client_.get(reverse('admin:django_rq_scheduled_schedulerstatus_changelist')).content.decode()
+    strangers = {'api-job — no schedule row', 'drqs-cronjob-999999 — no schedule row'}
+    named = {'weekday-report (cron job)', 'poll-feeds (repeatable job)', 'launch (scheduled job)'}
+    assert first_cells(page, 'drqs-next-due') == named | strangers
+    assert first_cells(page, 'drqs-unowned') == strangers  # a template whose row is gone is owned by no row
+    for row in one_row_of_each_kind_and_two_strangers:
+        assert f'<a href="{change_url(row)}" title="{row.template_id}">{row.name}</a>' in page
+
+
+def test_status_page_links_only_the_rows_the_user_may_view(client, one_row_of_each_kind_and_two_strangers):
+    report, poll_feeds, launch = one_row_of_each_kind_and_two_strangers
+    viewer = staff(client, 'view_schedulerstatus', 'view_cronjob', 'change_scheduledjob')
+    page = viewer.get(reverse('admin:django_rq_scheduled_schedulerstatus_changelist')).content.decode()
+    assert change_url(report) in page and change_url(launch) in page and change_url(poll_feeds) not in page
+    assert 'poll-feeds (repeatable job)' in first_cells(page, 'drqs-next-due')
+
+
+def test_status_page_looks_rows_up_once_per_model_whatever_the_number_of_entries(admin_client_, connection):
+    later = datetime(2031, 1, 1, tzinfo=UTC)
+    for n in range(12):
+        cron(name=f'cron-{n}')
+        RepeatableJob.objects.create(
+            name=f'every-{n}', callable='tests.tasks.add', scheduled_time=later, interval=1, interval_unit='hours'
+        )
+        ScheduledJob.objects.create(name=f'once-{n}', callable='tests.tasks.add', scheduled_time=later)
+    url = reverse('admin:django_rq_scheduled_schedulerstatus_changelist')
+    admin_client_.get(url)  # warm-up: session, user
+    with CaptureQueriesContext(db_connection) as queries:
+        page = admin_client_.get(url).content.decode()
+    assert len(first_cells(page, 'drqs-next-due')) == 20
+    for model in (CronJob, RepeatableJob, ScheduledJob):
+        assert sum(model._meta.db_table in query['sql'] for query in queries.captured_queries) == 1
+
+
+def test_status_page_with_an_empty_schedule(admin_client_, connection):
+    page = admin_client_.get(reverse('admin:django_rq_scheduled_schedulerstatus_changelist')).content.decode()
+    assert first_cells(page, 'drqs-next-due') == {'Nothing scheduled.'}
+    assert first_cells(page, 'drqs-unowned') == {'None.'}
+
+
 def test_status_page_buttons_need_change_permission(client, connection, redis_url):
     Scheduler(connection=connection).enqueue_at(datetime(2031, 1, 1, tzinfo=UTC), 'tests.tasks.add', job_id='api-job')
     viewer = staff(client, 'view_schedulerstatus')
