@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import signal
 import statistics
 import subprocess
@@ -12,7 +11,6 @@ import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 import redis
@@ -24,7 +22,7 @@ from tests.processes import (
     ROOT,
     OutputReader,
     kill,
-    migrated_database,
+    private_database,
     process_env,
     queue_ids,
     scheduler_process,
@@ -62,13 +60,6 @@ print(json.dumps([[row.template_id, row.enabled] for row in rows]))
 
 def scheduled_ids(connection: redis.Redis) -> set[str]:
     return {member.decode() for member in connection.zrange(keys.SCHEDULED_JOBS_KEY, 0, -1)}
-
-
-def private_database(tmp_path: Path) -> str:
-    """A copy of the migrated database: the rows of this test must not reach other tests' scheduler processes."""
-    path = tmp_path / 'db.sqlite3'
-    shutil.copyfile(migrated_database(), path)
-    return str(path)
 
 
 def create_rows(url: str, env: dict[str, str]) -> list[tuple[str, bool]]:
