@@ -209,7 +209,7 @@ def test_names_of_rows_are_shown_escaped(superuser, connection):
     for member in NOT_A_ROW_S_TEMPLATE_ID:
         connection.zadd(SCHEDULE, {member: 2e9})
     page = rendered(superuser)
-    assert '&lt;script&gt;alert(1)&lt;/script&gt;</a> <span class="drqs-kind">(cron job)</span>' in page
+    assert '&lt;script&gt;alert(1)&lt;/script&gt;</a> <span class="drqs-kind quiet">(cron job)</span>' in page
     assert '<script>alert' not in page
     assert page.count('drqs-no-row') == 2 * len(NOT_A_ROW_S_TEMPLATE_ID)  # in both lists
     assert row.template_id.encode().hex() not in {form['member'] for form in forms_in(page, 'drqs-unowned')}
