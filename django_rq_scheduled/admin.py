@@ -350,6 +350,11 @@ class ScheduledJobAdmin(ScheduleAdmin):
 class RepeatableJobAdmin(ScheduleAdmin):
     when_fields = ('scheduled_time', 'interval', 'interval_unit', 'repeat')
 
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        # A callable: the form shows the moment it is rendered, to the second (a first run then, or before, runs
+        # at once when saved).
+        return {'scheduled_time': timezone.now, **super().get_changeform_initial_data(request)}
+
     @admin.display(description=_('schedule'))
     def schedule(self, obj: RepeatableJob) -> str:
         words = describe_interval(obj.interval_seconds)

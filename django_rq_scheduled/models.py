@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeGuard
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import EMPTY_VALUES, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone as django_timezone
@@ -194,9 +194,9 @@ class ScheduleBase(models.Model):
         """The rows that ran their last run, as a query."""
         raise NotImplementedError
 
-    def first_due(self, now: datetime) -> datetime | None:
+    def first_due(self, now: datetime, *, begun: bool = False) -> datetime | None:
         """When the row's template is next due, or None when it has nothing left to run before the latest schedule
-        time (conf.py)."""
+        time (conf.py). ``begun``: whether the schedule ran or skipped a slot already."""
         raise NotImplementedError
 
     def schedule_meta(self) -> dict[str, Any]:
@@ -232,13 +232,14 @@ class ScheduleBase(models.Model):
 
     def clean(self) -> None:
         # Runs even when clean_fields() failed: a field that failed there still holds its raw value, hence the
-        # type tests. The arguments are checked here too because Django skips the validators of an empty value,
-        # and {} or '' is not an empty list of arguments.
+        # type tests. Empty arguments are checked here because Django skips the validators of an empty value,
+        # and {} or '' is not an empty list of arguments; the others were checked once, by clean_fields().
         super().clean()
         errors: dict[str, Any] = {}
         for name, validate in (('args', validators.validate_args), ('kwargs', validators.validate_kwargs)):
             try:
-                validate(getattr(self, name))
+                if getattr(self, name) in EMPTY_VALUES:
+                    validate(getattr(self, name))
             except ValidationError as exc:
                 errors[name] = exc.messages
         if _whole(self.result_ttl) and self.result_ttl < -1:
@@ -311,7 +312,7 @@ class ScheduledJob(ScheduleBase):
     def finished_q(cls) -> Q:
         return Q(has_run=True)
 
-    def first_due(self, now: datetime) -> datetime | None:
+    def first_due(self, now: datetime, *, begun: bool = False) -> datetime | None:
         return _until_the_limit(_aware(self.scheduled_time))
 
     def schedule_meta(self) -> dict[str, Any]:
@@ -356,7 +357,9 @@ class PeriodicSchedule(ScheduleBase):
 class RepeatableJob(PeriodicSchedule):
     """A job that runs every ``interval`` units from ``scheduled_time``, ``repeat`` times in total."""
 
-    scheduled_time = models.DateTimeField(_('first run'), help_text=_('When the first run is due.'))
+    scheduled_time = models.DateTimeField(
+        _('first run'), help_text=_('When the first run is due. A time at or before now runs at once when saved.')
+    )
     interval = models.PositiveIntegerField(
         _('interval'), validators=[MinValueValidator(1)], help_text=_('How often to run, in the unit below.')
     )
@@ -379,13 +382,9 @@ class RepeatableJob(PeriodicSchedule):
     def interval_seconds(self) -> int:
         return self.interval * UNIT_SECONDS[self.interval_unit]
 
-    def first_due(self, now: datetime) -> datetime | None:
-        start = _aware(self.scheduled_time)
-        if start >= now:
-            return _until_the_limit(start)
-        # Strictly after now: a slot at this very instant may just have run.
-        step = self.interval_seconds
-        due = start.timestamp() + (scores.slots_in((now - start).total_seconds(), step) + 1) * step
+    def first_due(self, now: datetime, *, begun: bool = False) -> datetime | None:
+        start = _aware(self.scheduled_time).timestamp()
+        due = scores.first_due_slot(start, self.interval_seconds, now.timestamp(), begun=begun)
         # Compared as a number: a datetime past the limit may be past year 9999 (OverflowError).
         return datetime.fromtimestamp(due, tz=scores.UTC) if due <= conf.LATEST_SCHEDULE_TIME.timestamp() else None
 
@@ -446,7 +445,7 @@ class CronJob(PeriodicSchedule):
         verbose_name_plural = _('cron jobs')
         constraints = [check_constraint(Q(repeat__isnull=True) | Q(repeat__gt=0), 'drqs_cron_repeat_positive')]
 
-    def first_due(self, now: datetime) -> datetime | None:
+    def first_due(self, now: datetime, *, begun: bool = False) -> datetime | None:
         return _until_the_limit(cron.next_fire_time(self.cron_string, now, self.timezone))
 
     def schedule_meta(self) -> dict[str, Any]:

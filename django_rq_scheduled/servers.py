@@ -58,8 +58,11 @@ def _servers_for(queues_fingerprint: str) -> Servers:
     return Servers(schedulers, queue_home)
 
 
-def template_job(scheduler: Scheduler, row: ScheduleBase, runs: int) -> Job:
-    """The (unsaved) template of ``row`` after ``runs`` runs, built by the scheduler of its queue's server."""
+def template_job(scheduler: Scheduler, row: ScheduleBase, runs: int, *, late_from: float | None = None) -> Job:
+    """The (unsaved) template of ``row`` after ``runs`` runs, built by the scheduler of its queue's server.
+
+    ``late_from``: see ``core.jobs.template_meta``.
+    """
     job = scheduler.jobs.create(
         row.callable,
         args=row.args,
@@ -81,6 +84,7 @@ def template_job(scheduler: Scheduler, row: ScheduleBase, runs: int) -> Job:
             misfire_grace=row.misfire_grace,
             overlap=row.overlap,
             runs=runs,
+            late_from=late_from,
             record=True,
             owner=row.owner,
             version=row.version(),

@@ -3,69 +3,103 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 from django.contrib import messages
+from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
+from django.utils import timezone
 from django.utils.text import Truncator
 from django.utils.translation import gettext as _
 
 from .core import keys
-from .core.status import Member, read_status
-from .models import SCHEDULE_MODELS
+from .core.scores import utc_datetime
+from .core.status import Member, Status, read_status
+from .models import ScheduleBase
+from .owners import rows_owning
 from .servers import servers
 
 logger = logging.getLogger(__name__)
 
-MODELS_BY_NAME = {model._meta.model_name: model for model in SCHEDULE_MODELS}
 SHOWN_ID_LENGTH = 80
 
 
-def owner_link(template_id: str | None) -> str | None:
-    """The admin change page of the row that owns a template, without loading the row."""
-    owner = keys.template_owner(template_id) if template_id else None
-    if owner is None:
-        return None
-    model_name, pk = owner
-    model = MODELS_BY_NAME.get(model_name)
-    if model is None:
-        return None
+@dataclass(frozen=True)
+class Listed:
+    """An entry of the next-due or unowned list: the member, when it is due, and the row that owns it, if any."""
+
+    member: Member
+    due: str
+    row: ScheduleBase | None = None
+    link: str | None = None
+    """The row's change page, for a user who may view the row."""
+
+    @property
+    def kind(self) -> str:
+        return str(self.row._meta.verbose_name) if self.row else ''
+
+
+def _change_link(request: HttpRequest, row: ScheduleBase) -> str | None:
+    opts = row._meta
+    may_view = any(
+        request.user.has_perm(f'{opts.app_label}.{get_permission_codename(action, opts)}')
+        for action in ('view', 'change')
+    )
     try:
-        return reverse(f'admin:{model._meta.app_label}_{model_name}_change', args=[pk])
-    except NoReverseMatch:
+        return reverse(f'admin:{opts.app_label}_{opts.model_name}_change', args=[row.pk]) if may_view else None
+    except NoReverseMatch:  # the model is not in this admin site
         return None
+
+
+def _listed(request: HttpRequest, entries: list[tuple[Member, float]], rows: dict[str, ScheduleBase]) -> list[Listed]:
+    listed = []
+    for member, score in entries:
+        row = rows.get(member.job_id or '')
+        listed.append(Listed(member, _when(score), row, _change_link(request, row) if row else None))
+    return listed
+
+
+def _owning_rows(status: Status) -> dict[str, ScheduleBase]:
+    """The rows owning the entries the page lists, loaded for both lists at once: one query per model."""
+    entries = [*status.next_due, *status.scanned]
+    return rows_owning({member.job_id for member, _ in entries if member.job_id}, 'name')
 
 
 def _when(epoch: float | None) -> str:
-    """A UTC time as the page shows it; a number no date can hold (inf, 1e15) is shown as that number."""
+    """A time as the page shows it: in the current time zone, as the admin's change lists show theirs.
+
+    The zone's abbreviation follows each time, so that the hour repeated when daylight saving time ends reads
+    "02:30:00 CEST", then "02:30:00 CET". A number no date can hold (inf, 1e15) is shown as that number.
+    """
     if epoch is None:
         return '—'
     try:
-        return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime('%Y-%m-%d %H:%M:%S')
+        return timezone.localtime(utc_datetime(epoch)).strftime('%Y-%m-%d %H:%M:%S %Z')
     except (ValueError, OverflowError, OSError):
         return f'{epoch:g}'
 
 
-def _server_context(name: str, scheduler: Any) -> dict[str, Any]:
+def _server_context(request: HttpRequest, name: str, scheduler: Any) -> dict[str, Any]:
     try:
         status = read_status(scheduler.connection)
     except redis.RedisError as exc:
         # The error's text names the host and port: it goes to the log, and only its kind onto the page.
         logger.warning('Status page: cannot read the Redis server of queues %s: %s', name, exc)
         return {'name': name, 'error': type(exc).__name__}
+    rows = _owning_rows(status)
     return {
         'name': name,
         'status': status,
         'leader_heartbeat': _when(status.leader.last_heartbeat) if status.leader else '—',
         'standbys': [(standby, _when(standby.last_heartbeat)) for standby in status.standbys],
-        'next_due': [(member, _when(score), owner_link(member.job_id)) for member, score in status.next_due],
+        'next_due': _listed(request, status.next_due, rows),
         'dead_letters': [(letter, _when(letter.score), _when(letter.at)) for letter in status.dead_letters],
-        'unowned': [(member, _when(score)) for member, score in status.unowned],
+        'unowned': _listed(request, [(m, score) for m, score in status.scanned if m.job_id not in rows], rows),
     }
 
 
@@ -139,7 +173,8 @@ def status_page(model_admin: Any, request: HttpRequest) -> HttpResponse:
         **model_admin.admin_site.each_context(request),
         'title': _('Scheduler status'),
         'opts': model_admin.opts,
-        'servers': [_server_context(name, scheduler) for name, scheduler in servers.items()],
+        'servers': [_server_context(request, name, scheduler) for name, scheduler in servers.items()],
+        'time_zone': timezone.get_current_timezone_name(),
         'can_change': can_change,
     }
     return TemplateResponse(request, 'admin/django_rq_scheduled/status.html', context)

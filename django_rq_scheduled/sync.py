@@ -26,6 +26,7 @@ from .core.queues import connection_identity
 from .core.scheduler import Scheduler
 from .core.scores import format_score, guard_score
 from .models import SCHEDULE_MODELS, ScheduleBase
+from .owners import owner_of
 from .servers import Servers, servers, template_job
 
 logger = logging.getLogger(__name__)
@@ -238,15 +239,19 @@ def _decide(scheduler: Scheduler, row: ScheduleBase, stored: _Stored, now: datet
     if problem:
         logger.error('Not scheduling %s: %s', row.name, problem)
         return remove
-    runs = max(row.run_count, _runs_in(scheduler, stored.raw_meta), (stored.done or ('', 0))[1] or 0)
-    due = row.first_due(now)
+    ours = _ours(scheduler, stored.raw_meta)
+    runs = max(row.run_count, _runs_in(ours), (stored.done or ('', 0))[1] or 0)
+    begun = runs > 0 or ours.get('last_fire_time') is not None
+    due = row.first_due(now, begun=begun)
     if stored.score is not None and stored.score <= now.timestamp() and row.is_periodic:
         # The template is due and not moved yet (the loop is a few ms behind, or down): editing the row must not
         # skip that run. It runs with the new definition; the slots after it follow the new one.
         due = datetime.fromtimestamp(stored.score, tz=UTC)
     if due is None or _is_exhausted(row, runs):
         return remove
-    argv = [row.version(), format_score(due.timestamp()), *_template_fields(scheduler, row, runs)]
+    # A first run already due when written missed nothing before: its misfire grace counts from now.
+    late_from = now.timestamp() if row.is_periodic and not begun and due <= now else None
+    argv = [row.version(), format_score(due.timestamp()), *_template_fields(scheduler, row, runs, late_from)]
     return _Decision(template_id, stored, 'W', next_run=due, argv=argv)
 
 
@@ -273,13 +278,19 @@ def _row_problem(row: ScheduleBase) -> str | None:
     return None
 
 
-def _runs_in(scheduler: Scheduler, raw_meta: Any) -> int:
+def _ours(scheduler: Scheduler, raw_meta: Any) -> dict[str, Any]:
+    """Our part of a stored template's meta; empty when there is none or it cannot be read."""
     if not isinstance(raw_meta, bytes):
-        return 0
+        return {}
     try:
-        runs = payloads.read_meta(raw_meta, scheduler.serializer).get(keys.META_KEY, {}).get('runs', 0)
+        ours = payloads.read_meta(raw_meta, scheduler.serializer).get(keys.META_KEY, {})
     except Exception:
-        return 0
+        return {}
+    return ours if isinstance(ours, dict) else {}
+
+
+def _runs_in(ours: dict[str, Any]) -> int:
+    runs = ours.get('runs', 0)
     return runs if isinstance(runs, int) and not isinstance(runs, bool) and runs >= 0 else 0
 
 
@@ -288,9 +299,9 @@ def _is_exhausted(row: ScheduleBase, runs: int) -> bool:
     return repeat is not None and runs >= repeat
 
 
-def _template_fields(scheduler: Scheduler, row: ScheduleBase, runs: int) -> list[Any]:
+def _template_fields(scheduler: Scheduler, row: ScheduleBase, runs: int, late_from: float | None) -> list[Any]:
     """The template's job hash as a flat field, value list."""
-    mapping = template_job(scheduler, row, runs).to_dict()
+    mapping = template_job(scheduler, row, runs, late_from=late_from).to_dict()
     return [item for pair in mapping.items() for item in pair]
 
 
@@ -388,15 +399,10 @@ def _remove_orphans(servers: Servers, *, using: str) -> SyncReport:
 
 
 def _owned_templates(scheduler: Scheduler) -> dict[type[ScheduleBase], list[Any]]:
-    """The primary keys, per model, of the rows that the versions hash names."""
-    models_by_name = {model._meta.model_name: model for model in SCHEDULE_MODELS}
+    """The primary keys, per model, of the rows that the versions hash names; other keys are left alone."""
     owned: dict[type[ScheduleBase], list[Any]] = defaultdict(list)
     for raw in scheduler.connection.hkeys(keys.VERSIONS_KEY):
-        owner = keys.template_owner(cast(bytes, raw).decode(errors='replace'))
-        model = models_by_name.get(owner[0]) if owner else None
-        if owner and model is not None:
-            try:
-                owned[model].append(model._meta.pk.to_python(owner[1]))
-            except ValidationError:
-                continue  # not a key of ours: leave it alone
+        owner = owner_of(cast(bytes, raw).decode(errors='replace'))
+        if owner is not None:
+            owned[owner[0]].append(owner[1])
     return owned

@@ -64,21 +64,48 @@ def _check_importable(path: str) -> None:
         raise CallableRefused(f'{path} is not callable', 'not_callable')
 
 
+# Codes of their own, never 'invalid': a model field replaces the message of an error whose code it knows, and
+# JSONField's 'invalid' says "Value must be valid JSON.", which a list given for an object is.
 def validate_args(value: Any) -> None:
     if not isinstance(value, list):
-        raise ValidationError(_('Enter a JSON list, e.g. [1, "two"].'), code='invalid')
+        raise ValidationError(
+            _('Positional arguments must be a JSON list, e.g. [1, "a"]; got %(kind)s.'),
+            params={'kind': json_kind(value)},
+            code='not_a_list',
+        )
 
 
 def validate_kwargs(value: Any) -> None:
     if not isinstance(value, dict):
-        raise ValidationError(_('Enter a JSON object, e.g. {"name": "value"}.'), code='invalid')
+        raise ValidationError(
+            _('Keyword arguments must be a JSON object, e.g. {"name": "value"}; got %(kind)s.'),
+            params={'kind': json_kind(value)},
+            code='not_an_object',
+        )
     bad = [key for key in value if not isinstance(key, str) or not key.isidentifier()]
     if bad:
         raise ValidationError(
             _('Keyword argument names must be identifiers; not %(keys)s.'),
             params={'keys': ', '.join(repr(key) for key in bad)},
-            code='invalid',
+            code='not_an_identifier',
         )
+
+
+JSON_KINDS = (
+    (bool, gettext_lazy('true or false')),  # before int: True is an int
+    (dict, gettext_lazy('an object')),
+    (list, gettext_lazy('a list')),
+    (str, gettext_lazy('a string')),
+    ((int, float), gettext_lazy('a number')),
+)
+
+
+def json_kind(value: Any) -> str:
+    """What a value is, in JSON's words, for messages: "an object", "a list", "null"..."""
+    if value is None:
+        return 'null'
+    kind = next((kind for types, kind in JSON_KINDS if isinstance(value, types)), None)
+    return str(kind) if kind is not None else _('a Python %(type)s') % {'type': type(value).__name__}
 
 
 def queue_names() -> list[str]:
@@ -166,13 +193,22 @@ def out_of_bounds(field: Any, value: Any) -> str | None:
     if isinstance(value, str) and isinstance(field, models.CharField):
         return text_problem(value) or too_long(value, field.max_length)
     if isinstance(field, models.IntegerField) and isinstance(value, int):
-        # The ranges of PostgreSQL's and MySQL's columns: a row that SQLite takes must load anywhere.
-        low, high = BaseDatabaseOperations.integer_field_ranges[field.get_internal_type()]
-        if not low <= value <= high:
-            return _('Enter a whole number from %(low)d to %(high)d.') % {'low': low, 'high': high}
+        return integer_range_problem(field, value)
     if isinstance(field, models.DateTimeField) and isinstance(value, datetime):
         return schedule_time_problem(value)
     return None
+
+
+def integer_range_problem(field: models.Field, value: int) -> str | None:
+    """Why ``value`` does not fit the column of an integer field (a primary key included).
+
+    The ranges of PostgreSQL's and MySQL's columns: a row that SQLite takes must load anywhere, and a lookup of a
+    larger number must not reach SQLite, which Django before 5.0 lets fail with OverflowError.
+    """
+    low, high = BaseDatabaseOperations.integer_field_ranges[field.get_internal_type()]
+    if low <= value <= high:
+        return None
+    return _('Enter a whole number from %(low)d to %(high)d.') % {'low': low, 'high': high}
 
 
 def text_problem(value: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -93,6 +94,26 @@ def test_bad_cron_string_shows_a_field_error_and_saves_nothing(admin_client_, co
     row = CronJob.objects.get()
     page = admin_client_.get(reverse('admin:django_rq_scheduled_cronjob_change', args=[row.pk])).content.decode()
     assert page.count('<li>') >= 5 and 'drqs-upcoming' in page
+
+
+@pytest.mark.parametrize(
+    ('field', 'typed', 'message'),
+    [
+        ('args', '{"a": 1}', 'Positional arguments must be a JSON list, e.g. [1, "a"]; got an object.'),
+        ('args', '"a"', 'Positional arguments must be a JSON list, e.g. [1, "a"]; got a string.'),
+        ('kwargs', '[1, 2]', 'Keyword arguments must be a JSON object, e.g. {"name": "value"}; got a list.'),
+        ('kwargs', '[]', 'Keyword arguments must be a JSON object, e.g. {"name": "value"}; got a list.'),
+    ],
+)
+def test_wrong_json_type_of_arguments_is_explained_on_the_field(admin_client_, connection, field, typed, message):
+    data = {
+        'name': 'typo', 'callable': 'tests.tasks.add', 'args': '[]', 'kwargs': '{}', 'queue': 'default',
+        'enabled': 'on', 'cron_string': '*/5 * * * *', 'timezone': 'UTC', 'overlap': 'allow', field: typed,
+    }  # fmt: skip
+    response = admin_client_.post(reverse('admin:django_rq_scheduled_cronjob_add'), data)
+    assert response.status_code == 200
+    assert response.context['adminform'].form.errors[field] == [message]
+    assert CronJob.objects.count() == 0 and connection.dbsize() == 0
 
 
 def test_queue_select_is_built_from_rq_queues_per_request(admin_client_, settings, redis_url):
@@ -200,6 +221,109 @@ def test_status_page(admin_client_, connection):
     assert 'broken' in scheduler and scheduler.dead_letters() == {}
     admin_client_.post(url, {'server': server, 'job_id': 'api-job', 'action': 'cancel'})
     assert 'api-job' not in scheduler
+
+
+def table_cells(page: str, table_id: str) -> list[list[str]]:
+    """The text of each cell of each body row of one table of the page."""
+    table = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S).group(1)
+    body = re.search(r'<tbody>(.*?)</tbody>', table, re.S).group(1)
+    return [
+        [' '.join(re.sub(r'<[^>]+>', ' ', cell).split()) for cell in re.findall(r'<td[^>]*>(.*?)</td>', row, re.S)]
+        for row in re.findall(r'<tr>(.*?)</tr>', body, re.S)
+    ]
+
+
+def test_status_page_times_are_in_the_current_time_zone_and_name_it(admin_client_, connection, settings):
+    settings.TIME_ZONE = 'Europe/Paris'
+    scheduler = Scheduler(connection=connection, name='paris-leader')
+    scheduler.register_birth()
+    assert scheduler.acquire_lock()
+    for job_id, due in (
+        ('winter', datetime(2031, 1, 1, 6, tzinfo=UTC)),
+        ('summer', datetime(2031, 7, 1, 6, tzinfo=UTC)),
+        # 02:30 happens twice in Paris that night: the abbreviation tells the two apart.
+        ('before-fall-back', datetime(2031, 10, 26, 0, 30, tzinfo=UTC)),
+        ('after-fall-back', datetime(2031, 10, 26, 1, 30, tzinfo=UTC)),
+    ):
+        scheduler.enqueue_at(due, 'tests.tasks.add', job_id=job_id)
+    connection.hset(keys.DEAD_LETTERS_KEY, 'poisoned', '{"reason": "r", "score": 1924927200, "at": 1924927200}')
+    page = admin_client_.get(reverse('admin:django_rq_scheduled_schedulerstatus_changelist')).content.decode()
+    assert 'UTC' not in page
+    for label in ('Last heartbeat', 'Due', 'Was due', 'Since'):
+        assert f'{label} (Europe/Paris)' in page
+    due = {cells[0].split()[0]: cells[1] for cells in table_cells(page, 'drqs-next-due')}
+    assert due == {
+        'winter': '2031-01-01 07:00:00 CET',
+        'summer': '2031-07-01 08:00:00 CEST',
+        'before-fall-back': '2031-10-26 02:30:00 CEST',
+        'after-fall-back': '2031-10-26 02:30:00 CET',
+    }
+    assert {cells[1] for cells in table_cells(page, 'drqs-unowned')} == set(due.values())
+    assert table_cells(page, 'drqs-dead-letters')[0][2:4] == ['2030-12-31 07:00:00 CET'] * 2
+
+
+def first_cells(page: str, table_id: str) -> set[str]:
+    return {cells[0] for cells in table_cells(page, table_id)}
+
+
+def change_url(row) -> str:
+    return reverse(f'admin:django_rq_scheduled_{row._meta.model_name}_change', args=[row.pk])
+
+
+@pytest.fixture
+def one_row_of_each_kind_and_two_strangers(connection):
+    later = datetime(2031, 1, 1, tzinfo=UTC)
+    rows = [
+        cron(name='weekday-report'),
+        RepeatableJob.objects.create(
+            name='poll-feeds', callable='tests.tasks.add', scheduled_time=later, interval=1, interval_unit='hours'
+        ),
+        ScheduledJob.objects.create(name='launch', callable='tests.tasks.add', scheduled_time=later),
+    ]
+    Scheduler(connection=connection).enqueue_at(later, 'tests.tasks.add', job_id='api-job')
+    connection.zadd(keys.SCHEDULED_JOBS_KEY, {keys.template_id('cronjob', 999_999): later.timestamp()})  # row gone
+    return rows
+
+
+def test_status_page_names_and_links_the_rows_of_its_entries(admin_client_, one_row_of_each_kind_and_two_strangers):
+    page = admin_client_.get(reverse('admin:django_rq_scheduled_schedulerstatus_changelist')).content.decode()
+    strangers = {'api-job — no schedule row', 'drqs-cronjob-999999 — no schedule row'}
+    named = {'weekday-report (cron job)', 'poll-feeds (repeatable job)', 'launch (scheduled job)'}
+    assert first_cells(page, 'drqs-next-due') == named | strangers
+    assert first_cells(page, 'drqs-unowned') == strangers  # a template whose row is gone is owned by no row
+    for row in one_row_of_each_kind_and_two_strangers:
+        assert f'<a href="{change_url(row)}" title="{row.template_id}">{row.name}</a>' in page
+
+
+def test_status_page_links_only_the_rows_the_user_may_view(client, one_row_of_each_kind_and_two_strangers):
+    report, poll_feeds, launch = one_row_of_each_kind_and_two_strangers
+    viewer = staff(client, 'view_schedulerstatus', 'view_cronjob', 'change_scheduledjob')
+    page = viewer.get(reverse('admin:django_rq_scheduled_schedulerstatus_changelist')).content.decode()
+    assert change_url(report) in page and change_url(launch) in page and change_url(poll_feeds) not in page
+    assert 'poll-feeds (repeatable job)' in first_cells(page, 'drqs-next-due')
+
+
+def test_status_page_looks_rows_up_once_per_model_whatever_the_number_of_entries(admin_client_, connection):
+    later = datetime(2031, 1, 1, tzinfo=UTC)
+    for n in range(12):
+        cron(name=f'cron-{n}')
+        RepeatableJob.objects.create(
+            name=f'every-{n}', callable='tests.tasks.add', scheduled_time=later, interval=1, interval_unit='hours'
+        )
+        ScheduledJob.objects.create(name=f'once-{n}', callable='tests.tasks.add', scheduled_time=later)
+    url = reverse('admin:django_rq_scheduled_schedulerstatus_changelist')
+    admin_client_.get(url)  # warm-up: session, user
+    with CaptureQueriesContext(db_connection) as queries:
+        page = admin_client_.get(url).content.decode()
+    assert len(first_cells(page, 'drqs-next-due')) == 20
+    for model in (CronJob, RepeatableJob, ScheduledJob):
+        assert sum(model._meta.db_table in query['sql'] for query in queries.captured_queries) == 1
+
+
+def test_status_page_with_an_empty_schedule(admin_client_, connection):
+    page = admin_client_.get(reverse('admin:django_rq_scheduled_schedulerstatus_changelist')).content.decode()
+    assert first_cells(page, 'drqs-next-due') == {'Nothing scheduled.'}
+    assert first_cells(page, 'drqs-unowned') == {'None.'}
 
 
 def test_status_page_buttons_need_change_permission(client, connection, redis_url):

@@ -283,6 +283,32 @@ def test_change_lists_of_varied_schedules(page, redis_url, server, connection):
     expect(page.locator('#result_list')).to_contain_text('once, at 2031-01-01')
 
 
+def test_a_repeatable_job_added_as_proposed_is_due_at_once_and_named_on_the_status_page(
+    page, redis_url, server, connection
+):
+    User.objects.create_superuser('admin', 'admin@example.com', 'pw')
+    log_in(page, server, 'admin', 'pw')
+
+    # The form proposes now as the first run; the user leaves it and saves a moment later.
+    page.click('tr.model-repeatablejob a.addlink')
+    expect(page.locator('#id_scheduled_time_0')).not_to_have_value('')
+    expect(page.locator('#id_scheduled_time_1')).not_to_have_value('')
+    page.fill('#id_name', 'poll-feeds')
+    page.fill('#id_callable', 'tests.tasks.add')
+    page.fill('#id_args', '[1, 2]')
+    page.fill('#id_interval', '15')
+    page.locator('input[name=_save]').first.click()
+    expect(page).to_have_url(server + reverse('admin:django_rq_scheduled_repeatablejob_changelist'))
+    row = RepeatableJob.objects.get()
+    assert connection.zscore(keys.SCHEDULED_JOBS_KEY, row.template_id) <= datetime.now(UTC).timestamp()
+
+    # The status page names it, with its kind, and links it to its change page.
+    page.goto(server + reverse('admin:django_rq_scheduled_schedulerstatus_changelist'))
+    expect(page.locator('#drqs-next-due')).to_contain_text('poll-feeds (repeatable job)')
+    page.locator('#drqs-next-due a', has_text='poll-feeds').click()
+    expect(page).to_have_url(server + reverse('admin:django_rq_scheduled_repeatablejob_change', args=[row.pk]))
+
+
 def test_view_only_staff_sees_no_actions_and_cannot_cancel(page, redis_url, server, connection):
     row = CronJob.objects.create(name='report', callable='tests.tasks.record', args=['report'], cron_string='0 7 * * *')
     viewer = User.objects.create_user('viewer', password='pw', is_staff=True)

@@ -86,15 +86,20 @@ def template_meta(
     misfire_grace: float | None = None,
     overlap: str = 'allow',
     runs: int = 0,
+    late_from: float | None = None,
     **ours: Any,
 ) -> dict[str, Any]:
     """The meta of a template: rq-scheduler's keys, which its loop reads too, and ours under ``keys.META_KEY``.
 
     ``kind`` is 'interval', 'cron' or 'once' (a one-off row's, recorded like the others); ``repeat`` is the number
-    of runs left. Extra keyword arguments go into our part (a row's owner, version, and ``record``).
+    of runs left. ``late_from`` (epoch seconds) is set for a first run that was already due when the template was
+    written: it is late, for its misfire grace, only from then. Extra keyword arguments go into our part (a row's
+    owner, version, and ``record``).
     """
     meta: dict[str, Any] = {}
     own: dict[str, Any] = {'kind': kind, 'misfire_grace': misfire_grace, 'overlap': overlap, 'runs': runs, **ours}
+    if late_from is not None:
+        own['late_from'] = late_from
     if kind == 'interval':
         assert interval is not None
         meta['interval'] = max(1, round(interval))  # rq-scheduler reads whole seconds; we read our exact one

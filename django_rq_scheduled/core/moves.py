@@ -189,9 +189,8 @@ class Planner:
     def _plan_one_off(self, parsed: Parsed) -> Entry:
         entry = Entry(parsed.member, guard_score(parsed.score))
         entry.commands.append(('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member))
-        grace = parsed.ours.get('misfire_grace')
         runs = parsed.ours.get('runs', 0)
-        if grace is not None and self.now - parsed.score > grace:
+        if self._is_misfire(parsed.ours, parsed.score):
             entry.outcome = SKIPPED_MISFIRE
             entry.commands.append(('HSET', keys.job_key(parsed.member), 'status', 'canceled'))
         else:
@@ -236,8 +235,7 @@ class Planner:
         meta = dict(parsed.meta)
         ours = dict(parsed.ours)
         fire_time = self._latest_missed_slot(parsed)
-        grace = ours.get('misfire_grace')
-        if grace is not None and self.now - fire_time > grace:
+        if self._is_misfire(ours, fire_time):
             entry.outcome = SKIPPED_MISFIRE
         elif previous_status in ACTIVE_STATUSES:
             entry.outcome = SKIPPED_OVERLAP
@@ -252,6 +250,7 @@ class Planner:
             if meta.get('repeat') is not None:
                 meta['repeat'] = meta['repeat'] - 1
         ours['last_fire_time'] = fire_time
+        ours.pop('late_from', None)  # the first run is decided: every later slot is late from its own time
         meta[keys.META_KEY] = ours
         template_key = keys.job_key(parsed.member)
         if meta.get('repeat') is not None and meta['repeat'] <= 0:
@@ -384,6 +383,16 @@ class Planner:
             return meta['cron_string'], ours.get('timezone') or self.default_timezone
         # rq-scheduler stores crontab-package grammar and evaluates it in the process's local time zone.
         return cron.from_crontab_syntax(meta['cron_string']), self.default_timezone
+
+    def _is_misfire(self, ours: dict[str, Any], fire_time: float) -> bool:
+        """Whether a run is later than its misfire grace (no grace: never).
+
+        A first run that was already due when its template was written (``late_from``) missed nothing before
+        then: it is late only from that moment.
+        """
+        grace = ours.get('misfire_grace')
+        late_since = max(fire_time, ours.get('late_from') or fire_time)
+        return grace is not None and self.now - late_since > grace
 
     def _latest_missed_slot(self, parsed: Parsed) -> float:
         """The last fire time at or before now, at least the due time (misfires coalesce into it)."""

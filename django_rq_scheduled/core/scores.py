@@ -96,3 +96,16 @@ def next_slot(start: float, interval: float, after: float) -> float:
         index += 1
         upcoming = slot(start, interval, index)
     return upcoming
+
+
+def first_due_slot(start: float, interval: float, now: float, *, begun: bool) -> float:
+    """When a schedule is next due, as its template is written at ``now`` (by a save or a reconciliation).
+
+    A first run still ahead is due at ``start``. A first run at or before now is due at once, and once: the latest
+    slot at or before now stands for every slot since ``start``, and the slots after it follow ``start``. A
+    schedule that has begun (it ran or skipped a slot) resumes at the first slot strictly after now, since a slot
+    at this very instant may just have run.
+    """
+    if start >= now:
+        return start
+    return next_slot(start, interval, now) if begun else latest_slot(start, interval, now)

@@ -76,7 +76,9 @@ class Status:
     scheduled_count: int | None
     next_due: list[tuple[Member, float]]
     dead_letters: list[DeadLetter]
-    unowned: list[tuple[Member, float]]
+    scanned: list[tuple[Member, float]]
+    """The entries of one scan of the schedule (up to ``scan_count``, in no order): the Django side tells which of
+    them no row owns."""
     problems: dict[str, str] = field(default_factory=dict)
     """Key → why it could not be read (a key of the wrong type): that part of the snapshot is left empty."""
     read_at: float = field(default_factory=time.time)
@@ -189,7 +191,7 @@ def read_status(connection: Any, *, due_limit: int = 20, scan_count: int = 1000)
         scheduled_count=count,
         next_due=[(Member(member), score) for member, score in due or []],
         dead_letters=sorted((_dead_letter(Member(k), v) for k, v in (dead or {}).items()), key=lambda d: d.at or 0),
-        unowned=[(Member(m), s) for m, s in scanned if not m.startswith(keys.TEMPLATE_PREFIX.encode())],
+        scanned=[(Member(member), score) for member, score in scanned],
         problems=problems,
         read_at=_server_seconds(server_time),
     )

@@ -348,8 +348,10 @@ def test_repeatable_rows_beyond_the_limits_never_overflow(superuser_client, conn
     now = datetime.now(UTC)
     runs = row.next_runs(5)
     assert all(now < run <= LATEST for run in runs)
-    due = row.first_due(now)
+    due = row.first_due(now, begun=True)
     assert due is None or now < due <= LATEST
+    first = row.first_due(now)  # not begun: a first run in the past is due at once
+    assert first is None or first <= LATEST
     reconcile()
     assert superuser_client.get(admin_url(RepeatableJob, 'change', row.pk)).status_code == 200
     assert superuser_client.get(admin_url(RepeatableJob, 'changelist')).status_code == 200

@@ -12,8 +12,9 @@ from types import SimpleNamespace
 
 import fakeredis
 import pytest
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import AnonymousUser, Permission, User
 from django.template.loader import render_to_string
+from django.test import RequestFactory
 from django.urls import reverse
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from django_rq_scheduled import Scheduler, status_views
+from django_rq_scheduled import Scheduler, owners, status_views
 from django_rq_scheduled.core import keys
 from django_rq_scheduled.core.status import _text
 from django_rq_scheduled.models import CronJob
@@ -186,6 +187,32 @@ def test_hostile_data_is_shown_escaped(superuser, connection, redis_url, write, 
         assert text in page
     assert '<script>alert' not in page and '<b>' not in page and '<i>' not in page
     assert redis_url not in page
+
+
+NOT_A_ROW_S_TEMPLATE_ID = [
+    'api-job', 'drqs-cronjob-007', 'drqs-cronjob- 1', 'drqs-cronjob-+1', 'drqs-cronjob-' + '9' * 30,
+    'drqs-cronjob--1', 'drqs-cronjob-', 'drqs-nomodel-1', 'drqs-scheduledjob-1_at_1', 'drqs-repeatablejob-x',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize('member', NOT_A_ROW_S_TEMPLATE_ID)
+def test_only_the_exact_template_id_of_a_row_names_it(member):
+    assert owners.owner_of(member) is None
+
+
+def test_a_row_s_template_id_names_its_model_and_key():
+    assert owners.owner_of('drqs-cronjob-7') == (CronJob, 7)
+
+
+def test_names_of_rows_are_shown_escaped(superuser, connection):
+    row = CronJob.objects.create(name='<script>alert(1)</script>', callable='tests.tasks.add', cron_string='0 0 * * *')
+    for member in NOT_A_ROW_S_TEMPLATE_ID:
+        connection.zadd(SCHEDULE, {member: 2e9})
+    page = rendered(superuser)
+    assert '&lt;script&gt;alert(1)&lt;/script&gt;</a> <span class="drqs-kind quiet">(cron job)</span>' in page
+    assert '<script>alert' not in page
+    assert page.count('drqs-no-row') == 2 * len(NOT_A_ROW_S_TEMPLATE_ID)  # in both lists
+    assert row.template_id.encode().hex() not in {form['member'] for form in forms_in(page, 'drqs-unowned')}
 
 
 WRONG_TYPES = [
@@ -374,13 +401,18 @@ DEAD_LETTER_VALUES = st.one_of(
     ).map(lambda record: json.dumps(record).encode()),
     st.sampled_from([b'[1,2]', b'"x"', b'3', b'null', b'{"at": 1e400}', b'{"score": 1' + b'0' * 400 + b'}']),
 )
+TEMPLATE_IDS = st.sampled_from(
+    [b'drqs-cronjob-1', b'drqs-cronjob-007', b'drqs-cronjob-' + b'9' * 30, b'drqs-cronjob--1', b'drqs-cronjob-',
+     b'drqs-nomodel-1', b'drqs-scheduledjob-1_at_1', b'drqs-repeatablejob-x']
+)  # fmt: skip
+"""Members that look like the template ids of rows, none of which the page may trust blindly."""
 LOCKS = st.none() | st.binary(max_size=20) | st.binary(max_size=10).map(lambda name: b'drqs|' + name + b'|nonce')
 
 
 @hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     dead=st.dictionaries(st.binary(max_size=12), DEAD_LETTER_VALUES, max_size=5),
-    schedule=st.dictionaries(st.binary(min_size=1, max_size=12), st.floats(allow_nan=False), max_size=5),
+    schedule=st.dictionaries(st.binary(min_size=1, max_size=12) | TEMPLATE_IDS, st.floats(allow_nan=False), max_size=5),
     instances=st.dictionaries(st.binary(max_size=8), st.dictionaries(FIELD_NAMES, NUMBERISH, max_size=4), max_size=3),
     lock=LOCKS,
     strings=st.sets(st.sampled_from([DEAD, SCHEDULE, INSTANCES])),
@@ -401,7 +433,9 @@ def test_any_bytes_render(dead, schedule, instances, lock, strings):
     for key in strings:
         connection.delete(key)
         connection.set(key, b'\xff')
-    server = status_views._server_context('default', SimpleNamespace(connection=connection))
+    request = RequestFactory().get(status_url())
+    request.user = AnonymousUser()
+    server = status_views._server_context(request, 'default', SimpleNamespace(connection=connection))
     context = {'servers': [server], 'can_change': True, 'opts': CronJob._meta}
     render_to_string('admin/django_rq_scheduled/status.html', context).encode('utf-8')
     assert {_text(key) for key in strings} <= set(server['status'].problems)
