@@ -1,4 +1,5 @@
-"""Receivers: rows are validated before they are written, and synced to Redis after the transaction commits."""
+"""The app's signals, and its receivers: rows are validated before they are written, and synced to Redis after the
+transaction commits."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 from typing import Any
 
 from django.db.models.signals import post_delete, post_save, pre_save
+from django.dispatch import Signal
 from django.utils import timezone
 
 from . import sync
@@ -13,6 +15,16 @@ from .models import SCHEDULE_MODELS
 from .pending import rows_committed, schedule_sync
 
 logger = logging.getLogger(__name__)
+
+# Sent by the leader (``manage.py rqscheduler``) as it reads runs in, after their rows are committed, with the
+# keyword arguments ``schedule`` (the row) and ``run`` (its ``Run``); the sender is the schedule's model. A receiver
+# that raises is logged and stops nothing.
+run_finished = Signal()
+"""A run of a schedule finished."""
+run_failed = Signal()
+"""A run failed (raised, timed out, lost its worker) or was stopped."""
+run_skipped = Signal()
+"""An occurrence was not run: the previous run still going (overlap), or too late (misfire grace)."""
 
 
 def validate_before_save(sender: type, instance: Any, raw: bool = False, **kwargs: Any) -> None:

@@ -28,3 +28,12 @@ def add(a: int, b: int) -> int:
 def slow(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def user_callback(job: object, connection: object, result: object, *args: object, **kwargs: object) -> None:
+    """An RQ success callback of the user's own, given through the Scheduler API."""
+    record('user-callback', result)

@@ -1,0 +1,363 @@
+"""Runs into the database: what the loop decided (via ``feedback``) and what the workers reported (``core.capture``)
+become ``Run`` rows and each schedule's summary; the run signals follow each commit.
+
+Every write here is idempotent: a run is found by its RQ job id, its status only moves forward (queued, running,
+then one final status), and a schedule's counters move only when one of its runs reaches its final status. Writers
+are serialized by the database (rows locked on PostgreSQL; SQLite's single writer taken first), so two processes
+reading the same records count them once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, cast
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import transaction
+from django.db.models import Case, F, Field, Value, When
+from django.db.models import QuerySet as PlainQuerySet
+from django.utils import timezone as django_timezone
+from rq.utils import utcparse
+
+from .core import capture, keys, scripts
+from .models import SCHEDULE_MODELS, ScheduleBase
+from .runs import (
+    BY_SCHEDULE,
+    CANCELED,
+    FAILED,
+    FAILURE_STATUSES,
+    FINISHED,
+    OPEN_STATUSES,
+    QUEUED,
+    SKIPPED,
+    STARTED,
+    STOPPED,
+    SUMMARY_FIELDS,
+    Run,
+)  # fmt: skip
+from .signals import run_failed, run_finished, run_skipped
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal
+    from redis import Redis
+
+logger = logging.getLogger(__name__)
+
+RECORD_BATCH = 1000
+"""Records read from Redis per pass, of the loop's decisions and of the workers' outcomes."""
+WRITE_BATCH = 500
+UTC = timezone.utc
+GONE = 'gone from Redis before it ended (expired or deleted)'
+SKIP_REASONS = {'skipped_misfire': 'misfire grace', 'skipped_overlap': 'overlap'}
+RUN_FIELDS = ('status', 'reason', 'queue', 'fire_time', 'enqueued_at', 'started_at', 'ended_at', 'worker', 'error')
+FILLED_LATER = ('fire_time', 'enqueued_at', 'started_at', 'worker', 'queue')
+MODELS_BY_NAME = {model._meta.model_name: model for model in SCHEDULE_MODELS}
+SIGNALS: dict[str, Signal] = {
+    FINISHED: run_finished,
+    FAILED: run_failed,
+    STOPPED: run_failed,
+    SKIPPED: run_skipped,
+}
+
+
+@dataclass
+class Fact:
+    """What one record says about one run."""
+
+    job_id: str
+    model: type[ScheduleBase]
+    pk: Any
+    status: str
+    trigger: str = BY_SCHEDULE
+    queue: str = ''
+    reason: str = ''
+    fire_time: datetime | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    worker: str = ''
+    error: str = ''
+    reported: bool = False
+    """From the run's own worker (its callback), so it corrects what the leader only inferred."""
+
+
+@dataclass
+class Transition:
+    """A run that reached ``status`` (its first record, or a step forward)."""
+
+    row: ScheduleBase
+    run: Run
+    status: str
+
+
+# -- reading records -------------------------------------------------------------------------------------------
+
+
+def decision_fact(record: dict[str, Any], model: type[ScheduleBase], pk: Any) -> Fact | None:
+    """The run a loop record (``keys.RUNS_KEY``) tells of: enqueued or skipped; None for other records."""
+    outcome, template = record.get('outcome'), record['schedule']
+    fire_time = epoch_time(record.get('fire_time'))
+    at = epoch_time(record.get('at'))
+    common: dict[str, Any] = {'model': model, 'pk': pk, 'queue': _text(record.get('queue')), 'fire_time': fire_time}
+    if outcome == 'enqueued' and isinstance(record.get('job'), str):
+        return Fact(record['job'], status=QUEUED, enqueued_at=at, **common)
+    if outcome in SKIP_REASONS and fire_time is not None:
+        job_id = keys.occurrence_id(template, round(fire_time.timestamp() * 1000)) if model.is_periodic else template
+        return Fact(job_id, status=SKIPPED, reason=SKIP_REASONS[outcome], ended_at=at, **common)
+    return None
+
+
+def outcome_fact(raw: bytes | str) -> Fact | None:
+    """The run a worker's record (``keys.OUTCOMES_KEY``) tells of, or None (logged) for a record no run can take."""
+    try:
+        record = json.loads(raw)
+        job_id = record['job']
+        origin = keys.run_origin(job_id) if isinstance(job_id, str) else None
+        if origin is None:
+            raise ValueError(f'{job_id!r} is no run of a schedule row')
+        template, trigger, fire_ms = origin
+        model_name, pk = keys.template_owner(template) or ('', '')
+        model = MODELS_BY_NAME[model_name]
+        status = record['status']
+        if status not in (capture.SUCCESS, capture.FAILURE, capture.STOPPED):
+            raise ValueError(f'status {status!r}')
+        return Fact(
+            job_id,
+            model,
+            model._meta.pk.to_python(pk),
+            status,
+            trigger=trigger,
+            queue=_text(record.get('queue'))[:255],
+            reason=_text(record.get('reason'))[:255],
+            fire_time=epoch_time(fire_ms / 1000 if fire_ms is not None else None),
+            started_at=epoch_time(record.get('started')),
+            ended_at=epoch_time(record.get('ended')),
+            worker=_text(record.get('worker'))[:255],
+            error=_text(record.get('error')),
+            reported=True,
+        )
+    except Exception as exc:
+        logger.warning('Dropping a malformed run outcome %r: %r', raw[:200], exc)
+        return None
+
+
+def epoch_time(epoch: Any) -> datetime | None:
+    if epoch is None:
+        return None
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+        raise ValueError(f'time: {epoch!r}')
+    return datetime.fromtimestamp(epoch, tz=UTC)  # OverflowError, ValueError or OSError if out of range
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ''
+
+
+def ingest_outcomes(connection: Redis, *, using: str = 'default') -> int:
+    """Reads a batch of the workers' outcome records into runs; returns how many records were read.
+
+    Records stay in Redis until their runs are written, so a database outage only delays them.
+    """
+    records = connection.lrange(keys.OUTCOMES_KEY, 0, RECORD_BATCH - 1)
+    if not records:
+        return 0
+    facts = [fact for fact in map(outcome_fact, records) if fact is not None]
+    transitions = record_facts(facts, using=using)
+    connection.eval(scripts.TRIM_IF_HEAD, 1, keys.OUTCOMES_KEY, records[0], len(records))
+    send_signals(transitions)
+    return len(records)
+
+
+# -- writing runs ----------------------------------------------------------------------------------------------
+
+
+def record_facts(facts: Sequence[Fact], *, using: str = 'default') -> list[Transition]:
+    """Writes what ``facts`` say into runs and summaries, in one transaction; returns the status changes made."""
+    if not facts:
+        return []
+    with transaction.atomic(using=using):
+        _take_the_writers_turn(using)
+        wanted = {fact.job_id for fact in facts}
+        runs = {run.rq_job_id: run for run in Run.objects.using(using).select_for_update().filter(rq_job_id__in=wanted)}
+        rows = _schedule_rows(facts, using)
+        created: dict[str, Run] = {}
+        changed: dict[str, Run] = {}
+        transitions: list[Transition] = []
+        for fact in facts:
+            row = rows.get((fact.model, fact.pk))
+            if row is None:
+                continue  # the schedule is gone, and its runs with it
+            run = runs.get(fact.job_id)
+            if run is None:
+                run = runs[fact.job_id] = created[fact.job_id] = _new_run(fact, row)
+                transitions.append(Transition(row, run, run.status))
+                continue
+            dirty, moved = _merge(run, fact)
+            if dirty and fact.job_id not in created:
+                changed[fact.job_id] = run
+            if moved:
+                transitions.append(Transition(row, run, run.status))
+        Run.objects.using(using).bulk_create(created.values(), batch_size=WRITE_BATCH)
+        Run.objects.using(using).bulk_update(changed.values(), RUN_FIELDS, batch_size=WRITE_BATCH)
+        _write_summaries(transitions, using)
+    return transitions
+
+
+def _take_the_writers_turn(using: str) -> None:
+    # SQLite lets two transactions read, then makes the second writer wait or fail: both would count the same
+    # runs. Writing first takes its single writer's lock for the whole transaction (PostgreSQL locks rows instead).
+    Run.objects.using(using).filter(pk=-1).update(status=F('status'))
+
+
+def _schedule_rows(facts: Iterable[Fact], using: str) -> dict[tuple[type[ScheduleBase], Any], ScheduleBase]:
+    wanted: dict[type[ScheduleBase], set[Any]] = {}
+    for fact in facts:
+        wanted.setdefault(fact.model, set()).add(fact.pk)
+    rows = {}
+    for model, pks in wanted.items():
+        for row in model._base_manager.using(using).select_for_update().filter(pk__in=pks):
+            rows[model, row.pk] = row
+    return rows
+
+
+def _new_run(fact: Fact, row: ScheduleBase) -> Run:
+    values = {name: getattr(fact, name) for name in RUN_FIELDS}
+    values['queue'] = fact.queue or row.queue
+    return Run(schedule=row, schedule_name=row.name, rq_job_id=fact.job_id, trigger=fact.trigger, **values)
+
+
+def _rank(status: str) -> int:
+    return {QUEUED: 0, STARTED: 1}.get(status, 2)
+
+
+def _merge(run: Run, fact: Fact) -> tuple[bool, bool]:
+    """Completes ``run`` with ``fact``; returns whether anything changed, and whether its status moved forward."""
+    before = [getattr(run, name) for name in RUN_FIELDS]
+    final = fact.status not in OPEN_STATUSES
+    moved = _rank(fact.status) > _rank(run.status) or (final and fact.reported and run.reason == GONE)
+    if moved or (final and fact.reported and fact.status == run.status):
+        # The worker's own report wins over what the leader inferred of the same end.
+        for name in RUN_FIELDS:
+            value = getattr(fact, name)
+            if value not in (None, ''):
+                setattr(run, name, value)
+    else:
+        for name in FILLED_LATER:
+            if getattr(run, name) in (None, '') and getattr(fact, name) not in (None, ''):
+                setattr(run, name, getattr(fact, name))
+    return before != [getattr(run, name) for name in RUN_FIELDS], moved
+
+
+# -- summaries and signals -------------------------------------------------------------------------------------
+
+
+def _write_summaries(transitions: Sequence[Transition], using: str) -> None:
+    touched: dict[tuple[type[ScheduleBase], Any], ScheduleBase] = {}
+    for transition in transitions:
+        _summarize(transition.row, transition.run, transition.status)
+        touched[type(transition.row), transition.row.pk] = transition.row
+    by_model: dict[type[ScheduleBase], list[ScheduleBase]] = {}
+    for (model, _pk), row in touched.items():
+        by_model.setdefault(model, []).append(row)
+    for model, rows in by_model.items():
+        for start in range(0, len(rows), WRITE_BATCH):
+            _write_summary_batch(model, rows[start : start + WRITE_BATCH], using)
+
+
+def _summarize(row: ScheduleBase, run: Run, status: str) -> None:
+    row.last_status = status
+    moment = run.ended_at or django_timezone.now()
+    if status == FINISHED:
+        row.success_count += 1
+        row.last_success_at = moment
+        row.consecutive_failures = 0
+    elif status in FAILURE_STATUSES:
+        row.failure_count += 1
+        row.last_failure_at = moment
+        row.consecutive_failures += 1
+
+
+def _write_summary_batch(model: type[ScheduleBase], rows: list[ScheduleBase], using: str) -> None:
+    """One UPDATE for the summaries of many rows (the schedules' own ``update()`` refuses the loop's fields)."""
+    values = {}
+    for name in SUMMARY_FIELDS:
+        field = cast(Field, model._meta.get_field(name))
+        whens = [When(pk=row.pk, then=Value(getattr(row, name), output_field=field)) for row in rows]
+        values[name] = Case(*whens, output_field=field)
+    rows_of_model = model._base_manager.using(using).filter(pk__in=[row.pk for row in rows])
+    PlainQuerySet.update(rows_of_model, **values)
+
+
+def send_signals(transitions: Iterable[Transition]) -> None:
+    """``run_finished``, ``run_failed`` and ``run_skipped`` for the runs that reached them; a receiver that raises
+    is logged and stops nothing."""
+    for transition in transitions:
+        signal = SIGNALS.get(transition.status)
+        if signal is None:
+            continue
+        results = signal.send_robust(sender=type(transition.row), schedule=transition.row, run=transition.run)
+        for receiver, result in results:
+            if isinstance(result, Exception):
+                logger.error('A receiver of a run signal (%r) raised for %s', receiver, transition.run, exc_info=result)
+
+
+# -- runs nobody reported on -----------------------------------------------------------------------------------
+
+SWEEP_BATCH = 500
+RQ_FINAL_STATUSES = {
+    b'finished': FINISHED,
+    b'failed': FAILED,
+    b'stopped': STOPPED,
+    b'canceled': CANCELED,
+}
+
+
+def sweep_open_runs(connection: Redis, queues: Collection[str], *, using: str = 'default') -> set[str]:
+    """Looks up, in one round trip, the oldest runs on ``queues`` still queued or running: marks those a worker
+    started, and those that ended without a report (a job deleted or expired, a worker that could not import this
+    package). Returns the queues with runs still running."""
+    runs = list(
+        Run.objects.using(using).filter(status__in=OPEN_STATUSES, queue__in=list(queues)).order_by('id')[:SWEEP_BATCH]
+    )
+    if not runs:
+        return set()
+    with connection.pipeline(transaction=False) as pipe:
+        for run in runs:
+            pipe.hmget(keys.job_key(run.rq_job_id), 'status', 'started_at', 'worker_name')
+        states = pipe.execute(raise_on_error=False)
+    facts = [fact for fact in (_observed(run, state) for run, state in zip(runs, states)) if fact is not None]
+    send_signals(record_facts(facts, using=using))
+    return {fact.queue for fact in facts if fact.status == STARTED}
+
+
+def _observed(run: Run, state: list[bytes | None] | Exception) -> Fact | None:
+    model = ContentType.objects.get_for_id(run.schedule_type_id).model_class()  # cached by Django
+    fact = Fact(run.rq_job_id, cast('type[ScheduleBase]', model), run.schedule_id, '', queue=run.queue)
+    if isinstance(state, Exception):  # something else was written at the job's key: no worker can run it
+        fact.status, fact.reason, fact.ended_at = CANCELED, f'job key unreadable: {state}'[:255], django_timezone.now()
+        return fact
+    status, started_at, worker = state
+    if status is None:
+        fact.status, fact.reason, fact.ended_at = CANCELED, GONE, django_timezone.now()
+    elif status == b'started':
+        fact.status, fact.started_at, fact.worker = STARTED, _rq_time(started_at), _decoded(worker)
+    elif status in RQ_FINAL_STATUSES:
+        fact.status, fact.ended_at = RQ_FINAL_STATUSES[status], django_timezone.now()
+    else:
+        return None
+    return fact
+
+
+def _rq_time(value: bytes | None) -> datetime | None:
+    try:
+        return utcparse(value.decode()).replace(tzinfo=UTC) if value else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _decoded(value: bytes | None) -> str:
+    return value.decode(errors='replace')[:255] if value else ''
