@@ -29,7 +29,6 @@ from .runs import (
     BY_SCHEDULE,
     CANCELED,
     FAILED,
-    FAILURE_STATUSES,
     FINISHED,
     OPEN_STATUSES,
     QUEUED,
@@ -39,6 +38,7 @@ from .runs import (
     SUMMARY_FIELDS,
     Run,
 )  # fmt: skip
+from .servers import servers
 from .signals import run_failed, run_finished, run_skipped
 
 if TYPE_CHECKING:
@@ -258,7 +258,7 @@ def _merge(run: Run, fact: Fact) -> tuple[bool, bool]:
 def _write_summaries(transitions: Sequence[Transition], using: str) -> None:
     touched: dict[tuple[type[ScheduleBase], Any], ScheduleBase] = {}
     for transition in transitions:
-        _summarize(transition.row, transition.run, transition.status)
+        transition.row.remember(transition.run, transition.status)
         touched[type(transition.row), transition.row.pk] = transition.row
     by_model: dict[type[ScheduleBase], list[ScheduleBase]] = {}
     for (model, _pk), row in touched.items():
@@ -266,19 +266,6 @@ def _write_summaries(transitions: Sequence[Transition], using: str) -> None:
     for model, rows in by_model.items():
         for start in range(0, len(rows), WRITE_BATCH):
             _write_summary_batch(model, rows[start : start + WRITE_BATCH], using)
-
-
-def _summarize(row: ScheduleBase, run: Run, status: str) -> None:
-    row.last_status = status
-    moment = run.ended_at or django_timezone.now()
-    if status == FINISHED:
-        row.success_count += 1
-        row.last_success_at = moment
-        row.consecutive_failures = 0
-    elif status in FAILURE_STATUSES:
-        row.failure_count += 1
-        row.last_failure_at = moment
-        row.consecutive_failures += 1
 
 
 def _write_summary_batch(model: type[ScheduleBase], rows: list[ScheduleBase], using: str) -> None:
@@ -361,3 +348,33 @@ def _rq_time(value: bytes | None) -> datetime | None:
 
 def _decoded(value: bytes | None) -> str:
     return value.decode(errors='replace')[:255] if value else ''
+
+
+# -- cancel ----------------------------------------------------------------------------------------------------
+
+CANCELED_WITH_SCHEDULE = 'canceled with its schedule'
+
+
+def cancel_waiting_runs(rows: Iterable[ScheduleBase], *, using: str = 'default') -> int:
+    """Takes the runs of ``rows`` still waiting in a queue out of it, recorded as canceled; returns how many.
+
+    A run a worker has already taken is left to finish.
+    """
+    facts = []
+    for row in rows:
+        for run in row.runs.using(using).filter(status=QUEUED):
+            if _take_out_of_queue(run):
+                facts.append(
+                    Fact(run.rq_job_id, type(row), row.pk, CANCELED, reason=CANCELED_WITH_SCHEDULE,
+                         ended_at=django_timezone.now(), queue=run.queue)
+                )  # fmt: skip
+    send_signals(record_facts(facts, using=using))
+    return len(facts)
+
+
+def _take_out_of_queue(run: Run) -> bool:
+    scheduler = servers().scheduler_for(run.queue)
+    queue = scheduler.queues.get(run.queue, None)
+    return bool(
+        scheduler.connection.eval(scripts.CANCEL_QUEUED, 2, queue.key, keys.job_key(run.rq_job_id), run.rq_job_id)
+    )

@@ -9,6 +9,7 @@ from typing import Any
 from django.contrib.contenttypes.fields import GenericForeignKey, GenericRelation
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 # The statuses and triggers as plain strings, for code (mypy reads the TextChoices members below as tuples).
@@ -51,6 +52,7 @@ class RunQuerySet(models.QuerySet['Run']):
                 'schedule_id': row.pk,
                 'schedule_name': str(row),
                 'trigger': BY_HAND,
+                'queue': getattr(row, 'queue', ''),
                 'enqueued_at': enqueued_at,
             },
         )
@@ -119,8 +121,13 @@ class Run(models.Model):
 
 
 SUMMARY_FIELDS = frozenset(
-    {'last_status', 'last_success_at', 'last_failure_at', 'consecutive_failures', 'success_count', 'failure_count'}
-)
+    {
+        'last_status', 'last_success_at', 'last_failure_at', 'consecutive_failures', 'success_count', 'failure_count',
+        'last_error', 'recent_runs',
+    }
+)  # fmt: skip
+RECENT_RUNS = 30
+"""Runs a schedule row keeps as ``[id, status]`` pairs for its outcome strip: the admin draws it without a query."""
 
 
 class RunSummary(models.Model):
@@ -135,6 +142,27 @@ class RunSummary(models.Model):
     consecutive_failures = models.PositiveIntegerField(_('consecutive failures'), default=0, editable=False)
     success_count = models.PositiveIntegerField(_('successes'), default=0, editable=False)
     failure_count = models.PositiveIntegerField(_('failures'), default=0, editable=False)
+    last_error = models.CharField(
+        _('last error'), max_length=255, blank=True, editable=False, help_text=_("The last failed run's error.")
+    )
+    recent_runs = models.JSONField(_('recent runs'), default=list, blank=True, editable=False)
 
     class Meta:
         abstract = True
+
+    def remember(self, run: Run, status: str) -> None:
+        """Folds a run that reached ``status`` into this summary."""
+        self.last_status = status
+        moment = run.ended_at or timezone.now()
+        if status == FINISHED:
+            self.success_count += 1
+            self.last_success_at = moment
+            self.consecutive_failures = 0
+        elif status in FAILURE_STATUSES:
+            self.failure_count += 1
+            self.last_failure_at = moment
+            self.consecutive_failures += 1
+            self.last_error = (run.error_headline or run.reason)[:255]
+        if run.pk is not None:
+            recent = [entry for entry in self.recent_runs if entry[0] != run.pk]
+            self.recent_runs = sorted([*recent, [run.pk, status]])[-RECENT_RUNS:]

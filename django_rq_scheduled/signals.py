@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from . import sync
 from .models import SCHEDULE_MODELS
-from .pending import rows_committed, schedule_sync
+from .pending import note_unsynced, rows_committed, schedule_sync
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +52,16 @@ def sync_after_delete(sender: type, instance: Any, using: str, **kwargs: Any) ->
 def sync_committed_rows(sender: Any, pks: list[Any], using: str, **kwargs: Any) -> None:
     try:
         sync.sync_rows(sender, pks, using=using)
-    except Exception:
+    except Exception as exc:
         # The rows are committed: raising now would not undo them, only fail the request that saved them (Redis
         # out of memory, read-only, away...). Reconciliation brings Redis in line later.
-        logger.exception('Could not sync %d %s rows to Redis; reconciliation will', len(pks), sender.__name__)
+        logger.exception(
+            'Saved %d %s rows, but could not bring them into Redis; the scheduler (manage.py rqscheduler) does so '
+            'at its next reconciliation once Redis answers',
+            len(pks),
+            sender.__name__,
+        )
+        note_unsynced(sender, pks, exc)
 
 
 def connect() -> None:
