@@ -29,6 +29,8 @@ POSTGRES_TESTS = (
     'tests/adversarial/test_admin_actions.py',
     'tests/test_reconcile.py',
     'tests/test_admin.py',
+    'tests/test_run_history.py',
+    'tests/test_runs_admin.py',
 )
 
 

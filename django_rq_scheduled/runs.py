@@ -150,8 +150,8 @@ class RunSummary(models.Model):
     class Meta:
         abstract = True
 
-    def remember(self, run: Run, status: str) -> None:
-        """Folds a run that reached ``status`` into this summary."""
+    def remember(self, run: Any, status: str) -> None:
+        """Folds a run that reached ``status`` into this summary (``run``: a ``Run``, or the same attributes)."""
         self.last_status = status
         moment = run.ended_at or timezone.now()
         if status == FINISHED:
@@ -163,6 +163,11 @@ class RunSummary(models.Model):
             self.last_failure_at = moment
             self.consecutive_failures += 1
             self.last_error = (run.error_headline or run.reason)[:255]
-        if run.pk is not None:
-            recent = [entry for entry in self.recent_runs if entry[0] != run.pk]
-            self.recent_runs = sorted([*recent, [run.pk, status]])[-RECENT_RUNS:]
+        if run.pk is None:
+            return
+        recent = self.recent_runs
+        if recent and recent[-1][0] >= run.pk:  # a run already shown, or an older one read in late
+            recent = sorted([entry for entry in recent if entry[0] != run.pk] + [[run.pk, status]])
+        else:
+            recent = [*recent, [run.pk, status]]
+        self.recent_runs = recent[-RECENT_RUNS:]

@@ -21,6 +21,10 @@ def record(label: str, *args: object) -> str:
     return label
 
 
+def noop() -> None:
+    return None
+
+
 def add(a: int, b: int) -> int:
     return a + b
 
