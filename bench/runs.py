@@ -198,6 +198,10 @@ def report(data: dict) -> str:
             f'{ratio_of_medians(rates[WITH], rates[WITHOUT]):.3f} |'
         )
     ingestion = data['ingestion']
+
+    def rate(name: str) -> str:
+        return spread([measured[name] for measured in ingestion], ',.0f')
+
     lines += [
         '',
         f'## The leader reading {config["runs"]:,} runs of {config["schedules"]:,} schedules into SQLite (a file), '
@@ -205,10 +209,10 @@ def report(data: dict) -> str:
         '',
         '| step | runs/s |',
         '| --- | ---: |',
-        f'| enqueued runs (loop records: feedback and new runs) | {spread([r["enqueued_per_s"] for r in ingestion], ",.0f")} |',
-        f'| outcomes (worker records: runs completed, summaries) | {spread([r["outcomes_per_s"] for r in ingestion], ",.0f")} |',
-        f'| both, per run | {spread([r["runs_per_s"] for r in ingestion], ",.0f")} |',
-    ]  # fmt: skip
+        f'| enqueued runs (loop records: feedback and new runs) | {rate("enqueued_per_s")} |',
+        f'| outcomes (worker records: runs completed, summaries) | {rate("outcomes_per_s")} |',
+        f'| both, per run | {rate("runs_per_s")} |',
+    ]
     return '\n'.join(lines)
 
 
