@@ -40,7 +40,7 @@ from rq import Queue  # noqa: E402
 from rq.utils import utcparse  # noqa: E402
 
 from bench.common import alternate, check, private_redis, ratio_of_medians, run_command_line, spread  # noqa: E402
-from django_rq_scheduled import history  # noqa: E402
+from django_rq_scheduled import history, retention  # noqa: E402
 from django_rq_scheduled.core import capture, keys  # noqa: E402
 from django_rq_scheduled.feedback import apply_feedback  # noqa: E402
 from django_rq_scheduled.models import RepeatableJob, Run  # noqa: E402
@@ -144,7 +144,13 @@ def ingestion_pass(url: str, config: Config, schedules: list[RepeatableJob]) -> 
     check(counted == config.runs, f'ingestion: summaries count {counted} runs of {config.runs}')
     connection.connection_pool.disconnect()
     total = sum(timings.values())
+    Run.objects.update(ended_at=datetime.now(timezone.utc) - timedelta(days=31))
+    started = time.perf_counter()
+    pruned = retention.Pruner().prune(days=30, per_schedule=1_000_000)
+    prune_s = time.perf_counter() - started
+    check(pruned == min(retention.PRUNE_BATCH, config.runs), f'pruning: {pruned} runs deleted')
     return {
+        'prune_ms': prune_s * 1000,
         'runs_per_s': config.runs / total,
         'enqueued_per_s': config.runs / timings['enqueued'],
         'outcomes_per_s': config.runs / timings['outcomes'],
@@ -212,6 +218,9 @@ def report(data: dict) -> str:
         f'| enqueued runs (loop records: feedback and new runs) | {rate("enqueued_per_s")} |',
         f'| outcomes (worker records: runs completed, summaries) | {rate("outcomes_per_s")} |',
         f'| both, per run | {rate("runs_per_s")} |',
+        '',
+        f'One pruning pass deleting {min(1000, config["runs"]):,} runs out of {config["runs"]:,}: '
+        f'{spread([measured["prune_ms"] for measured in ingestion], ",.1f")} ms.',
     ]
     return '\n'.join(lines)
 

@@ -23,6 +23,7 @@ from .core import keys
 
 if TYPE_CHECKING:
     from django_stubs_ext import StrOrPromise
+from .models import SCHEDULE_MODELS
 from .runs import FAILED, FAILURE_STATUSES, Run, RunStatus
 from .servers import run_now, servers
 
@@ -131,8 +132,7 @@ def _runs_of(row: Any) -> str | None:
     changelist = _admin_url('django_rq_scheduled_run_changelist')
     if changelist is None:
         return None
-    kind = ContentType.objects.get_for_model(type(row)).pk
-    return f'{changelist}?schedule_type__id__exact={kind}&schedule_id={row.pk}'
+    return f'{changelist}?kind={row._meta.model_name}&schedule_id={row.pk}'
 
 
 def _local(moment: Any) -> str:
@@ -156,6 +156,25 @@ class FailingFilter(admin.SimpleListFilter):
         if self.value() == 'never':
             return queryset.filter(last_status='')
         return queryset
+
+
+class KindFilter(admin.SimpleListFilter):
+    """The kind of schedule a run belongs to: the three schedule models, not every content type."""
+
+    title = _('schedule kind')
+    parameter_name = 'kind'
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [(str(model._meta.model_name), model._meta.verbose_name) for model in SCHEDULE_MODELS]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        models = {model._meta.model_name: model for model in SCHEDULE_MODELS}
+        value = self.value()
+        if not value:
+            return queryset
+        if value not in models:
+            return queryset.none()
+        return queryset.filter(schedule_type=ContentType.objects.get_for_model(models[value]))
 
 
 class ScheduleFilter(admin.SimpleListFilter):

@@ -216,3 +216,19 @@ def test_the_change_list_costs_the_same_with_many_runs(superuser, connection):
         schedule(f's{i}')
     many = changelist_costs(superuser, url)
     assert few[:2] == many[:2] and many[1] <= 1
+
+
+@pytest.mark.parametrize(
+    'params',
+    [
+        {'kind': 'repeatablejob'}, {'kind': '<script>'}, {'kind': 'user'}, {'schedule_id': '9' * 30},
+        {'schedule_id': '-1'}, {'schedule_id': 'abc'}, {'status': 'nonsense'}, {'q': '\x00'},
+        {'fire_time__year': '99999'},
+    ],
+)  # fmt: skip
+def test_the_run_list_answers_any_query(superuser, connection, params):
+    record(schedule(), 'failed', 1)
+    response = superuser.get(reverse('admin:django_rq_scheduled_run_changelist'), params)
+    assert response.status_code in (200, 302)
+    if params == {'kind': 'repeatablejob'}:
+        assert response.context['cl'].result_count == 1
