@@ -32,6 +32,8 @@ POSTGRES_TESTS = (
     'tests/test_admin.py',
     'tests/test_faults.py',
     'tests/test_outages.py',
+    'tests/test_run_history.py',
+    'tests/test_runs_admin.py',
 )
 
 

@@ -11,6 +11,7 @@ from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import router, transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -21,10 +22,13 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from . import history
+from .admin_runs import FailingFilter, last_outcome, outcome_counts, outcome_strip, runs_table
 from .core import keys
 from .describe import describe_cron, describe_interval
 from .forms import ScheduleForm
 from .models import CronJob, RepeatableJob, ScheduleBase, ScheduledJob, SchedulerStatus
+from .pending import unsynced_error
 from .servers import servers
 from .validators import queue_names, text_problem
 
@@ -149,16 +153,18 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     form = ScheduleForm
     list_display: tuple[str, ...] = (
-        'name', 'what', 'queue', 'enabled', 'schedule', 'next_run_display', 'last_run', 'run_count', 'status',
+        'name', 'what', 'queue', 'enabled', 'schedule', 'next_run_display', 'status', 'last_outcome', 'outcomes',
+        'recent_runs_strip',
     )  # fmt: skip
-    list_filter = ('enabled', QueueFilter, StatusFilter)
+    list_filter = ('enabled', QueueFilter, StatusFilter, FailingFilter)
     search_fields = ('name', 'callable')
     list_per_page = 50
     show_full_result_count = False
     save_on_top = True
     actions = ('enable_selected', 'disable_selected', 'run_selected_now', 'cancel_selected')
     readonly_fields: ClassVar[tuple[str, ...]] = (
-        'upcoming_runs', 'next_run', 'last_run', 'run_count', 'created', 'modified',
+        'upcoming_runs', 'next_run', 'last_run', 'run_count', 'created', 'modified', 'last_outcome', 'outcomes',
+        'recent_runs_large', 'last_runs',
     )  # fmt: skip
     when_fields: tuple[str, ...] = ()
 
@@ -173,8 +179,37 @@ class ScheduleAdmin(admin.ModelAdmin):
                     'fields': ('timeout', 'result_ttl', 'ttl', 'at_front', 'misfire_grace', 'overlap', 'description'),
                 },
             ),
-            (_('History'), {'fields': ('next_run', 'last_run', 'run_count', 'created', 'modified')}),
+            (
+                _('Runs'),
+                {
+                    'fields': (
+                        'last_outcome',
+                        'outcomes',
+                        'recent_runs_large',
+                        'last_runs',
+                        'next_run',
+                        'last_run',
+                        'run_count',
+                    )
+                },
+            ),
+            (_('History'), {'fields': ('created', 'modified')}),
         ]
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        # Runs after the row's sync, which on_commit runs first: it was registered when the row was written.
+        transaction.on_commit(lambda: self._tell_if_unsynced(request, obj), using=router.db_for_write(type(obj)))
+
+    def _tell_if_unsynced(self, request: HttpRequest, obj: Any) -> None:
+        error = unsynced_error(type(obj), obj.pk)
+        if error is None:
+            return
+        message = _(
+            '“%(name)s” is saved, but Redis could not be updated (%(error)s). The scheduler brings Redis in line '
+            'with the database at its next reconciliation once Redis answers; until then this schedule may not run.'
+        )
+        self.message_user(request, message % {'name': obj.name, 'error': type(error).__name__}, messages.WARNING)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return PresenceChangeList
@@ -214,6 +249,26 @@ class ScheduleAdmin(admin.ModelAdmin):
             STATUS_COLOURS[state],
             STATUS_LABELS.get(state, UNKNOWN_LABEL),
         )
+
+    @admin.display(description=_('last outcome'), ordering='last_status')
+    def last_outcome(self, obj: ScheduleBase) -> str:
+        return last_outcome(obj)
+
+    @admin.display(description=_('outcomes'), ordering='-failure_count')
+    def outcomes(self, obj: ScheduleBase) -> str:
+        return outcome_counts(obj)
+
+    @admin.display(description=_('recent runs'))
+    def recent_runs_strip(self, obj: ScheduleBase) -> str:
+        return outcome_strip(obj)
+
+    @admin.display(description=_('recent runs'))
+    def recent_runs_large(self, obj: ScheduleBase) -> str:
+        return outcome_strip(obj, height=24, width=10)
+
+    @admin.display(description=_('last runs'))
+    def last_runs(self, obj: ScheduleBase) -> StrOrPromise:
+        return runs_table(obj)
 
     @admin.display(description=_('next 5 runs'))
     def upcoming_runs(self, obj: ScheduleBase) -> StrOrPromise:
@@ -293,8 +348,16 @@ class ScheduleAdmin(admin.ModelAdmin):
         return TemplateResponse(request, 'admin/django_rq_scheduled/cancel_selected.html', context)
 
     def _cancel(self, request: HttpRequest, queryset: QuerySet) -> int:
-        """Removes the schedules from Redis and disables their rows; the rows and their history stay."""
-        return self._set_enabled(request, queryset, enabled=False, message='Cancelled')
+        """Disables the rows (which takes them out of the schedule) and takes their runs still waiting in a queue
+        out of it, recorded as canceled; the rows and their history stay. Disabling alone lets waiting runs run."""
+        rows = list(queryset)
+        count = self._set_enabled(request, queryset, enabled=False, message='Cancelled')
+        try:
+            history.cancel_waiting_runs(rows, using=queryset.db)
+        except (redis.RedisError, ValueError):
+            warning = _('Redis did not answer: runs already waiting in a queue may still run.')
+            self.message_user(request, warning, messages.WARNING)
+        return count
 
     # -- the cancel screen of one schedule ------------------------------------------------------------------
 

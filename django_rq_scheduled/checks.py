@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.db.models import Field
 
-from .conf import DEFAULTS
+from .conf import DEFAULTS, RUN_HISTORY_LIMITS
 from .core import limits
 from .core.cron import CronError, get_zone
 
@@ -48,6 +48,10 @@ def _setting_problems(config: dict[str, Any]) -> list[str]:
     grace = config.get('DEFAULT_MISFIRE_GRACE')
     if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace <= 0):
         problems.append(f'DEFAULT_MISFIRE_GRACE must be None or a whole number of seconds above zero, got {grace!r}')
+    for key, most in RUN_HISTORY_LIMITS.items():
+        value = config.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= most:
+            problems.append(f'{key} must be a whole number from 0 (no history) to {most:,}, got {value!r}')
     allowed = config.get('ALLOWED_CALLABLES')
     if allowed is not None and (
         isinstance(allowed, str)

@@ -47,6 +47,14 @@ SETTINGS: dict[str, Setting] = {
     'RECONCILE_INTERVAL': Setting(
         60, 'Seconds between two reconciliations of the database with Redis by ``manage.py rqscheduler``.'
     ),
+    'RUN_HISTORY_DAYS': Setting(
+        30,
+        'Days a finished run stays in the run history (``Run`` rows); ``0`` keeps no history (the summary fields of '
+        'each schedule are kept). See :doc:`runs`.',
+    ),
+    'RUN_HISTORY_PER_SCHEDULE': Setting(
+        1000, 'Runs kept per schedule, the newest; older ones are pruned. ``0`` keeps no history. See :doc:`runs`.'
+    ),
     'DEFAULT_MISFIRE_GRACE': Setting(
         None, 'Misfire grace (seconds) of new rows whose form leaves it empty; ``None`` means "always run once".'
     ),
@@ -64,6 +72,8 @@ MAX_INTERVAL_SECONDS = 36_525 * 86_400  # 100 years of 365.25 days
 # Levels of lists and objects in args and kwargs ([] is one level): deep enough for any real argument, and
 # checked without recursion; deeper values break Python's recursive JSON encoder and decoder.
 MAX_JSON_DEPTH = 100
+# Of the run history's settings: a century of days, a million runs per schedule.
+RUN_HISTORY_LIMITS = {'RUN_HISTORY_DAYS': 36_500, 'RUN_HISTORY_PER_SCHEDULE': 1_000_000}
 # Python refuses to convert longer integers to text (sys.int_info.default_max_str_digits), so JSON cannot hold them.
 MAX_JSON_INTEGER_DIGITS = 4300
 

@@ -11,15 +11,20 @@ import json
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from redis import Redis
 
+from . import history
+from .conf import get_setting
 from .core import keys, scripts
 from .core.errors import REDIS_OUTAGE_ERRORS
 from .models import SCHEDULE_MODELS, ScheduleBase
+from .retention import Pruner
+from .servers import servers
 from .sync import reconcile
 
 if TYPE_CHECKING:
@@ -27,13 +32,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FEEDBACK_BATCH = 1000
+FEEDBACK_BATCH = history.RECORD_BATCH
+DRAIN_SECONDS = 1.0
 MAX_RUN_COUNT = 2**31 - 1  # what a PositiveIntegerField holds on every database
 UTC = timezone.utc
 
 
 def apply_feedback(connection: Redis, *, using: str = 'default') -> int:
-    """Copies the loop's run records into their rows with ``update()``; returns how many records were read.
+    """Copies the loop's run records into their rows with ``update()``, and into runs (``history``); returns how many
+    records were read.
 
     Records stay in Redis until their rows are written, so a database outage only delays feedback. A record that
     cannot be read or written (foreign data, a row gone) is logged and dropped: it never holds up the others.
@@ -42,13 +49,18 @@ def apply_feedback(connection: Redis, *, using: str = 'default') -> int:
     if not records:
         return 0
     latest: dict[tuple[type[ScheduleBase], Any], dict[str, Any]] = {}
+    facts: list[history.Fact] = []
     for raw in records:
         parsed = _parse_record(raw)
         if parsed is not None:
-            model, pk, fields = parsed
+            model, pk, fields, fact = parsed
             latest[model, pk] = fields  # records are in order: the last one per row wins
+            if fact is not None:
+                facts.append(fact)
     _write_feedback(latest, using=using)
+    transitions = history.record_facts(facts, using=using)
     connection.eval(scripts.TRIM_IF_HEAD, 1, keys.RUNS_KEY, records[0], len(records))
+    history.send_signals(transitions)
     return len(records)
 
 
@@ -77,13 +89,17 @@ def _record(model: type[ScheduleBase], pk: Any, fields: dict[str, Any], *, using
     rows.record_feedback(**fields)
 
 
-def _parse_record(raw: bytes | str) -> tuple[type[ScheduleBase], Any, dict[str, Any]] | None:
-    """The row and the fields a run record sets, or None (logged) for a record no row can take."""
+def _parse_record(
+    raw: bytes | str,
+) -> tuple[type[ScheduleBase], Any, dict[str, Any], history.Fact | None] | None:
+    """The row, the fields a run record sets and the run it tells of, or None (logged) for a record no row can
+    take."""
     try:
         record = json.loads(raw)
         label, pk = keys.parse_owner(record['owner'])
         model = {model._meta.label_lower: model for model in SCHEDULE_MODELS}[label]
-        return model, model._meta.pk.to_python(pk), _feedback_fields(model, record)
+        pk = model._meta.pk.to_python(pk)
+        return model, pk, _feedback_fields(model, record), history.decision_fact(record, model, pk)
     except Exception as exc:
         logger.warning('Dropping a malformed run record %r: %r', raw[:200], exc)
         return None
@@ -93,20 +109,19 @@ def _feedback_fields(model: type[ScheduleBase], record: dict[str, Any]) -> dict[
     runs = record['runs']
     if isinstance(runs, bool) or not isinstance(runs, int) or not 0 <= runs <= MAX_RUN_COUNT:
         raise ValueError(f'runs: {runs!r}')
-    fields: dict[str, Any] = {'run_count': runs, 'next_run': _record_time(record.get('next'))}
+    fields: dict[str, Any] = {'run_count': runs, 'next_run': history.epoch_time(record.get('next'))}
     if record.get('job'):
-        fields['last_run'] = _record_time(record['at'])
+        fields['last_run'] = history.epoch_time(record['at'])
     if not model.is_periodic and record.get('job'):
         fields['has_run'] = True
     return fields
 
 
-def _record_time(epoch: Any) -> datetime | None:
-    if epoch is None:
-        return None
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
-        raise ValueError(f'time: {epoch!r}')
-    return datetime.fromtimestamp(epoch, tz=UTC)  # OverflowError, ValueError or OSError if out of range
+def _drain(read: Callable[[Redis], int], connection: Redis) -> None:
+    """Reads batches until the backlog is read or the time is up, so ingestion keeps pace with a busy schedule."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while read(connection) >= FEEDBACK_BATCH and time.monotonic() < deadline:
+        pass
 
 
 class DatabaseSync:
@@ -124,38 +139,59 @@ class DatabaseSync:
         self._next_reconcile = 0.0
         self._worker: threading.Thread | None = None
         self._failing = False
+        self._pruner = Pruner()
+        self._running: set[str] = set()
 
     def __call__(self, scheduler: Scheduler) -> None:
         if not self.background:
-            self._sync(scheduler.connection, raise_errors=True)
+            self._sync(scheduler, raise_errors=True)
             return
         if self._worker is not None and self._worker.is_alive():
             return  # the last round is still at work; this tick's feedback waits in Redis for the next one
-        self._worker = threading.Thread(
-            target=self._sync, args=(scheduler.connection,), name='drqs-database-sync', daemon=True
-        )
+        self._worker = threading.Thread(target=self._sync, args=(scheduler,), name='drqs-database-sync', daemon=True)
         self._worker.start()
 
-    def _sync(self, connection: Any, *, raise_errors: bool = False) -> None:
+    def _sync(self, scheduler: Scheduler, *, raise_errors: bool = False) -> None:
         from django.db import close_old_connections, connections
 
+        connection = scheduler.connection
+        steps: list[Callable[[], object]] = [
+            lambda: _drain(apply_feedback, connection),
+            lambda: _drain(history.ingest_outcomes, connection),
+            lambda: self._sweep(connection),
+        ]
+        if time.monotonic() >= self._next_reconcile:
+            self._next_reconcile = time.monotonic() + self.reconcile_interval
+            steps += [lambda: reconcile(connection=connection), lambda: self._look_after_runs(scheduler)]
+        failures = []
         try:
             close_old_connections()
-            apply_feedback(connection)
-            if time.monotonic() >= self._next_reconcile:
-                self._next_reconcile = time.monotonic() + self.reconcile_interval
-                reconcile(connection=connection)
-        except Exception as exc:
-            if raise_errors:
-                raise
-            self._log_failure(exc)
-        else:
-            if self._failing:
-                logger.info('Run feedback and reconciliation work again')
-            self._failing = False
+            for step in steps:  # each on its own: a step that fails (foreign data, a bug) holds up no other
+                try:
+                    step()
+                except Exception as exc:
+                    if raise_errors:
+                        raise
+                    failures.append(exc)
         finally:
             if not raise_errors:
                 connections.close_all()
+        if failures:
+            self._log_failure(failures[0])
+        elif self._failing:
+            logger.info('Run feedback and reconciliation work again')
+            self._failing = False
+
+    def _sweep(self, connection: Redis) -> None:
+        self._running |= history.sweep_open_runs(connection, servers().queues_on(connection))
+
+    def _look_after_runs(self, scheduler: Scheduler) -> None:
+        """Now and then: fails the runs whose worker died (RQ's cleanup of abandoned jobs, which calls their failure
+        callback), and prunes the history."""
+        running, self._running = self._running, set()
+        for queue_name in sorted(running):
+            scheduler.queues.get(queue_name, None).started_job_registry.cleanup()
+        self._pruner.prune(days=get_setting('RUN_HISTORY_DAYS'), per_schedule=get_setting('RUN_HISTORY_PER_SCHEDULE'))
 
     def _log_failure(self, exc: Exception) -> None:
         # Once per streak with its traceback (unless Redis or the database is simply away), then quietly.

@@ -23,7 +23,11 @@ from django.utils.translation import gettext_lazy as _
 from . import conf, validators
 from .choices import UNIT_SECONDS, IntervalUnit, Overlap
 from .core import cron, keys, scores
+from .core.jobs import TEMPLATE_FORMAT
 from .querysets import LOOP_FIELDS, ScheduleQuerySet
+from .runs import Run, RunSummary
+
+__all__ = ['SCHEDULE_MODELS', 'CronJob', 'RepeatableJob', 'Run', 'ScheduleBase', 'ScheduledJob', 'SchedulerStatus']
 
 
 def default_timezone() -> str:
@@ -61,8 +65,9 @@ def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
     return models.CheckConstraint(check=condition, name=name)  # type: ignore[call-arg,unused-ignore]
 
 
-class ScheduleBase(models.Model):
-    """What every kind of schedule shares: what to run, where, with which RQ options, and run feedback."""
+class ScheduleBase(RunSummary):
+    """What every kind of schedule shares: what to run, where, with which RQ options, run feedback and the summary
+    of its runs' outcomes (``RunSummary``)."""
 
     name = models.CharField(_('name'), max_length=128, unique=True, help_text=_('A unique name for this schedule.'))
     callable = models.CharField(
@@ -205,6 +210,7 @@ class ScheduleBase(models.Model):
 
     def definition(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.DEFINITION_FIELDS}
+        values['template_format'] = TEMPLATE_FORMAT
         return {name: value.isoformat() if isinstance(value, datetime) else value for name, value in values.items()}
 
     def version(self) -> str:

@@ -40,3 +40,19 @@ def flush(using: str) -> None:
     pending.clear()
     for model, pks in batches:
         rows_committed.send(sender=model, pks=pks, using=using)
+
+
+_unsynced = threading.local()
+
+
+def note_unsynced(model: type, pks: Iterable[Any], error: Exception) -> None:
+    """Remembers, for this thread, rows committed but not brought into Redis (the admin tells whoever saved them)."""
+    if not hasattr(_unsynced, 'errors'):
+        _unsynced.errors = {}
+    _unsynced.errors.update({(model, pk): error for pk in pks})
+
+
+def unsynced_error(model: type, pk: Any) -> Exception | None:
+    """Why this row, committed by this thread, is not in Redis yet (None if it is); asking forgets it."""
+    errors: dict[tuple[type, Any], Exception] = getattr(_unsynced, 'errors', {})
+    return errors.pop((model, pk), None)

@@ -11,8 +11,9 @@ from django.db import models, transaction
 
 from . import validators
 from .pending import schedule_sync
+from .runs import SUMMARY_FIELDS
 
-LOOP_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run'})
+LOOP_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run'}) | SUMMARY_FIELDS
 """Written by the loop and sync alone: user saves and updates never touch them."""
 FEEDBACK_FIELDS = LOOP_FIELDS | {'modified'}
 # Fields no rule can reject once their own type is right: updating only these skips the per-row full_clean().

@@ -15,11 +15,15 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from rq.job import Job
 
+from .core import capture
 from .core.jobs import template_meta
 from .core.queues import connection_identity
 from .core.scheduler import Scheduler
+from .runs import Run
 
 if TYPE_CHECKING:
+    from redis import Redis
+
     from .models import ScheduleBase
 
 
@@ -33,6 +37,11 @@ class Servers:
     def only(self, identity: tuple[Any, ...]) -> Servers:
         """The same servers, reduced to one: rows of other servers are left to those servers' loops."""
         return Servers({key: value for key, value in self.schedulers.items() if key == identity}, self.queue_home)
+
+    def queues_on(self, connection: Redis) -> list[str]:
+        """The queues of RQ_QUEUES on the server of ``connection``."""
+        identity = connection_identity(connection)
+        return [name for name, home in self.queue_home.items() if home == identity]
 
     def scheduler_for(self, queue_name: str) -> Scheduler:
         identity = self.queue_home.get(queue_name)
@@ -75,6 +84,7 @@ def template_job(scheduler: Scheduler, row: ScheduleBase, runs: int, *, late_fro
         queue_name=row.queue,
         timeout=row.timeout,
         at_front=row.at_front,
+        **capture.callbacks(),
     )
     repeat = getattr(row, 'repeat', None)
     job.meta.update(
@@ -103,7 +113,9 @@ def run_now(row: ScheduleBase) -> Job:
     row = type(row)._base_manager.get(pk=row.pk)  # what the database holds, not what this instance was told
     row.full_clean(validate_unique=False, validate_constraints=False)
     scheduler = servers().scheduler_for(row.queue)
-    run = scheduler.jobs.extra_run(template_job(scheduler, row, row.run_count))
+    run = scheduler.jobs.extra_run(template_job(scheduler, row, row.run_count), **capture.callbacks())
     enqueued = scheduler.get_queue_for_job(run).enqueue_job(run, at_front=row.at_front)
-    type(row)._base_manager.filter(pk=row.pk).record_feedback(last_run=datetime.now(tz=timezone.utc))
+    now = datetime.now(tz=timezone.utc)
+    type(row)._base_manager.filter(pk=row.pk).record_feedback(last_run=now)
+    Run.objects.record_manual(row, enqueued.id, now)
     return enqueued

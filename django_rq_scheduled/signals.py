@@ -1,4 +1,5 @@
-"""Receivers: rows are validated before they are written, and synced to Redis after the transaction commits."""
+"""The app's signals, and its receivers: rows are validated before they are written, and synced to Redis after the
+transaction commits."""
 
 from __future__ import annotations
 
@@ -6,13 +7,24 @@ import logging
 from typing import Any
 
 from django.db.models.signals import post_delete, post_save, pre_save
+from django.dispatch import Signal
 from django.utils import timezone
 
 from . import sync
 from .models import SCHEDULE_MODELS
-from .pending import rows_committed, schedule_sync
+from .pending import note_unsynced, rows_committed, schedule_sync
 
 logger = logging.getLogger(__name__)
+
+# Sent by the leader (``manage.py rqscheduler``) as it reads runs in, after their rows are committed, with the
+# keyword arguments ``schedule`` (the row) and ``run`` (its ``Run``); the sender is the schedule's model. A receiver
+# that raises is logged and stops nothing.
+run_finished = Signal()
+"""A run of a schedule finished."""
+run_failed = Signal()
+"""A run failed (raised, timed out, lost its worker) or was stopped."""
+run_skipped = Signal()
+"""An occurrence was not run: the previous run still going (overlap), or too late (misfire grace)."""
 
 
 def validate_before_save(sender: type, instance: Any, raw: bool = False, **kwargs: Any) -> None:
@@ -40,10 +52,16 @@ def sync_after_delete(sender: type, instance: Any, using: str, **kwargs: Any) ->
 def sync_committed_rows(sender: Any, pks: list[Any], using: str, **kwargs: Any) -> None:
     try:
         sync.sync_rows(sender, pks, using=using)
-    except Exception:
+    except Exception as exc:
         # The rows are committed: raising now would not undo them, only fail the request that saved them (Redis
         # out of memory, read-only, away...). Reconciliation brings Redis in line later.
-        logger.exception('Could not sync %d %s rows to Redis; reconciliation will', len(pks), sender.__name__)
+        logger.exception(
+            'Saved %d %s rows, but could not bring them into Redis; the scheduler (manage.py rqscheduler) does so '
+            'at its next reconciliation once Redis answers',
+            len(pks),
+            sender.__name__,
+        )
+        note_unsynced(sender, pks, exc)
 
 
 def connect() -> None:

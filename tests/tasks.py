@@ -21,6 +21,10 @@ def record(label: str, *args: object) -> str:
     return label
 
 
+def noop() -> None:
+    return None
+
+
 def add(a: int, b: int) -> int:
     return a + b
 
@@ -28,3 +32,12 @@ def add(a: int, b: int) -> int:
 def slow(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def user_callback(job: object, connection: object, result: object, *args: object, **kwargs: object) -> None:
+    """An RQ success callback of the user's own, given through the Scheduler API."""
+    record('user-callback', result)

@@ -196,3 +196,17 @@ def test_cron_lateness_quick_run_alternates_the_loops_with_right_counts(tmp_path
         for run in runs:
             assert run['counts'] == {'due': window * 5, 'enqueued': window * 5, 'left': 0}, loop
             assert len(run['lateness_ms']) == window * 5, loop
+
+
+def test_the_run_history_benchmark_counts_every_run(tmp_path):
+    data, stdout = run_benchmark('bench.runs', 'smoke', tmp_path)
+    assert '## Outcome capture on a real RQ worker' in stdout and '## The leader reading' in stdout
+    rounds = data['config']['rounds']
+    for systems in data['workers'].values():
+        assert set(systems) == {'with capture', 'without capture'}
+        assert all(len(runs) == rounds for runs in systems.values())
+        assert {run['outcome_records'] for run in systems['with capture']} == {data['config']['jobs']} or {
+            run['outcome_records'] for run in systems['with capture']
+        } == {data['config']['forking_jobs']}
+        assert {run['outcome_records'] for run in systems['without capture']} == {0}
+    assert len(data['ingestion']) == rounds

@@ -325,3 +325,45 @@ def test_view_only_staff_sees_no_actions_and_cannot_cancel(page, redis_url, serv
     assert response is not None and response.status == 403
     row.refresh_from_db()
     assert row.enabled and connection.zcard(keys.SCHEDULED_JOBS_KEY) == 1
+
+
+def test_a_failing_schedule_shows_its_failures_and_its_traceback(page, redis_url, server, connection):
+    from django_rq_scheduled.feedback import DatabaseSync
+    from tests.conftest import run_worker
+
+    User.objects.create_superuser('admin', 'admin@example.com', 'pw')
+    RepeatableJob.objects.create(
+        name='healthy', callable='tests.tasks.add', args=[1, 2], interval=10, interval_unit='minutes',
+        scheduled_time=datetime.now(UTC) + timedelta(hours=1),
+    )  # fmt: skip
+    RepeatableJob.objects.create(
+        name='nightly import', callable='tests.tasks.fail', args=['the supplier sent an empty file'],
+        interval=10, interval_unit='minutes', scheduled_time=datetime.now(UTC) + timedelta(hours=1),
+    )  # fmt: skip
+    log_in(page, server, 'admin', 'pw')
+    page.goto(server + reverse('admin:django_rq_scheduled_repeatablejob_changelist'))
+    for name in ('healthy', 'nightly import'):
+        page.locator('tr', has_text=name).locator('input.action-select').check()
+    for _ in range(3):
+        run_action(page, 'Run selected schedules now')
+        expect(message(page)).to_contain_text('2 runs enqueued')
+        for name in ('healthy', 'nightly import'):
+            page.locator('tr', has_text=name).locator('input.action-select').check()
+    run_worker(redis_url)
+    DatabaseSync(reconcile_interval=3600, background=False)(Scheduler(queue_name='default'))
+
+    page.goto(server + reverse('admin:django_rq_scheduled_repeatablejob_changelist') + '?outcome=failing')
+    failing = page.locator('#result_list tbody tr')
+    expect(failing).to_have_count(1)
+    badge = failing.locator('.drqs-outcome-failed')
+    expect(badge).to_have_attribute('title', 'ValueError: the supplier sent an empty file')
+    expect(failing).to_contain_text('✓ 0 · ✗ 3, 3 in a row')
+    expect(failing.locator('.drqs-strip a')).to_have_count(3)
+    page.goto(server + reverse('admin:django_rq_scheduled_repeatablejob_changelist'))
+    screenshot(page, 'admin-failing-schedule.png', hide_sidebar=True)
+
+    page.locator('tr', has_text='nightly import').locator('.drqs-strip a').last.click()
+    expect(page.locator('pre.drqs-traceback')).to_contain_text('ValueError: the supplier sent an empty file')
+    expect(page.locator('pre.drqs-traceback')).to_contain_text('Traceback (most recent call last)')
+    expect(page.locator('pre.drqs-traceback')).to_contain_text('tests/tasks.py')
+    screenshot(page, 'admin-run-traceback.png')

@@ -41,6 +41,11 @@ Refusal = Callable[[str], 'str | None']
 """Why a callable path may not run (None: it may)."""
 
 
+TEMPLATE_FORMAT = 2
+"""What a row's template holds, as a number in its definition digest: raised when that changes (2: the outcome
+callbacks of ``capture``), so that reconciliation rewrites every template once after an upgrade."""
+
+
 def validated_repeat(repeat: object) -> int | None:
     if repeat is None:
         return None
@@ -151,6 +156,7 @@ class JobBuilder:
         on_success: Any = None,
         on_failure: Any = None,
         at_front: bool = False,
+        on_stopped: Any = None,
     ) -> Job:
         """Builds the job hash (status ``scheduled``) of a scheduled job; saves it only if ``commit``."""
         if args is not None and not isinstance(args, (list, tuple)):
@@ -181,6 +187,7 @@ class JobBuilder:
                 depends_on=depends_on,
                 on_success=on_success,
                 on_failure=on_failure,
+                on_stopped=on_stopped,
                 status=JobStatus.SCHEDULED,
                 serializer=self.serializer,
             )
@@ -249,9 +256,10 @@ class JobBuilder:
             job.meta['repeat'] = remaining
         return job
 
-    def extra_run(self, template: Job) -> Job:
+    def extra_run(self, template: Job, **callbacks: Any) -> Job:
         """An unsaved run of a template of ours, now and outside its schedule ("run now", an early
-        ``enqueue_job``): its own id, the template's options, none of its scheduling meta."""
+        ``enqueue_job``): its own id, the template's options, none of its scheduling meta; ``callbacks`` are RQ's
+        ``on_success``, ``on_failure`` and ``on_stopped``."""
         meta = {name: value for name, value in template.meta.items() if name not in keys.SCHEDULING_META_KEYS}
         meta[keys.META_KEY] = {'template': template.id, 'run_now': True}
         return self.create(
@@ -259,6 +267,7 @@ class JobBuilder:
             result_ttl=template.result_ttl, ttl=template.ttl,
             id=keys.manual_run_id(template.id, round(time.time() * 1000)), description=template.description,
             queue_name=template.origin, timeout=template.timeout, meta=meta, at_front=bool(template.enqueue_at_front),
+            **callbacks,
         )  # fmt: skip
 
     def check_callable(self, job: Job) -> None:

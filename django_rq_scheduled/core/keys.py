@@ -24,6 +24,9 @@ WAKEUP_KEYS = (SCHEDULED_JOBS_KEY, NEXT_WAKEUP_KEY, WAKEUP_KEY)
 """The keys of a write that may wake a sleeping leader (``scripts.SCHEDULE`` and others): schedule, wake-ups."""
 INSTANCES_KEY = 'rq:drqs:instances'
 RUNS_KEY = 'rq:drqs:runs'
+"""The loop's record of each occurrence it decided on (enqueued or skipped), read into rows by the leader."""
+OUTCOMES_KEY = 'rq:drqs:outcomes'
+"""The workers' record of each run's end (``capture``), read into ``Run`` rows by the leader."""
 VERSIONS_KEY = 'rq:drqs:versions'
 """Template id → definition digest of the row that owns it (a done marker once it has run its last run)."""
 DONE_PREFIX = 'done:'
@@ -112,6 +115,18 @@ def parse_done(stored: str | None) -> tuple[str, int | None] | None:
 def manual_run_id(template_id: str, at_ms: int) -> str:
     """The id of an extra run of a schedule started by hand ("run now", ``enqueue_job`` before its time)."""
     return f'{template_id}_now_{at_ms}'
+
+
+def run_origin(job_id: str) -> tuple[str, str, int | None] | None:
+    """``(template id, trigger, fire time in ms or None)`` of the job of a schedule row's run, None for other ids.
+
+    The trigger is 'schedule' (an occurrence, or a one-off whose job is its template) or 'manual' (run by hand).
+    """
+    for separator, trigger in (('_at_', 'schedule'), ('_now_', 'manual')):
+        template, found, stamp = job_id.rpartition(separator)
+        if found and stamp.isdigit() and template_owner(template):
+            return template, trigger, int(stamp) if trigger == 'schedule' else None
+    return (job_id, 'schedule', None) if template_owner(job_id) else None
 
 
 def is_job_id(value: object) -> bool:

@@ -16,6 +16,8 @@ MAX_SECONDS = 86_400
 MAX_BATCH_SIZE = 50_000
 """Per Lua call: larger batches would block Redis for too long."""
 MAX_NAME_LENGTH = 200
+MAX_ERROR_CHARS = 8_000
+"""Of a failed run's error text (headline and traceback) recorded by the worker: its end is kept when cut."""
 
 DEFAULT_LEASE_TTL = 5.0
 DEFAULT_BATCH_SIZE = 500

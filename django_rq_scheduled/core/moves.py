@@ -337,6 +337,7 @@ class Planner:
         record = {
             'owner': ours.get('owner'),
             'schedule': parsed.member,
+            'queue': parsed.raw[b'origin'].decode(errors='replace'),
             'job': entry.enqueued_id,
             'outcome': entry.outcome,
             'fire_time': fire_time,

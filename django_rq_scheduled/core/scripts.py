@@ -279,3 +279,12 @@ if redis.call('LINDEX', KEYS[1], 0) == ARGV[1] then
 end
 return 0
 """
+
+CANCEL_QUEUED = """
+if redis.call('LREM', KEYS[1], 0, ARGV[1]) > 0 then
+  redis.call('HSET', KEYS[2], 'status', 'canceled')
+  return 1
+end
+return 0
+"""
+"""Takes a job out of its queue (KEYS[1]) and marks its hash (KEYS[2]) canceled, only if it was still waiting."""

@@ -1,0 +1,229 @@
+"""Run history costs: what capturing outcomes costs a real RQ worker, and how fast the leader reads runs in.
+
+(1) Worker throughput of a no-op job with the outcome callbacks every run of a schedule carries (one RPUSH per
+run) against the same jobs without them, on a real ``rq worker --burst`` process, for RQ's forking ``Worker`` and
+its ``SimpleWorker``; the two alternate round after round. Throughput is jobs over the time from the first job's
+start to the last job's end, read from the job hashes, so the worker's start-up is not counted. (2) The leader's
+ingestion into SQLite (a file on disk): the loop's records of enqueued runs and the workers' outcome records, read
+in as ``manage.py rqscheduler`` does (``feedback.apply_feedback``, ``history.ingest_outcomes``).
+
+Run from the repository root: ``PYTHONPATH=. python -m bench.runs [--quick | --smoke] [--json FILE]``. It starts
+its own redis-server on a free loopback port and checks every count it relies on.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+_DB = Path(tempfile.mkdtemp(prefix='drqs-bench-runs-')) / 'db.sqlite3'
+os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'tests.settings')
+os.environ['DRQS_TEST_DB'] = str(_DB)
+
+import django  # noqa: E402
+
+django.setup()
+
+import redis  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from rq import Queue  # noqa: E402
+from rq.utils import utcparse  # noqa: E402
+
+from bench.common import alternate, check, private_redis, ratio_of_medians, run_command_line, spread  # noqa: E402
+from django_rq_scheduled import history, retention  # noqa: E402
+from django_rq_scheduled.core import capture, keys  # noqa: E402
+from django_rq_scheduled.feedback import apply_feedback  # noqa: E402
+from django_rq_scheduled.models import RepeatableJob, Run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+WITH, WITHOUT = 'with capture', 'without capture'
+WORKERS = {'Worker (forks per job)': 'rq.worker.Worker', 'SimpleWorker': 'rq.worker.SimpleWorker'}
+
+
+@dataclass(frozen=True)
+class Config:
+    mode: str
+    jobs: int
+    forking_jobs: int
+    rounds: int
+    runs: int
+    schedules: int
+
+
+FULL = Config(mode='full', jobs=5_000, forking_jobs=1_000, rounds=5, runs=50_000, schedules=500)
+QUICK = Config(mode='quick', jobs=1_000, forking_jobs=300, rounds=2, runs=10_000, schedules=100)
+SMOKE = Config(mode='smoke', jobs=100, forking_jobs=30, rounds=2, runs=1_000, schedules=10)
+
+
+# -- (1) the worker ---------------------------------------------------------------------------------------------
+
+
+def worker_pass(url: str, worker_class: str, jobs: int, captured: bool) -> dict[str, Any]:
+    connection = redis.Redis.from_url(url)
+    connection.flushdb()
+    queue = Queue('default', connection=connection)
+    options = capture.callbacks() if captured else {}
+    ids = [queue.enqueue('tests.tasks.noop', result_ttl=600, **options).id for _ in range(jobs)]
+    command = [sys.executable, '-m', 'rq.cli', 'worker', '--burst', '--url', url, '--worker-class', worker_class]
+    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+    env.pop('DJANGO_SETTINGS_MODULE', None)  # a plain rq worker, as the docs promise it works
+    subprocess.run([*command, 'default'], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(keys.job_key(job_id), 'status', 'started_at', 'ended_at')
+        states = pipe.execute()
+    finished = [state for state in states if state[0] == b'finished']
+    outcomes = connection.llen(keys.OUTCOMES_KEY)
+    check(len(finished) == jobs, f'{worker_class}: {len(finished)} of {jobs} jobs finished')
+    check(outcomes == (jobs if captured else 0), f'{worker_class}: {outcomes} outcome records for {jobs} jobs')
+    first = min(utcparse(state[1].decode()) for state in finished)
+    last = max(utcparse(state[2].decode()) for state in finished)
+    seconds = (last - first).total_seconds()
+    connection.connection_pool.disconnect()
+    return {'jobs_per_s': jobs / seconds, 'seconds': seconds, 'outcome_records': outcomes}
+
+
+def worker_costs(url: str, config: Config) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    results = {}
+    for label, worker_class in WORKERS.items():
+        jobs = config.forking_jobs if worker_class.endswith('.Worker') else config.jobs
+        measures = {
+            system: functools.partial(worker_pass, url, worker_class, jobs, system == WITH)
+            for system in (WITH, WITHOUT)
+        }
+        results[label] = alternate(config.rounds, measures)
+    return results
+
+
+# -- (2) the leader -----------------------------------------------------------------------------------------------
+
+
+def ingestion_pass(url: str, config: Config, schedules: list[RepeatableJob]) -> dict[str, Any]:
+    connection = redis.Redis.from_url(url)
+    connection.flushdb()
+    Run.objects.all().delete()
+    RepeatableJob.objects.filter(pk__in=[row.pk for row in schedules]).record_feedback(run_count=0)
+    _reset_summaries(schedules)
+    now = time.time()
+    decisions, outcomes = [], []
+    for i in range(config.runs):
+        row = schedules[i % len(schedules)]
+        job_id = keys.occurrence_id(row.template_id, round((now - config.runs + i) * 1000))
+        decisions.append(json.dumps({
+            'owner': row.owner, 'schedule': row.template_id, 'queue': 'default', 'job': job_id,
+            'outcome': 'enqueued', 'fire_time': now - config.runs + i, 'at': now, 'runs': i // len(schedules) + 1,
+            'next': now + 60, 'finished': False,
+        }))  # fmt: skip
+        status = capture.FAILURE if i % 10 == 0 else capture.SUCCESS
+        outcomes.append(json.dumps({
+            'job': job_id, 'status': status, 'started': now, 'ended': now + 0.01, 'worker': 'bench', 'reason': '',
+            'error': 'ValueError: x\nTraceback ...' if status == capture.FAILURE else '',
+        }))  # fmt: skip
+    for key, records in ((keys.RUNS_KEY, decisions), (keys.OUTCOMES_KEY, outcomes)):
+        for start in range(0, len(records), 10_000):
+            connection.rpush(key, *records[start : start + 10_000])
+    timings = {}
+    for label, read in (('enqueued', apply_feedback), ('outcomes', history.ingest_outcomes)):
+        started = time.perf_counter()
+        while read(connection):
+            pass
+        timings[label] = time.perf_counter() - started
+    finished, failed = Run.objects.filter(status='finished').count(), Run.objects.filter(status='failed').count()
+    check(finished + failed == config.runs, f'ingestion: {finished + failed} of {config.runs} runs ended')
+    counted = sum(row.success_count + row.failure_count for row in RepeatableJob.objects.all())
+    check(counted == config.runs, f'ingestion: summaries count {counted} runs of {config.runs}')
+    connection.connection_pool.disconnect()
+    total = sum(timings.values())
+    Run.objects.update(ended_at=datetime.now(timezone.utc) - timedelta(days=31))
+    started = time.perf_counter()
+    pruned = retention.Pruner().prune(days=30, per_schedule=1_000_000)
+    prune_s = time.perf_counter() - started
+    check(pruned == min(retention.PRUNE_BATCH, config.runs), f'pruning: {pruned} runs deleted')
+    return {
+        'prune_ms': prune_s * 1000,
+        'runs_per_s': config.runs / total,
+        'enqueued_per_s': config.runs / timings['enqueued'],
+        'outcomes_per_s': config.runs / timings['outcomes'],
+        'seconds': total,
+    }
+
+
+def _reset_summaries(schedules: list[RepeatableJob]) -> None:
+    from django.db.models import QuerySet
+
+    QuerySet(RepeatableJob).filter(pk__in=[row.pk for row in schedules]).update(
+        success_count=0, failure_count=0, consecutive_failures=0, last_status='', recent_runs=[]
+    )
+
+
+def ingestion_costs(url: str, config: Config) -> list[dict[str, Any]]:
+    schedules = [
+        RepeatableJob.objects.create(
+            name=f's{i}', callable='tests.tasks.noop', interval=1, interval_unit='hours',
+            scheduled_time=datetime.now(timezone.utc) + timedelta(hours=1),
+        )
+        for i in range(config.schedules)
+    ]  # fmt: skip
+    return [ingestion_pass(url, config, schedules) for _ in range(config.rounds)]
+
+
+def run(config: Config) -> dict:
+    with private_redis() as server:
+        settings.RQ_QUEUES = {name: {'URL': server.url, 'DEFAULT_TIMEOUT': 360} for name in ('default', 'high')}
+        call_command('migrate', verbosity=0)
+        workers = worker_costs(server.url, config)
+        ingestion = ingestion_costs(server.url, config)
+    _DB.unlink(missing_ok=True)
+    return {'workers': workers, 'ingestion': ingestion}
+
+
+def report(data: dict) -> str:
+    config = data['config']
+    lines = [
+        f'## Outcome capture on a real RQ worker: no-op jobs, median (min - max) of {config["rounds"]} rounds, '
+        'with and without capture alternated',
+        '',
+        f'| worker | jobs | {WITH}, jobs/s | {WITHOUT}, jobs/s | ratio of medians |',
+        '| --- | ---: | ---: | ---: | ---: |',
+    ]
+    for label, systems in data['workers'].items():
+        rates = {system: [run['jobs_per_s'] for run in runs] for system, runs in systems.items()}
+        jobs = config['forking_jobs'] if label.startswith('Worker') else config['jobs']
+        lines.append(
+            f'| {label} | {jobs:,} | {spread(rates[WITH], ",.0f")} | {spread(rates[WITHOUT], ",.0f")} | '
+            f'{ratio_of_medians(rates[WITH], rates[WITHOUT]):.3f} |'
+        )
+    ingestion = data['ingestion']
+
+    def rate(name: str) -> str:
+        return spread([measured[name] for measured in ingestion], ',.0f')
+
+    lines += [
+        '',
+        f'## The leader reading {config["runs"]:,} runs of {config["schedules"]:,} schedules into SQLite (a file), '
+        f'median (min - max) of {config["rounds"]} rounds',
+        '',
+        '| step | runs/s |',
+        '| --- | ---: |',
+        f'| enqueued runs (loop records: feedback and new runs) | {rate("enqueued_per_s")} |',
+        f'| outcomes (worker records: runs completed, summaries) | {rate("outcomes_per_s")} |',
+        f'| both, per run | {rate("runs_per_s")} |',
+        '',
+        f'One pruning pass deleting {min(1000, config["runs"]):,} runs out of {config["runs"]:,}: '
+        f'{spread([measured["prune_ms"] for measured in ingestion], ",.1f")} ms.',
+    ]
+    return '\n'.join(lines)
+
+
+if __name__ == '__main__':
+    run_command_line('bench.runs', __doc__, {'full': FULL, 'quick': QUICK, 'smoke': SMOKE}, run, report)

@@ -1,0 +1,96 @@
+"""Outcome capture on the worker side: RQ callbacks on the runs of schedule rows, one Redis command per run.
+
+The callbacks are named in the job hash of every template a row owns (``callbacks()``), so each occurrence, one-off
+and manual run carries them. They run in whichever process RQ runs callbacks (the work horse; the process cleaning
+up an abandoned job) and need no Django settings: a plain ``rq worker`` that can import this package records as
+much as django-rq's ``rqworker``. A callback appends one compact record to ``keys.OUTCOMES_KEY``; the leader reads
+the records into ``Run`` rows (``django_rq_scheduled.history``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from datetime import datetime, timezone
+from types import TracebackType
+from typing import Any
+
+from redis import Redis
+from rq import Callback
+from rq.job import Job
+
+from . import keys
+from .limits import MAX_ERROR_CHARS
+
+SUCCESS, FAILURE, STOPPED = 'finished', 'failed', 'stopped'
+WORKER_DIED = 'worker died'
+TIMEOUT = 'timeout'
+_REASONS = {'AbandonedJobError': WORKER_DIED, 'JobTimeoutException': TIMEOUT, 'HorseMonitorTimeoutException': TIMEOUT}
+
+
+def callbacks() -> dict[str, Any]:
+    """The ``on_success``, ``on_failure`` and ``on_stopped`` options that make RQ report a run's outcome."""
+    return {
+        'on_success': Callback(f'{__name__}.record_success'),
+        'on_failure': Callback(f'{__name__}.record_failure'),
+        'on_stopped': Callback(f'{__name__}.record_stopped'),
+    }
+
+
+def record_success(job: Job, connection: Redis, result: Any, *args: Any, **kwargs: Any) -> None:
+    _append(connection, outcome(job, SUCCESS))
+
+
+def record_failure(
+    job: Job,
+    connection: Redis,
+    exc_type: type[BaseException] | None,
+    exc_value: BaseException | None,
+    tb: TracebackType | None,
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    name = exc_type.__name__ if exc_type is not None else ''
+    _append(connection, outcome(job, FAILURE, reason=_REASONS.get(name, ''), error=error_text(exc_type, exc_value, tb)))
+
+
+def record_stopped(job: Job, connection: Redis, *args: Any, **kwargs: Any) -> None:
+    _append(connection, outcome(job, STOPPED, reason='stopped by hand'))
+
+
+def outcome(job: Job, status: str, *, reason: str = '', error: str = '') -> dict[str, Any]:
+    """The record of one run's end: what the leader needs to find its ``Run`` and complete it."""
+    return {
+        'job': job.id,
+        'status': status,
+        'started': _epoch(job.started_at),
+        'ended': time.time(),
+        'worker': job.worker_name or '',
+        'reason': reason,
+        'error': error,
+    }
+
+
+def error_text(exc_type: type[BaseException] | None, exc_value: BaseException | None, tb: TracebackType | None) -> str:
+    """``Type: message`` on the first line, then the traceback; at most MAX_ERROR_CHARS, its end kept when cut."""
+    if exc_type is None:
+        return ''
+    headline = ''.join(traceback.format_exception_only(exc_type, exc_value)).strip()
+    details = ''.join(traceback.format_exception(exc_type, exc_value, tb)) if tb is not None else ''
+    text = f'{headline}\n{details}' if details else headline
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    marker = '\n[… cut …]\n'
+    head = headline[: MAX_ERROR_CHARS // 4]
+    return head + marker + text[-(MAX_ERROR_CHARS - len(head) - len(marker)) :]
+
+
+def _epoch(moment: datetime | None) -> float | None:
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()  # RQ < 2 was naive UTC
+
+
+def _append(connection: Redis, record: dict[str, Any]) -> None:
+    connection.rpush(keys.OUTCOMES_KEY, json.dumps(record))

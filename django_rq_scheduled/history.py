@@ -1,0 +1,479 @@
+"""Runs into the database: what the loop decided (via ``feedback``) and what the workers reported (``core.capture``)
+become ``Run`` rows and each schedule's summary; the run signals follow each commit.
+
+Every write here is idempotent: a run is found by its RQ job id, its status only moves forward (queued, running,
+then one final status), and a schedule's counters move only when one of its runs reaches its final status. Writers
+are serialized by the database (rows locked on PostgreSQL; SQLite's single writer taken first), so two processes
+reading the same records count them once.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, cast
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import connections, transaction
+from django.db.models import CharField, DateTimeField, F, Field, IntegerField, Model, TextField
+from django.utils import timezone as django_timezone
+from rq.utils import utcparse
+
+from .core import capture, keys, scripts
+from .models import SCHEDULE_MODELS, ScheduleBase
+from .runs import (
+    BY_SCHEDULE,
+    CANCELED,
+    FAILED,
+    FINISHED,
+    OPEN_STATUSES,
+    QUEUED,
+    SKIPPED,
+    STARTED,
+    STOPPED,
+    SUMMARY_FIELDS,
+    Run,
+)  # fmt: skip
+from .servers import servers
+from .signals import run_failed, run_finished, run_skipped
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal
+    from redis import Redis
+
+logger = logging.getLogger(__name__)
+
+RECORD_BATCH = 1000
+"""Records read from Redis per pass, of the loop's decisions and of the workers' outcomes."""
+WRITE_BATCH = 500
+UTC = timezone.utc
+GONE = 'gone from Redis before it ended (expired or deleted)'
+SKIP_REASONS = {'skipped_misfire': 'misfire grace', 'skipped_overlap': 'overlap'}
+RUN_FIELDS = ('status', 'reason', 'queue', 'fire_time', 'enqueued_at', 'started_at', 'ended_at', 'worker', 'error')
+FILLED_LATER = ('fire_time', 'enqueued_at', 'started_at', 'worker', 'queue')
+MODELS_BY_NAME = {model._meta.model_name: model for model in SCHEDULE_MODELS}
+SIGNALS: dict[str, Signal] = {
+    FINISHED: run_finished,
+    FAILED: run_failed,
+    STOPPED: run_failed,
+    SKIPPED: run_skipped,
+}
+
+
+@dataclass
+class Fact:
+    """What one record says about one run."""
+
+    job_id: str
+    model: type[ScheduleBase]
+    pk: Any
+    status: str
+    trigger: str = BY_SCHEDULE
+    queue: str = ''
+    reason: str = ''
+    fire_time: datetime | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    worker: str = ''
+    error: str = ''
+    reported: bool = False
+    """From the run's own worker (its callback), so it corrects what the leader only inferred."""
+
+
+# -- reading records -------------------------------------------------------------------------------------------
+
+
+def decision_fact(record: dict[str, Any], model: type[ScheduleBase], pk: Any) -> Fact | None:
+    """The run a loop record (``keys.RUNS_KEY``) tells of: enqueued or skipped; None for other records."""
+    outcome, template = record.get('outcome'), record['schedule']
+    fire_time = epoch_time(record.get('fire_time'))
+    at = epoch_time(record.get('at'))
+    common: dict[str, Any] = {'model': model, 'pk': pk, 'queue': _text(record.get('queue')), 'fire_time': fire_time}
+    if outcome == 'enqueued' and isinstance(record.get('job'), str):
+        return Fact(record['job'], status=QUEUED, enqueued_at=at, **common)
+    if outcome in SKIP_REASONS and fire_time is not None:
+        job_id = keys.occurrence_id(template, round(fire_time.timestamp() * 1000)) if model.is_periodic else template
+        return Fact(job_id, status=SKIPPED, reason=SKIP_REASONS[outcome], ended_at=at, **common)
+    return None
+
+
+def outcome_fact(raw: bytes | str) -> Fact | None:
+    """The run a worker's record (``keys.OUTCOMES_KEY``) tells of, or None (logged) for a record no run can take."""
+    try:
+        record = json.loads(raw)
+        job_id = record['job']
+        origin = keys.run_origin(job_id) if isinstance(job_id, str) else None
+        if origin is None:
+            raise ValueError(f'{job_id!r} is no run of a schedule row')
+        template, trigger, fire_ms = origin
+        model_name, pk = keys.template_owner(template) or ('', '')
+        model = MODELS_BY_NAME[model_name]
+        status = record['status']
+        if status not in (capture.SUCCESS, capture.FAILURE, capture.STOPPED):
+            raise ValueError(f'status {status!r}')
+        return Fact(
+            job_id,
+            model,
+            model._meta.pk.to_python(pk),
+            status,
+            trigger=trigger,
+            queue=_text(record.get('queue'))[:255],
+            reason=_text(record.get('reason'))[:255],
+            fire_time=epoch_time(fire_ms / 1000 if fire_ms is not None else None),
+            started_at=epoch_time(record.get('started')),
+            ended_at=epoch_time(record.get('ended')),
+            worker=_text(record.get('worker'))[:255],
+            error=_text(record.get('error')),
+            reported=True,
+        )
+    except Exception as exc:
+        logger.warning('Dropping a malformed run outcome %r: %r', raw[:200], exc)
+        return None
+
+
+def epoch_time(epoch: Any) -> datetime | None:
+    if epoch is None:
+        return None
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
+        raise ValueError(f'time: {epoch!r}')
+    return datetime.fromtimestamp(epoch, tz=UTC)  # OverflowError, ValueError or OSError if out of range
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ''
+
+
+def ingest_outcomes(connection: Redis, *, using: str = 'default') -> int:
+    """Reads a batch of the workers' outcome records into runs; returns how many records were read.
+
+    Records stay in Redis until their runs are written, so a database outage only delays them.
+    """
+    records = connection.lrange(keys.OUTCOMES_KEY, 0, RECORD_BATCH - 1)
+    if not records:
+        return 0
+    facts = [fact for fact in map(outcome_fact, records) if fact is not None]
+    transitions = record_facts(facts, using=using)
+    connection.eval(scripts.TRIM_IF_HEAD, 1, keys.OUTCOMES_KEY, records[0], len(records))
+    send_signals(transitions)
+    return len(records)
+
+
+# -- writing runs ----------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class RunRow:
+    """A run as this module reads and writes it: plain attributes, cheaper than a model instance by an order of
+    magnitude; ``as_run()`` makes the ``Run`` that signal receivers get."""
+
+    pk: int | None
+    rq_job_id: str
+    schedule_type_id: int
+    schedule_id: Any
+    schedule_name: str
+    trigger: str
+    status: str
+    reason: str
+    queue: str
+    fire_time: datetime | None
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    worker: str
+    error: str
+
+    @property
+    def error_headline(self) -> str:
+        return self.error.partition('\n')[0]
+
+    def as_run(self) -> Run:
+        return Run(id=self.pk, **{name: getattr(self, name) for name in STORED_FIELDS})
+
+
+STORED_FIELDS = ('rq_job_id', 'schedule_type_id', 'schedule_id', 'schedule_name', 'trigger', *RUN_FIELDS)
+
+
+@dataclass
+class Transition:
+    """A run that reached ``status`` (its first record, or a step forward)."""
+
+    row: ScheduleBase
+    run: RunRow
+    status: str
+
+
+def record_facts(facts: Sequence[Fact], *, using: str = 'default') -> list[Transition]:
+    """Writes what ``facts`` say into runs and summaries, in one transaction; returns the status changes made."""
+    if not facts:
+        return []
+    with transaction.atomic(using=using):
+        _take_the_writers_turn(using)
+        runs = _read_runs({fact.job_id for fact in facts}, using)
+        rows = _schedule_rows(facts, using)
+        created: dict[str, RunRow] = {}
+        changed: dict[str, RunRow] = {}
+        transitions: list[Transition] = []
+        for fact in facts:
+            row = rows.get((fact.model, fact.pk))
+            if row is None:
+                continue  # the schedule is gone, and its runs with it
+            run = runs.get(fact.job_id)
+            if run is None:
+                run = runs[fact.job_id] = created[fact.job_id] = _new_run(fact, row)
+                transitions.append(Transition(row, run, run.status))
+                continue
+            dirty, moved = _merge(run, fact)
+            if dirty and fact.job_id not in created:
+                changed[fact.job_id] = run
+            if moved:
+                transitions.append(Transition(row, run, run.status))
+        writer = _Writer(using)
+        writer.insert_runs(list(created.values()))
+        writer.update(Run, list(changed.values()), RUN_FIELDS)
+        _write_summaries(transitions, writer)
+    return transitions
+
+
+def _take_the_writers_turn(using: str) -> None:
+    # SQLite lets two transactions read, then makes the second writer wait or fail: both would count the same
+    # runs. Writing first takes its single writer's lock for the whole transaction (PostgreSQL locks rows instead).
+    Run.objects.using(using).filter(pk=-1).update(status=F('status'))
+
+
+def _read_runs(job_ids: set[str], using: str) -> dict[str, RunRow]:
+    found = {}
+    ordered = sorted(job_ids)
+    for start in range(0, len(ordered), WRITE_BATCH):
+        chunk = ordered[start : start + WRITE_BATCH]
+        rows = (
+            Run.objects.using(using).select_for_update().filter(rq_job_id__in=chunk).values_list('id', *STORED_FIELDS)
+        )
+        for pk, *values in rows:
+            run = RunRow(pk, *values)
+            found[run.rq_job_id] = run
+    return found
+
+
+def _schedule_rows(facts: Iterable[Fact], using: str) -> dict[tuple[type[ScheduleBase], Any], ScheduleBase]:
+    wanted: dict[type[ScheduleBase], set[Any]] = {}
+    for fact in facts:
+        wanted.setdefault(fact.model, set()).add(fact.pk)
+    rows = {}
+    for model, pks in wanted.items():
+        found = model._base_manager.using(using).select_for_update().filter(pk__in=pks)
+        if not any(signal.has_listeners(model) for signal in SIGNALS.values()):
+            found = found.only('pk', 'name', 'queue', *SUMMARY_FIELDS)  # receivers get whole rows
+        for row in found:
+            rows[model, row.pk] = row
+    return rows
+
+
+def _new_run(fact: Fact, row: ScheduleBase) -> RunRow:
+    kind = ContentType.objects.get_for_model(type(row)).pk  # cached by Django
+    return RunRow(
+        None, fact.job_id, kind, row.pk, row.name, fact.trigger, fact.status, fact.reason, fact.queue or row.queue,
+        fact.fire_time, fact.enqueued_at, fact.started_at, fact.ended_at, fact.worker, fact.error,
+    )  # fmt: skip
+
+
+def _rank(status: str) -> int:
+    return {QUEUED: 0, STARTED: 1}.get(status, 2)
+
+
+def _merge(run: RunRow, fact: Fact) -> tuple[bool, bool]:
+    """Completes ``run`` with ``fact``; returns whether anything changed, and whether its status moved forward."""
+    before = [getattr(run, name) for name in RUN_FIELDS]
+    final = fact.status not in OPEN_STATUSES
+    moved = _rank(fact.status) > _rank(run.status) or (final and fact.reported and run.reason == GONE)
+    if moved or (final and fact.reported and fact.status == run.status):
+        # The worker's own report wins over what the leader inferred of the same end.
+        for name in RUN_FIELDS:
+            value = getattr(fact, name)
+            if value not in (None, ''):
+                setattr(run, name, value)
+    else:
+        for name in FILLED_LATER:
+            if getattr(run, name) in (None, '') and getattr(fact, name) not in (None, ''):
+                setattr(run, name, getattr(fact, name))
+    return before != [getattr(run, name) for name in RUN_FIELDS], moved
+
+
+class _Writer:
+    """Writes many rows in one statement run over a list of parameters (``executemany``): the ORM's bulk methods
+    cost ten times more in Python per value, and its ``bulk_update`` builds a CASE per field whose cost grows with
+    the square of the batch. Values go through each field's own conversion for the database."""
+
+    def __init__(self, using: str) -> None:
+        self.connection = connections[using]
+        self.using = using
+        self.quote = self.connection.ops.quote_name
+
+    def insert_runs(self, runs: list[RunRow]) -> None:
+        if not runs:
+            return
+        fields = [cast(Field, Run._meta.get_field(name)) for name in STORED_FIELDS]
+        columns = ', '.join(self.quote(cast(str, field.column)) for field in fields)
+        marks = ', '.join(['%s'] * len(fields))
+        sql = f'INSERT INTO {self.quote(Run._meta.db_table)} ({columns}) VALUES ({marks})'
+        values = self._reader(fields)
+        self._run(sql, [values(run) for run in runs])
+        ids = {}
+        ordered = [run.rq_job_id for run in runs]
+        for start in range(0, len(ordered), WRITE_BATCH):
+            chunk = Run.objects.using(self.using).filter(rq_job_id__in=ordered[start : start + WRITE_BATCH])
+            ids.update(chunk.values_list('rq_job_id', 'id'))
+        for run in runs:
+            run.pk = ids[run.rq_job_id]
+
+    def update(self, model: type[Model], rows: list[Any], names: Iterable[str]) -> None:
+        if not rows:
+            return
+        fields = [cast(Field, model._meta.get_field(name)) for name in names]
+        assignments = ', '.join(f'{self.quote(cast(str, field.column))} = %s' for field in fields)
+        table, key = self.quote(model._meta.db_table), self.quote(cast(str, cast(Field, model._meta.pk).column))
+        values = self._reader(fields)
+        params = [[*values(row), row.pk] for row in rows]
+        self._run(f'UPDATE {table} SET {assignments} WHERE {key} = %s', params)
+
+    def _reader(self, fields: list[Any]) -> Callable[[Any], list[Any]]:
+        """A function giving the values of ``fields`` of a row, converted for the database."""
+        pairs = [(field.attname, self._converter(field)) for field in fields]
+        return lambda row: [convert(getattr(row, name)) for name, convert in pairs]
+
+    @functools.cache  # noqa: B019 - one writer per transaction
+    def _converter(self, field: Any) -> Callable[[Any], Any]:
+        if isinstance(field, (CharField, TextField, IntegerField)):
+            return _same
+        if isinstance(field, DateTimeField):
+            return self.connection.ops.adapt_datetimefield_value
+        return functools.partial(field.get_db_prep_save, connection=self.connection)
+
+    def _run(self, sql: str, params: list[list[Any]]) -> None:
+        with self.connection.cursor() as cursor:
+            for start in range(0, len(params), WRITE_BATCH):
+                cursor.executemany(sql, params[start : start + WRITE_BATCH])
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+# -- summaries and signals -------------------------------------------------------------------------------------
+
+
+def _write_summaries(transitions: Sequence[Transition], writer: _Writer) -> None:
+    touched: dict[tuple[type[ScheduleBase], Any], ScheduleBase] = {}
+    for transition in transitions:
+        transition.row.remember(transition.run, transition.status)
+        touched[type(transition.row), transition.row.pk] = transition.row
+    by_model: dict[type[ScheduleBase], list[ScheduleBase]] = {}
+    for (model, _pk), row in touched.items():
+        by_model.setdefault(model, []).append(row)
+    for model, rows in by_model.items():
+        writer.update(model, rows, SUMMARY_FIELDS)
+
+
+def send_signals(transitions: Iterable[Transition]) -> None:
+    """``run_finished``, ``run_failed`` and ``run_skipped`` for the runs that reached them; a receiver that raises
+    is logged and stops nothing."""
+    for transition in transitions:
+        signal = SIGNALS.get(transition.status)
+        if signal is None or not signal.has_listeners(type(transition.row)):
+            continue
+        run = transition.run.as_run()
+        for receiver, result in signal.send_robust(sender=type(transition.row), schedule=transition.row, run=run):
+            if isinstance(result, Exception):
+                logger.error('A receiver of a run signal (%r) raised for %s', receiver, run, exc_info=result)
+
+
+# -- runs nobody reported on -----------------------------------------------------------------------------------
+
+SWEEP_BATCH = 500
+RQ_FINAL_STATUSES = {
+    b'finished': FINISHED,
+    b'failed': FAILED,
+    b'stopped': STOPPED,
+    b'canceled': CANCELED,
+}
+
+
+def sweep_open_runs(connection: Redis, queues: Collection[str], *, using: str = 'default') -> set[str]:
+    """Looks up, in one round trip, the oldest runs on ``queues`` still queued or running: marks those a worker
+    started, and those that ended without a report (a job deleted or expired, a worker that could not import this
+    package). Returns the queues with runs still running."""
+    runs = list(
+        Run.objects.using(using).filter(status__in=OPEN_STATUSES, queue__in=list(queues)).order_by('id')[:SWEEP_BATCH]
+    )
+    if not runs:
+        return set()
+    with connection.pipeline(transaction=False) as pipe:
+        for run in runs:
+            pipe.hmget(keys.job_key(run.rq_job_id), 'status', 'started_at', 'worker_name')
+        states = pipe.execute(raise_on_error=False)
+    facts = [fact for fact in (_observed(run, state) for run, state in zip(runs, states)) if fact is not None]
+    send_signals(record_facts(facts, using=using))
+    return {fact.queue for fact in facts if fact.status == STARTED}
+
+
+def _observed(run: Run, state: list[bytes | None] | Exception) -> Fact | None:
+    model = ContentType.objects.get_for_id(run.schedule_type_id).model_class()  # cached by Django
+    fact = Fact(run.rq_job_id, cast('type[ScheduleBase]', model), run.schedule_id, '', queue=run.queue)
+    if isinstance(state, Exception):  # something else was written at the job's key: no worker can run it
+        fact.status, fact.reason, fact.ended_at = CANCELED, f'job key unreadable: {state}'[:255], django_timezone.now()
+        return fact
+    status, started_at, worker = state
+    if status is None:
+        fact.status, fact.reason, fact.ended_at = CANCELED, GONE, django_timezone.now()
+    elif status == b'started':
+        fact.status, fact.started_at, fact.worker = STARTED, _rq_time(started_at), _decoded(worker)
+    elif status in RQ_FINAL_STATUSES:
+        fact.status, fact.ended_at = RQ_FINAL_STATUSES[status], django_timezone.now()
+    else:
+        return None
+    return fact
+
+
+def _rq_time(value: bytes | None) -> datetime | None:
+    try:
+        return utcparse(value.decode()).replace(tzinfo=UTC) if value else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _decoded(value: bytes | None) -> str:
+    return value.decode(errors='replace')[:255] if value else ''
+
+
+# -- cancel ----------------------------------------------------------------------------------------------------
+
+CANCELED_WITH_SCHEDULE = 'canceled with its schedule'
+
+
+def cancel_waiting_runs(rows: Iterable[ScheduleBase], *, using: str = 'default') -> int:
+    """Takes the runs of ``rows`` still waiting in a queue out of it, recorded as canceled; returns how many.
+
+    A run a worker has already taken is left to finish.
+    """
+    facts = []
+    for row in rows:
+        for run in row.runs.using(using).filter(status=QUEUED):
+            if _take_out_of_queue(run):
+                facts.append(
+                    Fact(run.rq_job_id, type(row), row.pk, CANCELED, reason=CANCELED_WITH_SCHEDULE,
+                         ended_at=django_timezone.now(), queue=run.queue)
+                )  # fmt: skip
+    send_signals(record_facts(facts, using=using))
+    return len(facts)
+
+
+def _take_out_of_queue(run: Run) -> bool:
+    scheduler = servers().scheduler_for(run.queue)
+    queue = scheduler.queues.get(run.queue, None)
+    return bool(
+        scheduler.connection.eval(scripts.CANCEL_QUEUED, 2, queue.key, keys.job_key(run.rq_job_id), run.rq_job_id)
+    )
