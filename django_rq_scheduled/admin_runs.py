@@ -178,22 +178,27 @@ class KindFilter(admin.SimpleListFilter):
 
 
 class ScheduleFilter(admin.SimpleListFilter):
-    """The runs of one schedule (``?schedule_id=``, with the kind filter): linked from its change form, not listed."""
+    """The runs of one schedule (``?schedule_id=``, with the kind filter): linked from its change form, and shown in
+    the sidebar only while it filters."""
 
     title = _('schedule')
     parameter_name = 'schedule_id'
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return []
-
-    def has_output(self) -> bool:
-        return False
+        value = self.value()
+        if not value:
+            return []
+        name = model_admin.get_queryset(request).filter(**self._lookup(value)).values_list('schedule_name', flat=True)
+        return [(value, name.first() or f'#{value}')]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         value = self.value()
-        if not value:
-            return queryset
-        return queryset.filter(schedule_id=int(value)) if value.isdigit() and len(value) < 19 else queryset.none()
+        return queryset.filter(**self._lookup(value)) if value else queryset
+
+    @staticmethod
+    def _lookup(value: str) -> dict[str, Any]:
+        # An id no column holds matches no run (rather than failing the database's conversion).
+        return {'schedule_id': int(value)} if value.isdigit() and len(value) < 19 else {'pk__in': []}
 
 
 def job_page_url(run: Run) -> str | None:
@@ -236,7 +241,7 @@ class RunAdmin(admin.ModelAdmin):
         'error_line',
     )
     list_display_links = ('id', 'schedule_name')
-    list_filter = ('status', 'trigger', 'schedule_type')
+    list_filter = ('status', 'trigger', KindFilter, ScheduleFilter)
     search_fields = ('schedule_name', 'error', 'rq_job_id')
     date_hierarchy = 'fire_time'
     list_per_page = 100
