@@ -57,7 +57,8 @@ def redis_url(redis_server: object, settings: object) -> Iterator[str]:
     url = redis_server.url  # type: ignore[attr-defined]
     client = redis.Redis.from_url(url)
     if client.dbsize():
-        pytest.fail(f'refusing to use {url}: the database is not empty')
+        left = sorted(client.scan_iter(count=100))[:20]
+        pytest.fail(f'refusing to use {url}: the database is not empty (an earlier test left {left})')
     os.environ['DRQS_TEST_REDIS_URL'] = url
     settings.RQ_QUEUES = {name: {'URL': url, 'DEFAULT_TIMEOUT': 360} for name in ('default', 'high')}
     yield url

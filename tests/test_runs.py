@@ -3,6 +3,7 @@ real RQ workers (plain ``rq worker`` processes, without Django) through Redis.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from django.db import OperationalError
@@ -122,11 +124,9 @@ def test_a_run_whose_worker_is_killed_is_failed_with_the_reason_worker_died(lead
         wait_for(lambda: leader() or row.runs.get().status == 'started', timeout=30)
         run = row.runs.get()
         assert run.worker and run.started_at is not None
-        os.killpg(worker.pid, signal.SIGKILL)  # the worker and its work horse, as the OOM killer would
-        worker.wait(10)
+        kill_with_its_children(worker)  # the worker and its work horse, as a lost machine would
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
+        kill_with_its_children(worker)
     # RQ gives up on a job once its worker's heartbeat lapses (a minute and more): here it lapses at once.
     registry = StartedJobRegistry('default', connection=connection)
     connection.zadd(registry.key, {member: 1 for member in connection.zrange(registry.key, 0, -1)})
@@ -302,6 +302,36 @@ def test_the_users_own_callbacks_given_through_the_api_keep_working(connection, 
     run_worker(redis_url)
     traces = [json.loads(line) for line in connection.lrange(tasks.TRACE_KEY, 0, -1)]
     assert [(trace['label'], trace['args']) for trace in traces] == [('user-callback', [5])]
+
+
+def kill_with_its_children(process: subprocess.Popen) -> None:
+    """SIGKILL to a process and to its children: RQ's work horse runs in a session of its own, so killing the
+    worker's process group would leave it running its job."""
+    children = [
+        int(entry.name)
+        for entry in Path('/proc').iterdir()
+        if entry.name.isdigit() and _parent_of(entry) == process.pid
+    ]
+    for pid in [process.pid, *children]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    process.wait(10)
+    for pid in children:
+        wait_for(lambda pid=pid: _gone(pid))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return ') Z ' in Path(f'/proc/{pid}/stat').read_text()  # a zombie nobody reaps here has stopped all the same
+    except FileNotFoundError:
+        return True
+
+
+def _parent_of(entry: Path) -> int | None:
+    try:
+        return int((entry / 'stat').read_text().rsplit(')', 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def start_worker(url: str) -> subprocess.Popen:
