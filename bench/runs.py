@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,13 @@ from django_rq_scheduled.models import RepeatableJob, Run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WITH, WITHOUT = 'with capture', 'without capture'
-WORKERS = {'Worker (forks per job)': 'rq.worker.Worker', 'SimpleWorker': 'rq.worker.SimpleWorker'}
+WORKERS = {
+    "django-rq's rqworker, Worker (forks per job)": ('rqworker', 'rq.worker.Worker'),
+    "django-rq's rqworker, SimpleWorker": ('rqworker', 'rq.worker.SimpleWorker'),
+    'plain rq worker, Worker (forks per job)': ('rq', 'rq.worker.Worker'),
+}
+"""The worker a Django project runs (``manage.py rqworker``, which imports the app and so the callbacks once), and
+a plain ``rq worker`` without Django, whose work horses import the callbacks for each job."""
 
 
 @dataclass(frozen=True)
@@ -68,24 +74,29 @@ SMOKE = Config(mode='smoke', jobs=100, forking_jobs=30, rounds=2, runs=1_000, sc
 # -- (1) the worker ---------------------------------------------------------------------------------------------
 
 
-def worker_pass(url: str, worker_class: str, jobs: int, captured: bool) -> dict[str, Any]:
+def worker_pass(url: str, worker: tuple[str, str], jobs: int, captured: bool) -> dict[str, Any]:
     connection = redis.Redis.from_url(url)
     connection.flushdb()
     queue = Queue('default', connection=connection)
     options = capture.callbacks() if captured else {}
     ids = [queue.enqueue('tests.tasks.noop', result_ttl=600, **options).id for _ in range(jobs)]
-    command = [sys.executable, '-m', 'rq.cli', 'worker', '--burst', '--url', url, '--worker-class', worker_class]
-    env = {**os.environ, 'PYTHONPATH': str(ROOT)}
-    env.pop('DJANGO_SETTINGS_MODULE', None)  # a plain rq worker, as the docs promise it works
-    subprocess.run([*command, 'default'], cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    program, worker_class = worker
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'DRQS_TEST_REDIS_URL': url}
+    if program == 'rq':
+        command = [sys.executable, '-m', 'rq.cli', 'worker', '--url', url]
+        env.pop('DJANGO_SETTINGS_MODULE', None)  # a plain rq worker, as the docs promise it works
+    else:
+        command = [sys.executable, '-m', 'django', 'rqworker', '--settings', 'tests.settings']
+    command += ['--burst', '--worker-class', worker_class, 'default']
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
     with connection.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hmget(keys.job_key(job_id), 'status', 'started_at', 'ended_at')
         states = pipe.execute()
     finished = [state for state in states if state[0] == b'finished']
     outcomes = connection.llen(keys.OUTCOMES_KEY)
-    check(len(finished) == jobs, f'{worker_class}: {len(finished)} of {jobs} jobs finished')
-    check(outcomes == (jobs if captured else 0), f'{worker_class}: {outcomes} outcome records for {jobs} jobs')
+    check(len(finished) == jobs, f'{worker}: {len(finished)} of {jobs} jobs finished')
+    check(outcomes == (jobs if captured else 0), f'{worker}: {outcomes} outcome records for {jobs} jobs')
     first = min(utcparse(state[1].decode()) for state in finished)
     last = max(utcparse(state[2].decode()) for state in finished)
     seconds = (last - first).total_seconds()
@@ -93,13 +104,17 @@ def worker_pass(url: str, worker_class: str, jobs: int, captured: bool) -> dict[
     return {'jobs_per_s': jobs / seconds, 'seconds': seconds, 'outcome_records': outcomes}
 
 
+def jobs_for(label: str, config: Config | dict[str, Any]) -> int:
+    values = config if isinstance(config, dict) else asdict(config)
+    return values['forking_jobs'] if 'forks' in label else values['jobs']
+
+
 def worker_costs(url: str, config: Config) -> dict[str, dict[str, list[dict[str, Any]]]]:
     results = {}
-    for label, worker_class in WORKERS.items():
-        jobs = config.forking_jobs if worker_class.endswith('.Worker') else config.jobs
+    for label, worker in WORKERS.items():
+        jobs = jobs_for(label, config)
         measures = {
-            system: functools.partial(worker_pass, url, worker_class, jobs, system == WITH)
-            for system in (WITH, WITHOUT)
+            system: functools.partial(worker_pass, url, worker, jobs, system == WITH) for system in (WITH, WITHOUT)
         }
         results[label] = alternate(config.rounds, measures)
     return results
@@ -198,7 +213,7 @@ def report(data: dict) -> str:
     ]
     for label, systems in data['workers'].items():
         rates = {system: [run['jobs_per_s'] for run in runs] for system, runs in systems.items()}
-        jobs = config['forking_jobs'] if label.startswith('Worker') else config['jobs']
+        jobs = jobs_for(label, config)
         lines.append(
             f'| {label} | {jobs:,} | {spread(rates[WITH], ",.0f")} | {spread(rates[WITHOUT], ",.0f")} | '
             f'{ratio_of_medians(rates[WITH], rates[WITHOUT]):.3f} |'

@@ -19,6 +19,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, transacti
 from redis import Redis
 
 from . import history
+from .bulk import BulkWriter
 from .conf import get_setting
 from .core import keys, scripts
 from .core.errors import REDIS_OUTAGE_ERRORS
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FEEDBACK_BATCH = history.RECORD_BATCH
+FEEDBACK_BATCH = 5000
+"""The loop's records (a few hundred bytes each) read from Redis per pass."""
 DRAIN_SECONDS = 1.0
 MAX_RUN_COUNT = 2**31 - 1  # what a PositiveIntegerField holds on every database
 UTC = timezone.utc
@@ -67,26 +69,31 @@ def apply_feedback(connection: Redis, *, using: str = 'default') -> int:
 def _write_feedback(latest: dict[tuple[type[ScheduleBase], Any], dict[str, Any]], *, using: str) -> None:
     try:
         with transaction.atomic(using=using):
-            for (model, pk), fields in latest.items():
-                _record(model, pk, fields, using=using)
+            _record(list(latest.items()), using=using)
     except (OperationalError, InterfaceError):
         raise  # the database is away: the records wait in Redis
     except DatabaseError:
         logger.warning('A batch of run feedback failed; writing it row by row')
-        for (model, pk), fields in latest.items():
+        for item in latest.items():
             try:
                 with transaction.atomic(using=using):
-                    _record(model, pk, fields, using=using)
+                    _record([item], using=using)
             except (OperationalError, InterfaceError):
                 raise
             except DatabaseError as exc:
+                (model, pk), _ = item
                 logger.error('Dropping the run feedback of %s %s: %s', model.__name__, pk, exc)
 
 
-def _record(model: type[ScheduleBase], pk: Any, fields: dict[str, Any], *, using: str) -> None:
-    # Never backwards: a reader that was paused with older records must not undo a newer reader's work.
-    rows = model._base_manager.using(using).filter(pk=pk, run_count__lte=fields['run_count'])
-    rows.record_feedback(**fields)
+def _record(items: list[tuple[tuple[type[ScheduleBase], Any], dict[str, Any]]], *, using: str) -> None:
+    """One statement per model and set of fields, run over the rows. Never backwards: a reader that was paused
+    with older records must not undo a newer reader's work (``run_count`` only grows)."""
+    groups: dict[tuple[type[ScheduleBase], tuple[str, ...]], list[tuple[Any, dict[str, Any]]]] = {}
+    for (model, pk), fields in items:
+        groups.setdefault((model, tuple(sorted(fields))), []).append((pk, fields))
+    writer = BulkWriter(using)
+    for (model, _names), changes in groups.items():
+        writer.update_values(model, changes, at_most='run_count')
 
 
 def _parse_record(
@@ -117,10 +124,10 @@ def _feedback_fields(model: type[ScheduleBase], record: dict[str, Any]) -> dict[
     return fields
 
 
-def _drain(read: Callable[[Redis], int], connection: Redis) -> None:
+def _drain(read: Callable[[Redis], int], connection: Redis, batch: int) -> None:
     """Reads batches until the backlog is read or the time is up, so ingestion keeps pace with a busy schedule."""
     deadline = time.monotonic() + DRAIN_SECONDS
-    while read(connection) >= FEEDBACK_BATCH and time.monotonic() < deadline:
+    while read(connection) >= batch and time.monotonic() < deadline:
         pass
 
 
@@ -156,8 +163,8 @@ class DatabaseSync:
 
         connection = scheduler.connection
         steps: list[Callable[[], object]] = [
-            lambda: _drain(apply_feedback, connection),
-            lambda: _drain(history.ingest_outcomes, connection),
+            lambda: _drain(apply_feedback, connection, FEEDBACK_BATCH),
+            lambda: _drain(history.ingest_outcomes, connection, history.OUTCOME_BATCH),
             lambda: self._sweep(connection),
         ]
         if time.monotonic() >= self._next_reconcile:

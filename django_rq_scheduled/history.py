@@ -9,20 +9,20 @@ reading the same records count them once.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, cast
 
 from django.contrib.contenttypes.models import ContentType
-from django.db import connections, transaction
-from django.db.models import CharField, DateTimeField, F, Field, IntegerField, Model, TextField
+from django.db import transaction
+from django.db.models import F
 from django.utils import timezone as django_timezone
 from rq.utils import utcparse
 
+from .bulk import BulkWriter
 from .core import capture, keys, scripts
 from .models import SCHEDULE_MODELS, ScheduleBase
 from .runs import (
@@ -47,8 +47,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RECORD_BATCH = 1000
-"""Records read from Redis per pass, of the loop's decisions and of the workers' outcomes."""
+OUTCOME_BATCH = 2000
+"""Workers' records read from Redis per pass: larger batches cost fewer statements per schedule, and an outcome
+record holds at most 8,000 characters of error."""
 WRITE_BATCH = 500
 UTC = timezone.utc
 GONE = 'gone from Redis before it ended (expired or deleted)'
@@ -153,7 +154,7 @@ def ingest_outcomes(connection: Redis, *, using: str = 'default') -> int:
 
     Records stay in Redis until their runs are written, so a database outage only delays them.
     """
-    records = connection.lrange(keys.OUTCOMES_KEY, 0, RECORD_BATCH - 1)
+    records = connection.lrange(keys.OUTCOMES_KEY, 0, OUTCOME_BATCH - 1)
     if not records:
         return 0
     facts = [fact for fact in map(outcome_fact, records) if fact is not None]
@@ -232,8 +233,9 @@ def record_facts(facts: Sequence[Fact], *, using: str = 'default') -> list[Trans
                 changed[fact.job_id] = run
             if moved:
                 transitions.append(Transition(row, run, run.status))
-        writer = _Writer(using)
-        writer.insert_runs(list(created.values()))
+        writer = BulkWriter(using)
+        writer.insert(Run, list(created.values()), STORED_FIELDS)
+        _give_ids(list(created.values()), using)
         writer.update(Run, list(changed.values()), RUN_FIELDS)
         _write_summaries(transitions, writer)
     return transitions
@@ -303,70 +305,20 @@ def _merge(run: RunRow, fact: Fact) -> tuple[bool, bool]:
     return before != [getattr(run, name) for name in RUN_FIELDS], moved
 
 
-class _Writer:
-    """Writes many rows in one statement run over a list of parameters (``executemany``): the ORM's bulk methods
-    cost ten times more in Python per value, and its ``bulk_update`` builds a CASE per field whose cost grows with
-    the square of the batch. Values go through each field's own conversion for the database."""
-
-    def __init__(self, using: str) -> None:
-        self.connection = connections[using]
-        self.using = using
-        self.quote = self.connection.ops.quote_name
-
-    def insert_runs(self, runs: list[RunRow]) -> None:
-        if not runs:
-            return
-        fields = [cast(Field, Run._meta.get_field(name)) for name in STORED_FIELDS]
-        columns = ', '.join(self.quote(cast(str, field.column)) for field in fields)
-        marks = ', '.join(['%s'] * len(fields))
-        sql = f'INSERT INTO {self.quote(Run._meta.db_table)} ({columns}) VALUES ({marks})'
-        values = self._reader(fields)
-        self._run(sql, [values(run) for run in runs])
-        ids = {}
-        ordered = [run.rq_job_id for run in runs]
-        for start in range(0, len(ordered), WRITE_BATCH):
-            chunk = Run.objects.using(self.using).filter(rq_job_id__in=ordered[start : start + WRITE_BATCH])
-            ids.update(chunk.values_list('rq_job_id', 'id'))
-        for run in runs:
-            run.pk = ids[run.rq_job_id]
-
-    def update(self, model: type[Model], rows: list[Any], names: Iterable[str]) -> None:
-        if not rows:
-            return
-        fields = [cast(Field, model._meta.get_field(name)) for name in names]
-        assignments = ', '.join(f'{self.quote(cast(str, field.column))} = %s' for field in fields)
-        table, key = self.quote(model._meta.db_table), self.quote(cast(str, cast(Field, model._meta.pk).column))
-        values = self._reader(fields)
-        params = [[*values(row), row.pk] for row in rows]
-        self._run(f'UPDATE {table} SET {assignments} WHERE {key} = %s', params)
-
-    def _reader(self, fields: list[Any]) -> Callable[[Any], list[Any]]:
-        """A function giving the values of ``fields`` of a row, converted for the database."""
-        pairs = [(field.attname, self._converter(field)) for field in fields]
-        return lambda row: [convert(getattr(row, name)) for name, convert in pairs]
-
-    @functools.cache  # noqa: B019 - one writer per transaction
-    def _converter(self, field: Any) -> Callable[[Any], Any]:
-        if isinstance(field, (CharField, TextField, IntegerField)):
-            return _same
-        if isinstance(field, DateTimeField):
-            return self.connection.ops.adapt_datetimefield_value
-        return functools.partial(field.get_db_prep_save, connection=self.connection)
-
-    def _run(self, sql: str, params: list[list[Any]]) -> None:
-        with self.connection.cursor() as cursor:
-            for start in range(0, len(params), WRITE_BATCH):
-                cursor.executemany(sql, params[start : start + WRITE_BATCH])
-
-
-def _same(value: Any) -> Any:
-    return value
+def _give_ids(runs: list[RunRow], using: str) -> None:
+    ids = {}
+    ordered = [run.rq_job_id for run in runs]
+    for start in range(0, len(ordered), WRITE_BATCH):
+        chunk = Run.objects.using(using).filter(rq_job_id__in=ordered[start : start + WRITE_BATCH])
+        ids.update(chunk.values_list('rq_job_id', 'id'))
+    for run in runs:
+        run.pk = ids[run.rq_job_id]
 
 
 # -- summaries and signals -------------------------------------------------------------------------------------
 
 
-def _write_summaries(transitions: Sequence[Transition], writer: _Writer) -> None:
+def _write_summaries(transitions: Sequence[Transition], writer: BulkWriter) -> None:
     touched: dict[tuple[type[ScheduleBase], Any], ScheduleBase] = {}
     for transition in transitions:
         transition.row.remember(transition.run, transition.status)
