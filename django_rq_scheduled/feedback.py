@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MODELS_BY_LABEL = {model._meta.label_lower: model for model in SCHEDULE_MODELS}
 FEEDBACK_BATCH = 5000
 """The loop's records (a few hundred bytes each) read from Redis per pass."""
 DRAIN_SECONDS = 1.0
@@ -104,7 +105,7 @@ def _parse_record(
     try:
         record = json.loads(raw)
         label, pk = keys.parse_owner(record['owner'])
-        model = {model._meta.label_lower: model for model in SCHEDULE_MODELS}[label]
+        model = MODELS_BY_LABEL[label]
         pk = model._meta.pk.to_python(pk)
         return model, pk, _feedback_fields(model, record), history.decision_fact(record, model, pk)
     except Exception as exc:

@@ -37,6 +37,7 @@ from .runs import (
     STOPPED,
     SUMMARY_FIELDS,
     Run,
+    headline,
 )  # fmt: skip
 from .servers import servers
 from .signals import run_failed, run_finished, run_skipped
@@ -190,7 +191,7 @@ class RunRow:
 
     @property
     def error_headline(self) -> str:
-        return self.error.partition('\n')[0]
+        return headline(self.error)
 
     def as_run(self) -> Run:
         return Run(id=self.pk, **{name: getattr(self, name) for name in STORED_FIELDS})

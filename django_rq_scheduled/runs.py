@@ -117,7 +117,12 @@ class Run(models.Model):
 
     @property
     def error_headline(self) -> str:
-        return self.error.partition('\n')[0]
+        return headline(self.error)
+
+
+def headline(error: str) -> str:
+    """The first line of a run's error: ``Type: message``."""
+    return error.partition('\n')[0]
 
 
 SUMMARY_FIELDS = frozenset(

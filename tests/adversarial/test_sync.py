@@ -40,6 +40,19 @@ def leader(connection):
     return scheduler
 
 
+def edit_in_the_admin(client, row):
+    """A superuser's POST of the row's change form with a new description, as the admin's page would send it."""
+    client.force_login(User.objects.create_superuser('admin', 'a@example.com', 'pw'))
+    url = reverse('admin:django_rq_scheduled_scheduledjob_change', args=[row.pk])
+    form = client.get(url).context['adminform'].form
+    data = {name: form[name].value() for name in form.fields}
+    data.update(
+        description='edited in the admin', args='[1, 2]', kwargs='{}',
+        scheduled_time_0=f'{row.scheduled_time:%Y-%m-%d}', scheduled_time_1=f'{row.scheduled_time:%H:%M:%S}',
+    )  # fmt: skip
+    return client.post(url, {key: value for key, value in data.items() if value is not None})
+
+
 def due_one_off(name='once'):
     return ScheduledJob.objects.create(
         name=name, callable='tests.tasks.add', args=[1, 2], scheduled_time=datetime.now(UTC) - timedelta(seconds=1)
@@ -127,16 +140,7 @@ def test_an_admin_post_whose_save_lands_after_the_run_does_not_run_it_again(conn
         original(self, request, obj, form, change)
 
     monkeypatch.setattr(ScheduledJobAdmin, 'save_model', run_then_save)
-    client.force_login(User.objects.create_superuser('admin', 'a@example.com', 'pw'))
-    url = reverse('admin:django_rq_scheduled_scheduledjob_change', args=[row.pk])
-    form = client.get(url).context['adminform'].form
-    data = {name: form[name].value() for name in form.fields}
-    data.update(
-        description='edited in the admin', args='[1, 2]', kwargs='{}',
-        scheduled_time_0=f'{row.scheduled_time:%Y-%m-%d}', scheduled_time_1=f'{row.scheduled_time:%H:%M:%S}',
-    )  # fmt: skip
-    data = {key: value for key, value in data.items() if value is not None}
-    response = client.post(url, data)
+    response = edit_in_the_admin(client, row)
     assert response.status_code == 302, response.content.decode()[:2000]
     scheduler.move_due_jobs()
     reconcile()
@@ -440,15 +444,7 @@ def test_an_admin_save_and_the_leaders_feedback_on_another_connection_both_land(
             racers.append(_in_thread(apply_feedback, connection))  # waits on that lock
 
     monkeypatch.setattr(ScheduledJobAdmin, 'save_model', save_racing_the_feedback)
-    client.force_login(User.objects.create_superuser('admin', 'a@example.com', 'pw'))
-    url = reverse('admin:django_rq_scheduled_scheduledjob_change', args=[row.pk])
-    form = client.get(url).context['adminform'].form
-    data = {name: form[name].value() for name in form.fields}
-    data.update(
-        description='edited in the admin', args='[1, 2]', kwargs='{}',
-        scheduled_time_0=f'{row.scheduled_time:%Y-%m-%d}', scheduled_time_1=f'{row.scheduled_time:%H:%M:%S}',
-    )  # fmt: skip
-    response = client.post(url, {key: value for key, value in data.items() if value is not None})
+    response = edit_in_the_admin(client, row)
     assert response.status_code == 302
     for racer in racers:
         racer.join(30)
