@@ -106,7 +106,7 @@ def _parse_record(
         record = json.loads(raw)
         label, pk = keys.parse_owner(record['owner'])
         model = MODELS_BY_LABEL[label]
-        pk = model._meta.pk.to_python(pk)
+        pk = history.row_pk(model, pk)
         return model, pk, _feedback_fields(model, record), history.decision_fact(record, model, pk)
     except Exception as exc:
         logger.warning('Dropping a malformed run record %r: %r', raw[:200], exc)
@@ -208,7 +208,7 @@ class DatabaseSync:
         elif isinstance(exc, (*REDIS_OUTAGE_ERRORS, OperationalError, InterfaceError)):
             logger.warning('Run feedback or reconciliation failed (%r); tried again at the next tick', exc)
         else:
-            logger.exception('Run feedback or reconciliation failed; tried again at the next tick')
+            logger.error('Run feedback or reconciliation failed; tried again at the next tick', exc_info=exc)
         self._failing = True
 
     def wait(self, timeout: float | None = None) -> None:

@@ -121,7 +121,7 @@ def outcome_fact(raw: bytes | str) -> Fact | None:
         return Fact(
             job_id,
             model,
-            model._meta.pk.to_python(pk),
+            row_pk(model, pk),
             status,
             trigger=trigger,
             queue=_text(record.get('queue'))[:255],
@@ -136,6 +136,15 @@ def outcome_fact(raw: bytes | str) -> Fact | None:
     except Exception as exc:
         logger.warning('Dropping a malformed run outcome %r: %r', raw[:200], exc)
         return None
+
+
+def row_pk(model: type[ScheduleBase], raw: str) -> Any:
+    """The primary key a record names, as the column holds it; ValidationError if no row can have it (a number
+    beyond the column's range would fail the whole batch's query, not just this record)."""
+    field = model._meta.pk
+    value = field.to_python(raw)
+    field.run_validators(value)
+    return value
 
 
 def epoch_time(epoch: Any) -> datetime | None:

@@ -340,3 +340,69 @@ def start_worker(url: str) -> subprocess.Popen:
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
+
+
+def test_a_job_key_holding_the_wrong_type_cancels_its_run_and_the_sweep_goes_on(leader, connection):
+    first, second = every_minute('first'), every_minute('second')
+    leader()
+    broken = first.runs.get()
+    connection.delete(keys.job_key(broken.rq_job_id))
+    connection.set(keys.job_key(broken.rq_job_id), 'not a hash')  # written by someone else
+    connection.hset(keys.job_key(second.runs.get().rq_job_id), 'status', 'started')
+    leader()
+    broken.refresh_from_db()
+    assert broken.status == 'canceled' and broken.reason.startswith('job key unreadable: WRONGTYPE')
+    assert second.runs.get().status == 'started'
+
+
+def test_an_outcome_list_of_the_wrong_type_stops_no_other_step(connection, redis_url, caplog):
+    row = every_minute()
+    scheduler = Scheduler(queue_name='default')
+    assert scheduler.acquire_lock()
+    scheduler.move_due_jobs()
+    connection.set(keys.OUTCOMES_KEY, 'foreign')
+    hook = DatabaseSync(reconcile_interval=3600)  # in the background, as manage.py rqscheduler runs it
+    hook(scheduler)
+    hook.wait(30)
+    row.refresh_from_db()
+    assert row.run_count == 1 and row.runs.get().status == 'queued'  # feedback and runs of the loop still landed
+    assert 'WRONGTYPE' in caplog.text
+
+
+def test_outcome_records_naming_impossible_rows_are_dropped(leader, connection):
+    row = every_minute()
+    connection.rpush(
+        keys.OUTCOMES_KEY,
+        json.dumps({'job': 'drqs-repeatablejob-abc_at_5', 'status': 'finished'}),
+        json.dumps({'job': f'drqs-repeatablejob-{"9" * 40}_at_5', 'status': 'finished'}),
+        json.dumps({'job': f'{row.template_id}_at_{"9" * 30}', 'status': 'failed', 'started': -1e20}),
+        json.dumps({'job': f'{row.template_id}_now_1', 'status': 'stopped', 'worker': ['x'], 'error': {'a': 1}}),
+    )
+    foreign = {'owner': f'django_rq_scheduled.repeatablejob:{"9" * 40}', 'schedule': 'drqs-repeatablejob-9', 'runs': 1}
+    connection.lpush(keys.RUNS_KEY, json.dumps({**foreign, 'outcome': 'enqueued', 'job': 'x', 'at': 1.0}))
+    leader()
+    assert connection.llen(keys.OUTCOMES_KEY) == 0 and connection.llen(keys.RUNS_KEY) == 0
+    manual = Run.objects.get(rq_job_id=f'{row.template_id}_now_1')
+    assert (manual.status, manual.worker, manual.error, manual.trigger) == ('stopped', '', '', 'manual')
+    row.refresh_from_db()
+    assert row.run_count == 1 and row.runs.filter(trigger='schedule').count() == 1  # the loop's own record landed
+
+
+def test_retry_of_a_callable_the_allow_list_now_refuses_enqueues_nothing(leader, connection, settings, client):
+    from django.contrib.auth.models import User
+    from django.urls import reverse
+
+    row = every_minute(callable='tests.tasks.fail', args=['x'])
+    leader()
+    run = row.runs.get()
+    Run.objects.filter(pk=run.pk).update(status='failed')
+    settings.RQ_SCHEDULED = {'ALLOWED_CALLABLES': ['tests.tasks.add']}
+    client.force_login(User.objects.create_superuser('admin', 'a@example.com', 'pw'))
+    queued = connection.llen('rq:queue:default')
+    response = client.post(
+        reverse('admin:django_rq_scheduled_run_changelist'),
+        {'action': 'retry_selected', '_selected_action': [run.pk]},
+        follow=True,
+    )
+    assert 'was not retried' in response.content.decode()
+    assert connection.llen('rq:queue:default') == queued and Run.objects.filter(trigger='manual').count() == 0
