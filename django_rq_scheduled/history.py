@@ -52,6 +52,8 @@ OUTCOME_BATCH = 2000
 """Workers' records read from Redis per pass: larger batches cost fewer statements per schedule, and an outcome
 record holds at most 8,000 characters of error."""
 WRITE_BATCH = 500
+MAX_TEXT = 255
+"""Of the runs' short text columns (queue, reason, worker, job id)."""
 UTC = timezone.utc
 GONE = 'gone from Redis before it ended (expired or deleted)'
 SKIP_REASONS = {'skipped_misfire': 'misfire grace', 'skipped_overlap': 'overlap'}
@@ -96,12 +98,19 @@ def decision_fact(record: dict[str, Any], model: type[ScheduleBase], pk: Any) ->
     fire_time = epoch_time(record.get('fire_time'))
     at = epoch_time(record.get('at'))
     common: dict[str, Any] = {'model': model, 'pk': pk, 'queue': _text(record.get('queue')), 'fire_time': fire_time}
-    if outcome == 'enqueued' and isinstance(record.get('job'), str):
-        return Fact(record['job'], status=QUEUED, enqueued_at=at, **common)
+    if outcome == 'enqueued':
+        return Fact(_job_id(record.get('job')), status=QUEUED, enqueued_at=at, **common)
     if outcome in SKIP_REASONS and fire_time is not None:
         job_id = keys.occurrence_id(template, round(fire_time.timestamp() * 1000)) if model.is_periodic else template
-        return Fact(job_id, status=SKIPPED, reason=SKIP_REASONS[outcome], ended_at=at, **common)
+        return Fact(_job_id(job_id), status=SKIPPED, reason=SKIP_REASONS[outcome], ended_at=at, **common)
     return None
+
+
+def _job_id(value: Any) -> str:
+    """A run's job id from a record: RQ's rule, and what the column holds (ValueError otherwise)."""
+    if not keys.is_job_id(value) or len(value) > MAX_TEXT:
+        raise ValueError(f'job id: {str(value)[:80]!r}')
+    return cast(str, value)
 
 
 def outcome_fact(raw: bytes | str) -> Fact | None:
@@ -124,13 +133,13 @@ def outcome_fact(raw: bytes | str) -> Fact | None:
             row_pk(model, pk),
             status,
             trigger=trigger,
-            queue=_text(record.get('queue'))[:255],
-            reason=_text(record.get('reason'))[:255],
+            queue=_text(record.get('queue')),
+            reason=_text(record.get('reason')),
             fire_time=epoch_time(fire_ms / 1000 if fire_ms is not None else None),
             started_at=epoch_time(record.get('started')),
             ended_at=epoch_time(record.get('ended')),
-            worker=_text(record.get('worker'))[:255],
-            error=_text(record.get('error')),
+            worker=_text(record.get('worker')),
+            error=_text(record.get('error'), limit=None),
             reported=True,
         )
     except Exception as exc:
@@ -155,8 +164,12 @@ def epoch_time(epoch: Any) -> datetime | None:
     return datetime.fromtimestamp(epoch, tz=UTC)  # OverflowError, ValueError or OSError if out of range
 
 
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ''
+def _text(value: Any, limit: int | None = MAX_TEXT) -> str:
+    """A text of a record as a column can hold it: cut to ``limit``, without NUL (PostgreSQL refuses it, and one
+    such record would fail every batch after it)."""
+    if not isinstance(value, str):
+        return ''
+    return value.replace('\x00', '\\x00')[:limit]
 
 
 def ingest_outcomes(connection: Redis, *, using: str = 'default') -> int:
@@ -408,7 +421,7 @@ def _rq_time(value: bytes | None) -> datetime | None:
 
 
 def _decoded(value: bytes | None) -> str:
-    return value.decode(errors='replace')[:255] if value else ''
+    return _text(value.decode(errors='replace')) if value else ''
 
 
 # -- cancel ----------------------------------------------------------------------------------------------------

@@ -173,3 +173,21 @@ def test_two_ingesters_reading_the_same_records_at_once_count_them_once(redis_ur
         thread.join(60)
     assert [row.failure_count for row in RepeatableJob.objects.all()] == [10] * 20
     assert Run.objects.filter(status='failed').count() == 200
+
+
+def test_record_texts_any_column_can_hold_on_every_database(redis_url):
+    import json
+
+    row = schedule()
+    raw = json.dumps({
+        'job': f'{row.template_id}_now_7', 'status': 'failed', 'worker': 'w\x00' * 300, 'queue': 'q' * 999,
+        'reason': 'r\x00', 'error': 'ValueError: \x00 in the data\n' + 'x' * 100_000,
+    })  # fmt: skip
+    history.record_facts([history.outcome_fact(raw)])
+    run = Run.objects.get()
+    assert run.status == 'failed' and len(run.worker) == 255 and '\x00' not in run.worker + run.reason + run.error
+    assert run.error_headline == 'ValueError: \\x00 in the data'
+    with pytest.raises(ValueError, match='job id'):
+        history.decision_fact({'schedule': row.template_id, 'outcome': 'enqueued', 'job': 'x' * 300}, RepeatableJob, 1)
+    with pytest.raises(ValueError, match='job id'):
+        history.decision_fact({'schedule': row.template_id, 'outcome': 'enqueued', 'job': 'a b'}, RepeatableJob, 1)
