@@ -33,6 +33,7 @@ POSTGRES_TESTS = (
     'tests/test_faults.py',
     'tests/test_outages.py',
     'tests/test_run_history.py',
+    'tests/test_bulk.py',
     'tests/test_runs_admin.py',
 )
 

@@ -1,19 +1,25 @@
-"""Many rows written by one statement run over a list of parameters (``executemany``), for the loop's own hot
-writes: the ORM's bulk methods cost ten times more in Python per value, and its ``bulk_update`` builds a CASE per
-field whose cost grows with the square of the batch. Values go through each field's own conversion for the
-database; no signal is sent and no validation run (the callers write fields the loop alone owns)."""
+"""Many rows written by one statement run over a list of parameters (``executemany``), and read by one query per
+batch of keys, for the loop's own hot paths: the ORM's bulk methods cost ten times more in Python per value, and
+its ``bulk_update`` builds a CASE per field whose cost grows with the square of the batch. Values go through each
+field's own conversion (datetimes on SQLite through a shortcut that gives the same text); no signal is sent and no
+validation run (the callers write fields the loop alone owns)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime, timezone
 from typing import Any, cast
 
+from django.conf import settings
 from django.db import connections
 from django.db.models import CharField, DateTimeField, Field, IntegerField, Model, TextField
+from django.utils.dateparse import parse_datetime
 
 BATCH = 500
-"""Rows per ``executemany``."""
+"""Rows per ``executemany``, and keys per query of ``read()``."""
+UTC = timezone.utc
 
 
 class BulkWriter:
@@ -58,6 +64,24 @@ class BulkWriter:
             sql += f' AND {self.quote(at_most)} <= %s'
         self._run(sql, params)
 
+    def read(
+        self, model: type[Model], names: Sequence[str], *, where: str, values: Iterable[Any], for_update: bool = False
+    ) -> Iterator[list[Any]]:
+        """The fields ``names`` of the rows whose field ``where`` holds one of ``values``, converted as the ORM
+        converts them; ``for_update`` locks the rows where the database can (PostgreSQL)."""
+        fields = self._fields(model, names)
+        columns = ', '.join(self._column(field) for field in fields)
+        key = self._column(self._fields(model, [where])[0])
+        lock = ' FOR UPDATE' if for_update and self.connection.features.has_select_for_update else ''
+        convert = _row_converter([self._from_database(field) for field in fields])
+        ordered = list(values)
+        with self.connection.cursor() as cursor:
+            for start in range(0, len(ordered), BATCH):
+                chunk = ordered[start : start + BATCH]
+                marks = ', '.join(['%s'] * len(chunk))
+                cursor.execute(f'SELECT {columns} FROM {self._table(model)} WHERE {key} IN ({marks}){lock}', chunk)
+                yield from map(convert, cursor.fetchall())
+
     def _update_sql(self, model: type[Model], fields: list[Field]) -> str:
         assignments = ', '.join(f'{self._column(field)} = %s' for field in fields)
         key = self._column(cast(Field, model._meta.pk))
@@ -75,16 +99,34 @@ class BulkWriter:
 
     def _reader(self, fields: list[Field]) -> Callable[[Any], list[Any]]:
         """A function giving the values of ``fields`` of an object, converted for the database."""
-        pairs = [(field.attname, self._converter(field)) for field in fields]
-        return lambda row: [convert(getattr(row, name)) for name, convert in pairs]
+        values = operator.attrgetter(*(field.attname for field in fields))
+        convert = _row_converter([self._converter(field) for field in fields])
+        if len(fields) == 1:
+            return lambda row: convert((values(row),))
+        return lambda row: convert(values(row))
 
     @functools.cache  # noqa: B019 - a writer lives for one transaction
     def _converter(self, field: Field) -> Callable[[Any], Any]:
         if isinstance(field, (CharField, TextField, IntegerField)):
             return _same
         if isinstance(field, DateTimeField):
-            return self.connection.ops.adapt_datetimefield_value
+            adapt = self.connection.ops.adapt_datetimefield_value
+            return functools.partial(_utc_text, adapt) if self._holds_utc_text() else adapt
         return functools.partial(field.get_db_prep_save, connection=self.connection)
+
+    def _from_database(self, field: Field) -> Callable[[Any], Any]:
+        if isinstance(field, DateTimeField) and self._holds_utc_text():
+            return _utc_datetime
+        if isinstance(field, (CharField, TextField, IntegerField, DateTimeField)):
+            return _same  # the drivers give these as the ORM would (aware datetimes on PostgreSQL)
+        expression = field.get_col(field.model._meta.db_table)
+        ops = self.connection.ops
+        converters = [*ops.get_db_converters(expression), *expression.get_db_converters(self.connection)]
+        return functools.partial(_converted, converters, expression, self.connection)
+
+    def _holds_utc_text(self) -> bool:
+        """Whether datetimes are stored as naive UTC text (SQLite with USE_TZ, the database's time zone UTC)."""
+        return self.connection.vendor == 'sqlite' and settings.USE_TZ and self.connection.timezone_name == 'UTC'
 
     def _run(self, sql: str, params: list[list[Any]]) -> None:
         with self.connection.cursor() as cursor:
@@ -93,4 +135,40 @@ class BulkWriter:
 
 
 def _same(value: Any) -> Any:
+    return value
+
+
+def _row_converter(converters: list[Callable[[Any], Any]]) -> Callable[[Sequence[Any]], list[Any]]:
+    """A function converting a row of values with ``converters``, one per column; columns that need no conversion
+    cost nothing."""
+    work = [(index, convert) for index, convert in enumerate(converters) if convert is not _same]
+
+    def convert_row(row: Sequence[Any]) -> list[Any]:
+        converted = list(row)
+        for index, convert in work:
+            converted[index] = convert(converted[index])
+        return converted
+
+    return convert_row
+
+
+def _utc_text(adapt: Callable[[Any], Any], value: datetime | None) -> Any:
+    """What SQLite's ``adapt_datetimefield_value`` gives (naive UTC as ``str()`` writes it), a tenth of its cost for
+    the common case (aware UTC)."""
+    if value is not None and value.tzinfo is UTC:
+        return value.isoformat(' ')[:-6]  # without its '+00:00'
+    return adapt(value)
+
+
+def _utc_datetime(value: datetime | str | None) -> datetime | None:
+    """What SQLite's ``convert_datetimefield_value`` gives (its driver parses the column's text already)."""
+    moment = parse_datetime(value) if isinstance(value, str) else value
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _converted(converters: list[Callable[..., Any]], expression: Any, connection: Any, value: Any) -> Any:
+    for convert in converters:
+        value = convert(value, expression, connection)
     return value

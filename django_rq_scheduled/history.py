@@ -9,6 +9,7 @@ reading the same records count them once.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Collection, Iterable, Sequence
@@ -48,10 +49,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-OUTCOME_BATCH = 2000
-"""Workers' records read from Redis per pass: larger batches cost fewer statements per schedule, and an outcome
-record holds at most 8,000 characters of error."""
-WRITE_BATCH = 500
+OUTCOME_BATCH = 5000
+"""Workers' records read from Redis per pass: larger batches cost fewer statements per schedule; an outcome record
+holds at most 8,000 characters of error (so a batch at most 40 MB)."""
 MAX_TEXT = 255
 """Of the runs' short text columns (queue, reason, worker, job id)."""
 UTC = timezone.utc
@@ -147,6 +147,7 @@ def outcome_fact(raw: bytes | str) -> Fact | None:
         return None
 
 
+@functools.lru_cache(maxsize=10_000)  # records name the same few rows again and again
 def row_pk(model: type[ScheduleBase], raw: str) -> Any:
     """The primary key a record names, as the column holds it; ValidationError if no row can have it (a number
     beyond the column's range would fail the whole batch's query, not just this record)."""
@@ -240,7 +241,8 @@ def record_facts(facts: Sequence[Fact], *, using: str = 'default') -> list[Trans
         runs = _read_runs({fact.job_id for fact in facts}, using)
         rows = _schedule_rows(facts, using)
         created: dict[str, RunRow] = {}
-        changed: dict[str, RunRow] = {}
+        changed: dict[str, tuple[RunRow, set[str]]] = {}
+        kinds: dict[type[ScheduleBase], int] = {}
         transitions: list[Transition] = []
         for fact in facts:
             row = rows.get((fact.model, fact.pk))
@@ -248,18 +250,20 @@ def record_facts(facts: Sequence[Fact], *, using: str = 'default') -> list[Trans
                 continue  # the schedule is gone, and its runs with it
             run = runs.get(fact.job_id)
             if run is None:
-                run = runs[fact.job_id] = created[fact.job_id] = _new_run(fact, row)
+                kind = kinds.get(fact.model) or kinds.setdefault(fact.model, _content_type_id(fact.model))
+                run = runs[fact.job_id] = created[fact.job_id] = _new_run(fact, row, kind)
                 transitions.append(Transition(row, run, run.status))
                 continue
             dirty, moved = _merge(run, fact)
             if dirty and fact.job_id not in created:
-                changed[fact.job_id] = run
+                changed.setdefault(fact.job_id, (run, set()))[1].update(dirty)
             if moved:
                 transitions.append(Transition(row, run, run.status))
         writer = BulkWriter(using)
         writer.insert(Run, list(created.values()), STORED_FIELDS)
-        _give_ids(list(created.values()), using)
-        writer.update(Run, list(changed.values()), RUN_FIELDS)
+        _give_ids(list(created.values()), writer)
+        for names, runs_changed in _by_changed_fields(changed.values()).items():
+            writer.update(Run, runs_changed, names)
         _write_summaries(transitions, writer)
     return transitions
 
@@ -271,17 +275,10 @@ def _take_the_writers_turn(using: str) -> None:
 
 
 def _read_runs(job_ids: set[str], using: str) -> dict[str, RunRow]:
-    found = {}
-    ordered = sorted(job_ids)
-    for start in range(0, len(ordered), WRITE_BATCH):
-        chunk = ordered[start : start + WRITE_BATCH]
-        rows = (
-            Run.objects.using(using).select_for_update().filter(rq_job_id__in=chunk).values_list('id', *STORED_FIELDS)
-        )
-        for pk, *values in rows:
-            run = RunRow(pk, *values)
-            found[run.rq_job_id] = run
-    return found
+    found = BulkWriter(using).read(
+        Run, ('id', *STORED_FIELDS), where='rq_job_id', values=sorted(job_ids), for_update=True
+    )
+    return {run.rq_job_id: run for run in (RunRow(*values) for values in found)}
 
 
 def _schedule_rows(facts: Iterable[Fact], using: str) -> dict[tuple[type[ScheduleBase], Any], ScheduleBase]:
@@ -298,42 +295,54 @@ def _schedule_rows(facts: Iterable[Fact], using: str) -> dict[tuple[type[Schedul
     return rows
 
 
-def _new_run(fact: Fact, row: ScheduleBase) -> RunRow:
-    kind = ContentType.objects.get_for_model(type(row)).pk  # cached by Django
+def _content_type_id(model: type[ScheduleBase]) -> int:
+    return cast(int, ContentType.objects.get_for_model(model).pk)  # cached by Django
+
+
+def _new_run(fact: Fact, row: ScheduleBase, kind: int) -> RunRow:
     return RunRow(
         None, fact.job_id, kind, row.pk, row.name, fact.trigger, fact.status, fact.reason, fact.queue or row.queue,
         fact.fire_time, fact.enqueued_at, fact.started_at, fact.ended_at, fact.worker, fact.error,
     )  # fmt: skip
 
 
+RANKS = {QUEUED: 0, STARTED: 1}
+
+
 def _rank(status: str) -> int:
-    return {QUEUED: 0, STARTED: 1}.get(status, 2)
+    return RANKS.get(status, 2)
 
 
-def _merge(run: RunRow, fact: Fact) -> tuple[bool, bool]:
-    """Completes ``run`` with ``fact``; returns whether anything changed, and whether its status moved forward."""
-    before = [getattr(run, name) for name in RUN_FIELDS]
+def _merge(run: RunRow, fact: Fact) -> tuple[set[str], bool]:
+    """Completes ``run`` with ``fact``; returns the fields it changed, and whether its status moved forward."""
     final = fact.status not in OPEN_STATUSES
     moved = _rank(fact.status) > _rank(run.status) or (final and fact.reported and run.reason == GONE)
+    changed = set()
     if moved or (final and fact.reported and fact.status == run.status):
         # The worker's own report wins over what the leader inferred of the same end.
         for name in RUN_FIELDS:
             value = getattr(fact, name)
-            if value not in (None, ''):
+            if value not in (None, '') and value != getattr(run, name):
                 setattr(run, name, value)
+                changed.add(name)
     else:
         for name in FILLED_LATER:
             if getattr(run, name) in (None, '') and getattr(fact, name) not in (None, ''):
                 setattr(run, name, getattr(fact, name))
-    return before != [getattr(run, name) for name in RUN_FIELDS], moved
+                changed.add(name)
+    return changed, moved
 
 
-def _give_ids(runs: list[RunRow], using: str) -> None:
-    ids = {}
-    ordered = [run.rq_job_id for run in runs]
-    for start in range(0, len(ordered), WRITE_BATCH):
-        chunk = Run.objects.using(using).filter(rq_job_id__in=ordered[start : start + WRITE_BATCH])
-        ids.update(chunk.values_list('rq_job_id', 'id'))
+def _by_changed_fields(changed: Iterable[tuple[RunRow, set[str]]]) -> dict[tuple[str, ...], list[RunRow]]:
+    """The runs to write, grouped by the fields they changed: one statement per group writes only those."""
+    groups: dict[tuple[str, ...], list[RunRow]] = {}
+    for run, names in changed:
+        groups.setdefault(tuple(sorted(names)), []).append(run)
+    return groups
+
+
+def _give_ids(runs: list[RunRow], writer: BulkWriter) -> None:
+    ids = dict(writer.read(Run, ('rq_job_id', 'id'), where='rq_job_id', values=[run.rq_job_id for run in runs]))
     for run in runs:
         run.pk = ids[run.rq_job_id]
 

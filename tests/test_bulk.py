@@ -1,0 +1,92 @@
+"""The loop's bulk reads and writes (``django_rq_scheduled.bulk``) store and read back exactly what the ORM does,
+datetimes included, on SQLite's shortcut and on PostgreSQL (runtests.py runs this module there too)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.contrib.contenttypes.models import ContentType
+from django.db import connection, transaction
+
+from django_rq_scheduled.bulk import BulkWriter
+from django_rq_scheduled.models import RepeatableJob, Run
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures('redis_url')]
+
+UTC = timezone.utc
+MOMENTS = [
+    datetime(2026, 11, 27, 17, 0, tzinfo=UTC),  # no microseconds: str() leaves them out
+    datetime(2026, 11, 27, 17, 0, 0, 123_456, tzinfo=UTC),
+    datetime(1970, 1, 1, tzinfo=UTC),
+    datetime(9000, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+    datetime(2026, 7, 14, 9, 30, tzinfo=ZoneInfo('Europe/Paris')),  # aware, not UTC: the ORM's own conversion
+    datetime(2026, 6, 1, 12, 0, tzinfo=timezone(timedelta(hours=-5, minutes=-30))),
+    None,
+]
+
+
+def a_schedule():
+    return RepeatableJob.objects.create(
+        name='s', callable='tests.tasks.add', interval=1, interval_unit='hours',
+        scheduled_time=datetime.now(UTC) + timedelta(hours=1),
+    )  # fmt: skip
+
+
+def run_fields(row, number, moment):
+    kind = ContentType.objects.get_for_model(RepeatableJob).pk
+    return {
+        'rq_job_id': f'{row.template_id}_at_{number}', 'schedule_type_id': kind, 'schedule_id': row.pk,
+        'schedule_name': 'ünïcødé', 'trigger': 'schedule', 'status': 'queued', 'reason': '', 'queue': 'default',
+        'fire_time': moment, 'enqueued_at': moment, 'started_at': None, 'ended_at': moment, 'worker': '',
+        'error': 'E: x\n' * 3,
+    }  # fmt: skip
+
+
+class Values:
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+
+def test_rows_inserted_in_bulk_read_back_through_the_orm_as_written():
+    row = a_schedule()
+    written = [run_fields(row, number, moment) for number, moment in enumerate(MOMENTS)]
+    names = list(written[0])
+    with transaction.atomic():
+        BulkWriter('default').insert(Run, [Values(**fields) for fields in written], names)
+    for fields in written:
+        stored = Run.objects.get(rq_job_id=fields['rq_job_id'])
+        assert {name: getattr(stored, name) for name in names} == fields
+
+
+def test_bulk_reads_give_what_the_orm_gives():
+    row = a_schedule()
+    Run.objects.bulk_create(Run(**run_fields(row, number, moment)) for number, moment in enumerate(MOMENTS))
+    names = ['id', 'rq_job_id', 'schedule_type_id', 'schedule_id', 'fire_time', 'ended_at', 'started_at', 'error']
+    ids = list(Run.objects.values_list('rq_job_id', flat=True))
+    with transaction.atomic():
+        read = list(BulkWriter('default').read(Run, names, where='rq_job_id', values=ids, for_update=True))
+    assert sorted(map(tuple, read)) == sorted(Run.objects.values_list(*names))
+    assert all(value.tzinfo is not None for values in read for value in values if isinstance(value, datetime))
+
+
+def test_bulk_reads_take_more_keys_than_one_query_holds():
+    row = a_schedule()
+    Run.objects.bulk_create(Run(**run_fields(row, number, None)) for number in range(1_203))
+    wanted = [f'{row.template_id}_at_{number}' for number in range(1_203)] + ['absent']
+    found = list(BulkWriter('default').read(Run, ['rq_job_id'], where='rq_job_id', values=wanted))
+    assert sorted(values[0] for values in found) == sorted(wanted[:-1])
+
+
+@pytest.mark.skipif(connection.vendor != 'sqlite', reason="SQLite's own text of datetimes")
+def test_the_sqlite_shortcut_writes_the_text_django_writes():
+    row = a_schedule()
+    Run.objects.create(**run_fields(row, 0, MOMENTS[1]))
+    with transaction.atomic():
+        fields = run_fields(row, 1, MOMENTS[1])
+        BulkWriter('default').insert(Run, [Values(**fields)], list(fields))
+    with connection.cursor() as cursor:
+        cursor.execute(f'SELECT CAST(fire_time AS TEXT) FROM {Run._meta.db_table} ORDER BY id')
+        texts = [text for (text,) in cursor.fetchall()]
+    assert texts[0] == texts[1] == '2026-11-27 17:00:00.123456'
