@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from redis import Redis
+from redis.exceptions import ResponseError
 
 from . import history
 from .bulk import BulkWriter
@@ -42,15 +43,17 @@ UTC = timezone.utc
 
 
 def apply_feedback(connection: Redis, *, using: str = 'default') -> int:
-    """Copies the loop's run records into their rows with ``update()``, and into runs (``history``); returns how many
-    records were read.
+    """Copies the loop's run records into their rows with ``update()``, and into runs (``history``) with the workers'
+    outcome records waiting beside them; returns how many of the loop's records were read.
 
     Records stay in Redis until their rows are written, so a database outage only delays feedback. A record that
-    cannot be read or written (foreign data, a row gone) is logged and dropped: it never holds up the others.
+    cannot be read or written (foreign data, a row gone) is logged and dropped: it never holds up the others. A run
+    whose enqueue and outcome records wait together (a backlog, a short job) is written once, complete.
     """
     records = connection.lrange(keys.RUNS_KEY, 0, FEEDBACK_BATCH - 1)
     if not records:
         return 0
+    outcomes = _waiting_outcomes(connection)
     latest: dict[tuple[type[ScheduleBase], Any], dict[str, Any]] = {}
     facts: list[history.Fact] = []
     for raw in records:
@@ -61,10 +64,18 @@ def apply_feedback(connection: Redis, *, using: str = 'default') -> int:
             if fact is not None:
                 facts.append(fact)
     _write_feedback(latest, using=using)
-    transitions = history.record_facts(facts, using=using)
+    transitions = history.record_facts(facts + history.outcome_facts(outcomes), using=using)
     connection.eval(scripts.TRIM_IF_HEAD, 1, keys.RUNS_KEY, records[0], len(records))
+    history.forget_outcomes(connection, outcomes)
     history.send_signals(transitions)
     return len(records)
+
+
+def _waiting_outcomes(connection: Redis) -> list[bytes]:
+    try:
+        return history.outcome_batch(connection)
+    except ResponseError:
+        return []  # foreign data at the key: reported by the outcomes' own step, which fails on it
 
 
 def _write_feedback(latest: dict[tuple[type[ScheduleBase], Any], dict[str, Any]], *, using: str) -> None:
@@ -125,11 +136,14 @@ def _feedback_fields(model: type[ScheduleBase], record: dict[str, Any]) -> dict[
     return fields
 
 
-def _drain(read: Callable[[Redis], int], connection: Redis, batch: int) -> None:
-    """Reads batches until the backlog is read or the time is up, so ingestion keeps pace with a busy schedule."""
+def _drain(read: Callable[[Redis], int], connection: Redis, batch: int) -> bool:
+    """Reads batches until the backlog is read or the time is up, so ingestion keeps pace with a busy schedule;
+    returns whether the backlog is read."""
     deadline = time.monotonic() + DRAIN_SECONDS
-    while read(connection) >= batch and time.monotonic() < deadline:
-        pass
+    while read(connection) >= batch:
+        if time.monotonic() >= deadline:
+            return False
+    return True
 
 
 class DatabaseSync:
@@ -149,6 +163,7 @@ class DatabaseSync:
         self._failing = False
         self._pruner = Pruner()
         self._running: set[str] = set()
+        self._runs_left = False
 
     def __call__(self, scheduler: Scheduler) -> None:
         if not self.background:
@@ -164,8 +179,8 @@ class DatabaseSync:
 
         connection = scheduler.connection
         steps: list[Callable[[], object]] = [
-            lambda: _drain(apply_feedback, connection, FEEDBACK_BATCH),
-            lambda: _drain(history.ingest_outcomes, connection, history.OUTCOME_BATCH),
+            lambda: self._read_run_records(connection),
+            lambda: self._read_outcomes(connection),
             lambda: self._sweep(connection),
         ]
         if time.monotonic() >= self._next_reconcile:
@@ -189,6 +204,16 @@ class DatabaseSync:
         elif self._failing:
             logger.info('Run feedback and reconciliation work again')
             self._failing = False
+
+    def _read_run_records(self, connection: Redis) -> None:
+        self._runs_left = False  # if reading them fails, the outcomes are read on their own
+        self._runs_left = not _drain(apply_feedback, connection, FEEDBACK_BATCH)
+
+    def _read_outcomes(self, connection: Redis) -> None:
+        # While the loop's records wait, their outcomes are read beside them (each run then written once, complete):
+        # reading outcomes ahead would write their runs twice.
+        if not self._runs_left:
+            _drain(history.ingest_outcomes, connection, history.OUTCOME_BATCH)
 
     def _sweep(self, connection: Redis) -> None:
         self._running |= history.sweep_open_runs(connection, servers().queues_on(connection))

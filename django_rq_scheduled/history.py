@@ -68,7 +68,7 @@ SIGNALS: dict[str, Signal] = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Fact:
     """What one record says about one run."""
 
@@ -158,11 +158,11 @@ def row_pk(model: type[ScheduleBase], raw: str) -> Any:
 
 
 def epoch_time(epoch: Any) -> datetime | None:
+    if type(epoch) is float or type(epoch) is int:  # not bool, nor anything else that claims to be a number
+        return datetime.fromtimestamp(epoch, tz=UTC)  # OverflowError, ValueError or OSError if out of range
     if epoch is None:
         return None
-    if isinstance(epoch, bool) or not isinstance(epoch, (int, float)):
-        raise ValueError(f'time: {epoch!r}')
-    return datetime.fromtimestamp(epoch, tz=UTC)  # OverflowError, ValueError or OSError if out of range
+    raise ValueError(f'time: {epoch!r}')
 
 
 def _text(value: Any, limit: int | None = MAX_TEXT) -> str:
@@ -178,14 +178,27 @@ def ingest_outcomes(connection: Redis, *, using: str = 'default') -> int:
 
     Records stay in Redis until their runs are written, so a database outage only delays them.
     """
-    records = connection.lrange(keys.OUTCOMES_KEY, 0, OUTCOME_BATCH - 1)
+    records = outcome_batch(connection)
     if not records:
         return 0
-    facts = [fact for fact in map(outcome_fact, records) if fact is not None]
-    transitions = record_facts(facts, using=using)
-    connection.eval(scripts.TRIM_IF_HEAD, 1, keys.OUTCOMES_KEY, records[0], len(records))
+    transitions = record_facts(outcome_facts(records), using=using)
+    forget_outcomes(connection, records)
     send_signals(transitions)
     return len(records)
+
+
+def outcome_batch(connection: Redis) -> list[bytes]:
+    """The oldest outcome records (``forget_outcomes()`` takes them out once their runs are written)."""
+    return cast('list[bytes]', connection.lrange(keys.OUTCOMES_KEY, 0, OUTCOME_BATCH - 1))
+
+
+def outcome_facts(records: Iterable[bytes | str]) -> list[Fact]:
+    return [fact for fact in map(outcome_fact, records) if fact is not None]
+
+
+def forget_outcomes(connection: Redis, records: Sequence[bytes]) -> None:
+    if records:  # unless another reader took them first: each record counts once anyway
+        connection.eval(scripts.TRIM_IF_HEAD, 1, keys.OUTCOMES_KEY, records[0], len(records))
 
 
 # -- writing runs ----------------------------------------------------------------------------------------------
@@ -317,19 +330,18 @@ def _merge(run: RunRow, fact: Fact) -> tuple[set[str], bool]:
     """Completes ``run`` with ``fact``; returns the fields it changed, and whether its status moved forward."""
     final = fact.status not in OPEN_STATUSES
     moved = _rank(fact.status) > _rank(run.status) or (final and fact.reported and run.reason == GONE)
+    overwrite = moved or (final and fact.reported and fact.status == run.status)
+    # The worker's own report wins over what the leader inferred of the same end; otherwise only gaps are filled.
     changed = set()
-    if moved or (final and fact.reported and fact.status == run.status):
-        # The worker's own report wins over what the leader inferred of the same end.
-        for name in RUN_FIELDS:
-            value = getattr(fact, name)
-            if value not in (None, '') and value != getattr(run, name):
-                setattr(run, name, value)
-                changed.add(name)
-    else:
-        for name in FILLED_LATER:
-            if getattr(run, name) in (None, '') and getattr(fact, name) not in (None, ''):
-                setattr(run, name, getattr(fact, name))
-                changed.add(name)
+    for name in RUN_FIELDS if overwrite else FILLED_LATER:
+        value = getattr(fact, name)
+        if value is None or value == '':
+            continue
+        current = getattr(run, name)
+        if value == current if overwrite else current is not None and current != '':
+            continue
+        setattr(run, name, value)
+        changed.add(name)
     return changed, moved
 
 

@@ -209,4 +209,5 @@ def test_the_run_history_benchmark_counts_every_run(tmp_path):
             run['outcome_records'] for run in systems['with capture']
         } == {data['config']['forking_jobs']}
         assert {run['outcome_records'] for run in systems['without capture']} == {0}
-    assert len(data['ingestion']) == rounds
+    assert set(data['ingestion']) == {'backlog', 'in turn'}
+    assert all(len(passes) == rounds for passes in data['ingestion'].values())

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from django.db import OperationalError
+from django.db import connection as db_connection
+from django.test.utils import CaptureQueriesContext
 from rq.registry import StartedJobRegistry
 
 from django_rq_scheduled import Scheduler, history
@@ -367,6 +369,43 @@ def test_an_outcome_list_of_the_wrong_type_stops_no_other_step(connection, redis
     row.refresh_from_db()
     assert row.run_count == 1 and row.runs.get().status == 'queued'  # feedback and runs of the loop still landed
     assert 'WRONGTYPE' in caplog.text
+
+
+def test_a_list_of_the_loops_records_of_the_wrong_type_holds_up_no_outcome(connection, redis_url, caplog):
+    row = every_minute()
+    scheduler = Scheduler(queue_name='default')
+    assert scheduler.acquire_lock()
+    scheduler.move_due_jobs()
+    DatabaseSync(reconcile_interval=3600, background=False)(scheduler)
+    run_worker(redis_url)
+    connection.delete(keys.RUNS_KEY)
+    connection.set(keys.RUNS_KEY, 'foreign')
+    hook = DatabaseSync(reconcile_interval=3600)
+    hook(scheduler)
+    hook.wait(30)
+    assert row.runs.get().status == 'finished' and connection.llen(keys.OUTCOMES_KEY) == 0
+    assert 'WRONGTYPE' in caplog.text
+
+
+def test_a_run_whose_two_records_wait_together_is_written_once_complete(leader, redis_url, connection):
+    row = every_minute()
+    leader.scheduler.move_due_jobs()  # its enqueue record waits in Redis: the leader has not read it yet
+    run_worker(redis_url)
+    assert connection.llen(keys.RUNS_KEY) == 1 and connection.llen(keys.OUTCOMES_KEY) == 1
+    with CaptureQueriesContext(db_connection) as queries:
+        leader.hook(leader.scheduler)
+    run = row.runs.get()
+    assert (run.status, run.worker != '', run.enqueued_at is not None, run.ended_at is not None) == (
+        'finished',
+        True,
+        True,
+        True,
+    )
+    updates = [query for query in queries if query['sql'].startswith(f'UPDATE "{Run._meta.db_table}"')]
+    assert [query for query in updates if '= -1' not in query['sql']] == []  # but taking the writer's turn
+    assert connection.llen(keys.RUNS_KEY) == connection.llen(keys.OUTCOMES_KEY) == 0
+    row.refresh_from_db()
+    assert (row.success_count, row.last_status, row.recent_runs) == (1, 'finished', [[run.pk, 'finished']])
 
 
 def test_outcome_records_naming_impossible_rows_are_dropped(leader, connection):
