@@ -83,6 +83,7 @@ def worker_pass(url: str, worker: tuple[str, str], jobs: int, captured: bool) ->
     ids = [queue.enqueue('tests.tasks.noop', result_ttl=600, **options).id for _ in range(jobs)]
     program, worker_class = worker
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'DRQS_TEST_REDIS_URL': url}
+    env.pop('PYTHONDONTWRITEBYTECODE', None)  # modules load from bytecode, as an installed package's do
     if program == 'rq':
         command = [sys.executable, '-m', 'rq.cli', 'worker', '--url', url]
         env.pop('DJANGO_SETTINGS_MODULE', None)  # a plain rq worker, as the docs promise it works

@@ -21,7 +21,6 @@ from rq import Callback
 from rq.job import Job
 
 from . import keys
-from .limits import MAX_ERROR_CHARS
 
 SUCCESS, FAILURE, STOPPED = 'finished', 'failed', 'stopped'
 WORKER_DIED = 'worker died'
@@ -74,6 +73,8 @@ def outcome(job: Job, status: str, *, reason: str = '', error: str = '') -> dict
 
 def error_text(exc_type: type[BaseException] | None, exc_value: BaseException | None, tb: TracebackType | None) -> str:
     """``Type: message`` on the first line, then the traceback; at most MAX_ERROR_CHARS, its end kept when cut."""
+    from .limits import MAX_ERROR_CHARS  # here: a plain rq worker's work horse imports this module for every job
+
     if exc_type is None:
         return ''
     headline = ''.join(traceback.format_exception_only(exc_type, exc_value)).strip()
