@@ -171,8 +171,10 @@ class RunSummary(models.Model):
         if run.pk is None:
             return
         recent = self.recent_runs
-        if recent and recent[-1][0] >= run.pk:  # a run already shown, or an older one read in late
-            recent = sorted([entry for entry in recent if entry[0] != run.pk] + [[run.pk, status]])
-        else:
+        if not recent or recent[-1][0] < run.pk:
             recent = [*recent, [run.pk, status]]
+        elif recent[-1][0] == run.pk:  # the newest run, a step further
+            recent = [*recent[:-1], [run.pk, status]]
+        else:  # a run shown already, or an older one read in late
+            recent = sorted([entry for entry in recent if entry[0] != run.pk] + [[run.pk, status]])
         self.recent_runs = recent[-RECENT_RUNS:]
