@@ -131,8 +131,8 @@ def _feedback_fields(model: type[ScheduleBase], record: dict[str, Any]) -> dict[
     fields: dict[str, Any] = {'run_count': runs, 'next_run': history.epoch_time(record.get('next'))}
     if record.get('job'):
         fields['last_run'] = history.epoch_time(record['at'])
-    if not model.is_periodic and record.get('job'):
-        fields['has_run'] = True
+        if not model.is_periodic:
+            fields['has_run'] = True
     return fields
 
 
