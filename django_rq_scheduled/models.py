@@ -10,11 +10,10 @@ import hashlib
 import itertools
 import json
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, TypeGuard
+from typing import Any, ClassVar
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import EMPTY_VALUES, MinValueValidator
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone as django_timezone
@@ -25,6 +24,7 @@ from .choices import UNIT_SECONDS, IntervalUnit, Overlap
 from .core import cron, keys, scores
 from .core.jobs import TEMPLATE_FORMAT
 from .querysets import LOOP_FIELDS, ScheduleQuerySet
+from .row_validation import RowValidation, whole
 from .runs import Run, RunSummary
 
 __all__ = ['SCHEDULE_MODELS', 'CronJob', 'RepeatableJob', 'Run', 'ScheduleBase', 'ScheduledJob', 'SchedulerStatus']
@@ -52,11 +52,6 @@ def _until_the_limit(due: datetime | None) -> datetime | None:
     return due if due is not None and due <= conf.LATEST_SCHEDULE_TIME else None
 
 
-def _whole(value: Any) -> TypeGuard[int]:
-    """Whether a field holds an int: after a failed clean_fields() it may still hold what the caller gave."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
     import django
 
@@ -65,7 +60,7 @@ def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
     return models.CheckConstraint(check=condition, name=name)  # type: ignore[call-arg,unused-ignore]
 
 
-class ScheduleBase(RunSummary):
+class ScheduleBase(RowValidation, RunSummary):
     """What every kind of schedule shares: what to run, where, with which RQ options, run feedback and the summary
     of its runs' outcomes (``RunSummary``)."""
 
@@ -218,60 +213,6 @@ class ScheduleBase(RunSummary):
         encoded = json.dumps(self.definition(), sort_keys=True, default=str).encode()
         return hashlib.sha1(encoded, usedforsecurity=False).hexdigest()[:16]
 
-    # -- validation -------------------------------------------------------------------------------------------
-
-    def clean_fields(self, exclude: Any = None) -> None:
-        # A function object is accepted for `callable` and stored as its dotted path.
-        self.callable = validators.callable_path(self.callable)
-        errors: dict[str, list[str]] = {}
-        for field in self._meta.concrete_fields:
-            skipped = field.name in (exclude or ())
-            message = None if skipped else validators.refusal(field, field.value_from_object(self))
-            if message:
-                errors[field.name] = [message]
-        try:
-            super().clean_fields(exclude={*(exclude or ()), *errors})
-        except ValidationError as exc:
-            errors.update(exc.message_dict)
-        if errors:
-            raise ValidationError(errors)
-
-    def clean(self) -> None:
-        # Runs even when clean_fields() failed: a field that failed there still holds its raw value, hence the
-        # type tests. Empty arguments are checked here because Django skips the validators of an empty value,
-        # and {} or '' is not an empty list of arguments; the others were checked once, by clean_fields().
-        super().clean()
-        errors: dict[str, Any] = {}
-        for name, validate in (('args', validators.validate_args), ('kwargs', validators.validate_kwargs)):
-            try:
-                if getattr(self, name) in EMPTY_VALUES:
-                    validate(getattr(self, name))
-            except ValidationError as exc:
-                errors[name] = exc.messages
-        if _whole(self.result_ttl) and self.result_ttl < -1:
-            errors['result_ttl'] = _('Enter -1 (keep for ever), 0 or a positive number of seconds.')
-        if _whole(self.timeout) and self.timeout == 0:
-            errors['timeout'] = _('Enter a positive number of seconds, or leave it empty.')
-        if _whole(self.ttl) and self.ttl == 0:
-            errors['ttl'] = _('Enter a positive number of seconds, or leave it empty.')
-        if self._usable('name'):
-            try:
-                validators.validate_printable(self.name)
-            except ValidationError as exc:
-                errors['name'] = exc.messages
-        if errors:
-            raise ValidationError(errors)
-
-    def _usable(self, name: str) -> bool:
-        """Whether the field passed the checks of clean_fields() that run before Django's (clean() runs anyway)."""
-        return validators.refusal(self._meta.get_field(name), getattr(self, name)) is None
-
-    def _naive_time_error(self, name: str) -> dict[str, Any]:
-        value = getattr(self, name)
-        if isinstance(value, datetime) and settings.USE_TZ and django_timezone.is_naive(value):
-            return {name: _('Enter a time with a time zone (USE_TZ is on).')}
-        return {}
-
     # -- the ORM API for views --------------------------------------------------------------------------------
 
     def enable(self) -> None:
@@ -400,18 +341,18 @@ class RepeatableJob(PeriodicSchedule):
     def clean(self) -> None:
         super().clean()
         errors = self._naive_time_error('scheduled_time')
-        if _whole(self.interval) and self.interval <= 0:
+        if whole(self.interval) and self.interval <= 0:
             errors['interval'] = _('Enter an interval greater than zero.')
         elif self._too_long_interval():
             days = conf.MAX_INTERVAL_SECONDS // UNIT_SECONDS['days']
             errors['interval'] = _('Enter an interval of at most %(days)d days.') % {'days': days}
-        if _whole(self.repeat) and self.repeat <= 0:
+        if whole(self.repeat) and self.repeat <= 0:
             errors['repeat'] = _('Enter at least 1 run, or leave it empty to run for ever.')
         if errors:
             raise ValidationError(errors)
 
     def _too_long_interval(self) -> bool:
-        known = _whole(self.interval) and self._usable('interval') and self._usable('interval_unit')
+        known = whole(self.interval) and self._usable('interval') and self._usable('interval_unit')
         return known and self.interval_unit in UNIT_SECONDS and self.interval_seconds > conf.MAX_INTERVAL_SECONDS
 
     def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
@@ -459,7 +400,7 @@ class CronJob(PeriodicSchedule):
 
     def clean(self) -> None:
         super().clean()
-        if _whole(self.repeat) and self.repeat <= 0:
+        if whole(self.repeat) and self.repeat <= 0:
             raise ValidationError({'repeat': _('Enter at least 1 run, or leave it empty to run for ever.')})
         if not self._usable('cron_string') or not self._usable('timezone'):
             return  # clean_fields() reported it
