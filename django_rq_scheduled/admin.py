@@ -23,6 +23,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import history
+from .admin_code import CodeRowsAdmin, from_code
 from .admin_runs import FailingFilter, last_outcome, outcome_counts, outcome_strip, runs_table
 from .core import keys
 from .describe import describe_cron, describe_interval
@@ -148,7 +149,7 @@ class StatusFilter(admin.SimpleListFilter):
         return active.filter(pk__in=missing) if value == MISSING else active.exclude(pk__in=missing)
 
 
-class ScheduleAdmin(admin.ModelAdmin):
+class ScheduleAdmin(CodeRowsAdmin, admin.ModelAdmin):
     """What the three schedule admins share."""
 
     form = ScheduleForm
@@ -156,7 +157,7 @@ class ScheduleAdmin(admin.ModelAdmin):
         'name', 'what', 'queue', 'enabled', 'schedule', 'next_run_display', 'status', 'last_outcome', 'outcomes',
         'recent_runs_strip',
     )  # fmt: skip
-    list_filter = ('enabled', QueueFilter, StatusFilter, FailingFilter)
+    list_filter = ('enabled', QueueFilter, StatusFilter, FailingFilter, 'source')
     search_fields = ('name', 'callable')
     list_per_page = 50
     show_full_result_count = False
@@ -169,8 +170,9 @@ class ScheduleAdmin(admin.ModelAdmin):
     when_fields: tuple[str, ...] = ()
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        origin = ('defined_in',) if from_code(obj) else ()
         return [
-            (_('What to run'), {'fields': ('name', 'callable', 'args', 'kwargs', 'queue', 'enabled')}),
+            (_('What to run'), {'fields': (*origin, 'name', 'callable', 'args', 'kwargs', 'queue', 'enabled')}),
             (_('When'), {'fields': (*self.when_fields, 'upcoming_runs')}),
             (
                 _('Options'),

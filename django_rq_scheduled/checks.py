@@ -61,6 +61,8 @@ def _setting_problems(config: dict[str, Any]) -> list[str]:
         problems.append(f'ALLOWED_CALLABLES must be None or a list of dotted-path patterns, got {allowed!r}')
     if 'BATCH_SIZE' in config and (problem := limits.batch_size_problem(config['BATCH_SIZE'])):
         problems.append(f'BATCH_SIZE: {problem}')
+    if not isinstance(config.get('PRUNE_CODE_SCHEDULES', False), bool):
+        problems.append(f'PRUNE_CODE_SCHEDULES must be True or False, got {config["PRUNE_CODE_SCHEDULES"]!r}')
     zone = config.get('TIMEZONE')
     if zone is not None:
         try:
@@ -125,4 +127,18 @@ def check_allowed_callables_set(app_configs: Any = None, **kwargs: Any) -> list[
                 id=f'{APP}.W003',
             )
         ]
+    return []
+
+
+@register()
+def check_code_schedules(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Every schedule declared in code (``SCHEDULES``, ``@cron``, ``@every``) makes a valid row."""
+    from .declared import DeclarationError, declarations
+
+    if not isinstance(getattr(settings, 'RQ_SCHEDULED', {}), dict):
+        return []  # E001 says so
+    try:
+        declarations()
+    except DeclarationError as exc:
+        return [Error(str(exc), hint='See "Schedules in code" in the docs.', id=f'{APP}.E020')]
     return []

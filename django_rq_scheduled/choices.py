@@ -11,6 +11,14 @@ class Overlap(models.TextChoices):
     SKIP = 'skip', _('Skip a run while the previous one is queued or running')
 
 
+FROM_DATABASE, FROM_CODE = 'db', 'code'
+
+
+class Source(models.TextChoices):
+    DATABASE = FROM_DATABASE, _('database')
+    CODE = FROM_CODE, _('code')
+
+
 class IntervalUnit(models.TextChoices):
     SECONDS = 'seconds', _('seconds')
     MINUTES = 'minutes', _('minutes')

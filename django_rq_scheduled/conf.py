@@ -55,6 +55,17 @@ SETTINGS: dict[str, Setting] = {
     'RUN_HISTORY_PER_SCHEDULE': Setting(
         1000, 'Runs kept per schedule, the newest; older ones are pruned. ``0`` keeps no history. See :doc:`runs`.'
     ),
+    'SCHEDULES': Setting(
+        {},
+        'Schedules declared in code: a dict from schedule name to its definition (``callable``, exactly one of '
+        '``cron``, ``interval`` with ``unit``, or ``at``, and any row option). ``manage.py schedules sync`` and the '
+        'leader, when it starts leading, make them rows. See :doc:`code`.',
+    ),
+    'PRUNE_CODE_SCHEDULES': Setting(
+        False,
+        'Whether a sync deletes the rows of schedules removed from code (``False``: they are disabled and kept with '
+        'their run history).',
+    ),
     'DEFAULT_MISFIRE_GRACE': Setting(
         None, 'Misfire grace (seconds) of new rows whose form leaves it empty; ``None`` means "always run once".'
     ),

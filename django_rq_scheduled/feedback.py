@@ -21,9 +21,11 @@ from redis.exceptions import ResponseError
 
 from . import history
 from .bulk import BulkWriter
+from .code_sync import sync_code_schedules
 from .conf import get_setting
 from .core import keys, scripts
 from .core.errors import REDIS_OUTAGE_ERRORS
+from .declared import DeclarationError
 from .models import SCHEDULE_MODELS, ScheduleBase
 from .retention import Pruner
 from .servers import servers
@@ -164,6 +166,7 @@ class DatabaseSync:
         self._pruner = Pruner()
         self._running: set[str] = set()
         self._runs_left = False
+        self._code_synced = False
 
     def __call__(self, scheduler: Scheduler) -> None:
         if not self.background:
@@ -178,7 +181,8 @@ class DatabaseSync:
         from django.db import close_old_connections, connections
 
         connection = scheduler.connection
-        steps: list[Callable[[], object]] = [
+        steps: list[Callable[[], object]] = [] if self._code_synced else [self._sync_code_schedules]
+        steps += [
             lambda: self._read_run_records(connection),
             lambda: self._read_outcomes(connection),
             lambda: self._sweep(connection),
@@ -204,6 +208,17 @@ class DatabaseSync:
         elif self._failing:
             logger.info('Run feedback and reconciliation work again')
             self._failing = False
+
+    def _sync_code_schedules(self) -> None:
+        """Once, when this process starts leading: a deploy updates the schedules declared in code."""
+        try:
+            plan = sync_code_schedules()
+        except DeclarationError as exc:
+            logger.error('The schedules declared in code were not synced: %s', exc)  # until a fixed deploy
+        else:
+            if not plan.empty:
+                logger.info('Schedules declared in code synced: %s', '; '.join(plan.lines()))
+        self._code_synced = True
 
     def _read_run_records(self, connection: Redis) -> None:
         self._runs_left = False  # if reading them fails, the outcomes are read on their own

@@ -20,7 +20,7 @@ from django.utils import timezone as django_timezone
 from django.utils.translation import gettext_lazy as _
 
 from . import conf, validators
-from .choices import UNIT_SECONDS, IntervalUnit, Overlap
+from .choices import FROM_DATABASE, UNIT_SECONDS, IntervalUnit, Overlap, Source
 from .core import cron, keys, scores
 from .core.jobs import TEMPLATE_FORMAT
 from .querysets import LOOP_FIELDS, ScheduleQuerySet
@@ -139,6 +139,14 @@ class ScheduleBase(RowValidation, RunSummary):
     )
     created = models.DateTimeField(_('created'), auto_now_add=True, help_text=_('When this schedule was created.'))
     modified = models.DateTimeField(_('modified'), auto_now=True, help_text=_('When this schedule was last changed.'))
+    source = models.CharField(
+        _('source'), max_length=4, choices=Source.choices, default=FROM_DATABASE, editable=False,
+        help_text=_('Where the schedule is defined: in the database (the admin, the ORM) or in code.'),
+    )  # fmt: skip
+    code_version = models.CharField(
+        _('code version'), max_length=16, blank=True, editable=False,
+        help_text=_('Digest of its declaration in code at the last sync; empty once removed from code.'),
+    )  # fmt: skip
 
     objects = ScheduleQuerySet.as_manager()
 

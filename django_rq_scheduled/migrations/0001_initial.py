@@ -7,11 +7,9 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
@@ -30,26 +28,176 @@ class Migration(migrations.Migration):
             name='ScheduledJob',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text='A unique name for this schedule.', max_length=128, unique=True, verbose_name='name')),
-                ('callable', models.CharField(help_text='Dotted path of the function to run, e.g. "myapp.tasks.send_report".', max_length=255, validators=[django_rq_scheduled.validators.validate_callable], verbose_name='callable')),
-                ('args', models.JSONField(blank=True, default=list, help_text='A JSON list of positional arguments.', validators=[django_rq_scheduled.validators.validate_args], verbose_name='positional arguments')),
-                ('kwargs', models.JSONField(blank=True, default=dict, help_text='A JSON object of keyword arguments.', validators=[django_rq_scheduled.validators.validate_kwargs], verbose_name='keyword arguments')),
-                ('queue', models.CharField(default='default', help_text='The RQ queue (a key of RQ_QUEUES) the job is enqueued on.', max_length=255, validators=[django_rq_scheduled.validators.validate_queue], verbose_name='queue')),
-                ('enabled', models.BooleanField(default=True, help_text='Disabled schedules do not run.', verbose_name='enabled')),
-                ('timeout', models.PositiveIntegerField(blank=True, help_text="Seconds a run may take; empty for the queue's default.", null=True, verbose_name='timeout')),
-                ('result_ttl', models.IntegerField(blank=True, help_text="Seconds a run's result is kept; -1 for ever, empty for RQ's default (500).", null=True, verbose_name='result TTL')),
-                ('ttl', models.PositiveIntegerField(blank=True, help_text='Seconds a run may wait in its queue before it is discarded.', null=True, verbose_name='TTL')),
-                ('at_front', models.BooleanField(default=False, help_text='Put runs at the front of their queue instead of the back.', verbose_name='at front')),
-                ('description', models.CharField(blank=True, help_text='Free text.', max_length=255, verbose_name='description')),
-                ('misfire_grace', models.PositiveIntegerField(blank=True, default=django_rq_scheduled.models.default_misfire_grace, help_text='Seconds a run may be late (after downtime) and still run; later runs are skipped. Empty: always run once.', null=True, verbose_name='misfire grace')),
-                ('overlap', models.CharField(choices=[('allow', 'Allow: enqueue every run'), ('skip', 'Skip a run while the previous one is queued or running')], default='allow', help_text='What to do when a run is due while the previous one is still queued or running.', max_length=8, verbose_name='overlap')),
-                ('next_run', models.DateTimeField(blank=True, editable=False, help_text='When the next run is due.', null=True, verbose_name='next run')),
-                ('last_run', models.DateTimeField(blank=True, editable=False, help_text='When the last run was enqueued.', null=True, verbose_name='last run')),
-                ('run_count', models.PositiveIntegerField(default=0, editable=False, help_text='How many scheduled runs have been enqueued (runs started with "run now" are extra).', verbose_name='run count')),
-                ('created', models.DateTimeField(auto_now_add=True, help_text='When this schedule was created.', verbose_name='created')),
-                ('modified', models.DateTimeField(auto_now=True, help_text='When this schedule was last changed.', verbose_name='modified')),
-                ('scheduled_time', models.DateTimeField(help_text='When to run. A time in the past runs at once when saved.', verbose_name='scheduled time')),
-                ('has_run', models.BooleanField(default=False, editable=False, help_text='Whether the job has been enqueued.', verbose_name='has run')),
+                (
+                    'name',
+                    models.CharField(
+                        help_text='A unique name for this schedule.', max_length=128, unique=True, verbose_name='name'
+                    ),
+                ),
+                (
+                    'callable',
+                    models.CharField(
+                        help_text='Dotted path of the function to run, e.g. "myapp.tasks.send_report".',
+                        max_length=255,
+                        validators=[django_rq_scheduled.validators.validate_callable],
+                        verbose_name='callable',
+                    ),
+                ),
+                (
+                    'args',
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text='A JSON list of positional arguments.',
+                        validators=[django_rq_scheduled.validators.validate_args],
+                        verbose_name='positional arguments',
+                    ),
+                ),
+                (
+                    'kwargs',
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text='A JSON object of keyword arguments.',
+                        validators=[django_rq_scheduled.validators.validate_kwargs],
+                        verbose_name='keyword arguments',
+                    ),
+                ),
+                (
+                    'queue',
+                    models.CharField(
+                        default='default',
+                        help_text='The RQ queue (a key of RQ_QUEUES) the job is enqueued on.',
+                        max_length=255,
+                        validators=[django_rq_scheduled.validators.validate_queue],
+                        verbose_name='queue',
+                    ),
+                ),
+                (
+                    'enabled',
+                    models.BooleanField(
+                        default=True, help_text='Disabled schedules do not run.', verbose_name='enabled'
+                    ),
+                ),
+                (
+                    'timeout',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Seconds a run may take; empty for the queue's default.",
+                        null=True,
+                        verbose_name='timeout',
+                    ),
+                ),
+                (
+                    'result_ttl',
+                    models.IntegerField(
+                        blank=True,
+                        help_text="Seconds a run's result is kept; -1 for ever, empty for RQ's default (500).",
+                        null=True,
+                        verbose_name='result TTL',
+                    ),
+                ),
+                (
+                    'ttl',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text='Seconds a run may wait in its queue before it is discarded.',
+                        null=True,
+                        verbose_name='TTL',
+                    ),
+                ),
+                (
+                    'at_front',
+                    models.BooleanField(
+                        default=False,
+                        help_text='Put runs at the front of their queue instead of the back.',
+                        verbose_name='at front',
+                    ),
+                ),
+                (
+                    'description',
+                    models.CharField(blank=True, help_text='Free text.', max_length=255, verbose_name='description'),
+                ),
+                (
+                    'misfire_grace',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        default=django_rq_scheduled.models.default_misfire_grace,
+                        help_text='Seconds a run may be late (after downtime) and still run; later runs are skipped. Empty: always run once.',
+                        null=True,
+                        verbose_name='misfire grace',
+                    ),
+                ),
+                (
+                    'overlap',
+                    models.CharField(
+                        choices=[
+                            ('allow', 'Allow: enqueue every run'),
+                            ('skip', 'Skip a run while the previous one is queued or running'),
+                        ],
+                        default='allow',
+                        help_text='What to do when a run is due while the previous one is still queued or running.',
+                        max_length=8,
+                        verbose_name='overlap',
+                    ),
+                ),
+                (
+                    'next_run',
+                    models.DateTimeField(
+                        blank=True,
+                        editable=False,
+                        help_text='When the next run is due.',
+                        null=True,
+                        verbose_name='next run',
+                    ),
+                ),
+                (
+                    'last_run',
+                    models.DateTimeField(
+                        blank=True,
+                        editable=False,
+                        help_text='When the last run was enqueued.',
+                        null=True,
+                        verbose_name='last run',
+                    ),
+                ),
+                (
+                    'run_count',
+                    models.PositiveIntegerField(
+                        default=0,
+                        editable=False,
+                        help_text='How many scheduled runs have been enqueued (runs started with "run now" are extra).',
+                        verbose_name='run count',
+                    ),
+                ),
+                (
+                    'created',
+                    models.DateTimeField(
+                        auto_now_add=True, help_text='When this schedule was created.', verbose_name='created'
+                    ),
+                ),
+                (
+                    'modified',
+                    models.DateTimeField(
+                        auto_now=True, help_text='When this schedule was last changed.', verbose_name='modified'
+                    ),
+                ),
+                (
+                    'scheduled_time',
+                    models.DateTimeField(
+                        help_text='When to run. A time in the past runs at once when saved.',
+                        verbose_name='scheduled time',
+                    ),
+                ),
+                (
+                    'has_run',
+                    models.BooleanField(
+                        default=False,
+                        editable=False,
+                        help_text='Whether the job has been enqueued.',
+                        verbose_name='has run',
+                    ),
+                ),
             ],
             options={
                 'verbose_name': 'scheduled job',
@@ -63,27 +211,188 @@ class Migration(migrations.Migration):
             name='CronJob',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text='A unique name for this schedule.', max_length=128, unique=True, verbose_name='name')),
-                ('callable', models.CharField(help_text='Dotted path of the function to run, e.g. "myapp.tasks.send_report".', max_length=255, validators=[django_rq_scheduled.validators.validate_callable], verbose_name='callable')),
-                ('args', models.JSONField(blank=True, default=list, help_text='A JSON list of positional arguments.', validators=[django_rq_scheduled.validators.validate_args], verbose_name='positional arguments')),
-                ('kwargs', models.JSONField(blank=True, default=dict, help_text='A JSON object of keyword arguments.', validators=[django_rq_scheduled.validators.validate_kwargs], verbose_name='keyword arguments')),
-                ('queue', models.CharField(default='default', help_text='The RQ queue (a key of RQ_QUEUES) the job is enqueued on.', max_length=255, validators=[django_rq_scheduled.validators.validate_queue], verbose_name='queue')),
-                ('enabled', models.BooleanField(default=True, help_text='Disabled schedules do not run.', verbose_name='enabled')),
-                ('timeout', models.PositiveIntegerField(blank=True, help_text="Seconds a run may take; empty for the queue's default.", null=True, verbose_name='timeout')),
-                ('result_ttl', models.IntegerField(blank=True, help_text="Seconds a run's result is kept; -1 for ever, empty for RQ's default (500).", null=True, verbose_name='result TTL')),
-                ('ttl', models.PositiveIntegerField(blank=True, help_text='Seconds a run may wait in its queue before it is discarded.', null=True, verbose_name='TTL')),
-                ('at_front', models.BooleanField(default=False, help_text='Put runs at the front of their queue instead of the back.', verbose_name='at front')),
-                ('description', models.CharField(blank=True, help_text='Free text.', max_length=255, verbose_name='description')),
-                ('misfire_grace', models.PositiveIntegerField(blank=True, default=django_rq_scheduled.models.default_misfire_grace, help_text='Seconds a run may be late (after downtime) and still run; later runs are skipped. Empty: always run once.', null=True, verbose_name='misfire grace')),
-                ('overlap', models.CharField(choices=[('allow', 'Allow: enqueue every run'), ('skip', 'Skip a run while the previous one is queued or running')], default='allow', help_text='What to do when a run is due while the previous one is still queued or running.', max_length=8, verbose_name='overlap')),
-                ('next_run', models.DateTimeField(blank=True, editable=False, help_text='When the next run is due.', null=True, verbose_name='next run')),
-                ('last_run', models.DateTimeField(blank=True, editable=False, help_text='When the last run was enqueued.', null=True, verbose_name='last run')),
-                ('run_count', models.PositiveIntegerField(default=0, editable=False, help_text='How many scheduled runs have been enqueued (runs started with "run now" are extra).', verbose_name='run count')),
-                ('created', models.DateTimeField(auto_now_add=True, help_text='When this schedule was created.', verbose_name='created')),
-                ('modified', models.DateTimeField(auto_now=True, help_text='When this schedule was last changed.', verbose_name='modified')),
-                ('cron_string', models.CharField(help_text='Minute, hour, day of month, month, day of week (and optional seconds), e.g. "0 7 * * 1-5".', max_length=255, verbose_name='cron string')),
-                ('timezone', models.CharField(default=django_rq_scheduled.models.default_timezone, help_text='The IANA time zone the cron string is read in, e.g. "Europe/Paris".', max_length=64, validators=[django_rq_scheduled.validators.validate_timezone], verbose_name='time zone')),
-                ('repeat', models.PositiveIntegerField(blank=True, help_text='How many runs in total; empty for ever.', null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='repeat')),
+                (
+                    'name',
+                    models.CharField(
+                        help_text='A unique name for this schedule.', max_length=128, unique=True, verbose_name='name'
+                    ),
+                ),
+                (
+                    'callable',
+                    models.CharField(
+                        help_text='Dotted path of the function to run, e.g. "myapp.tasks.send_report".',
+                        max_length=255,
+                        validators=[django_rq_scheduled.validators.validate_callable],
+                        verbose_name='callable',
+                    ),
+                ),
+                (
+                    'args',
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text='A JSON list of positional arguments.',
+                        validators=[django_rq_scheduled.validators.validate_args],
+                        verbose_name='positional arguments',
+                    ),
+                ),
+                (
+                    'kwargs',
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text='A JSON object of keyword arguments.',
+                        validators=[django_rq_scheduled.validators.validate_kwargs],
+                        verbose_name='keyword arguments',
+                    ),
+                ),
+                (
+                    'queue',
+                    models.CharField(
+                        default='default',
+                        help_text='The RQ queue (a key of RQ_QUEUES) the job is enqueued on.',
+                        max_length=255,
+                        validators=[django_rq_scheduled.validators.validate_queue],
+                        verbose_name='queue',
+                    ),
+                ),
+                (
+                    'enabled',
+                    models.BooleanField(
+                        default=True, help_text='Disabled schedules do not run.', verbose_name='enabled'
+                    ),
+                ),
+                (
+                    'timeout',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Seconds a run may take; empty for the queue's default.",
+                        null=True,
+                        verbose_name='timeout',
+                    ),
+                ),
+                (
+                    'result_ttl',
+                    models.IntegerField(
+                        blank=True,
+                        help_text="Seconds a run's result is kept; -1 for ever, empty for RQ's default (500).",
+                        null=True,
+                        verbose_name='result TTL',
+                    ),
+                ),
+                (
+                    'ttl',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text='Seconds a run may wait in its queue before it is discarded.',
+                        null=True,
+                        verbose_name='TTL',
+                    ),
+                ),
+                (
+                    'at_front',
+                    models.BooleanField(
+                        default=False,
+                        help_text='Put runs at the front of their queue instead of the back.',
+                        verbose_name='at front',
+                    ),
+                ),
+                (
+                    'description',
+                    models.CharField(blank=True, help_text='Free text.', max_length=255, verbose_name='description'),
+                ),
+                (
+                    'misfire_grace',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        default=django_rq_scheduled.models.default_misfire_grace,
+                        help_text='Seconds a run may be late (after downtime) and still run; later runs are skipped. Empty: always run once.',
+                        null=True,
+                        verbose_name='misfire grace',
+                    ),
+                ),
+                (
+                    'overlap',
+                    models.CharField(
+                        choices=[
+                            ('allow', 'Allow: enqueue every run'),
+                            ('skip', 'Skip a run while the previous one is queued or running'),
+                        ],
+                        default='allow',
+                        help_text='What to do when a run is due while the previous one is still queued or running.',
+                        max_length=8,
+                        verbose_name='overlap',
+                    ),
+                ),
+                (
+                    'next_run',
+                    models.DateTimeField(
+                        blank=True,
+                        editable=False,
+                        help_text='When the next run is due.',
+                        null=True,
+                        verbose_name='next run',
+                    ),
+                ),
+                (
+                    'last_run',
+                    models.DateTimeField(
+                        blank=True,
+                        editable=False,
+                        help_text='When the last run was enqueued.',
+                        null=True,
+                        verbose_name='last run',
+                    ),
+                ),
+                (
+                    'run_count',
+                    models.PositiveIntegerField(
+                        default=0,
+                        editable=False,
+                        help_text='How many scheduled runs have been enqueued (runs started with "run now" are extra).',
+                        verbose_name='run count',
+                    ),
+                ),
+                (
+                    'created',
+                    models.DateTimeField(
+                        auto_now_add=True, help_text='When this schedule was created.', verbose_name='created'
+                    ),
+                ),
+                (
+                    'modified',
+                    models.DateTimeField(
+                        auto_now=True, help_text='When this schedule was last changed.', verbose_name='modified'
+                    ),
+                ),
+                (
+                    'cron_string',
+                    models.CharField(
+                        help_text='Minute, hour, day of month, month, day of week (and optional seconds), e.g. "0 7 * * 1-5".',
+                        max_length=255,
+                        verbose_name='cron string',
+                    ),
+                ),
+                (
+                    'timezone',
+                    models.CharField(
+                        default=django_rq_scheduled.models.default_timezone,
+                        help_text='The IANA time zone the cron string is read in, e.g. "Europe/Paris".',
+                        max_length=64,
+                        validators=[django_rq_scheduled.validators.validate_timezone],
+                        verbose_name='time zone',
+                    ),
+                ),
+                (
+                    'repeat',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text='How many runs in total; empty for ever.',
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                        verbose_name='repeat',
+                    ),
+                ),
             ],
             options={
                 'verbose_name': 'cron job',
@@ -91,35 +400,210 @@ class Migration(migrations.Migration):
                 'ordering': ['name'],
                 'abstract': False,
                 'base_manager_name': 'objects',
-                'constraints': [django_rq_scheduled.models.check_constraint(models.Q(('repeat__isnull', True), ('repeat__gt', 0), _connector='OR'), 'drqs_cron_repeat_positive')],
+                'constraints': [
+                    django_rq_scheduled.models.check_constraint(
+                        models.Q(('repeat__isnull', True), ('repeat__gt', 0), _connector='OR'),
+                        'drqs_cron_repeat_positive',
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
             name='RepeatableJob',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text='A unique name for this schedule.', max_length=128, unique=True, verbose_name='name')),
-                ('callable', models.CharField(help_text='Dotted path of the function to run, e.g. "myapp.tasks.send_report".', max_length=255, validators=[django_rq_scheduled.validators.validate_callable], verbose_name='callable')),
-                ('args', models.JSONField(blank=True, default=list, help_text='A JSON list of positional arguments.', validators=[django_rq_scheduled.validators.validate_args], verbose_name='positional arguments')),
-                ('kwargs', models.JSONField(blank=True, default=dict, help_text='A JSON object of keyword arguments.', validators=[django_rq_scheduled.validators.validate_kwargs], verbose_name='keyword arguments')),
-                ('queue', models.CharField(default='default', help_text='The RQ queue (a key of RQ_QUEUES) the job is enqueued on.', max_length=255, validators=[django_rq_scheduled.validators.validate_queue], verbose_name='queue')),
-                ('enabled', models.BooleanField(default=True, help_text='Disabled schedules do not run.', verbose_name='enabled')),
-                ('timeout', models.PositiveIntegerField(blank=True, help_text="Seconds a run may take; empty for the queue's default.", null=True, verbose_name='timeout')),
-                ('result_ttl', models.IntegerField(blank=True, help_text="Seconds a run's result is kept; -1 for ever, empty for RQ's default (500).", null=True, verbose_name='result TTL')),
-                ('ttl', models.PositiveIntegerField(blank=True, help_text='Seconds a run may wait in its queue before it is discarded.', null=True, verbose_name='TTL')),
-                ('at_front', models.BooleanField(default=False, help_text='Put runs at the front of their queue instead of the back.', verbose_name='at front')),
-                ('description', models.CharField(blank=True, help_text='Free text.', max_length=255, verbose_name='description')),
-                ('misfire_grace', models.PositiveIntegerField(blank=True, default=django_rq_scheduled.models.default_misfire_grace, help_text='Seconds a run may be late (after downtime) and still run; later runs are skipped. Empty: always run once.', null=True, verbose_name='misfire grace')),
-                ('overlap', models.CharField(choices=[('allow', 'Allow: enqueue every run'), ('skip', 'Skip a run while the previous one is queued or running')], default='allow', help_text='What to do when a run is due while the previous one is still queued or running.', max_length=8, verbose_name='overlap')),
-                ('next_run', models.DateTimeField(blank=True, editable=False, help_text='When the next run is due.', null=True, verbose_name='next run')),
-                ('last_run', models.DateTimeField(blank=True, editable=False, help_text='When the last run was enqueued.', null=True, verbose_name='last run')),
-                ('run_count', models.PositiveIntegerField(default=0, editable=False, help_text='How many scheduled runs have been enqueued (runs started with "run now" are extra).', verbose_name='run count')),
-                ('created', models.DateTimeField(auto_now_add=True, help_text='When this schedule was created.', verbose_name='created')),
-                ('modified', models.DateTimeField(auto_now=True, help_text='When this schedule was last changed.', verbose_name='modified')),
-                ('scheduled_time', models.DateTimeField(help_text='When the first run is due.', verbose_name='first run')),
-                ('interval', models.PositiveIntegerField(help_text='How often to run, in the unit below.', validators=[django.core.validators.MinValueValidator(1)], verbose_name='interval')),
-                ('interval_unit', models.CharField(choices=[('seconds', 'seconds'), ('minutes', 'minutes'), ('hours', 'hours'), ('days', 'days'), ('weeks', 'weeks')], default='minutes', help_text='The unit of the interval.', max_length=8, verbose_name='interval unit')),
-                ('repeat', models.PositiveIntegerField(blank=True, help_text='How many runs in total; empty for ever.', null=True, validators=[django.core.validators.MinValueValidator(1)], verbose_name='repeat')),
+                (
+                    'name',
+                    models.CharField(
+                        help_text='A unique name for this schedule.', max_length=128, unique=True, verbose_name='name'
+                    ),
+                ),
+                (
+                    'callable',
+                    models.CharField(
+                        help_text='Dotted path of the function to run, e.g. "myapp.tasks.send_report".',
+                        max_length=255,
+                        validators=[django_rq_scheduled.validators.validate_callable],
+                        verbose_name='callable',
+                    ),
+                ),
+                (
+                    'args',
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text='A JSON list of positional arguments.',
+                        validators=[django_rq_scheduled.validators.validate_args],
+                        verbose_name='positional arguments',
+                    ),
+                ),
+                (
+                    'kwargs',
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text='A JSON object of keyword arguments.',
+                        validators=[django_rq_scheduled.validators.validate_kwargs],
+                        verbose_name='keyword arguments',
+                    ),
+                ),
+                (
+                    'queue',
+                    models.CharField(
+                        default='default',
+                        help_text='The RQ queue (a key of RQ_QUEUES) the job is enqueued on.',
+                        max_length=255,
+                        validators=[django_rq_scheduled.validators.validate_queue],
+                        verbose_name='queue',
+                    ),
+                ),
+                (
+                    'enabled',
+                    models.BooleanField(
+                        default=True, help_text='Disabled schedules do not run.', verbose_name='enabled'
+                    ),
+                ),
+                (
+                    'timeout',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text="Seconds a run may take; empty for the queue's default.",
+                        null=True,
+                        verbose_name='timeout',
+                    ),
+                ),
+                (
+                    'result_ttl',
+                    models.IntegerField(
+                        blank=True,
+                        help_text="Seconds a run's result is kept; -1 for ever, empty for RQ's default (500).",
+                        null=True,
+                        verbose_name='result TTL',
+                    ),
+                ),
+                (
+                    'ttl',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text='Seconds a run may wait in its queue before it is discarded.',
+                        null=True,
+                        verbose_name='TTL',
+                    ),
+                ),
+                (
+                    'at_front',
+                    models.BooleanField(
+                        default=False,
+                        help_text='Put runs at the front of their queue instead of the back.',
+                        verbose_name='at front',
+                    ),
+                ),
+                (
+                    'description',
+                    models.CharField(blank=True, help_text='Free text.', max_length=255, verbose_name='description'),
+                ),
+                (
+                    'misfire_grace',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        default=django_rq_scheduled.models.default_misfire_grace,
+                        help_text='Seconds a run may be late (after downtime) and still run; later runs are skipped. Empty: always run once.',
+                        null=True,
+                        verbose_name='misfire grace',
+                    ),
+                ),
+                (
+                    'overlap',
+                    models.CharField(
+                        choices=[
+                            ('allow', 'Allow: enqueue every run'),
+                            ('skip', 'Skip a run while the previous one is queued or running'),
+                        ],
+                        default='allow',
+                        help_text='What to do when a run is due while the previous one is still queued or running.',
+                        max_length=8,
+                        verbose_name='overlap',
+                    ),
+                ),
+                (
+                    'next_run',
+                    models.DateTimeField(
+                        blank=True,
+                        editable=False,
+                        help_text='When the next run is due.',
+                        null=True,
+                        verbose_name='next run',
+                    ),
+                ),
+                (
+                    'last_run',
+                    models.DateTimeField(
+                        blank=True,
+                        editable=False,
+                        help_text='When the last run was enqueued.',
+                        null=True,
+                        verbose_name='last run',
+                    ),
+                ),
+                (
+                    'run_count',
+                    models.PositiveIntegerField(
+                        default=0,
+                        editable=False,
+                        help_text='How many scheduled runs have been enqueued (runs started with "run now" are extra).',
+                        verbose_name='run count',
+                    ),
+                ),
+                (
+                    'created',
+                    models.DateTimeField(
+                        auto_now_add=True, help_text='When this schedule was created.', verbose_name='created'
+                    ),
+                ),
+                (
+                    'modified',
+                    models.DateTimeField(
+                        auto_now=True, help_text='When this schedule was last changed.', verbose_name='modified'
+                    ),
+                ),
+                (
+                    'scheduled_time',
+                    models.DateTimeField(help_text='When the first run is due.', verbose_name='first run'),
+                ),
+                (
+                    'interval',
+                    models.PositiveIntegerField(
+                        help_text='How often to run, in the unit below.',
+                        validators=[django.core.validators.MinValueValidator(1)],
+                        verbose_name='interval',
+                    ),
+                ),
+                (
+                    'interval_unit',
+                    models.CharField(
+                        choices=[
+                            ('seconds', 'seconds'),
+                            ('minutes', 'minutes'),
+                            ('hours', 'hours'),
+                            ('days', 'days'),
+                            ('weeks', 'weeks'),
+                        ],
+                        default='minutes',
+                        help_text='The unit of the interval.',
+                        max_length=8,
+                        verbose_name='interval unit',
+                    ),
+                ),
+                (
+                    'repeat',
+                    models.PositiveIntegerField(
+                        blank=True,
+                        help_text='How many runs in total; empty for ever.',
+                        null=True,
+                        validators=[django.core.validators.MinValueValidator(1)],
+                        verbose_name='repeat',
+                    ),
+                ),
             ],
             options={
                 'verbose_name': 'repeatable job',
@@ -127,7 +611,15 @@ class Migration(migrations.Migration):
                 'ordering': ['name'],
                 'abstract': False,
                 'base_manager_name': 'objects',
-                'constraints': [django_rq_scheduled.models.check_constraint(models.Q(('interval__gt', 0)), 'drqs_repeatable_interval_positive'), django_rq_scheduled.models.check_constraint(models.Q(('repeat__isnull', True), ('repeat__gt', 0), _connector='OR'), 'drqs_repeatable_repeat_positive')],
+                'constraints': [
+                    django_rq_scheduled.models.check_constraint(
+                        models.Q(('interval__gt', 0)), 'drqs_repeatable_interval_positive'
+                    ),
+                    django_rq_scheduled.models.check_constraint(
+                        models.Q(('repeat__isnull', True), ('repeat__gt', 0), _connector='OR'),
+                        'drqs_repeatable_repeat_positive',
+                    ),
+                ],
             },
         ),
     ]

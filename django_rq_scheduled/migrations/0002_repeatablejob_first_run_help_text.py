@@ -4,7 +4,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ('django_rq_scheduled', '0001_initial'),
     ]
@@ -13,6 +12,9 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='repeatablejob',
             name='scheduled_time',
-            field=models.DateTimeField(help_text='When the first run is due. A time at or before now runs at once when saved.', verbose_name='first run'),
+            field=models.DateTimeField(
+                help_text='When the first run is due. A time at or before now runs at once when saved.',
+                verbose_name='first run',
+            ),
         ),
     ]

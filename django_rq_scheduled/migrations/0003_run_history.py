@@ -5,7 +5,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
         ('contenttypes', '0002_remove_content_type_name'),
         ('django_rq_scheduled', '0002_repeatablejob_first_run_help_text'),
@@ -25,7 +24,13 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='cronjob',
             name='last_error',
-            field=models.CharField(blank=True, editable=False, help_text="The last failed run's error.", max_length=255, verbose_name='last error'),
+            field=models.CharField(
+                blank=True,
+                editable=False,
+                help_text="The last failed run's error.",
+                max_length=255,
+                verbose_name='last error',
+            ),
         ),
         migrations.AddField(
             model_name='cronjob',
@@ -35,7 +40,21 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='cronjob',
             name='last_status',
-            field=models.CharField(blank=True, choices=[('queued', 'queued'), ('started', 'running'), ('finished', 'finished'), ('failed', 'failed'), ('stopped', 'stopped'), ('canceled', 'canceled'), ('skipped', 'skipped')], editable=False, max_length=8, verbose_name='last status'),
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ('queued', 'queued'),
+                    ('started', 'running'),
+                    ('finished', 'finished'),
+                    ('failed', 'failed'),
+                    ('stopped', 'stopped'),
+                    ('canceled', 'canceled'),
+                    ('skipped', 'skipped'),
+                ],
+                editable=False,
+                max_length=8,
+                verbose_name='last status',
+            ),
         ),
         migrations.AddField(
             model_name='cronjob',
@@ -65,7 +84,13 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='repeatablejob',
             name='last_error',
-            field=models.CharField(blank=True, editable=False, help_text="The last failed run's error.", max_length=255, verbose_name='last error'),
+            field=models.CharField(
+                blank=True,
+                editable=False,
+                help_text="The last failed run's error.",
+                max_length=255,
+                verbose_name='last error',
+            ),
         ),
         migrations.AddField(
             model_name='repeatablejob',
@@ -75,7 +100,21 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='repeatablejob',
             name='last_status',
-            field=models.CharField(blank=True, choices=[('queued', 'queued'), ('started', 'running'), ('finished', 'finished'), ('failed', 'failed'), ('stopped', 'stopped'), ('canceled', 'canceled'), ('skipped', 'skipped')], editable=False, max_length=8, verbose_name='last status'),
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ('queued', 'queued'),
+                    ('started', 'running'),
+                    ('finished', 'finished'),
+                    ('failed', 'failed'),
+                    ('stopped', 'stopped'),
+                    ('canceled', 'canceled'),
+                    ('skipped', 'skipped'),
+                ],
+                editable=False,
+                max_length=8,
+                verbose_name='last status',
+            ),
         ),
         migrations.AddField(
             model_name='repeatablejob',
@@ -105,7 +144,13 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='scheduledjob',
             name='last_error',
-            field=models.CharField(blank=True, editable=False, help_text="The last failed run's error.", max_length=255, verbose_name='last error'),
+            field=models.CharField(
+                blank=True,
+                editable=False,
+                help_text="The last failed run's error.",
+                max_length=255,
+                verbose_name='last error',
+            ),
         ),
         migrations.AddField(
             model_name='scheduledjob',
@@ -115,7 +160,21 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='scheduledjob',
             name='last_status',
-            field=models.CharField(blank=True, choices=[('queued', 'queued'), ('started', 'running'), ('finished', 'finished'), ('failed', 'failed'), ('stopped', 'stopped'), ('canceled', 'canceled'), ('skipped', 'skipped')], editable=False, max_length=8, verbose_name='last status'),
+            field=models.CharField(
+                blank=True,
+                choices=[
+                    ('queued', 'queued'),
+                    ('started', 'running'),
+                    ('finished', 'finished'),
+                    ('failed', 'failed'),
+                    ('stopped', 'stopped'),
+                    ('canceled', 'canceled'),
+                    ('skipped', 'skipped'),
+                ],
+                editable=False,
+                max_length=8,
+                verbose_name='last status',
+            ),
         ),
         migrations.AddField(
             model_name='scheduledjob',
@@ -137,26 +196,104 @@ class Migration(migrations.Migration):
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('schedule_id', models.PositiveBigIntegerField(verbose_name='schedule id')),
-                ('schedule_name', models.CharField(help_text="The schedule's name when the run was recorded.", max_length=128, verbose_name='schedule name')),
-                ('rq_job_id', models.CharField(help_text='The id of the RQ job of this run; a skipped run keeps the id it would have had.', max_length=255, unique=True, verbose_name='RQ job id')),
-                ('queue', models.CharField(blank=True, help_text='The RQ queue the run went to.', max_length=255, verbose_name='queue')),
-                ('trigger', models.CharField(choices=[('schedule', 'schedule'), ('manual', 'by hand')], default='schedule', max_length=8, verbose_name='trigger')),
-                ('status', models.CharField(choices=[('queued', 'queued'), ('started', 'running'), ('finished', 'finished'), ('failed', 'failed'), ('stopped', 'stopped'), ('canceled', 'canceled'), ('skipped', 'skipped')], default='queued', max_length=8, verbose_name='status')),
-                ('reason', models.CharField(blank=True, help_text='Why the run was skipped, stopped or failed, in words.', max_length=255, verbose_name='reason')),
-                ('fire_time', models.DateTimeField(blank=True, help_text='The slot the run was due at; empty for runs by hand.', null=True, verbose_name='fire time')),
+                (
+                    'schedule_name',
+                    models.CharField(
+                        help_text="The schedule's name when the run was recorded.",
+                        max_length=128,
+                        verbose_name='schedule name',
+                    ),
+                ),
+                (
+                    'rq_job_id',
+                    models.CharField(
+                        help_text='The id of the RQ job of this run; a skipped run keeps the id it would have had.',
+                        max_length=255,
+                        unique=True,
+                        verbose_name='RQ job id',
+                    ),
+                ),
+                (
+                    'queue',
+                    models.CharField(
+                        blank=True, help_text='The RQ queue the run went to.', max_length=255, verbose_name='queue'
+                    ),
+                ),
+                (
+                    'trigger',
+                    models.CharField(
+                        choices=[('schedule', 'schedule'), ('manual', 'by hand')],
+                        default='schedule',
+                        max_length=8,
+                        verbose_name='trigger',
+                    ),
+                ),
+                (
+                    'status',
+                    models.CharField(
+                        choices=[
+                            ('queued', 'queued'),
+                            ('started', 'running'),
+                            ('finished', 'finished'),
+                            ('failed', 'failed'),
+                            ('stopped', 'stopped'),
+                            ('canceled', 'canceled'),
+                            ('skipped', 'skipped'),
+                        ],
+                        default='queued',
+                        max_length=8,
+                        verbose_name='status',
+                    ),
+                ),
+                (
+                    'reason',
+                    models.CharField(
+                        blank=True,
+                        help_text='Why the run was skipped, stopped or failed, in words.',
+                        max_length=255,
+                        verbose_name='reason',
+                    ),
+                ),
+                (
+                    'fire_time',
+                    models.DateTimeField(
+                        blank=True,
+                        help_text='The slot the run was due at; empty for runs by hand.',
+                        null=True,
+                        verbose_name='fire time',
+                    ),
+                ),
                 ('enqueued_at', models.DateTimeField(blank=True, null=True, verbose_name='enqueued at')),
                 ('started_at', models.DateTimeField(blank=True, null=True, verbose_name='started at')),
                 ('ended_at', models.DateTimeField(blank=True, null=True, verbose_name='ended at')),
                 ('worker', models.CharField(blank=True, max_length=255, verbose_name='worker')),
-                ('error', models.TextField(blank=True, help_text="The exception's type and message, then its traceback (cut to 8,000).", verbose_name='error')),
-                ('schedule_type', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='contenttypes.contenttype', verbose_name='schedule kind')),
+                (
+                    'error',
+                    models.TextField(
+                        blank=True,
+                        help_text="The exception's type and message, then its traceback (cut to 8,000).",
+                        verbose_name='error',
+                    ),
+                ),
+                (
+                    'schedule_type',
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name='+',
+                        to='contenttypes.contenttype',
+                        verbose_name='schedule kind',
+                    ),
+                ),
             ],
             options={
                 'verbose_name': 'run',
                 'verbose_name_plural': 'runs',
                 'ordering': ['-id'],
                 'default_permissions': ('view', 'delete'),
-                'indexes': [models.Index(fields=['schedule_type', 'schedule_id', '-id'], name='drqs_run_schedule_newest'), models.Index(fields=['status', 'ended_at'], name='drqs_run_status_ended')],
+                'indexes': [
+                    models.Index(fields=['schedule_type', 'schedule_id', '-id'], name='drqs_run_schedule_newest'),
+                    models.Index(fields=['status', 'ended_at'], name='drqs_run_status_ended'),
+                ],
             },
         ),
     ]
