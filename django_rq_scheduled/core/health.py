@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from . import keys
-from .status import _leader_name, _readable, _server_seconds, _text
+from .status import Member, leader_name, readable_replies, server_seconds
 
 SHOWN_NAME_LENGTH = 200
 """Of a leader's name in a report: instance names are at most this long; a lock written by others may be longer."""
@@ -54,19 +54,21 @@ def queue_leadership_reads(pipe: Any) -> None:
 
 
 LEADERSHIP_READS = 5
-_READ_KEYS = (keys.LOCK_KEY, keys.INSTANCES_KEY, keys.SCHEDULED_JOBS_KEY, keys.DEAD_LETTERS_KEY, 'TIME')
+_READ_KEYS = (keys.LOCK_KEY, keys.INSTANCES_KEY, keys.SCHEDULED_JOBS_KEY, keys.DEAD_LETTERS_KEY)
 
 
 def leadership_from(replies: list[Any]) -> tuple[ServerHealth, float, float | None]:
     """The health read from the replies of ``queue_leadership_reads``, the server's time, and the earliest due
     time in the schedule (None when it is empty or unreadable)."""
     health = ServerHealth()
-    lock, instances, first, dead, server_time = _readable(replies, _READ_KEYS, health.problems)
-    now = _server_seconds(server_time)
-    leader = _leader_name(lock) if isinstance(lock, bytes) else None
+    *reads, server_time = replies
+    lock, instances, first, dead = readable_replies(reads, _READ_KEYS, health.problems)
+    # A managed Redis may rename TIME away: the loop then keeps its host's clock, and so does the check.
+    now = server_seconds(None if isinstance(server_time, Exception) else server_time)
+    leader = leader_name(lock) if isinstance(lock, bytes) else None
     health.lock_held_by_others = bool(lock) and leader is None
     if leader is not None:
-        health.leader = _text(leader)[:SHOWN_NAME_LENGTH]
+        health.leader = Member(leader).text[:SHOWN_NAME_LENGTH]
         beats = dict(instances or [])
         health.heartbeat_age = now - beats[leader] if leader in beats else None
     health.dead_letters = dead or 0
@@ -86,7 +88,7 @@ def read_health(connection: redis.Redis, max_lateness: float) -> ServerHealth:
         if earliest is not None and earliest <= now:
             _count_due(connection, health, now, max_lateness)
     except redis.RedisError as exc:
-        # Refused as a whole (NOAUTH, a TIME renamed away) or not answering: either way the scheduler cannot work.
+        # Refused as a whole (NOAUTH, a wrong password) or not answering: either way the scheduler cannot work.
         return ServerHealth(reachable=False, error=type(exc).__name__)
     return health
 
@@ -95,7 +97,7 @@ def _count_due(connection: redis.Redis, health: ServerHealth, now: float, max_la
     with connection.pipeline(transaction=False) as pipe:
         pipe.zcount(keys.SCHEDULED_JOBS_KEY, '-inf', now)
         pipe.zcount(keys.SCHEDULED_JOBS_KEY, '-inf', f'({now - max_lateness}')
-        due, overdue = _readable(pipe.execute(raise_on_error=False), _READ_KEYS[2:3] * 2, health.problems)
+        due, overdue = readable_replies(pipe.execute(raise_on_error=False), _READ_KEYS[2:3] * 2, health.problems)
     health.due, health.overdue = due or 0, overdue or 0
 
 
