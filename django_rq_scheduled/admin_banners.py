@@ -16,6 +16,8 @@ from .core.health import ServerHealth
 from .health import stale_after
 from .servers import servers
 
+BANNER = 'drqs-banner'
+"""The CSS class of the banners among the page's messages (``<li class="error drqs-banner">``)."""
 FAILING_QUERY = '?outcome=failing&enabled__exact=1'
 """The change list's own filters: the "last outcome: failing" filter, on enabled rows, as the banner counts them."""
 
@@ -28,9 +30,9 @@ def show_banners(request: HttpRequest, model: Any, health: dict[Any, ServerHealt
             message = _(
                 'Redis unreachable on %(server)s: Redis did not answer, so the status of its schedules is unknown.'
             )
-            messages.error(request, message % {'server': name})
+            messages.error(request, message % {'server': name}, extra_tags=BANNER)
         elif problem := leader_problem(reading):
-            messages.error(request, problem % {'server': name, 'leader': reading.leader})
+            messages.error(request, problem % {'server': name, 'leader': reading.leader}, extra_tags=BANNER)
     failing = model._default_manager.failing().count()
     if failing:
         text = ngettext(
@@ -38,7 +40,9 @@ def show_banners(request: HttpRequest, model: Any, health: dict[Any, ServerHealt
             '%(count)d schedules failing: their last runs failed.',
             failing,
         )
-        messages.warning(request, format_html('<a href="{}">{}</a>', FAILING_QUERY, text % {'count': failing}))
+        messages.warning(
+            request, format_html('<a href="{}">{}</a>', FAILING_QUERY, text % {'count': failing}), extra_tags=BANNER
+        )
 
 
 def leader_problem(reading: ServerHealth) -> str | None:

@@ -42,7 +42,9 @@ def cron(name, **extra):
 
 @pytest.mark.parametrize('change_list', CHANGE_LISTS)
 def test_no_leader_banner_on_every_change_list(admin, connection, change_list):
-    assert NO_LEADER in page(admin, change_list)
+    text = page(admin, change_list)
+    assert NO_LEADER in text
+    assert '<li class="drqs-banner error">' in text  # tells the banners from the messages of actions
     lead(connection)
     assert NO_LEADER not in page(admin, change_list)
 
