@@ -23,9 +23,11 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from . import history
+from .admin_banners import show_banners
 from .admin_code import CodeRowsAdmin, from_code
 from .admin_runs import FailingFilter, last_outcome, outcome_counts, outcome_strip, runs_table
 from .core import keys
+from .core.health import ServerHealth, leadership_from, queue_leadership_reads
 from .describe import describe_cron, describe_interval
 from .forms import ScheduleForm
 from .models import CronJob, RepeatableJob, ScheduleBase, ScheduledJob, SchedulerStatus
@@ -51,14 +53,20 @@ Presence = tuple[bool, 'str | None'] | None
 """(in the schedule?, stored version) of a row, or None when its Redis server could not be asked."""
 
 
-def redis_presence(rows: list[ScheduleBase]) -> dict[Any, Presence]:
+def redis_presence(
+    rows: list[ScheduleBase], health: dict[Any, ServerHealth | None] | None = None
+) -> dict[Any, Presence]:
     """The presence of each row in Redis, in one pipelined round trip per Redis server.
 
     A server that does not answer (down, out of memory, a key of the wrong type) leaves its rows unknown: the admin
-    shows the database's view and says so, it never fails because of Redis.
+    shows the database's view and says so, it never fails because of Redis. Given ``health``, every server's
+    leadership is read into it in the same round trip (None for a server that did not answer), servers without a
+    row on the page included.
     """
     known = servers()
     by_server: dict[Any, list[ScheduleBase]] = defaultdict(list)
+    if health is not None:
+        by_server.update({identity: [] for identity in known.schedulers})
     for row in rows:
         by_server[known.queue_home.get(row.queue)].append(row)
     presence: dict[Any, Presence] = {}
@@ -68,23 +76,36 @@ def redis_presence(rows: list[ScheduleBase]) -> dict[Any, Presence]:
             presence.update({row.pk: (False, None) for row in group})
             continue
         try:
-            presence.update(_presence_on(scheduler.connection, group))
+            found, reading = _presence_on(scheduler.connection, group, with_health=health is not None)
         except redis.RedisError:
-            presence.update({row.pk: None for row in group})
+            found, reading = {row.pk: None for row in group}, None
+        presence.update(found)
+        if health is not None:
+            health[identity] = reading
     return presence
 
 
-def _presence_on(connection: Any, rows: list[ScheduleBase]) -> dict[Any, Presence]:
+def _presence_on(
+    connection: Any, rows: list[ScheduleBase], *, with_health: bool = False
+) -> tuple[dict[Any, Presence], ServerHealth | None]:
     ids = [row.template_id for row in rows]
     with connection.pipeline(transaction=False) as pipe:
-        pipe.hmget(keys.VERSIONS_KEY, ids)
-        for template_id in ids:
-            pipe.zscore(keys.SCHEDULED_JOBS_KEY, template_id)
-        versions, *scores = pipe.execute()
-    return {
+        if ids:
+            pipe.hmget(keys.VERSIONS_KEY, ids)
+            for template_id in ids:
+                pipe.zscore(keys.SCHEDULED_JOBS_KEY, template_id)
+        if with_health:
+            queue_leadership_reads(pipe)
+        replies = pipe.execute(raise_on_error=False)
+    found = replies[: len(ids) + 1] if ids else []
+    if error := next((reply for reply in found if isinstance(reply, Exception)), None):
+        raise error
+    versions, *scores = found or [[]]
+    presence: dict[Any, Presence] = {
         row.pk: (score is not None, version.decode(errors='replace') if version else None)
         for row, version, score in zip(rows, versions, scores)
     }
+    return presence, leadership_from(replies[len(found) :])[0] if with_health else None
 
 
 def row_status(row: ScheduleBase) -> str:
@@ -104,11 +125,11 @@ class PresenceChangeList(ChangeList):
     def get_results(self, request: HttpRequest) -> None:
         super().get_results(request)
         rows = list(self.result_list)
-        presence = redis_presence(rows)
+        health: dict[Any, ServerHealth | None] = {}
+        presence = redis_presence(rows, health)
         for row in rows:
             row._drqs_presence = presence.get(row.pk, (False, None))
-        if any(value is None for value in presence.values()):
-            messages.warning(request, _('Redis did not answer: the status of some schedules is unknown.'))
+        show_banners(request, self.model, health)
 
 
 class QueueFilter(admin.SimpleListFilter):

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.db.models import Field
 
-from .conf import DEFAULTS, RUN_HISTORY_LIMITS
+from .conf import DEFAULTS, RUN_HISTORY_LIMITS, health_token_problem
 from .core import limits
 from .core.cron import CronError, get_zone
 
@@ -38,7 +38,7 @@ def _positive_number(value: Any) -> bool:
 
 def _setting_problems(config: dict[str, Any]) -> list[str]:
     problems = [f'unknown key {key!r}' for key in config if key not in DEFAULTS]
-    for key in ('INTERVAL', 'LEASE_TTL'):
+    for key in ('INTERVAL', 'LEASE_TTL', 'HEALTH_MAX_LATENESS'):
         if key in config and (problem := limits.seconds_problem(config[key])):
             problems.append(f'{key}: {problem}')
     if 'RECONCILE_INTERVAL' in config and not _positive_number(config['RECONCILE_INTERVAL']):
@@ -59,6 +59,8 @@ def _setting_problems(config: dict[str, Any]) -> list[str]:
         or not all(isinstance(p, str) and p for p in allowed)
     ):
         problems.append(f'ALLOWED_CALLABLES must be None or a list of dotted-path patterns, got {allowed!r}')
+    if problem := health_token_problem(config.get('HEALTH_TOKEN')):
+        problems.append(problem)  # never the token itself: the check's output may be logged
     if 'BATCH_SIZE' in config and (problem := limits.batch_size_problem(config['BATCH_SIZE'])):
         problems.append(f'BATCH_SIZE: {problem}')
     if not isinstance(config.get('PRUNE_CODE_SCHEDULES', False), bool):

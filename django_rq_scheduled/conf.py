@@ -8,7 +8,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .core.allowlist import AllowList
-from .core.limits import DEFAULT_BATCH_SIZE, DEFAULT_LEASE_TTL, MAX_BATCH_SIZE, MAX_SECONDS, MIN_SECONDS
+from .core.limits import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LEASE_TTL,
+    MAX_BATCH_SIZE,
+    MAX_SECONDS,
+    MIN_SECONDS,
+    seconds_problem,
+    to_seconds,
+)
 
 
 @dataclass(frozen=True)
@@ -19,6 +27,7 @@ class Setting:
 
 
 _SECONDS_RANGE = f'{MIN_SECONDS} to {MAX_SECONDS:,}'
+MIN_TOKEN_LENGTH, MAX_TOKEN_LENGTH = 32, 1024
 
 SETTINGS: dict[str, Setting] = {
     'INTERVAL': Setting(
@@ -68,6 +77,18 @@ SETTINGS: dict[str, Setting] = {
     ),
     'DEFAULT_MISFIRE_GRACE': Setting(
         None, 'Misfire grace (seconds) of new rows whose form leaves it empty; ``None`` means "always run once".'
+    ),
+    'HEALTH_MAX_LATENESS': Setting(
+        60,
+        f'Seconds a due job may wait in the schedule before the health check fails ({_SECONDS_RANGE}); '
+        '``manage.py schedules health --max-lateness`` overrides it. See :doc:`monitoring`.',
+    ),
+    'HEALTH_TOKEN': Setting(
+        None,
+        f'A secret that lets a request without a staff login read the health view, sent as ``Authorization: Bearer '
+        f'<token>``: a string of {MIN_TOKEN_LENGTH} to {MAX_TOKEN_LENGTH:,} visible ASCII characters, e.g. from '
+        '``python -c "import secrets; print(secrets.token_urlsafe(32))"``. ``None`` lets staff users only. See '
+        ':doc:`monitoring`.',
     ),
 }
 DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.items()}
@@ -122,3 +143,29 @@ def _allow_list(patterns: tuple[str, ...] | None) -> AllowList:
 def callable_allowed(path: Any) -> bool:
     """Whether ``ALLOWED_CALLABLES`` (when set) lets the callable at ``path`` run."""
     return allow_list()(path)
+
+
+def seconds_setting(name: str) -> float:
+    """A setting of seconds as set now; a malformed one has its default (check E002 says why)."""
+    value = get_setting(name)
+    return to_seconds(DEFAULTS[name] if seconds_problem(value) else value, name)
+
+
+def health_token_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be the ``HEALTH_TOKEN``: None, or a string long enough not to be guessed."""
+    if value is None:
+        return None
+    visible = isinstance(value, str) and value.isascii() and value.isprintable() and ' ' not in value
+    if not visible or not MIN_TOKEN_LENGTH <= len(value) <= MAX_TOKEN_LENGTH:
+        shown = f'{len(value)} characters' if isinstance(value, str) else type(value).__name__
+        return (
+            f'HEALTH_TOKEN must be None or a string of {MIN_TOKEN_LENGTH} to {MAX_TOKEN_LENGTH:,} visible ASCII '
+            f'characters, got {shown}'
+        )
+    return None
+
+
+def health_token() -> str | None:
+    """The ``HEALTH_TOKEN`` as set now; a malformed one lets no request in (check E002 says why)."""
+    token = get_setting('HEALTH_TOKEN')
+    return None if health_token_problem(token) else token

@@ -39,6 +39,10 @@ class ScheduleQuerySet(models.QuerySet[Any]):
     def enabled(self) -> ScheduleQuerySet:
         return self.filter(enabled=True)
 
+    def failing(self) -> ScheduleQuerySet:
+        """Enabled rows whose last run failed (the health check's warning, the change lists' banner)."""
+        return self.filter(enabled=True, consecutive_failures__gt=0)
+
     def due_before(self, moment: datetime) -> ScheduleQuerySet:
         """Enabled schedules whose next run is at or before ``moment``."""
         return self.enabled().filter(next_run__lte=moment)

@@ -43,6 +43,11 @@ class Servers:
         identity = connection_identity(connection)
         return [name for name, home in self.queue_home.items() if home == identity]
 
+    def name_of(self, identity: tuple[Any, ...]) -> str:
+        """How pages and reports name a server: by its queues ("default, high"), never by its URL, which may hold a
+        password."""
+        return ', '.join(name for name, home in self.queue_home.items() if home == identity)
+
     def scheduler_for(self, queue_name: str) -> Scheduler:
         identity = self.queue_home.get(queue_name)
         if identity is None:

@@ -105,10 +105,7 @@ def _server_context(request: HttpRequest, name: str, scheduler: Any) -> dict[str
 
 def _servers_by_name() -> dict[str, Any]:
     known = servers()
-    names: dict[Any, list[str]] = {}
-    for queue_name, identity in known.queue_home.items():
-        names.setdefault(identity, []).append(queue_name)
-    return {', '.join(names.get(identity, [])): scheduler for identity, scheduler in known.schedulers.items()}
+    return {known.name_of(identity): scheduler for identity, scheduler in known.schedulers.items()}
 
 
 def _posted_member(post: QueryDict) -> Member | None:

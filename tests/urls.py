@@ -1,4 +1,4 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
-urlpatterns = [path('admin/', admin.site.urls)]
+urlpatterns = [path('admin/', admin.site.urls), path('scheduler/', include('django_rq_scheduled.urls'))]

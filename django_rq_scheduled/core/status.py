@@ -129,7 +129,7 @@ def _dead_letter(member: Member, raw: bytes) -> DeadLetter:
     return DeadLetter(member, _text(data.get('reason', '')), _number(data.get('score')), _number(data.get('at')))
 
 
-def _leader_name(lock: bytes | None) -> bytes | None:
+def leader_name(lock: bytes | None) -> bytes | None:
     """The raw name of the scheduler of ours holding the lock, or None (no lock, or rq-scheduler's)."""
     if not lock:
         return None
@@ -138,7 +138,7 @@ def _leader_name(lock: bytes | None) -> bytes | None:
     return None if holder is None else holder.encode('utf-8', 'surrogateescape')
 
 
-def _readable(replies: list[Any], keys_read: Sequence[str | bytes], problems: dict[str, str]) -> list[Any]:
+def readable_replies(replies: list[Any], keys_read: Sequence[str | bytes], problems: dict[str, str]) -> list[Any]:
     """The replies, with each read refused by Redis (a key of the wrong type) noted as a problem and set to None."""
     readable = []
     for reply, key in zip(replies, keys_read):
@@ -161,7 +161,7 @@ def _read_overview(connection: Any, due_limit: int, scan_count: int, problems: d
         pipe.time()  # ages are told by the server's clock, the one the schedulers judge by
         replies = pipe.execute(raise_on_error=False)
     lock, instances, schedule, dead = keys.LOCK_KEY, keys.INSTANCES_KEY, keys.SCHEDULED_JOBS_KEY, keys.DEAD_LETTERS_KEY
-    return _readable(replies, [lock, lock, instances, schedule, schedule, dead, schedule, 'TIME'], problems)
+    return readable_replies(replies, [lock, lock, instances, schedule, schedule, dead, schedule, 'TIME'], problems)
 
 
 def _read_instances(connection: Any, names: list[bytes], problems: dict[str, str]) -> list[Instance]:
@@ -169,7 +169,7 @@ def _read_instances(connection: Any, names: list[bytes], problems: dict[str, str
     with connection.pipeline(transaction=False) as pipe:
         for key in instance_keys:
             pipe.hgetall(key)
-        replies = _readable(pipe.execute(raise_on_error=False), instance_keys, problems)
+        replies = readable_replies(pipe.execute(raise_on_error=False), instance_keys, problems)
     return [_instance(Member(name), raw or {}) for name, raw in zip(names, replies)]
 
 
@@ -177,27 +177,27 @@ def read_status(connection: Any, *, due_limit: int = 20, scan_count: int = 1000)
     problems: dict[str, str] = {}
     lock, pttl, names, count, due, dead, scan, server_time = _read_overview(connection, due_limit, scan_count, problems)
     names = list(names or [])
-    leader_name = _leader_name(lock)
-    if leader_name and leader_name not in names:
-        names.append(leader_name)
+    holder = leader_name(lock)
+    if holder and holder not in names:
+        names.append(holder)
     instances = _read_instances(connection, names, problems)
-    leader = next((i for i in instances if i.name.raw == leader_name), None)
+    leader = next((i for i in instances if i.name.raw == holder), None)
     scanned = scan[1] if scan else []
     return Status(
         leader=leader,
-        leader_is_rq_scheduler=bool(lock) and leader_name is None,
+        leader_is_rq_scheduler=bool(lock) and holder is None,
         lease_ttl_ms=max(0, int(pttl or 0)),
-        standbys=[i for i in instances if i.name.raw != leader_name],
+        standbys=[i for i in instances if i.name.raw != holder],
         scheduled_count=count,
         next_due=[(Member(member), score) for member, score in due or []],
         dead_letters=sorted((_dead_letter(Member(k), v) for k, v in (dead or {}).items()), key=lambda d: d.at or 0),
         scanned=[(Member(member), score) for member, score in scanned],
         problems=problems,
-        read_at=_server_seconds(server_time),
+        read_at=server_seconds(server_time),
     )
 
 
-def _server_seconds(server_time: Any) -> float:
+def server_seconds(server_time: Any) -> float:
     if isinstance(server_time, (tuple, list)) and len(server_time) == 2:
         return float(server_time[0]) + float(server_time[1]) / 1e6
     return time.time()
