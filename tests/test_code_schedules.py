@@ -318,3 +318,28 @@ def test_the_admin_deletes_a_code_row_only_once_it_is_removed_from_code(admin_cl
         'admin:django_rq_scheduled_cronjob_change', args=[row.pk])).content.decode()  # fmt: skip
     assert admin_client_.post(delete, {'post': 'yes'}).status_code == 302
     assert not CronJob.objects.exists()
+
+
+def test_the_sync_command_prints_the_diff_and_exits_0_or_1_naming_the_schedule(connection):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    def run(*arguments: str) -> tuple[int, str, str]:
+        out, err = StringIO(), StringIO()
+        try:
+            call_command('schedules', 'sync', *arguments, stdout=out, stderr=err)
+            status = 0
+        except SystemExit as exit:
+            status = int(exit.code or 0)
+        return status, out.getvalue(), err.getvalue()
+
+    with schedules(hourly=HOURLY):
+        assert run('--dry-run') == (0, '+ hourly (cron, added)\n0 unchanged\nDry run: nothing written.\n', '')
+        assert not CronJob.objects.exists()
+        assert run() == (0, '+ hourly (cron, added)\n0 unchanged\n', '')
+    with schedules():
+        assert run('--prune') == (0, '- hourly (cron, removed from code: deleted)\n0 unchanged\n', '')
+    with schedules(bad={**HOURLY, 'queue': 'nowhere'}):
+        status, out, err = run()
+    assert (status, out) == (1, '') and "Schedule 'bad' declared in code: queue:" in err

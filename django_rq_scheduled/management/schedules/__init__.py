@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-SUBCOMMANDS = ('health',)
+SUBCOMMANDS = ('health', 'sync')
 
 
 def subcommand(name: str) -> ModuleType:
