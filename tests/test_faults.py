@@ -51,9 +51,11 @@ def test_kill_9_at_random_points_of_large_batches_loses_and_duplicates_nothing(c
         scheduler.schedule(start, tasks.add, args=[1, 2], interval=0.5, id=template)
     rng = random.Random(1234)
     interrupted = cycles = 0
-    for cycles in range(1, 41):  # noqa: B007 (reported below)
+    for cycles in range(1, 41):
         remaining = connection.zcount(keys.SCHEDULED_JOBS_KEY, '-inf', time.time()) - len(templates)
-        if remaining <= 0:
+        if remaining <= 0 and interrupted < 3:  # a loaded machine was slow to kill: more jobs, more kills
+            expected += schedule_one_offs(scheduler, 3000, datetime.now(UTC), prefix=f'more-{cycles}')
+        elif remaining <= 0:
             break
         before = connection.llen('rq:queue:default')
         process = scheduler_process(redis_url, '--batch-size', '5', '--interval', '0.1', '--lease-ttl', '0.5')
