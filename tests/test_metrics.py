@@ -4,7 +4,9 @@ Redis goes away."""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -343,3 +345,77 @@ def test_metrics_answer_while_redis_is_down_and_the_loop_comes_back():
         stop(process)
         server.close()
     assert 'Traceback' not in output.text
+
+
+# -- the dashboard and the alert rules the docs ship ---------------------------------------------------------------
+
+STATIC = ROOT / 'docs' / '_static'
+METRIC_NAME = re.compile(r'\brqscheduler_\w+')
+
+
+def test_the_dashboard_is_valid_json_and_queries_only_exported_metrics():
+    dashboard = json.loads((STATIC / 'grafana-dashboard.json').read_text())
+    queries = [target['expr'] for panel in dashboard['panels'] for target in panel['targets']]
+    queried = {name for query in queries for name in METRIC_NAME.findall(query)}
+    assert queried <= EXPORTED
+    assert {family(name) for name in queried} == {family(name) for name in EXPORTED}  # a panel for each
+
+
+def family(name: str) -> str:
+    return re.sub(r'_(total|bucket|sum|count)$', '', name)
+
+
+def alert_rules() -> list[dict]:
+    text = (STATIC / 'prometheus-alerts.yml').read_text()
+    try:
+        import yaml
+    except ImportError:  # PyYAML is no dependency: read the block as the literal text it is
+        return literal_rules(text)
+    [group] = yaml.safe_load(text)['groups']
+    return group['rules']
+
+
+def literal_rules(text: str) -> list[dict]:
+    """The rules of a one-group rule file, read line by line: each ``- alert:`` item with its keys, ``expr`` folded."""
+    assert re.match(r'(#.*\n)*groups:\n  - name: [\w-]+\n    rules:\n', text)
+    rules: list[dict] = []
+    last_key = ''
+    for line in text.splitlines():
+        if line.startswith('      - alert: '):
+            rules.append({'alert': line.split(': ', 1)[1]})
+            last_key = 'alert'
+        elif rules and re.match(r' {8}\w', line):
+            last_key, _, rest = line.strip().partition(':')
+            rules[-1][last_key] = rest.strip()
+        elif rules and last_key == 'expr' and line.startswith(' ' * 10):
+            rules[-1]['expr'] = (rules[-1]['expr'].removeprefix('>-') + ' ' + line.strip()).strip()
+    return rules
+
+
+def test_the_alert_rules_parse_and_query_only_exported_metrics():
+    rules = alert_rules()
+    assert len(rules) >= 8
+    for rule in rules:
+        assert set(rule) >= {'alert', 'expr', 'for', 'labels', 'annotations'}, rule
+        assert METRIC_NAME.findall(rule['expr']), rule
+        assert set(METRIC_NAME.findall(rule['expr'])) <= EXPORTED, rule
+    literal = literal_rules((STATIC / 'prometheus-alerts.yml').read_text())
+    assert [(rule['alert'], rule['expr']) for rule in literal] == [
+        (rule['alert'], ' '.join(rule['expr'].split())) for rule in rules
+    ]
+
+
+def test_the_batch_histogram_counts_as_prometheus_clients_histogram_does():
+    values = [-1.0, 0.0, 0.0005, 0.001, 0.0010001, 0.05, 1.0, 299.0, 300.0, 301.0, 1e9]
+    ours = metrics.BatchHistogram('lateness', 'doc', metrics.LATENESS_BUCKETS)
+    ours.observe_many(values[:4])
+    ours.observe_many(values[4:])
+    theirs = prometheus_client.Histogram(
+        'lateness', 'doc', buckets=metrics.LATENESS_BUCKETS, registry=prometheus_client.CollectorRegistry()
+    )
+    for number in values:
+        theirs.observe(max(0.0, number))
+    [our_family], [their_family] = ours.collect(), theirs.collect()
+    assert [(s.name, s.labels, s.value) for s in our_family.samples] == [
+        (s.name, s.labels, s.value) for s in their_family.samples if not s.name.endswith('_created')
+    ]

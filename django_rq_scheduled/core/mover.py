@@ -153,7 +153,6 @@ class Mover:
         timezone: str,
         refusal: Refusal | None,
         stop: threading.Event,
-        observer: Observer = SILENT,
     ) -> None:
         self.connection = connection
         self.job_class = job_class
@@ -165,7 +164,7 @@ class Mover:
         self.timezone = timezone
         self.refusal = refusal
         self.stop = stop
-        self.observer = observer
+        self.observer: Observer = SILENT
         self._move_script = connection.register_script(scripts.MOVE)
         self._read_due_script = connection.register_script(scripts.READ_DUE)
         self._scripts_loaded_on: redis.ConnectionPool | None = None

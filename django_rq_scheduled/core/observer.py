@@ -8,8 +8,7 @@ it the batch's jobs as a lazy ``Iterable``: an observer that does not look at th
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -18,9 +17,8 @@ ONE_OFF, INTERVAL, CRON = 'one-off', 'interval', 'cron'
 KINDS = (ONE_OFF, INTERVAL, CRON)
 
 
-@dataclass(frozen=True)
-class EnqueuedJob:
-    """One job a batch put on its queue."""
+class EnqueuedJob(NamedTuple):
+    """One job a batch put on its queue (a tuple: the cheapest object to make per job)."""
 
     queue: str
     """The job's origin, as its hash names it (written by whoever scheduled it: not trusted to be a known queue)."""
@@ -31,6 +29,8 @@ class EnqueuedJob:
 
 
 class Observer(Protocol):
+    """What an observer of the loop implements; its methods run in the loop's thread, so they must be quick."""
+
     def jobs_enqueued(self, jobs: Iterable[EnqueuedJob], at: float) -> None:
         """A batch was applied; ``jobs`` (computed when iterated) are the jobs it enqueued, ``at`` the server time."""
 
