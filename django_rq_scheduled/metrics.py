@@ -10,7 +10,6 @@ bounded: queue names not in ``RQ_QUEUES`` count as ``other``.
 from __future__ import annotations
 
 import bisect
-import collections
 import itertools
 import logging
 import threading
@@ -127,10 +126,10 @@ class Metrics:
         return LoopObserver(self, scheduler.queue_name)
 
     def count_enqueued(self, jobs: Iterable[EnqueuedJob], at: float) -> None:
-        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        counts: dict[tuple[str, str], int] = {}
         lateness = []
         for queue, kind, due in jobs:
-            counts[queue, kind] += 1
+            counts[queue, kind] = counts.get((queue, kind), 0) + 1
             lateness.append(at - due)
         self.lateness.observe_many(lateness)
         for (queue, kind), count in counts.items():
