@@ -19,10 +19,13 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.sessions = ['ci']
 
 DJANGO = {'4.2': 'django>=4.2,<4.3', '5.1': 'django>=5.1,<5.2', '5.2': 'django>=5.2,<5.3'}
+FLOORS = [
+    'rq==2.6.0', 'django-rq==3.0.0', 'redis[hiredis]==4.6.0', 'croniter==6.1.0', 'cron-descriptor==1.4.0',
+    'prometheus_client==0.17.0',
+]  # fmt: skip
 STACK = {
-    # The floors pyproject.toml declares, all at once.
-    'floor': ['rq==2.6.0', 'django-rq==3.0.0', 'redis[hiredis]==4.6.0', 'croniter==6.1.0', 'cron-descriptor==1.4.0'],
-    'latest': ['rq', 'django-rq', 'redis[hiredis]', 'croniter', 'cron-descriptor'],
+    'floor': FLOORS,  # the floors pyproject.toml declares, all at once
+    'latest': ['rq', 'django-rq', 'redis[hiredis]', 'croniter', 'cron-descriptor', 'prometheus_client'],
 }
 DATABASES = ('sqlite', 'postgres')
 TEST_TOOLS = [
@@ -37,6 +40,7 @@ MATRIX_TESTS = [
     'tests/test_interop.py',
     'tests/test_admin.py',
     'tests/test_command.py',
+    'tests/test_metrics.py',
     'tests/test_rq_scheduler_parity.py',
     'tests/adversarial/test_sync.py',
     'tests/adversarial/test_api.py',

@@ -157,9 +157,16 @@ class DatabaseSync:
     run in the tick itself.
     """
 
-    def __init__(self, reconcile_interval: float, *, background: bool = True) -> None:
+    def __init__(
+        self,
+        reconcile_interval: float,
+        *,
+        background: bool = True,
+        on_reconciled: Callable[[float], object] | None = None,
+    ) -> None:
         self.reconcile_interval = reconcile_interval
         self.background = background
+        self.on_reconciled = on_reconciled
         self._next_reconcile = 0.0
         self._worker: threading.Thread | None = None
         self._failing = False
@@ -189,7 +196,7 @@ class DatabaseSync:
         ]
         if time.monotonic() >= self._next_reconcile:
             self._next_reconcile = time.monotonic() + self.reconcile_interval
-            steps += [lambda: reconcile(connection=connection), lambda: self._look_after_runs(scheduler)]
+            steps += [lambda: self._reconcile(connection), lambda: self._look_after_runs(scheduler)]
         failures = []
         try:
             close_old_connections()
@@ -229,6 +236,12 @@ class DatabaseSync:
         # reading outcomes ahead would write their runs twice.
         if not self._runs_left:
             _drain(history.ingest_outcomes, connection, history.OUTCOME_BATCH)
+
+    def _reconcile(self, connection: Redis) -> None:
+        started = time.monotonic()
+        reconcile(connection=connection)
+        if self.on_reconciled is not None:
+            self.on_reconciled(time.monotonic() - started)
 
     def _sweep(self, connection: Redis) -> None:
         self._running |= history.sweep_open_runs(connection, servers().queues_on(connection))

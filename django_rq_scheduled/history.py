@@ -23,6 +23,7 @@ from django.db.models import F
 from django.utils import timezone as django_timezone
 from rq.utils import utcparse
 
+from . import metrics
 from .bulk import BulkWriter
 from .core import capture, keys, scripts
 from .models import SCHEDULE_MODELS, ScheduleBase
@@ -378,6 +379,7 @@ def send_signals(transitions: Iterable[Transition]) -> None:
     """``run_finished``, ``run_failed`` and ``run_skipped`` for the runs that reached them; a receiver that raises
     is logged and stops nothing."""
     for transition in transitions:
+        metrics.run_reached(transition.status)
         signal = SIGNALS.get(transition.status)
         if signal is None or not signal.has_listeners(type(transition.row)):
             continue

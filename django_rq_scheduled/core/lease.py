@@ -11,6 +11,7 @@ from redis import Redis
 
 from . import keys, scripts
 from .errors import LeadershipLost
+from .observer import SILENT, Observer
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class Lease:
         self.ttl = ttl
         self.token = keys.lease_token(name, uuid4().hex)
         self.held = False
+        self.observer: Observer = SILENT
         self._renewed_at = 0.0
         self._renew_script = connection.register_script(scripts.RENEW_LEASE)
         self._release_script = connection.register_script(scripts.RELEASE_LEASE)
@@ -38,6 +40,8 @@ class Lease:
         self.held = taken or bool(self._renew_script(keys=[keys.LOCK_KEY], args=[self.token, self.ms]))
         if self.held:
             self._renewed_at = time.monotonic()
+            if not taken:
+                self.observer.lease_renewed()
         return taken
 
     def release(self) -> bool:
@@ -52,6 +56,7 @@ class Lease:
             return
         if self._renew_script(keys=[keys.LOCK_KEY], args=[self.token, self.ms]):
             self._renewed_at = time.monotonic()
+            self.observer.lease_renewed()
         else:
             self.lose('the lease expired before it could be renewed')
             raise LeadershipLost('lease expired')

@@ -22,6 +22,7 @@ import redis
 
 from . import keys, scripts
 from .errors import REDIS_OUTAGE_ERRORS, REDIS_UNREACHABLE_ERRORS, LeadershipLost
+from .observer import SILENT, Observer
 from .scores import format_score
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ class Loop:
         self.wakeup = threading.Event()
         self.hooks: list[TickHook] = []
         self.stopped_by: int | None = None
+        self.observer: Observer = SILENT
+        self._observer_failed = False
         self._failing_hooks: set[TickHook] = set()
         self._arm_script = scheduler.connection.register_script(scripts.ARM_WAKEUP)
 
@@ -77,6 +80,7 @@ class Loop:
                     failures += 1
                     if isinstance(exc, REDIS_OUTAGE_ERRORS):
                         scheduler.lease.held = False
+                    self._observe_tick()
                     delay = backoff(failures)
                     _log_failure(exc, delay, first=failures == 1)
                     self.stop.wait(delay)
@@ -136,10 +140,12 @@ class Loop:
         self._heartbeat_or_log()
         leading = (scheduler.lease.held and scheduler.lease.still_ours()) or scheduler.acquire_lock()
         if not leading:
+            self._observe_tick()
             self.stop.wait(self._standby_wait())
             return False
         scheduler.move_due_jobs()
         self._run_tick_hooks()
+        self._observe_tick()
         if burst:
             return True
         self._sleep_until_next_due()
@@ -179,6 +185,14 @@ class Loop:
                 if hook in self._failing_hooks:
                     logger.info('Tick hook %r works again', hook)
                 self._failing_hooks.discard(hook)
+
+    def _observe_tick(self) -> None:
+        try:
+            self.observer.tick_done(self.scheduler)
+        except Exception:  # whoever watches the loop must not stop it from moving jobs
+            if not self._observer_failed:
+                logger.exception('The observer %r failed at the end of a tick; the loop goes on', self.observer)
+            self._observer_failed = True
 
     # -- sleeping and waking --------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NoReturn
@@ -25,6 +26,7 @@ from .errors import LeadershipLost
 from .jobs import Refusal
 from .lease import Lease
 from .moves import DEAD, ENQUEUED, UNREADABLE, Entry, Parsed, Planner
+from .observer import SILENT, EnqueuedJob, Observer, kind_of
 from .queues import Queues
 from .scores import guard_score
 
@@ -64,6 +66,27 @@ class Batch:
     def fast_entries(self) -> list[Entry]:
         """The entries the move script applies; the others go through RQ's own enqueue."""
         return [entry for entry in self.entries if not entry.slow_path]
+
+
+class EnqueuedJobs:
+    """The jobs a batch's move script enqueued, worked out only when an observer iterates them."""
+
+    def __init__(self, batch: Batch, move_reply: list[Any]) -> None:
+        self.batch = batch
+        self.move_reply = move_reply
+
+    def __iter__(self) -> Iterator[EnqueuedJob]:
+        results = iter(self.move_reply)
+        for item, entry in zip(self.batch.decoded, self.batch.entries):
+            if entry.slow_path:
+                continue
+            applied = next(results, None) == 1
+            if applied and entry.outcome == ENQUEUED and entry.enqueued_id and isinstance(item, Parsed):
+                yield enqueued_job(item)
+
+
+def enqueued_job(parsed: Parsed) -> EnqueuedJob:
+    return EnqueuedJob(parsed.raw[b'origin'].decode(errors='replace'), kind_of(parsed.meta), parsed.score)
 
 
 class PendingReplies:
@@ -141,6 +164,7 @@ class Mover:
         self.timezone = timezone
         self.refusal = refusal
         self.stop = stop
+        self.observer: Observer = SILENT
         self._move_script = connection.register_script(scripts.MOVE)
         self._read_due_script = connection.register_script(scripts.READ_DUE)
         self._scripts_loaded_on: redis.ConnectionPool | None = None
@@ -273,6 +297,7 @@ class Mover:
             self._raise_move_error(move_reply)
         before = report.count
         self._handle_results(batch.planner, batch.fast_entries, move_reply, report, fenced=fenced)
+        self.observer.jobs_enqueued(EnqueuedJobs(batch, move_reply), self.clock.now())
         for item, entry in zip(batch.decoded, batch.entries):
             if entry.slow_path and isinstance(item, Parsed):
                 self._move_slow_path(batch.planner, item, report, fenced=fenced)
@@ -400,6 +425,7 @@ class Mover:
                 logger.info('%s changed while being moved; trying again on the next pass', parsed.member)
                 return
         report.enqueued.append(parsed.member)
+        self.observer.jobs_enqueued([enqueued_job(parsed)], self.clock.now())
 
 
 def _report(entry: Entry, report: MoveReport) -> None:

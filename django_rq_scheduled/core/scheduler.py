@@ -31,6 +31,7 @@ from .jobs import JobBuilder, refusal_of, template_meta
 from .lease import Lease
 from .loop import Loop, TickHook
 from .mover import Mover, MoveReport, member_text
+from .observer import Observer
 from .queues import Queues, default_connection, validated_queue_name
 from .scores import UTC, floor_ms, format_score, from_score, to_score, until_score
 
@@ -152,6 +153,15 @@ class Scheduler(FixedKeys):
     @property
     def is_leader(self) -> bool:
         return self.lease.held
+
+    @property
+    def observer(self) -> Observer:
+        """Told of the loop's enqueued jobs, lease renewals and ticks (``core.observer``); silent by default."""
+        return self.loop.observer
+
+    @observer.setter
+    def observer(self, observer: Observer) -> None:
+        self.loop.observer = self.mover.observer = self.lease.observer = observer
 
     @property
     def callable_allowed(self) -> object:

@@ -201,3 +201,12 @@ def server_seconds(server_time: Any) -> float:
     if isinstance(server_time, (tuple, list)) and len(server_time) == 2:
         return float(server_time[0]) + float(server_time[1]) / 1e6
     return time.time()
+
+
+def backlog_and_dead_letters(connection: Any, now: float) -> tuple[int, int]:
+    """How many entries of the schedule are due at ``now`` and how many jobs are dead letters: one round trip."""
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.zcount(keys.SCHEDULED_JOBS_KEY, '-inf', repr(now))
+        pipe.hlen(keys.DEAD_LETTERS_KEY)
+        due, dead = pipe.execute()
+    return int(due), int(dead)

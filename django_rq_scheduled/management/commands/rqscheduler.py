@@ -14,6 +14,7 @@ from uuid import uuid4
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from django_rq_scheduled import metrics
 from django_rq_scheduled.conf import get_setting
 from django_rq_scheduled.core import _django, limits
 from django_rq_scheduled.core.loop import run_schedulers
@@ -42,6 +43,16 @@ def batch_size(value: str) -> int:
         raise argparse.ArgumentTypeError(f'expected a whole number, got {value!r}') from None
     if problem := limits.batch_size_problem(number):
         raise argparse.ArgumentTypeError(problem)
+    return number
+
+
+def port_number(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a port number, got {value!r}') from None
+    if not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f'a port is 1 to 65535, got {number}')
     return number
 
 
@@ -101,13 +112,32 @@ class Command(BaseCommand):
             type=batch_size,
             help='Due jobs moved per atomic batch (default: RQ_SCHEDULED["BATCH_SIZE"]).',
         )
+        parser.add_argument(
+            '--metrics-port',
+            type=port_number,
+            metavar='PORT',
+            help=f'Serve Prometheus metrics at /metrics on this port (needs {metrics.EXTRA}).',
+        )
+        parser.add_argument(
+            '--metrics-host',
+            default='127.0.0.1',
+            metavar='HOST',
+            help='Address the metrics are served on (default: 127.0.0.1; 0.0.0.0 for every interface).',
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options['verbosity'])
         schedulers = self._build_schedulers(options)
+        served = self._serve_metrics(options)
         for scheduler in schedulers:
-            hook = DatabaseSync(get_setting('RECONCILE_INTERVAL'), background=not options['burst'])
+            hook = DatabaseSync(
+                get_setting('RECONCILE_INTERVAL'),
+                background=not options['burst'],
+                on_reconciled=served.reconciled if served else None,
+            )
             scheduler.tick_hooks.append(hook)
+            if served:
+                scheduler.observer = served.observer_for(scheduler)
         pid_file = Path(options['pid']) if options['pid'] else None
         if pid_file:
             pid_file.write_text(str(os.getpid()))
@@ -124,6 +154,14 @@ class Command(BaseCommand):
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
             logger.addHandler(handler)
+
+    def _serve_metrics(self, options: dict[str, Any]) -> metrics.Metrics | None:
+        if options['metrics_port'] is None:
+            return None
+        try:
+            return metrics.serve(options['metrics_port'], options['metrics_host'], queues=self._queue_names(None))
+        except metrics.MetricsUnavailable as exc:
+            raise CommandError(str(exc)) from None
 
     def _queue_names(self, requested: list[str] | None) -> list[str]:
         known = list(getattr(settings, 'RQ_QUEUES', {}) or {})
