@@ -144,7 +144,7 @@ def entries(document: Any) -> list[Any]:
 
 
 def _kind(value: Any) -> str:
-    names: dict[type, str] = {dict: 'an object', list: 'a list', str: 'a text'}
+    names: dict[type, str] = {dict: 'an object', list: 'a list', str: 'a text', type(None): 'nothing'}
     return names.get(type(value), type(value).__name__)
 
 

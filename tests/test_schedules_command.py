@@ -352,6 +352,7 @@ HOSTILE = {
     'binary': (b'\x00\xff\xfe binary', 'The file is not UTF-8 text'),
     'cut JSON': (b'{"version": 1, "schedules": [', NOT_PARSED),
     'a list': (b'[1, 2, 3]', 'A document {"version": 1, "schedules": [...]} expected, got a list.'),
+    'empty': (b'', 'A document {"version": 1, "schedules": [...]} expected, got nothing.'),
     'words': (b'just words', 'A document {"version": 1, "schedules": [...]} expected, got a text.'),
     'no version': (b'{"schedules": []}', "got the keys ['schedules']"),
     'version 2': (b'{"version": 2, "schedules": []}', 'Version 2 of the format is unknown here; 1 expected.'),

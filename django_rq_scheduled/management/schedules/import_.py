@@ -35,6 +35,7 @@ def handle(command: BaseCommand, options: dict[str, Any]) -> int:
 def read(path: str) -> bytes:
     """At most one byte more than an import takes: enough to refuse a larger file without reading it all."""
     if path == '-':
-        return sys.stdin.buffer.read(MAX_IMPORT_BYTES + 1)
+        stdin = getattr(sys.stdin, 'buffer', None)  # a replaced sys.stdin may be text only
+        return stdin.read(MAX_IMPORT_BYTES + 1) if stdin else sys.stdin.read(MAX_IMPORT_BYTES + 1).encode()
     with open(path, 'rb') as file:
         return file.read(MAX_IMPORT_BYTES + 1)
