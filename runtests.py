@@ -35,6 +35,7 @@ POSTGRES_TESTS = (
     'tests/test_run_history.py',
     'tests/test_bulk.py',
     'tests/test_runs_admin.py',
+    'tests/test_schedules_command.py',
 )
 
 

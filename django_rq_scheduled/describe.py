@@ -1,7 +1,12 @@
-"""Schedules in words, for the admin: "every 15 minutes", "At 07:00, Monday through Friday (Europe/Paris)"."""
+"""Schedules in words, for the admin and the command line: "every 15 minutes", "At 07:00, Monday through Friday
+(Europe/Paris)"."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
+from django.utils import timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
@@ -37,3 +42,21 @@ def describe_cron(cron_string: str, timezone: str | None = None) -> str:
     except Exception:
         words = cron_string
     return _('%(words)s (%(zone)s)') % {'words': words, 'zone': timezone} if timezone else words
+
+
+def describe_schedule(row: Any) -> str:
+    """When ``row`` runs, in words, whatever its kind: "once, at ...", "every 5 minutes, 3 times", a cron's words."""
+    meta = row.schedule_meta()
+    if meta['kind'] == 'cron':
+        return describe_cron(meta['cron_string'], meta['timezone'])
+    if meta['kind'] == 'interval':
+        words = describe_interval(meta['interval'])
+        if row.repeat:
+            words += ngettext(', %d time', ', %d times', row.repeat) % row.repeat
+        return words
+    return _('once, at %(time)s') % {'time': local_time(row.scheduled_time)}
+
+
+def local_time(moment: datetime | None) -> str:
+    """A moment in the current time zone, to the second, with the zone's abbreviation; empty for none."""
+    return f'{timezone.localtime(moment):%Y-%m-%d %H:%M:%S %Z}' if moment else ''
