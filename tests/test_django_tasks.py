@@ -11,6 +11,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.test import override_settings
 from django.utils.module_loading import import_string
@@ -297,3 +298,27 @@ def test_without_django_tasks_the_app_imports_and_plain_callables_work():
     env = {**os.environ, 'DJANGO_SETTINGS_MODULE': 'tests.settings', 'PYTHONPATH': str(ROOT)}
     done = subprocess.run([sys.executable, '-c', BLOCKED], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.stdout.strip() == 'ok', done.stderr
+
+
+@pytest.mark.django_db
+def test_a_task_declared_in_code_is_a_row_of_its_function_path(monkeypatch):
+    from django_rq_scheduled import declared
+
+    monkeypatch.setattr(declared, '_decorated', {})
+    assert declared.every(minutes=5, args=[1, 2])(functions.add) is functions.add
+    assert declared._decorated[f'{PATH}.add'][0]['callable'] == f'{PATH}.add'
+    found = declared.declaration('sum', {'callable': functions.add, 'interval': 5, 'args': [1, 2]})
+    assert found.fields['callable'] == f'{PATH}.add'
+    with pytest.raises(declared.DeclarationError, match='args'):
+        declared.declaration('bad', {'callable': functions.add, 'interval': 5, 'args': [1]})
+
+
+@pytest.mark.django_db
+def test_a_change_of_the_tasks_backend_changes_the_rows_definition_digest():
+    row = ScheduledJob(name='t', callable=f'{PATH}.later', args=['x'], scheduled_time=datetime.now(UTC))
+    plain = ScheduledJob(name='p', callable='tests.tasks.add', args=[1, 2], scheduled_time=datetime.now(UTC))
+    before = row.version(), plain.version()
+    dummy_is_rq = {**settings.TASKS, 'dummy': {'BACKEND': 'django_tasks_rq.RQBackend'}}
+    with override_settings(TASKS=dummy_is_rq):
+        assert row.version() != before[0]
+        assert plain.version() == before[1]
