@@ -30,7 +30,7 @@ STACK = {
 DATABASES = ('sqlite', 'postgres')
 TEST_TOOLS = [
     'pytest>=8', 'pytest-django>=4.8', 'fakeredis[lua]>=2.26', 'time-machine>=2.13', 'hypothesis>=6.100',
-    'rq-scheduler==0.14.0', 'psycopg[binary]>=3.1',
+    'rq-scheduler==0.14.0', 'psycopg[binary]>=3.1', 'django-tasks>=0.12', 'django-tasks-rq>=0.12',
 ]  # fmt: skip
 MATRIX_TESTS = [
     'tests/test_models.py',
@@ -46,6 +46,7 @@ MATRIX_TESTS = [
     'tests/adversarial/test_api.py',
     'tests/adversarial/test_loop.py',
     'tests/adversarial/test_model_input.py',
+    'tests/test_django_tasks.py',
 ]
 # With the default suite (Django 5.2, latest, on SQLite and then PostgreSQL), these five cells make every pair of
 # values of any two axes meet at least once, in about a third of the time of all twelve.

@@ -21,6 +21,7 @@ from django.utils.module_loading import autodiscover_modules
 
 from .choices import UNIT_SECONDS
 from .conf import get_setting
+from .validators import callable_path
 
 if TYPE_CHECKING:
     from .models import ScheduleBase
@@ -88,7 +89,7 @@ def every(
 
 def _declare(definition: dict[str, Any], name: str | None) -> Callable[[F], F]:
     def register(function: F) -> F:
-        path = f'{function.__module__}.{function.__qualname__}'
+        path = callable_path(function)  # a Django Task's is its function's
         _decorated[name or path] = ({**definition, 'callable': path}, path)
         return function
 
@@ -147,9 +148,7 @@ def model_kind(model: type[ScheduleBase]) -> str:
 
 def _row_fields(name: str, kind: str, definition: dict[str, Any]) -> dict[str, Any]:
     fields = {key: value for key, value in definition.items() if key in OPTIONS or key == 'callable'}
-    if callable(fields['callable']):
-        function = fields['callable']
-        fields['callable'] = f'{function.__module__}.{function.__qualname__}'
+    fields['callable'] = callable_path(fields['callable'])
     if kind == 'cron':
         fields['cron_string'] = definition['cron']
         for option in ('timezone', 'repeat'):

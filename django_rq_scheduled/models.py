@@ -19,7 +19,7 @@ from django.db.models import Q
 from django.utils import timezone as django_timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import conf, validators
+from . import conf, task_calls, validators
 from .choices import FROM_DATABASE, UNIT_SECONDS, IntervalUnit, Overlap, Source
 from .core import cron, keys, scores
 from .core.jobs import TEMPLATE_FORMAT
@@ -214,6 +214,7 @@ class ScheduleBase(RowValidation, RunSummary):
     def definition(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.DEFINITION_FIELDS}
         values['template_format'] = TEMPLATE_FORMAT
+        values.update(task_calls.definition_of(self.callable))
         return {name: value.isoformat() if isinstance(value, datetime) else value for name, value in values.items()}
 
     def version(self) -> str:

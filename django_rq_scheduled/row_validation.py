@@ -12,7 +12,7 @@ from django.core.validators import EMPTY_VALUES
 from django.utils import timezone as django_timezone
 from django.utils.translation import gettext_lazy as _
 
-from . import validators
+from . import task_calls, validators
 
 
 def whole(value: Any) -> TypeGuard[int]:
@@ -76,6 +76,8 @@ class RowValidation(_Row):
                 validators.validate_printable(self.name)
             except ValidationError as exc:
                 errors['name'] = exc.messages
+        for name, messages in task_calls.row_errors(self).items():
+            errors.setdefault(name, messages)
         if errors:
             raise ValidationError(errors)
 

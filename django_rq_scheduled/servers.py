@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from rq.job import Job
 
+from . import task_calls
 from .core import capture
 from .core.jobs import template_meta
 from .core.queues import connection_identity
@@ -75,12 +76,15 @@ def _servers_for(queues_fingerprint: str) -> Servers:
 def template_job(scheduler: Scheduler, row: ScheduleBase, runs: int, *, late_from: float | None = None) -> Job:
     """The (unsaved) template of ``row`` after ``runs`` runs, built by the scheduler of its queue's server.
 
-    ``late_from``: see ``core.jobs.template_meta``.
+    ``late_from``: see ``core.jobs.template_meta``. A row naming a Django Task calls it through its backend
+    (``task_calls``).
     """
+    call = task_calls.call_of(row.callable, row.args, row.kwargs)
     job = scheduler.jobs.create(
-        row.callable,
-        args=row.args,
-        kwargs=row.kwargs,
+        call.func,
+        args=call.args,
+        kwargs=call.kwargs,
+        meta=call.meta,
         commit=False,
         result_ttl=row.result_ttl,
         ttl=row.ttl,

@@ -16,7 +16,7 @@ from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 
-from . import conf
+from . import conf, task_calls
 from .core import cron
 from .core.allowlist import CallableRefused
 
@@ -27,7 +27,10 @@ _JSON_INTEGER_LIMIT = 10**conf.MAX_JSON_INTEGER_DIGITS
 
 
 def callable_path(value: Any) -> Any:
-    """A function or other importable callable becomes its dotted path; strings are left as they are."""
+    """A function or other importable callable becomes its dotted path, a Django Task its function's; strings are
+    left as they are."""
+    if task_calls.is_task(value):
+        return value.module_path
     if callable(value) and hasattr(value, '__module__') and hasattr(value, '__qualname__'):
         return f'{value.__module__}.{value.__qualname__}'
     return value
@@ -60,7 +63,7 @@ def _check_importable(path: str) -> None:
         target = import_string(path)
     except Exception as exc:  # whatever the module raises at import time
         raise CallableRefused(repr(exc), 'not_importable') from exc
-    if not callable(target):
+    if not callable(target) and not task_calls.is_task(target):
         raise CallableRefused(f'{path} is not callable', 'not_callable')
 
 

@@ -96,3 +96,10 @@ if os.environ.get('DRQS_TEST_RECONCILE_INTERVAL'):
     RQ_SCHEDULED['RECONCILE_INTERVAL'] = float(os.environ['DRQS_TEST_RECONCILE_INTERVAL'])
 
 LOGGING_CONFIG = None
+
+# Django Tasks (tests/test_django_tasks.py): harmless when django-tasks is not installed, read only by its backends.
+TASKS = {
+    'default': {'BACKEND': 'django_tasks_rq.RQBackend', 'QUEUES': ['default', 'high']},
+    'immediate': {'BACKEND': 'django_tasks.backends.immediate.ImmediateBackend'},
+    'dummy': {'BACKEND': 'django_tasks.backends.dummy.DummyBackend'},
+}

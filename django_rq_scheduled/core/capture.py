@@ -5,11 +5,16 @@ and manual run carries them. They run in whichever process RQ runs callbacks (th
 up an abandoned job) and need no Django settings: a plain ``rq worker`` that can import this package records as
 much as django-rq's ``rqworker``. A callback appends one compact record to ``keys.OUTCOMES_KEY``; the leader reads
 the records into ``Run`` rows (``django_rq_scheduled.history``).
+
+RQ takes one callback per event. A job that needs its own as well (a Django Task's: its backend's callbacks send
+``task_finished``) names them in its meta (``keys.CHAINED_CALLBACKS_META_KEY``), and ours calls them after recording:
+the record is written whatever they do, and an error of theirs is logged, never changing the run's outcome.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import traceback
 from datetime import datetime, timezone
@@ -19,8 +24,11 @@ from typing import Any
 from redis import Redis
 from rq import Callback
 from rq.job import Job
+from rq.utils import import_attribute
 
 from . import keys
+
+logger = logging.getLogger(__name__)
 
 SUCCESS, FAILURE, STOPPED = 'finished', 'failed', 'stopped'
 WORKER_DIED = 'worker died'
@@ -39,6 +47,7 @@ def callbacks() -> dict[str, Any]:
 
 def record_success(job: Job, connection: Redis, result: Any, *args: Any, **kwargs: Any) -> None:
     _append(connection, outcome(job, SUCCESS))
+    _call_chained(job, 'on_success', connection, result, *args, **kwargs)
 
 
 def record_failure(
@@ -52,10 +61,23 @@ def record_failure(
 ) -> None:
     name = exc_type.__name__ if exc_type is not None else ''
     _append(connection, outcome(job, FAILURE, reason=_REASONS.get(name, ''), error=error_text(exc_type, exc_value, tb)))
+    _call_chained(job, 'on_failure', connection, exc_type, exc_value, tb, *args, **kwargs)
 
 
 def record_stopped(job: Job, connection: Redis, *args: Any, **kwargs: Any) -> None:
     _append(connection, outcome(job, STOPPED, reason='stopped by hand'))
+    _call_chained(job, 'on_stopped', connection, *args, **kwargs)
+
+
+def _call_chained(job: Job, event: str, *arguments: Any, **options: Any) -> None:
+    chain = job.meta.get(keys.CHAINED_CALLBACKS_META_KEY)
+    path = chain.get(event) if isinstance(chain, dict) else None
+    if not isinstance(path, str):
+        return
+    try:
+        import_attribute(path)(job, *arguments, **options)
+    except Exception:  # theirs to fix; the outcome is recorded already
+        logger.exception('The %s callback %s of job %s failed', event, path, job.id)
 
 
 def outcome(job: Job, status: str, *, reason: str = '', error: str = '') -> dict[str, Any]:

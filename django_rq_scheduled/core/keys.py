@@ -37,6 +37,11 @@ META_KEY = 'django_rq_scheduled'
 SCHEDULING_META_KEYS = ('interval', 'cron_string', 'repeat', 'use_local_timezone', META_KEY)
 """The meta keys that make a job periodic (rq-scheduler's and ours): a run of a template does not inherit them."""
 
+CHAINED_CALLBACKS_META_KEY = 'django_rq_scheduled_chain'
+"""A meta key of a template and of its runs: the dotted paths of RQ callbacks that ``capture`` calls after
+recording an outcome (``{'on_success': path, 'on_failure': path}``), for jobs that need callbacks of their own (a
+Django Task's backend). Outside ``META_KEY``, so every run of the template inherits it."""
+
 JOB_ID_PATTERN = re.compile(r'[A-Za-z0-9_-]+')
 
 
