@@ -24,13 +24,10 @@ from django.utils.module_loading import import_string
 from django.utils.translation import gettext as _
 
 from . import conf
-from .core import keys
+from .core import capture, keys
 
 TASK_MODULES = ('django.tasks.base', 'django_tasks.base')
-RQ_BACKEND_CALLBACKS = {
-    'on_success': 'django_tasks_rq.backend.success_callback',
-    'on_failure': 'django_tasks_rq.backend.failed_callback',
-}
+RQ_BACKEND_CALLBACKS = capture.CHAINABLE
 
 
 @functools.cache

@@ -249,7 +249,10 @@ def test_the_bridge_never_enqueues_what_is_not_an_allowed_task(redis_url, connec
     assert 'is not a Django Task' in failures[1]
 
 
-def test_the_backends_callback_runs_after_the_outcome_is_recorded_and_its_error_is_only_logged(fake_connection, caplog):
+def test_the_backends_callback_runs_after_the_outcome_is_recorded_and_its_error_is_only_logged(
+    fake_connection, caplog, monkeypatch
+):
+    monkeypatch.setitem(capture.CHAINABLE, 'on_success', 'tests.test_django_tasks.chained_that_fails')
     job = Job.create('tests.tasks.add', connection=fake_connection, id='j')
     job.meta[keys.CHAINED_CALLBACKS_META_KEY] = {'on_success': 'tests.test_django_tasks.chained_that_fails'}
     with caplog.at_level(logging.ERROR, logger=capture.__name__):
@@ -322,3 +325,16 @@ def test_a_change_of_the_tasks_backend_changes_the_rows_definition_digest():
     with override_settings(TASKS=dummy_is_rq):
         assert row.version() != before[0]
         assert plain.version() == before[1]
+
+
+def test_a_callback_to_chain_that_is_not_the_rq_backends_is_never_called(caplog):
+    import fakeredis
+
+    job = Job.create('tests.tasks.add', connection=fakeredis.FakeRedis())
+    job.meta[keys.CHAINED_CALLBACKS_META_KEY] = {
+        'on_success': 'os.system',
+        'on_failure': capture.CHAINABLE['on_success'],
+    }
+    capture._call_chained(job, 'on_success', None, 'rm -rf /')
+    capture._call_chained(job, 'on_failure', None, None, None, None)  # the success callback named for failures
+    assert caplog.text.count('not one we chain') == 2

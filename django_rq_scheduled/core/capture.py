@@ -31,6 +31,11 @@ from . import keys
 logger = logging.getLogger(__name__)
 
 SUCCESS, FAILURE, STOPPED = 'finished', 'failed', 'stopped'
+CHAINABLE = {
+    'on_success': 'django_tasks_rq.backend.success_callback',
+    'on_failure': 'django_tasks_rq.backend.failed_callback',
+}
+"""The callbacks ours may call after recording, by event: those of django-tasks-rq's backend (``task_calls``)."""
 WORKER_DIED = 'worker died'
 TIMEOUT = 'timeout'
 _REASONS = {'AbandonedJobError': WORKER_DIED, 'JobTimeoutException': TIMEOUT, 'HorseMonitorTimeoutException': TIMEOUT}
@@ -72,7 +77,10 @@ def record_stopped(job: Job, connection: Redis, *args: Any, **kwargs: Any) -> No
 def _call_chained(job: Job, event: str, *arguments: Any, **options: Any) -> None:
     chain = job.meta.get(keys.CHAINED_CALLBACKS_META_KEY)
     path = chain.get(event) if isinstance(chain, dict) else None
-    if not isinstance(path, str):
+    if path is None:
+        return
+    if path != CHAINABLE.get(event):  # meta is anyone's to write who can write to Redis: call nothing else
+        logger.warning('Job %s names a callback to chain that is not one we chain (%r); not called', job.id, path)
         return
     try:
         import_attribute(path)(job, *arguments, **options)
