@@ -3,6 +3,7 @@ statuses it is told to, then 200), and one that accepts connections and never an
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import socket
@@ -74,19 +75,34 @@ class Recorder(ThreadingHTTPServer):
 
 
 class Hanging:
-    """Listens and never accepts: a client connects (the kernel's backlog takes it), sends, and waits for ever."""
+    """Accepts connections, reads nothing and never answers: a client sends its request and waits for ever (until
+    its own timeout). Counts the connections it holds."""
 
     def __init__(self) -> None:
         self.socket = socket.socket()
         self.socket.bind(('127.0.0.1', 0))
         self.socket.listen(1000)
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._hold, daemon=True).start()
+
+    def _hold(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return  # closed
+            self.held.append(connection)
 
     @property
     def url(self) -> str:
         return f'http://127.0.0.1:{self.socket.getsockname()[1]}/hook'
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread (close alone does not, on Linux)
         self.socket.close()
+        for connection in self.held:
+            connection.close()
 
 
 def sentry_items(requests: list[Request], kind: str = 'check_in') -> list[dict[str, Any]]:
