@@ -52,6 +52,9 @@ from tests.http_servers import Hanging  # noqa: E402
 from tests.processes import OutputReader, scheduler_process, wait_for  # noqa: E402
 
 NO_ALERTS = 'no alerts'
+SYNC_MARGIN = 0.01
+"""Seconds per row of the round allowed for writing the rows and syncing them to Redis before the first is due: a
+job due before its template reached Redis would count the sync as the loop's lateness."""
 HANGING = 'alerts to a hanging webhook'
 
 
@@ -78,8 +81,9 @@ def alert_settings(url: str | None) -> list[dict[str, Any]]:
 
 
 def add_rows(config: Config, prefix: str) -> dict[str, float]:
-    """The round's rows, due at random instants over the window from 1.5 s on; their template ids and due times."""
-    start = time.time() + 1.5
+    """The round's rows, due at random instants over the window once they are all in Redis; their template ids and
+    due times."""
+    start = time.time() + 2.0 + config.jobs * SYNC_MARGIN
     rng = random.Random(7)
     rows = [
         ScheduledJob(
@@ -89,6 +93,7 @@ def add_rows(config: Config, prefix: str) -> dict[str, float]:
         for i in range(config.jobs)
     ]  # fmt: skip
     created = ScheduledJob.objects.bulk_create(rows)  # synced to Redis as the transaction commits
+    check(time.time() < start, f'the rows took {time.time() - start:.1f} s too long to reach Redis')
     return {row.template_id: row.scheduled_time.timestamp() for row in created}
 
 
