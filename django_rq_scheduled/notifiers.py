@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import time
@@ -152,7 +153,7 @@ def post(url: str, body: bytes | None, headers: dict[str, str], timeout: float) 
             return response.status, f'HTTP {response.status}'
     except urllib.error.HTTPError as exc:
         return exc.code, f'HTTP {exc.code}'
-    except (OSError, ValueError) as exc:  # refused, reset, timed out, DNS; URLError is an OSError
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, reset, timed out, DNS, garbled
         return None, repr(exc)
 
 
