@@ -293,7 +293,11 @@ def sentry():
     sentry_sdk = pytest.importorskip('sentry_sdk')
     server = Recorder()
     port = server.server_address[1]
-    sentry_sdk.init(dsn=f'http://public@127.0.0.1:{port}/1', default_integrations=False)
+    # No integration: sentry-sdk's RQ integration would patch RQ's enqueue for the rest of the run (it adds trace
+    # headers to every job's meta, which tests/test_interop.py rightly refuses).
+    sentry_sdk.init(
+        dsn=f'http://public@127.0.0.1:{port}/1', default_integrations=False, auto_enabling_integrations=False
+    )
     yield server
     sentry_sdk.get_client().close()
     sentry_sdk.init()  # no DSN: inactive again
