@@ -1,6 +1,7 @@
 """What alerts cost the loop: the enqueue lateness of a real ``manage.py rqscheduler`` while every run fails and
 every failure is an alert to a webhook that hangs (a server that accepts and never answers, with a heartbeat to it
-too), against the same loop without alerts; the two alternate round after round.
+too), against the same loop without alerts, and that loop again as a control (how far the p99s of two identical
+systems differ on this machine); the three alternate round after round.
 
 Each round: one-off schedule rows (ScheduledJob, a job that raises) due at random instants over the window, a real
 ``rq worker`` running them as they come, and the leader reading their failures in (``ALERT_AFTER_FAILURES`` = 1: one
@@ -52,6 +53,7 @@ from tests.http_servers import Hanging  # noqa: E402
 from tests.processes import OutputReader, scheduler_process, wait_for  # noqa: E402
 
 NO_ALERTS = 'no alerts'
+CONTROL = 'no alerts, again (control)'
 SYNC_MARGIN = 0.01
 """Seconds per row of the round allowed for writing the rows and syncing them to Redis before the first is due: a
 job due before its template reached Redis would count the sync as the loop's lateness."""
@@ -135,6 +137,7 @@ def run(config: Config) -> dict:
             measures = {
                 NO_ALERTS: functools.partial(a_round, connection, server.url, config, None, NO_ALERTS),
                 HANGING: functools.partial(a_round, connection, server.url, config, hanging, HANGING),
+                CONTROL: functools.partial(a_round, connection, server.url, config, None, CONTROL),
             }
             results = alternate(config.rounds, measures)
             connection.connection_pool.disconnect()
@@ -149,12 +152,16 @@ def run(config: Config) -> dict:
         'p99_ms': p99,
         'p99_ratio': pooled[HANGING] / pooled[NO_ALERTS] if pooled[NO_ALERTS] else None,
         'p99_ratio_per_round': [h / n if n else None for h, n in zip(p99[HANGING], p99[NO_ALERTS])],
+        # The same loop twice: how far two p99s of identical systems differ on this machine.
+        'control_p99_ratio': pooled[CONTROL] / pooled[NO_ALERTS] if pooled[NO_ALERTS] else None,
+        'control_p99_ratio_per_round': [c / n if n else None for c, n in zip(p99[CONTROL], p99[NO_ALERTS])],
     }
 
 
 def report(data: dict) -> str:
     config = data['config']
     ratios = [ratio for ratio in data['p99_ratio_per_round'] if ratio is not None]
+    controls = [ratio for ratio in data['control_p99_ratio_per_round'] if ratio is not None]
     lines = [
         f'## Enqueue lateness with and without alerts ({config["jobs"]} failing one-off jobs due over '
         f'{config["window"]:.0f} s per round, {config["rounds"]} rounds, alternating)',
@@ -163,8 +170,11 @@ def report(data: dict) -> str:
         '',
         f'p99 with alerts to a hanging webhook / p99 without alerts: {data["p99_ratio"]:.2f} pooled'
         + (f', {spread(ratios, ".2f")} per round' if ratios else '')
-        + '. Every run fails and each failure is an alert (ALERT_AFTER_FAILURES = 1); the webhook accepts the '
-        'connection and never answers (timeout 5 s, 3 retries), and a heartbeat every second goes to it too.',
+        + f'; the control (the same loop without alerts, again) / p99 without alerts: {data["control_p99_ratio"]:.2f}'
+        + (f' pooled, {spread(controls, ".2f")} per round' if controls else ' pooled')
+        + ', the noise of two identical systems. Every run fails and each failure is an alert '
+        '(ALERT_AFTER_FAILURES = 1); the webhook accepts the connection and never answers (timeout 5 s, 3 retries), '
+        'and a heartbeat every second goes to it too.',
         '',
         'Median lateness per round, ms: '
         + '; '.join(

@@ -217,7 +217,7 @@ def test_the_alerts_benchmark_alternates_with_and_without_alerts_and_counts_ever
     data, stdout = run_benchmark('bench.alerts', 'smoke', tmp_path)
     assert '## Enqueue lateness with and without alerts' in stdout and 'p99 with alerts' in stdout
     config = data['config']
-    assert set(data['lateness']) == {'no alerts', 'alerts to a hanging webhook'}
+    assert set(data['lateness']) == {'no alerts', 'alerts to a hanging webhook', 'no alerts, again (control)'}
     for name, rounds in data['lateness'].items():
         assert len(rounds) == config['rounds'], name
         for round_ in rounds:
@@ -225,4 +225,4 @@ def test_the_alerts_benchmark_alternates_with_and_without_alerts_and_counts_ever
             assert round_['counts']['due'] == round_['counts']['enqueued'] == round_['counts']['failed_runs'] == jobs
             assert len(round_['lateness_ms']) == jobs
     assert all(r['counts']['webhook_connections'] > 0 for r in data['lateness']['alerts to a hanging webhook'])
-    assert len(data['p99_ratio_per_round']) == config['rounds']
+    assert len(data['p99_ratio_per_round']) == len(data['control_p99_ratio_per_round']) == config['rounds']
