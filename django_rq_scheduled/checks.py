@@ -9,7 +9,8 @@ from django.conf import settings
 from django.core.checks import Error, Warning, register
 from django.db.models import Field
 
-from .conf import DEFAULTS, RUN_HISTORY_LIMITS, health_token_problem
+from . import alert_config
+from .conf import DEFAULTS, MAX_ALERT_AFTER_FAILURES, RUN_HISTORY_LIMITS, health_token_problem
 from .core import limits
 from .core.cron import CronError, get_zone
 
@@ -71,6 +72,19 @@ def _setting_problems(config: dict[str, Any]) -> list[str]:
             get_zone(zone)
         except CronError:
             problems.append(f'TIMEZONE must be an IANA time zone name, got {zone!r}')
+    return problems + _alert_setting_problems(config)
+
+
+def _alert_setting_problems(config: dict[str, Any]) -> list[str]:
+    problems = []
+    after = config.get('ALERT_AFTER_FAILURES', 1)
+    if isinstance(after, bool) or not isinstance(after, int) or not 1 <= after <= MAX_ALERT_AFTER_FAILURES:
+        problems.append(
+            f'ALERT_AFTER_FAILURES must be a whole number from 1 to {MAX_ALERT_AFTER_FAILURES:,}, got {after!r}'
+        )
+    base = config.get('ADMIN_BASE_URL')
+    if base is not None and (problem := alert_config.url_problem(base)):
+        problems.append(f'ADMIN_BASE_URL {problem}')
     return problems
 
 
@@ -143,4 +157,35 @@ def check_code_schedules(app_configs: Any = None, **kwargs: Any) -> list[Error]:
         declarations()
     except DeclarationError as exc:
         return [Error(str(exc), hint='See "Schedules in code" in the docs.', id=f'{APP}.E020')]
+    return []
+
+
+@register()
+def check_alerts(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    config = getattr(settings, 'RQ_SCHEDULED', {})
+    if not isinstance(config, dict):
+        return []  # E001
+    return [
+        Error(problem, hint='See the Alerts page of the docs; the leader leaves this notifier out.', id=f'{APP}.{code}')
+        for code, problem in alert_config.problems(config.get('ALERTS', []))
+    ]
+
+
+@register()
+def check_sentry_installed(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    config = getattr(settings, 'RQ_SCHEDULED', {})
+    entries = alert_config.parsed(config.get('ALERTS', [])) if isinstance(config, dict) else []
+    if not any(entry['notifier'] == 'sentry_crons' for entry in entries):
+        return []
+    try:
+        import sentry_sdk  # noqa: F401
+    except ImportError:
+        return [
+            Warning(
+                "RQ_SCHEDULED['ALERTS'] has a sentry_crons notifier, but sentry-sdk is not installed: no check-in "
+                'is sent.',
+                hint='pip install "django-rq-scheduled[sentry]", and call sentry_sdk.init() in your settings.',
+                id=f'{APP}.W010',
+            )
+        ]
     return []

@@ -90,6 +90,23 @@ SETTINGS: dict[str, Setting] = {
         '``python -c "import secrets; print(secrets.token_urlsafe(32))"``. ``None`` lets staff users only. See '
         ':doc:`monitoring`.',
     ),
+    'ALERT_AFTER_FAILURES': Setting(
+        3,
+        'Failed runs in a row after which a schedule is failing: the leader sends ``schedule_failing`` and the '
+        '``ALERTS`` notifiers tell of it once, then ``schedule_recovered`` at its next success (1 to 1,000,000). '
+        'See :doc:`alerts`.',
+    ),
+    'ALERTS': Setting(
+        [],
+        "Where the leader tells of failing and recovered schedules, and pings a dead-man's switch: a list of "
+        "notifiers, e.g. ``[{'notifier': 'mail_admins'}, {'notifier': 'webhook', 'url': 'https://...'}]``. See "
+        ':doc:`alerts`.',
+    ),
+    'ADMIN_BASE_URL': Setting(
+        None,
+        "The admin's scheme and host, e.g. ``'https://ops.example.com'``, put before the links of alerts to a "
+        "schedule's runs; ``None`` leaves them as paths (``/admin/...``).",
+    ),
 }
 DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in SETTINGS.items()}
 
@@ -106,6 +123,7 @@ MAX_INTERVAL_SECONDS = 36_525 * 86_400  # 100 years of 365.25 days
 MAX_JSON_DEPTH = 100
 # Of the run history's settings: a century of days, a million runs per schedule.
 RUN_HISTORY_LIMITS = {'RUN_HISTORY_DAYS': 36_500, 'RUN_HISTORY_PER_SCHEDULE': 1_000_000}
+MAX_ALERT_AFTER_FAILURES = 1_000_000
 # Python refuses to convert longer integers to text (sys.int_info.default_max_str_digits), so JSON cannot hold them.
 MAX_JSON_INTEGER_DIGITS = 4300
 

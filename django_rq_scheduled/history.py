@@ -23,7 +23,7 @@ from django.db.models import F
 from django.utils import timezone as django_timezone
 from rq.utils import utcparse
 
-from . import metrics
+from . import alerts, metrics
 from .bulk import BulkWriter
 from .core import capture, keys, scripts
 from .models import SCHEDULE_MODELS, ScheduleBase
@@ -244,6 +244,7 @@ class Transition:
     row: ScheduleBase
     run: RunRow
     status: str
+    alert: alerts.StateChange | None = None
 
 
 def record_facts(facts: Sequence[Fact], *, using: str = 'default') -> list[Transition]:
@@ -278,6 +279,7 @@ def record_facts(facts: Sequence[Fact], *, using: str = 'default') -> list[Trans
         _give_ids(list(created.values()), writer)
         for names, runs_changed in _by_changed_fields(changed.values()).items():
             writer.update(Run, runs_changed, names)
+        alerts.mark_state_changes(transitions)
         _write_summaries(transitions, writer)
     return transitions
 
@@ -302,7 +304,7 @@ def _schedule_rows(facts: Iterable[Fact], using: str) -> dict[tuple[type[Schedul
     rows = {}
     for model, pks in wanted.items():
         found = model._base_manager.using(using).select_for_update().filter(pk__in=pks)
-        if not any(signal.has_listeners(model) for signal in SIGNALS.values()):
+        if not any(signal.has_listeners(model) for signal in SIGNALS.values()) and not alerts.wants_whole_rows(model):
             found = found.only('pk', 'name', 'queue', *SUMMARY_FIELDS)  # receivers get whole rows
         for row in found:
             rows[model, row.pk] = row
@@ -387,6 +389,7 @@ def send_signals(transitions: Iterable[Transition]) -> None:
         for receiver, result in signal.send_robust(sender=type(transition.row), schedule=transition.row, run=run):
             if isinstance(result, Exception):
                 logger.error('A receiver of a run signal (%r) raised for %s', receiver, run, exc_info=result)
+    alerts.announce(transitions)
 
 
 # -- runs nobody reported on -----------------------------------------------------------------------------------

@@ -26,6 +26,13 @@ run_failed = Signal()
 run_skipped = Signal()
 """An occurrence was not run: the previous run still going (overlap), or too late (misfire grace)."""
 
+# Sent by the leader once per change of state, not per run, with the same keyword arguments: ``run`` is the run
+# that changed it. See docs/alerts.rst.
+schedule_failing = Signal()
+"""A schedule's failed runs in a row reached ``ALERT_AFTER_FAILURES``."""
+schedule_recovered = Signal()
+"""A failing schedule's first success."""
+
 
 def validate_before_save(sender: type, instance: Any, raw: bool = False, **kwargs: Any) -> None:
     # pre_save also runs for fixtures (raw=True) and for plain ORM saves, which never call full_clean().

@@ -7,6 +7,7 @@ memory by default), or PostgreSQL when ``DRQS_TEST_POSTGRES_URL`` is set, e.g.
 database ``test_<name>``, created and dropped by pytest-django).
 """
 
+import json
 import os
 from urllib.parse import unquote, urlsplit
 
@@ -94,6 +95,10 @@ if _SENTINELS:
 RQ_SCHEDULED: dict = {}
 if os.environ.get('DRQS_TEST_RECONCILE_INTERVAL'):
     RQ_SCHEDULED['RECONCILE_INTERVAL'] = float(os.environ['DRQS_TEST_RECONCILE_INTERVAL'])
+if os.environ.get('DRQS_TEST_ALERTS'):
+    RQ_SCHEDULED['ALERTS'] = json.loads(os.environ['DRQS_TEST_ALERTS'])
+if os.environ.get('DRQS_TEST_ALERT_AFTER_FAILURES'):
+    RQ_SCHEDULED['ALERT_AFTER_FAILURES'] = int(os.environ['DRQS_TEST_ALERT_AFTER_FAILURES'])
 
 LOGGING_CONFIG = None
 

@@ -211,3 +211,18 @@ def test_the_run_history_benchmark_counts_every_run(tmp_path):
         assert {run['outcome_records'] for run in systems['without capture']} == {0}
     assert set(data['ingestion']) == {'backlog', 'in turn'}
     assert all(len(passes) == rounds for passes in data['ingestion'].values())
+
+
+def test_the_alerts_benchmark_alternates_with_and_without_alerts_and_counts_every_run(tmp_path):
+    data, stdout = run_benchmark('bench.alerts', 'smoke', tmp_path)
+    assert '## Enqueue lateness with and without alerts' in stdout and 'p99 with alerts' in stdout
+    config = data['config']
+    assert set(data['lateness']) == {'no alerts', 'alerts to a hanging webhook', 'no alerts, again (control)'}
+    for name, rounds in data['lateness'].items():
+        assert len(rounds) == config['rounds'], name
+        for round_ in rounds:
+            jobs = config['jobs']
+            assert round_['counts']['due'] == round_['counts']['enqueued'] == round_['counts']['failed_runs'] == jobs
+            assert len(round_['lateness_ms']) == jobs
+    assert all(r['counts']['webhook_connections'] > 0 for r in data['lateness']['alerts to a hanging webhook'])
+    assert len(data['p99_ratio_per_round']) == len(data['control_p99_ratio_per_round']) == config['rounds']

@@ -14,7 +14,7 @@ from uuid import uuid4
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from django_rq_scheduled import metrics
+from django_rq_scheduled import alerts, metrics
 from django_rq_scheduled.conf import get_setting
 from django_rq_scheduled.core import _django, limits
 from django_rq_scheduled.core.loop import run_schedulers
@@ -141,6 +141,7 @@ class Command(BaseCommand):
         pid_file = Path(options['pid']) if options['pid'] else None
         if pid_file:
             pid_file.write_text(str(os.getpid()))
+        alerts.beat_while_leading(schedulers)  # the heartbeat notifiers of ALERTS
         try:
             run_schedulers(schedulers, burst=options['burst'])
         finally:
