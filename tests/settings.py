@@ -97,6 +97,8 @@ if os.environ.get('DRQS_TEST_RECONCILE_INTERVAL'):
     RQ_SCHEDULED['RECONCILE_INTERVAL'] = float(os.environ['DRQS_TEST_RECONCILE_INTERVAL'])
 if os.environ.get('DRQS_TEST_ALERTS'):
     RQ_SCHEDULED['ALERTS'] = json.loads(os.environ['DRQS_TEST_ALERTS'])
+if os.environ.get('DRQS_TEST_SCHEDULES'):
+    RQ_SCHEDULED['SCHEDULES'] = json.loads(os.environ['DRQS_TEST_SCHEDULES'])
 if os.environ.get('DRQS_TEST_ALERT_AFTER_FAILURES'):
     RQ_SCHEDULED['ALERT_AFTER_FAILURES'] = int(os.environ['DRQS_TEST_ALERT_AFTER_FAILURES'])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -343,3 +344,31 @@ def test_the_sync_command_prints_the_diff_and_exits_0_or_1_naming_the_schedule(c
     with schedules(bad={**HOURLY, 'queue': 'nowhere'}):
         status, out, err = run()
     assert (status, out) == (1, '') and "Schedule 'bad' declared in code: queue:" in err
+
+
+COUNT_CODE_ROWS = """
+from django_rq_scheduled.models import CronJob, RepeatableJob
+print(CronJob.objects.filter(source='code').count(), RepeatableJob.objects.filter(source='code').count())
+"""
+
+
+@pytest.mark.integration
+def test_two_schedulers_starting_together_make_each_code_row_once(redis_url, connection):
+    import json
+
+    from tests.processes import django_shell, scheduler_process, stop, wait_for
+
+    env = {'DRQS_TEST_SCHEDULES': json.dumps({'hourly': HOURLY, 'minutely': EVERY_MINUTE})}
+    processes = [scheduler_process(redis_url, '--interval', '0.1', name=f'node-{i}', env=env) for i in range(2)]
+    try:
+        wait_for(lambda: django_shell(redis_url, COUNT_CODE_ROWS, env) == '1 1', timeout=60, step=0.5)
+        wait_for(lambda: connection.hlen(keys.VERSIONS_KEY) == 2, timeout=30)
+        processes.append(scheduler_process(redis_url, '--interval', '0.1', name='node-late', env=env))
+        stop(processes.pop(0))  # the leader goes: another takes over and syncs again, finding nothing to do
+        time.sleep(3)
+        assert django_shell(redis_url, COUNT_CODE_ROWS, env) == '1 1'
+    finally:
+        for process in processes:
+            stop(process)
+    output = ''.join(process.stdout.read() for process in processes if process.stdout)
+    assert 'Traceback' not in output, output
