@@ -88,3 +88,22 @@ def run_worker(url: str, *queues: str, timeout: float = 60) -> subprocess.Comple
         command += ['--worker-class', os.environ['DRQS_TEST_WORKER_CLASS']]
     env = {**os.environ, 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=True)
+
+
+@pytest.fixture
+def leader(connection):
+    """An in-process leader: moves what is due, then reads runs in as ``manage.py rqscheduler`` does each tick."""
+    from django_rq_scheduled import Scheduler
+    from django_rq_scheduled.feedback import DatabaseSync
+
+    scheduler = Scheduler(queue_name='default')
+    assert scheduler.acquire_lock()
+    hook = DatabaseSync(reconcile_interval=3600, background=False)
+
+    def tick() -> None:
+        scheduler.move_due_jobs()
+        hook(scheduler)
+
+    tick.scheduler = scheduler  # type: ignore[attr-defined]
+    tick.hook = hook  # type: ignore[attr-defined]
+    return tick

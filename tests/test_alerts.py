@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from django_rq_scheduled import Scheduler, alerts
+from django_rq_scheduled import alerts
 from django_rq_scheduled.core import keys
-from django_rq_scheduled.feedback import DatabaseSync
 from django_rq_scheduled.models import RepeatableJob, Run
 from django_rq_scheduled.notifiers import (
     DELIVERY_HEADER,
@@ -36,20 +35,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 UTC = timezone.utc
 SECRET = 'a-shared-secret-for-the-tests'
-
-
-@pytest.fixture
-def leader(connection):
-    """An in-process leader: moves what is due, then reads runs in as ``manage.py rqscheduler`` does each tick."""
-    scheduler = Scheduler(queue_name='default')
-    assert scheduler.acquire_lock()
-    hook = DatabaseSync(reconcile_interval=3600, background=False)
-
-    def tick() -> None:
-        scheduler.move_due_jobs()
-        hook(scheduler)
-
-    return tick
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from rq.job import Job
 
 from django_rq_scheduled import Scheduler, conf, task_calls
 from django_rq_scheduled.core import capture, keys
-from django_rq_scheduled.feedback import DatabaseSync
 from django_rq_scheduled.models import RepeatableJob, Run, ScheduledJob
 from tests.conftest import ROOT
 
@@ -33,20 +32,6 @@ from tests import django_task_functions as functions
 
 UTC = timezone.utc
 PATH = 'tests.django_task_functions'
-
-
-@pytest.fixture
-def leader(connection):
-    """An in-process leader: moves what is due, then reads runs in, as ``manage.py rqscheduler`` does each tick."""
-    scheduler = Scheduler(queue_name='default')
-    assert scheduler.acquire_lock()
-    hook = DatabaseSync(reconcile_interval=3600, background=False)
-
-    def tick() -> None:
-        scheduler.move_due_jobs()
-        hook(scheduler)
-
-    return tick
 
 
 def due_now(callable: str, **options: object) -> ScheduledJob:

@@ -44,22 +44,6 @@ def every_minute(name: str = 'job', callable: str = 'tests.tasks.add', **options
     return row
 
 
-@pytest.fixture
-def leader(connection):
-    """An in-process leader: moves what is due, then reads runs in as ``manage.py rqscheduler`` does each tick."""
-    scheduler = Scheduler(queue_name='default')
-    assert scheduler.acquire_lock()
-    hook = DatabaseSync(reconcile_interval=3600, background=False)
-
-    def tick() -> None:
-        scheduler.move_due_jobs()
-        hook(scheduler)
-
-    tick.scheduler = scheduler  # type: ignore[attr-defined]
-    tick.hook = hook  # type: ignore[attr-defined]
-    return tick
-
-
 def test_a_run_that_succeeds_is_recorded_with_its_worker_times_and_summary(leader, redis_url):
     row = every_minute()
     leader()

@@ -27,6 +27,12 @@ def models_of(kind: str | None) -> list[type[ScheduleBase]]:
     return [KINDS[kind]] if kind else list(KINDS.values())
 
 
+def add_name_arguments(parser: argparse.ArgumentParser) -> None:
+    """NAME and ``--kind``: how the subcommands about one schedule name it."""
+    parser.add_argument('name', metavar='NAME', help='The name of the schedule.')
+    add_kind_argument(parser, 'The kind of the schedule, when the name is used by several kinds.')
+
+
 def find(name: str, kind: str | None = None) -> ScheduleBase:
     """The one row named ``name`` (of ``kind``); NotFound when there is none, or one in each of several kinds."""
     found = [row for model in models_of(kind) if (row := model.objects.filter(name=name).first()) is not None]

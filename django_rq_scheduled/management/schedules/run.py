@@ -9,14 +9,13 @@ import redis
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand
 
-from ._rows import NotFound, add_kind_argument, find
+from ._rows import NotFound, add_name_arguments, find
 
 HELP = 'Enqueue one run of a schedule now (the next scheduled run does not move); print its job id.'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('name', metavar='NAME', help='The name of the schedule.')
-    add_kind_argument(parser, 'The kind of the schedule, when the name is used by several kinds.')
+    add_name_arguments(parser)
 
 
 def handle(command: BaseCommand, options: dict[str, Any]) -> int:

@@ -12,15 +12,14 @@ from django_rq_scheduled.definitions import definition_of
 from django_rq_scheduled.describe import describe_schedule, local_time
 from django_rq_scheduled.models import Run, ScheduleBase
 
-from ._rows import NotFound, add_kind_argument, find, kind_of, table
+from ._rows import NotFound, add_name_arguments, find, kind_of, table
 
 HELP = 'Show a schedule: its definition, its next 5 fire times and its last 10 runs.'
 NEXT_RUNS, LAST_RUNS = 5, 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('name', metavar='NAME', help='The name of the schedule.')
-    add_kind_argument(parser, 'The kind of the schedule, when the name is used by several kinds.')
+    add_name_arguments(parser)
 
 
 def handle(command: BaseCommand, options: dict[str, Any]) -> int:
