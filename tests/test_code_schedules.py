@@ -373,3 +373,72 @@ def test_two_schedulers_starting_together_make_each_code_row_once(redis_url, con
             stop(process)
     output = ''.join(process.stdout.read() for process in processes if process.stdout)
     assert 'Traceback' not in output, output
+
+
+@pytest.mark.parametrize(
+    ('declared_schedules', 'words'),
+    [
+        (['hourly'], 'a dict from names to definitions expected, got list'),
+        ({7: HOURLY}, 'a schedule name must be a non-empty string'),
+        ({'': HOURLY}, 'a schedule name must be a non-empty string'),
+        ({'x' * 129: HOURLY}, 'name:'),
+        ({'bell\x07': HOURLY}, 'name:'),
+        ({'hourly': {**HOURLY, 'enabled': 'perhaps'}}, 'enabled:'),
+        ({'hourly': {**HOURLY, 'repeat': -1}}, 'repeat:'),
+        ({'hourly': {**HOURLY, 'timeout': 10**30}}, 'timeout:'),
+        ({'hourly': {**HOURLY, 'cron': None}}, 'cron_string:'),
+        ({'hourly': {**HOURLY, 'kwargs': {'a': float('nan')}}}, 'kwargs:'),
+    ],
+)
+def test_hostile_settings_are_refused_naming_what_is_wrong(declared_schedules, words):
+    with override_settings(RQ_SCHEDULED={'SCHEDULES': declared_schedules}), pytest.raises(DeclarationError) as caught:
+        sync_code_schedules()
+    assert words in str(caught.value)
+    assert not CronJob.objects.exists()
+
+
+def test_a_decorated_function_outside_the_allow_list_is_refused(connection):
+    installed = override_settings(INSTALLED_APPS=['tests.code_app', *_installed()])
+    allowed = override_settings(RQ_SCHEDULED={'ALLOWED_CALLABLES': ['tests.tasks.*']})
+    with installed, allowed, pytest.raises(DeclarationError, match='callable'):
+        sync_code_schedules()
+    assert not RepeatableJob.objects.exists() and not CronJob.objects.exists()
+
+
+def test_a_sync_while_redis_is_down_keeps_the_rows_and_reconciliation_writes_the_templates(connection, monkeypatch):
+    import redis
+
+    from django_rq_scheduled import sync
+
+    def redis_down(*args: object, **kwargs: object) -> None:
+        raise redis.ConnectionError('Redis is away')
+
+    monkeypatch.setattr(sync, 'sync_rows', redis_down)
+    with schedules(hourly=HOURLY):
+        sync_code_schedules()
+    assert CronJob.objects.get().source == 'code' and versions(connection) == {}
+    monkeypatch.undo()
+    sync.reconcile(connection=connection)
+    row = CronJob.objects.get()
+    assert versions(connection) == {row.template_id: row.version()}
+
+
+def test_the_leader_syncs_the_code_again_at_its_next_tick_when_the_database_was_away(connection, monkeypatch):
+    from django.db import OperationalError as DatabaseAway
+
+    from django_rq_scheduled import Scheduler, feedback
+
+    scheduler = Scheduler(queue_name='default')
+    assert scheduler.acquire_lock()
+    hook = DatabaseSync(reconcile_interval=3600, background=False)
+
+    def database_away(**kwargs: object) -> None:
+        raise DatabaseAway('the database is away')
+
+    monkeypatch.setattr(feedback, 'sync_code_schedules', database_away)
+    with schedules(hourly=HOURLY), pytest.raises(DatabaseAway):
+        hook(scheduler)
+    monkeypatch.undo()
+    with schedules(hourly=HOURLY):
+        hook(scheduler)
+    assert CronJob.objects.get().source == 'code'
