@@ -195,6 +195,7 @@ class ScheduleAdmin(CodeRowsAdmin, admin.ModelAdmin):
         return [
             (_('What to run'), {'fields': (*origin, 'name', 'callable', 'args', 'kwargs', 'queue', 'enabled')}),
             (_('When'), {'fields': (*self.when_fields, 'upcoming_runs')}),
+            (_('Policies'), {'classes': ('collapse',), 'fields': self.model.policy_fields()}),
             (
                 _('Options'),
                 {

@@ -1,4 +1,5 @@
-"""The choices of the schedule fields: what to do on overlap, and the units of an interval with their seconds."""
+"""The choices of the schedule fields: what to do on overlap and after downtime, and the units of an interval with
+their seconds."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from django.utils.translation import gettext_lazy as _
 class Overlap(models.TextChoices):
     ALLOW = 'allow', _('Allow: enqueue every run')
     SKIP = 'skip', _('Skip a run while the previous one is queued or running')
+    BUFFER_ONE = 'buffer_one', _('Buffer one: keep one run waiting until the previous one ends')
+    CANCEL_OTHER = 'cancel_other', _('Cancel other: cancel or stop the previous run, then run the new one')
+
+
+class Catchup(models.TextChoices):
+    LATEST = 'latest', _('Latest: one run for all the slots missed')
+    NONE = 'none', _('None: skip every slot missed')
+    ALL = 'all', _('All: each slot missed once, oldest first, up to the catch-up limit')
 
 
 FROM_DATABASE, FROM_CODE = 'db', 'code'

@@ -17,13 +17,15 @@ from django.utils import timezone as django_timezone
 
 from .choices import FROM_CODE
 from .conf import get_setting
-from .declared import OPTIONS, Declaration, DeclarationError, declarations, model_kind
+from .declared import OPTIONS, PERIODIC_OPTIONS, Declaration, DeclarationError, declarations, model_kind
 from .models import SCHEDULE_MODELS, RepeatableJob, ScheduleBase
 
 logger = logging.getLogger(__name__)
 
 DECLARABLE = (
-    OPTIONS | {'callable', 'cron_string', 'timezone', 'repeat', 'interval', 'interval_unit', 'scheduled_time'}
+    OPTIONS
+    | PERIODIC_OPTIONS
+    | {'callable', 'cron_string', 'timezone', 'repeat', 'interval', 'interval_unit', 'scheduled_time'}
 ) - {'unit', 'start'}
 """Every row field a declaration may set; a field it leaves out goes back to the field's default."""
 

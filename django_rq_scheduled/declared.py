@@ -34,12 +34,20 @@ decorators are imported by tasks modules, maybe before the app's models are read
 OPTIONS = frozenset(
     {
         'args', 'kwargs', 'queue', 'timeout', 'result_ttl', 'ttl', 'at_front', 'description', 'misfire_grace',
-        'overlap', 'enabled',
+        'overlap', 'enabled', 'retries', 'retry_delays',
     }
 )  # fmt: skip
 """Row options any declaration may set."""
-KIND_OPTIONS = {'cron': {'timezone', 'repeat'}, 'interval': {'unit', 'repeat', 'start'}, 'at': set()}
-"""Options of one kind only: ``unit`` and ``start`` (the first run) of an interval, the cron's time zone."""
+PERIODIC_OPTIONS = frozenset({'jitter', 'valid_from', 'valid_until', 'catchup', 'catchup_limit'})
+"""The policies of periodic schedules (``policies.RunPolicy``)."""
+MOMENTS = ('valid_from', 'valid_until')
+KIND_OPTIONS = {
+    'cron': {'timezone', 'repeat', *PERIODIC_OPTIONS},
+    'interval': {'unit', 'repeat', 'start', *PERIODIC_OPTIONS},
+    'at': set(),
+}
+"""Options of some kinds only: ``unit`` and ``start`` (the first run) of an interval, the cron's time zone, the
+policies of periodic schedules."""
 UNITS = tuple(sorted(UNIT_SECONDS, key=UNIT_SECONDS.__getitem__, reverse=True))
 
 
@@ -162,6 +170,9 @@ def _row_fields(name: str, kind: str, definition: dict[str, Any]) -> dict[str, A
             fields['scheduled_time'] = _moment(name, 'start', definition['start'])
     else:
         fields['scheduled_time'] = _moment(name, 'at', definition['at'])
+    for option in PERIODIC_OPTIONS & set(definition):
+        value = definition[option]
+        fields[option] = _moment(name, option, value) if option in MOMENTS and value is not None else value
     return fields
 
 

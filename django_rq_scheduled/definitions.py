@@ -19,7 +19,7 @@ from django.utils import timezone as django_timezone
 
 from .choices import FROM_CODE, FROM_DATABASE
 from .code_sync import DECLARABLE
-from .declared import Declaration, DeclarationError, declaration, model_kind
+from .declared import PERIODIC_OPTIONS, Declaration, DeclarationError, declaration, model_kind
 from .models import SCHEDULE_MODELS, ScheduleBase
 
 FORMAT_VERSION = 1
@@ -28,7 +28,7 @@ MAX_IMPORT_BYTES = 10 * 1024 * 1024
 YAML_EXTRA = 'YAML needs PyYAML: pip install "django-rq-scheduled[yaml]"'
 ROW_OPTIONS = (
     'args', 'kwargs', 'queue', 'timeout', 'result_ttl', 'ttl', 'at_front', 'misfire_grace', 'overlap', 'description',
-    'enabled',
+    'enabled', 'retries', 'retry_delays',
 )  # fmt: skip
 
 
@@ -52,15 +52,21 @@ def definition_of(row: ScheduleBase) -> dict[str, Any]:
 def _timing(row: Any) -> dict[str, Any]:
     kind = model_kind(type(row))
     if kind == 'cron':
-        return {'cron': row.cron_string, 'timezone': row.timezone, 'repeat': row.repeat}
+        return {'cron': row.cron_string, 'timezone': row.timezone, 'repeat': row.repeat, **_run_policies(row)}
     if kind == 'interval':
         return {
             'interval': row.interval,
             'unit': row.interval_unit,
             'start': _iso(row.scheduled_time),
             'repeat': row.repeat,
+            **_run_policies(row),
         }
     return {'at': _iso(row.scheduled_time)}
+
+
+def _run_policies(row: Any) -> dict[str, Any]:
+    values = {option: getattr(row, option) for option in sorted(PERIODIC_OPTIONS)}
+    return {option: _iso(value) if isinstance(value, datetime) else value for option, value in values.items()}
 
 
 def _iso(moment: datetime) -> str:

@@ -23,6 +23,7 @@ from . import conf, task_calls, validators
 from .choices import FROM_DATABASE, UNIT_SECONDS, IntervalUnit, Overlap, Source
 from .core import cron, keys, scores
 from .core.jobs import TEMPLATE_FORMAT
+from .policies import RetryPolicy, RunPolicy
 from .querysets import LOOP_FIELDS, ScheduleQuerySet
 from .row_validation import RowValidation, whole
 from .runs import Run, RunSummary
@@ -60,7 +61,7 @@ def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
     return models.CheckConstraint(check=condition, name=name)  # type: ignore[call-arg,unused-ignore]
 
 
-class ScheduleBase(RowValidation, RunSummary):
+class ScheduleBase(RowValidation, RunSummary, RetryPolicy):
     """What every kind of schedule shares: what to run, where, with which RQ options, run feedback and the summary
     of its runs' outcomes (``RunSummary``)."""
 
@@ -120,7 +121,7 @@ class ScheduleBase(RowValidation, RunSummary):
     )
     overlap = models.CharField(
         _('overlap'),
-        max_length=8,
+        max_length=12,
         choices=Overlap.choices,
         default=Overlap.ALLOW,
         help_text=_('What to do when a run is due while the previous one is still queued or running.'),
@@ -155,7 +156,7 @@ class ScheduleBase(RowValidation, RunSummary):
 
     DEFINITION_FIELDS: tuple[str, ...] = (
         'callable', 'args', 'kwargs', 'queue', 'timeout', 'result_ttl', 'ttl', 'at_front', 'description',
-        'misfire_grace', 'overlap',
+        'misfire_grace', 'overlap', *RetryPolicy.RETRY_FIELDS,
     )  # fmt: skip
 
     class Meta:
@@ -210,6 +211,17 @@ class ScheduleBase(RowValidation, RunSummary):
     def schedule_meta(self) -> dict[str, Any]:
         """What makes this kind of schedule: ``core.jobs.template_meta``'s kind and timing arguments."""
         raise NotImplementedError
+
+    @classmethod
+    def policy_fields(cls) -> tuple[str, ...]:
+        return cls.RETRY_FIELDS
+
+    def policy_meta(self) -> dict[str, Any]:
+        """The policies the loop applies to each run (``policies``), for our part of the template's meta."""
+        return self.retry_meta()
+
+    def policy_errors(self) -> dict[str, Any]:
+        return self.retry_errors()
 
     def definition(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.DEFINITION_FIELDS}
@@ -283,8 +295,8 @@ class ScheduledJob(ScheduleBase):
         return [] if self.has_run or not self.scheduled_time else [self.scheduled_time][:count]
 
 
-class PeriodicSchedule(ScheduleBase):
-    """What the periodic schedules share: a number of runs in total."""
+class PeriodicSchedule(RunPolicy, ScheduleBase):
+    """What the periodic schedules share: a number of runs in total, and the policies of ``RunPolicy``."""
 
     repeat = models.PositiveIntegerField(
         _('repeat'),
@@ -294,8 +306,20 @@ class PeriodicSchedule(ScheduleBase):
         help_text=_('How many runs in total; empty for ever.'),
     )
 
+    DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, *RunPolicy.RUN_POLICY_FIELDS)
+
     class Meta(ScheduleBase.Meta):
         abstract = True
+
+    @classmethod
+    def policy_fields(cls) -> tuple[str, ...]:
+        return (*cls.RETRY_FIELDS, *cls.RUN_POLICY_FIELDS)
+
+    def policy_meta(self) -> dict[str, Any]:
+        return {**self.retry_meta(), **self.run_policy_meta()}
+
+    def policy_errors(self) -> dict[str, Any]:
+        return {**self.retry_errors(), **self.run_policy_errors()}
 
     @property
     def remaining_runs(self) -> int | None:
@@ -324,7 +348,7 @@ class RepeatableJob(PeriodicSchedule):
         help_text=_('The unit of the interval.'),
     )  # fmt: skip
 
-    DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'scheduled_time', 'interval', 'interval_unit', 'repeat')
+    DEFINITION_FIELDS = (*PeriodicSchedule.DEFINITION_FIELDS, 'scheduled_time', 'interval', 'interval_unit', 'repeat')
 
     class Meta(PeriodicSchedule.Meta):
         verbose_name = _('repeatable job')
@@ -394,7 +418,7 @@ class CronJob(PeriodicSchedule):
         help_text=_('The IANA time zone the cron string is read in, e.g. "Europe/Paris".'),
     )
 
-    DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'cron_string', 'timezone', 'repeat')
+    DEFINITION_FIELDS = (*PeriodicSchedule.DEFINITION_FIELDS, 'cron_string', 'timezone', 'repeat')
 
     class Meta(PeriodicSchedule.Meta):
         verbose_name = _('cron job')

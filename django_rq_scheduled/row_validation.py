@@ -37,6 +37,10 @@ class RowValidation(_Row):
     timeout: Any
     ttl: Any
 
+    def policy_errors(self) -> dict[str, Any]:
+        """The errors of the row's policies (``policies``), beyond their fields' own validators."""
+        return {}
+
     def clean_fields(self, exclude: Any = None) -> None:
         # A function object is accepted for `callable` and stored as its dotted path.
         self.callable = validators.callable_path(self.callable)
@@ -76,6 +80,8 @@ class RowValidation(_Row):
                 validators.validate_printable(self.name)
             except ValidationError as exc:
                 errors['name'] = exc.messages
+        for name, messages in self.policy_errors().items():
+            errors.setdefault(name, messages)
         for name, messages in task_calls.row_errors(self).items():
             errors.setdefault(name, messages)
         if errors:

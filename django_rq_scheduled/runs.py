@@ -86,10 +86,18 @@ class Run(models.Model):
     fire_time = models.DateTimeField(
         _('fire time'), null=True, blank=True, help_text=_('The slot the run was due at; empty for runs by hand.')
     )
+    delay = models.FloatField(
+        _('jitter delay'), null=True, blank=True,
+        help_text=_('Seconds the run was held back after its slot by the schedule\'s jitter.'),
+    )  # fmt: skip
     enqueued_at = models.DateTimeField(_('enqueued at'), null=True, blank=True)
     started_at = models.DateTimeField(_('started at'), null=True, blank=True)
     ended_at = models.DateTimeField(_('ended at'), null=True, blank=True)
     worker = models.CharField(_('worker'), max_length=255, blank=True)
+    attempts = models.PositiveSmallIntegerField(
+        _('attempts'), null=True, blank=True,
+        help_text=_('How many times the job was started: more than 1 after retries; empty before its first start.'),
+    )  # fmt: skip
     error = models.TextField(
         _('error'), blank=True, help_text=_("The exception's type and message, then its traceback (cut to 8,000).")
     )

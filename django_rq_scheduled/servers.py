@@ -107,6 +107,7 @@ def template_job(scheduler: Scheduler, row: ScheduleBase, runs: int, *, late_fro
             record=True,
             owner=row.owner,
             version=row.version(),
+            **row.policy_meta(),
         )
     )
     return job

@@ -16,6 +16,7 @@ from django.urls import reverse
 from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import keys
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
+from tests.admin_forms import POLICY_DEFAULTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -81,7 +82,7 @@ def test_bad_cron_string_shows_a_field_error_and_saves_nothing(admin_client_, co
     url = reverse('admin:django_rq_scheduled_cronjob_add')
     data = {
         'name': 'broken', 'callable': 'tests.tasks.add', 'args': '[]', 'kwargs': '{}', 'queue': 'default',
-        'enabled': 'on', 'cron_string': '61 * * * *', 'timezone': 'UTC', 'overlap': 'allow',
+        'enabled': 'on', 'cron_string': '61 * * * *', 'timezone': 'UTC', 'overlap': 'allow', **POLICY_DEFAULTS,
     }  # fmt: skip
     response = admin_client_.post(url, data)
     assert response.status_code == 200
@@ -109,6 +110,7 @@ def test_wrong_json_type_of_arguments_is_explained_on_the_field(admin_client_, c
     data = {
         'name': 'typo', 'callable': 'tests.tasks.add', 'args': '[]', 'kwargs': '{}', 'queue': 'default',
         'enabled': 'on', 'cron_string': '*/5 * * * *', 'timezone': 'UTC', 'overlap': 'allow', field: typed,
+        **POLICY_DEFAULTS,
     }  # fmt: skip
     response = admin_client_.post(reverse('admin:django_rq_scheduled_cronjob_add'), data)
     assert response.status_code == 200

@@ -22,6 +22,7 @@ from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import keys, moves, scores
 from django_rq_scheduled.core.jobs import template_meta
 from django_rq_scheduled.models import RepeatableJob
+from tests.admin_forms import POLICY_DEFAULTS
 from tests.processes import OutputReader, django_shell, kill, queue_ids, scheduler_process, stop, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -180,6 +181,7 @@ def test_the_admin_form_starts_a_repeatable_job_now_and_it_runs_at_once(client, 
     data = {
         'name': 'clumsy', 'callable': 'tests.tasks.add', 'args': '[1, 2]', 'kwargs': '{}', 'queue': 'default',
         'enabled': 'on', 'interval': '15', 'interval_unit': 'minutes', 'overlap': 'allow', 'misfire_grace': '5',
+        **POLICY_DEFAULTS,
         'scheduled_time_0': f'{initial:%Y-%m-%d}', 'scheduled_time_1': f'{initial:%H:%M:%S}',
     }  # fmt: skip
     assert client.post(url, data).status_code == 302  # saved as the form came, a moment later

@@ -94,6 +94,17 @@ VALID = {
     'repeat': st.one_of(st.none(), st.integers(min_value=1, max_value=100)),
     'cron_string': st.sampled_from(['* * * * *', '0 3 * * *', '*/5 * * * *', '30 2 * * 1-5', '0 0 1 1 *']),
     'timezone': st.sampled_from(['UTC', 'Europe/Paris', 'America/New_York', 'Australia/Sydney']),
+    'retries': st.integers(min_value=0, max_value=100),
+    'retry_delays': st.lists(st.integers(min_value=0, max_value=86_400), max_size=5),
+    'jitter': st.integers(min_value=0, max_value=86_400),
+    'valid_from': st.one_of(
+        st.none(), st.datetimes(datetime(2001, 1, 1), datetime(2040, 1, 1), timezones=st.just(UTC))
+    ),
+    'valid_until': st.one_of(
+        st.none(), st.datetimes(datetime(2050, 1, 1), datetime(2090, 1, 1), timezones=st.just(UTC))
+    ),
+    'catchup': st.sampled_from(['latest', 'none', 'all']),
+    'catchup_limit': st.integers(min_value=1, max_value=10_000),
 }
 cron_fields = st.sampled_from(['*', '*/5', '0', '1-5', '7', '59', '61', '*/0', 'a', '?', '1,2', '-1'])
 EDGES = {
@@ -107,9 +118,35 @@ EDGES = {
     'timezone': st.one_of(st.sampled_from(['Mars/Base', '', '../etc', 'utc']), st.text(max_size=8)),
     'scheduled_time': st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1)),  # naive
     'interval': st.integers(min_value=5000, max_value=10**6),  # over 100 years in weeks
+    'retries': st.integers(min_value=101, max_value=10**6),
+    'retry_delays': st.one_of(
+        st.lists(st.integers(min_value=-(10**6), max_value=10**6), min_size=1, max_size=3),
+        st.lists(st.just(1), min_size=101, max_size=102),
+        st.lists(st.floats(), min_size=1, max_size=2),
+        st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+    ),
+    'jitter': st.integers(min_value=86_401, max_value=10**9),
+    'valid_from': st.datetimes(min_value=datetime(2001, 1, 1), max_value=datetime(2090, 1, 1)),  # naive
+    'valid_until': st.datetimes(datetime(2001, 1, 1), datetime(2090, 1, 1), timezones=st.just(UTC)),  # maybe early
+    'catchup': st.sampled_from(['LATEST', 'every', '']),
+    'catchup_limit': st.integers(min_value=-5, max_value=10**6),
 }
-TEXT_FIELDS = ('name', 'callable', 'queue', 'description', 'overlap', 'interval_unit', 'cron_string', 'timezone')
-NUMBER_FIELDS = ('timeout', 'result_ttl', 'ttl', 'misfire_grace', 'interval', 'repeat')
+TEXT_FIELDS = (
+    'name', 'callable', 'queue', 'description', 'overlap', 'interval_unit', 'cron_string', 'timezone', 'catchup',
+)  # fmt: skip
+NUMBER_FIELDS = (
+    'timeout',
+    'result_ttl',
+    'ttl',
+    'misfire_grace',
+    'interval',
+    'repeat',
+    'retries',
+    'jitter',
+    'catchup_limit',
+)
+WINDOW = frozenset({'valid_from', 'valid_until'})
+"""A window is refused as a whole (its end before its start): either end being wild may blame the other."""
 # What the database or Python's datetimes cannot hold, by the kind of field.
 HOSTILE = {
     **dict.fromkeys(TEXT_FIELDS, hostile_text),
@@ -117,6 +154,9 @@ HOSTILE = {
     'args': hostile_json.map(lambda value: [value]),
     'kwargs': hostile_json.map(lambda value: {'a': value}),
     'scheduled_time': extreme_times,
+    'valid_from': extreme_times,
+    'valid_until': extreme_times,
+    'retry_delays': hostile_json.map(lambda value: [value]),
 }
 REQUIRED = {
     ScheduledJob: ('name', 'callable', 'scheduled_time'),
@@ -125,12 +165,13 @@ REQUIRED = {
 }
 COMMON = (
     'args', 'kwargs', 'queue', 'enabled', 'timeout', 'result_ttl', 'ttl', 'at_front', 'description',
-    'misfire_grace', 'overlap',
+    'misfire_grace', 'overlap', 'retries', 'retry_delays',
 )  # fmt: skip
+PERIODIC = ('jitter', 'valid_from', 'valid_until', 'catchup', 'catchup_limit')
 OPTIONAL = {
     ScheduledJob: COMMON,
-    RepeatableJob: (*COMMON, 'interval_unit', 'repeat'),
-    CronJob: (*COMMON, 'timezone', 'repeat'),
+    RepeatableJob: (*COMMON, *PERIODIC, 'interval_unit', 'repeat'),
+    CronJob: (*COMMON, *PERIODIC, 'timezone', 'repeat'),
 }
 
 
@@ -170,6 +211,8 @@ def same_json(stored, given):
 
 def check_row(model, row_and_wild_fields, connection):
     values, wild_fields = row_and_wild_fields
+    if wild_fields & WINDOW:
+        wild_fields = wild_fields | WINDOW
     model.objects.all().delete()
     connection.flushdb()
     try:

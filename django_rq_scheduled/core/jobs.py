@@ -20,6 +20,7 @@ from rq.utils import parse_timeout
 
 from . import keys, limits, payloads, scripts
 from .allowlist import AllowList
+from .limits import OVERLAP_POLICIES
 from .queues import validated_queue_name
 from .scores import format_score
 
@@ -36,7 +37,6 @@ RESERVED_KWARGS = (
     'on_failure',
     'at_front',
 )
-OVERLAP_POLICIES = ('allow', 'skip')
 Refusal = Callable[[str], 'str | None']
 """Why a callable path may not run (None: it may)."""
 

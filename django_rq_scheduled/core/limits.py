@@ -19,6 +19,19 @@ MAX_NAME_LENGTH = 200
 MAX_ERROR_CHARS = 8_000
 """Of a failed run's error text (headline and traceback) recorded by the worker: its end is kept when cut."""
 
+MAX_RETRIES = 100
+"""Retries of one run: more is a loop, not a retry."""
+MAX_RETRY_DELAYS = 100
+"""Entries of a schedule's list of retry delays (the last one is used for every later retry)."""
+MAX_RETRY_DELAY = MAX_SECONDS
+MAX_JITTER = MAX_SECONDS
+"""Seconds a run may be held back at random after its slot (never up to the next slot)."""
+DEFAULT_CATCHUP_LIMIT = 100
+MAX_CATCHUP_LIMIT = 10_000
+"""Missed slots run one by one after downtime (catch-up ``all``); older ones are recorded as skipped."""
+OVERLAP_POLICIES = ('allow', 'skip', 'buffer_one', 'cancel_other')
+CATCHUP_POLICIES = ('latest', 'none', 'all')
+
 DEFAULT_LEASE_TTL = 5.0
 DEFAULT_BATCH_SIZE = 500
 
@@ -46,6 +59,18 @@ def to_seconds(value: object, argument: str, *, at_most: float | None = MAX_SECO
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     assert isinstance(seconds, (int, float))
     return round(float(seconds), 3)
+
+
+def retry_delays_problem(value: object) -> str | None:
+    """Why ``value`` is no list of retry delays: whole seconds from 0 to MAX_RETRY_DELAY, at most MAX_RETRY_DELAYS."""
+    if not isinstance(value, list):
+        return f'expected a list of seconds, e.g. [10, 60, 300], got {value!r}'
+    if len(value) > MAX_RETRY_DELAYS:
+        return f'at most {MAX_RETRY_DELAYS} delays, got {len(value)}'
+    for delay in value:
+        if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= MAX_RETRY_DELAY:
+            return f'each delay must be a whole number of seconds from 0 to {MAX_RETRY_DELAY:,}, got {delay!r}'
+    return None
 
 
 def batch_size_problem(value: object) -> str | None:

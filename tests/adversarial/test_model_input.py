@@ -24,6 +24,7 @@ from django.urls import reverse
 from django_rq_scheduled import conf
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduleBase, ScheduledJob
 from django_rq_scheduled.sync import reconcile
+from tests.admin_forms import POLICY_DEFAULTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -229,12 +230,12 @@ def test_json_at_the_nesting_limit_is_accepted(connection):
 FORM_DATA: dict[type[ScheduleBase], dict[str, str]] = {
     CronJob: {
         'name': 'typed', 'callable': 'tests.tasks.add', 'args': '[]', 'kwargs': '{}', 'queue': 'default',
-        'enabled': 'on', 'cron_string': '*/5 * * * *', 'timezone': 'UTC', 'overlap': 'allow',
+        'enabled': 'on', 'cron_string': '*/5 * * * *', 'timezone': 'UTC', 'overlap': 'allow', **POLICY_DEFAULTS,
     },
     RepeatableJob: {
         'name': 'typed', 'callable': 'tests.tasks.add', 'args': '[]', 'kwargs': '{}', 'queue': 'default',
         'enabled': 'on', 'scheduled_time_0': '2031-01-01', 'scheduled_time_1': '00:00:00', 'interval': '5',
-        'interval_unit': 'minutes', 'overlap': 'allow',
+        'interval_unit': 'minutes', 'overlap': 'allow', **POLICY_DEFAULTS,
     },
 }  # fmt: skip
 ADMIN_CASES = [
