@@ -23,6 +23,8 @@ DEAD_LETTERS_KEY = 'rq:drqs:dead_letters'
 WAKEUP_KEYS = (SCHEDULED_JOBS_KEY, NEXT_WAKEUP_KEY, WAKEUP_KEY)
 """The keys of a write that may wake a sleeping leader (``scripts.SCHEDULE`` and others): schedule, wake-ups."""
 INSTANCES_KEY = 'rq:drqs:instances'
+LEADER_BEAT_KEY = 'rq:drqs:leader_beat'
+"""Seconds between the heartbeats of the last scheduler that took the lead, at most (its ticks' longest sleep)."""
 RUNS_KEY = 'rq:drqs:runs'
 """The loop's record of each occurrence it decided on (enqueued or skipped), read into rows by the leader."""
 OUTCOMES_KEY = 'rq:drqs:outcomes'

@@ -197,7 +197,7 @@ class Loop:
     # -- sleeping and waking --------------------------------------------------------------------------------
 
     def _standby_wait(self) -> float:
-        return min(self.scheduler.interval, self.scheduler.lease.ttl / 3)
+        return self.scheduler.beat_period
 
     def _longest_sleep(self) -> float:
         longest = self._standby_wait()

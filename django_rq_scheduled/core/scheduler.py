@@ -439,8 +439,13 @@ class Scheduler(FixedKeys):
         """Takes (or renews) the leader lease; False if another scheduler, or rq-scheduler, holds the lock."""
         if self.lease.acquire():
             logger.info('Scheduler %s is now the leader', self.name)
-            self.instances.record_leadership()
+            self.instances.record_leadership(self.beat_period)
         return self.lease.held
+
+    @property
+    def beat_period(self) -> float:
+        """The longest a leader's tick sleeps, so the longest between two heartbeats (and lease renewals)."""
+        return min(self.interval, self.lease.ttl / 3)
 
     def remove_lock(self) -> bool:
         """Releases the lease if, and only if, this instance still holds it."""
