@@ -443,8 +443,7 @@ class Scheduler(FixedKeys):
         return self.lease.held
 
     @property
-    def beat_period(self) -> float:
-        """The longest a leader's tick sleeps, so the longest between two heartbeats (and lease renewals)."""
+    def beat_period(self) -> float:  # the longest a tick sleeps: the longest between two heartbeats
         return min(self.interval, self.lease.ttl / 3)
 
     def remove_lock(self) -> bool:
