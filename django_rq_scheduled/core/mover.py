@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import keys, scripts
+from . import buffers, keys, overlap, scripts
 from .clock import ServerClock
 from .errors import LeadershipLost
 from .jobs import Refusal
@@ -47,11 +47,12 @@ class MoveReport:
     enqueued: list[str] = field(default_factory=list)
     dead: list[str | bytes] = field(default_factory=list)
     skipped: list[str | bytes] = field(default_factory=list)
+    buffered: list[str | bytes] = field(default_factory=list)
     batches: int = 0
 
     @property
     def count(self) -> int:
-        return len(self.enqueued) + len(self.dead) + len(self.skipped)
+        return len(self.enqueued) + len(self.dead) + len(self.skipped) + len(self.buffered)
 
 
 @dataclass
@@ -180,6 +181,7 @@ class Mover:
         """
         report = MoveReport()
         now = self.clock.now()
+        self.release_buffered(now, report)
         pairs, fields = self.read_due(now, count=2 * self.batch_size)
         current = self.plan_batch(pairs[: self.batch_size], fields[: self.batch_size], now)
         ahead = (pairs[self.batch_size :], fields[self.batch_size :], now)
@@ -209,6 +211,23 @@ class Mover:
         now = self.clock.now() if now is None else now
         self.apply_batch(self.plan_batch(pairs, fields, now), report, fenced=fenced)
         return report
+
+    def release_buffered(self, now: float, report: MoveReport) -> None:
+        """Enqueues the buffered occurrences (overlap buffer_one) whose wait is over, before the due jobs are read;
+        a wait whose template is gone is forgotten."""
+        templates = [member_text(template) for template in buffers.ended_waits(self.connection)]
+        if not templates:
+            return
+        planner = self.planner(now)
+        entries = []
+        for template, (score, raw) in zip(templates, buffers.read_templates(self.connection, templates)):
+            if isinstance(template, bytes) or score is None:
+                entries.append(planner.forget_wait(template))
+                continue
+            fields = {UNREADABLE: str(raw).encode()} if isinstance(raw, Exception) else raw
+            parsed = planner.parse(template, score, fields)
+            entries.append(parsed if isinstance(parsed, Entry) else planner.plan_release(parsed))
+        self._apply_entries(planner, entries, report, fenced=True)
 
     # -- reading and planning -------------------------------------------------------------------------------
 
@@ -434,6 +453,11 @@ def _report(entry: Entry, report: MoveReport) -> None:
         report.dead.append(entry.member)
     elif entry.outcome == ENQUEUED and entry.enqueued_id:
         report.enqueued.append(entry.enqueued_id)
+    elif entry.outcome == overlap.BUFFERED:
+        logger.info('A run of %s waits for the previous one to end', entry.member)
+        report.buffered.append(entry.member)
+    elif entry.outcome == overlap.RELEASE_DROPPED:
+        logger.info('Forgot the buffered run of %s: no schedule of ours buffers it any more', entry.member)
     else:
         logger.info('Skipped a run of %s (%s)', entry.member, entry.outcome)
         report.skipped.append(entry.member)

@@ -1,0 +1,55 @@
+"""Buffered occurrences (overlap ``buffer_one``) whose wait is over, found by the leader at the start of each pass
+and enqueued at once in the fenced move (``Mover.release_buffered``), not at the schedule's next slot.
+
+The worker of the awaited run reports its end (``scripts.APPEND_OUTCOME`` marks the wait over and wakes the leader,
+since RQ writes the final status only after the run's callbacks). Runs nobody reports on (a template made through
+the API, without our callbacks; a worker killed, its run failed by RQ's cleanup) are found by their status. Costs
+one read per pass while nothing waits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import redis
+from redis import Redis
+
+from . import keys, overlap
+
+logger = logging.getLogger(__name__)
+
+
+def ended_waits(connection: Redis) -> list[str | bytes]:
+    """The templates whose buffered occurrence waits no more."""
+    try:
+        waiting = cast('dict[bytes, bytes]', connection.hgetall(keys.BUFFERED_KEY))
+    except redis.ResponseError as exc:  # a key someone broke: planning and capture step around it too
+        logger.warning('Cannot read the buffered runs (%s); they are enqueued at their next slot', exc)
+        return []
+    if not waiting:
+        return []
+    waits = [(template, *overlap.waited_run(value)) for template, value in waiting.items()]
+    with connection.pipeline(transaction=False) as pipe:
+        for _, run_id, _ in waits:
+            pipe.hget(keys.job_key(run_id), 'status')
+        statuses = pipe.execute(raise_on_error=False)
+    return [
+        template
+        for (template, _, reported), status in zip(waits, statuses)
+        if overlap.wait_is_over(None if isinstance(status, Exception) else status, reported)
+    ]
+
+
+def read_templates(connection: Redis, templates: list[str | bytes]) -> list[tuple[float | None, Any]]:
+    """(score or None, whole hash, or the error reading it) of each template: one round trip."""
+    with connection.pipeline(transaction=False) as pipe:
+        for template in templates:
+            pipe.zscore(keys.SCHEDULED_JOBS_KEY, template)
+            pipe.hgetall(keys.job_key(template))
+        replies = pipe.execute(raise_on_error=False)
+    return [(_score(replies[2 * i]), replies[2 * i + 1]) for i in range(len(templates))]
+
+
+def _score(reply: Any) -> float | None:
+    return None if reply is None or isinstance(reply, Exception) else float(reply)
