@@ -221,12 +221,13 @@ class Mover:
         planner = self.planner(now)
         entries = []
         for template, (score, raw) in zip(templates, buffers.read_templates(self.connection, templates)):
-            if isinstance(template, bytes) or score is None:
-                entries.append(planner.forget_wait(template))
-                continue
-            fields = {UNREADABLE: str(raw).encode()} if isinstance(raw, Exception) else raw
-            parsed = planner.parse(template, score, fields)
-            entries.append(parsed if isinstance(parsed, Entry) else planner.plan_release(parsed))
+            parsed = None
+            if isinstance(template, str) and score is not None and not isinstance(raw, Exception):
+                parsed = planner.parse(template, score, raw)
+            # A job no move could plan is left to its own time (and the dead letters then); its wait is forgotten.
+            entries.append(
+                planner.plan_release(parsed) if isinstance(parsed, Parsed) else planner.forget_wait(template)
+            )
         self._apply_entries(planner, entries, report, fenced=True)
 
     # -- reading and planning -------------------------------------------------------------------------------
