@@ -15,7 +15,7 @@ import time_machine
 from rq.job import Job
 
 from django_rq_scheduled import Scheduler
-from django_rq_scheduled.core import capture, keys, overlap
+from django_rq_scheduled.core import buffers, capture, keys, overlap
 from django_rq_scheduled.core.errors import LeadershipLost
 from django_rq_scheduled.core.mover import MoveReport
 from tests import tasks
@@ -199,10 +199,14 @@ def test_a_buffered_time_of_the_wrong_type_dead_letters_that_schedule_alone(sche
 
 def test_a_buffer_key_someone_broke_holds_up_no_move_and_no_report(scheduler, fake_connection, clock, caplog):
     scheduler.schedule(T0, tasks.add, args=[1, 2], interval=10, id='a')
+    scheduler.schedule(T0, tasks.add, args=[1, 2], interval=10, id='b', overlap='buffer_one')
     fake_connection.set(keys.BUFFERED_KEY, 'foreign')
+    assert sorted(moved(scheduler, clock, 0)) == [run_id('a', 0), run_id('b', 0)]
     with caplog.at_level(logging.WARNING):
-        assert moved(scheduler, clock, 0) == [run_id('a', 0)]
-    assert 'buffered runs' in caplog.text
+        assert moved(scheduler, clock, 10) == [run_id('a', 10)]  # b cannot wait: dead-lettered, naming the key
+    assert 'WRONGTYPE rq:drqs:buffered' in scheduler.dead_letters()['b']
+    assert buffers.ended_waits(fake_connection) == []
+    assert 'Cannot read the buffered runs' in caplog.text
     job = Job.fetch(run_id('a', 0), connection=fake_connection)
     job.meta[keys.META_KEY] = {'template': 'a'}
     capture.record_success(job, fake_connection, 3)

@@ -1,10 +1,10 @@
-"""Buffered occurrences (overlap ``buffer_one``) whose wait is over, found by the leader at the start of each pass
-and enqueued at once in the fenced move (``Mover.release_buffered``), not at the schedule's next slot.
+"""Buffered occurrences (overlap ``buffer_one``) whose wait is over, found by the leader after the due moves of each
+pass and enqueued at once in the fenced move (``Mover.release_buffered``), not at the schedule's next slot.
 
 The worker of the awaited run reports its end (``scripts.APPEND_OUTCOME`` marks the wait over and wakes the leader,
 since RQ writes the final status only after the run's callbacks). Runs nobody reports on (a template made through
 the API, without our callbacks; a worker killed, its run failed by RQ's cleanup) are found by their status. Costs
-one read per pass while nothing waits.
+nothing while nothing waits: the read of the due jobs (``scripts.READ_DUE``) says whether anything does.
 """
 
 from __future__ import annotations

@@ -147,16 +147,18 @@ return results
 """.replace('REPLACE_COMMAND', REPLACE_COMMAND)
 
 # Reads one batch of due jobs and the hash fields their moves are planned from, in one round trip.
-# KEYS: schedule. ARGV: job key prefix, latest due score, offset (due members to skip), batch size, fields...
-# Returns a flat list, for each due member, earliest first: member, score, an error (nil, or why the job's key
-# cannot be read: it then goes to the dead letters instead of blocking the batch), one value (or nil) per field.
+# KEYS: schedule, buffered runs. ARGV: job key prefix, latest due score, offset (due members to skip), batch size,
+# fields... Returns a flat list: 1 if a buffered run waits (overlap buffer_one; 0 otherwise, or if someone broke
+# the key), then for each due member, earliest first: member, score, an error (nil, or why the job's key cannot be
+# read: it then goes to the dead letters instead of blocking the batch), one value (or nil) per field.
 READ_DUE = """
 local unpack = unpack or table.unpack
 local fields = {unpack(ARGV, 5)}
 local due = redis.call(
   'ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4])
 )
-local out = {}
+local waits = redis.pcall('HLEN', KEYS[2])
+local out = {(type(waits) == 'number' and waits > 0) and 1 or 0}
 for d = 1, #due, 2 do
   out[#out + 1] = due[d]
   out[#out + 1] = due[d + 1]
