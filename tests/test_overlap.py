@@ -118,6 +118,26 @@ def test_a_retried_run_that_reported_its_failure_keeps_the_slot_waiting(schedule
     assert moved(scheduler, clock, 12) == [run_id('b', 10)]
 
 
+def test_a_users_edit_written_while_a_release_is_planned_is_never_overwritten(scheduler, fake_connection, clock):
+    scheduler.schedule(T0, tasks.add, args=[1, 2], interval=10, id='b', overlap='buffer_one')
+    moved(scheduler, clock, 0)
+    moved(scheduler, clock, 10)
+    set_status(fake_connection, run_id('b', 0), 'finished')
+    clock.move_to(at(11))
+    planner = scheduler.mover.planner(at(11).timestamp())
+    [(score, raw)] = buffers.read_templates(fake_connection, ['b'])
+    entry = buffers.plan_release(planner, planner.parse('b', score, raw))
+    edited = Job.fetch('b', connection=fake_connection)
+    edited.meta['edited'] = True  # a sync writing the row's edit, at the same score
+    edited.save_meta()
+    report = MoveReport()
+    assert scheduler.acquire_lock()
+    scheduler.mover._apply_entries(planner, [entry], report, fenced=True)
+    assert report.enqueued == [] and queued(fake_connection) == [run_id('b', 0)]
+    assert moved(scheduler, clock, 12) == [run_id('b', 10)]  # read again, the release goes through
+    assert Job.fetch('b', connection=fake_connection).meta['edited'] is True
+
+
 # -- cancel_other -----------------------------------------------------------------------------------------------
 
 

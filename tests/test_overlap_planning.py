@@ -11,7 +11,7 @@ import pytest
 import rq.command
 from rq.serializers import DefaultSerializer
 
-from django_rq_scheduled.core import keys, moves, overlap, payloads
+from django_rq_scheduled.core import buffers, keys, moves, overlap, payloads
 from django_rq_scheduled.core.jobs import template_meta
 
 NOW = 10_000.0
@@ -101,9 +101,10 @@ def test_buffer_one_a_wait_that_ended_unseen_runs_the_buffered_slot_and_this_one
 def test_a_release_enqueues_the_buffered_slot_and_keeps_the_templates_next_slot():
     buffered = SLOT - INTERVAL
     parsed = template('buffer_one', score=SLOT + INTERVAL, buffered=buffered, runs=3)
-    entry = planner().plan_release(parsed)
+    entry = buffers.plan_release(planner(), parsed)
     assert (entry.outcome, entry.enqueued_id, entry.score) == (moves.ENQUEUED, run_of(buffered), repr(SLOT + INTERVAL))
     assert entry.requires_hash
+    assert entry.commands[0] == (overlap.EXPECT_COMMAND, keys.job_key('t'), 'meta', parsed.raw[b'meta'])
     assert ('HDEL', keys.BUFFERED_KEY, 't') in entry.commands
     ours = written_meta(entry)
     assert overlap.BUFFERED_META not in ours and (ours['runs'], ours['last_run_id']) == (4, run_of(buffered))
@@ -116,14 +117,14 @@ def test_a_release_enqueues_the_buffered_slot_and_keeps_the_templates_next_slot(
 
 def test_a_release_later_than_the_misfire_grace_is_recorded_as_skipped():
     parsed = template('buffer_one', score=SLOT + INTERVAL, buffered=SLOT - 100, misfire_grace=30)
-    entry = planner().plan_release(parsed)
+    entry = buffers.plan_release(planner(), parsed)
     assert (entry.outcome, entry.enqueued_id) == (moves.SKIPPED_MISFIRE, None)
     assert overlap.BUFFERED_META not in written_meta(entry)
 
 
 def test_a_release_of_the_last_repeat_retires_the_template():
     parsed = template('buffer_one', score=SLOT + INTERVAL, buffered=SLOT, repeat=1)
-    entry = planner().plan_release(parsed)
+    entry = buffers.plan_release(planner(), parsed)
     assert entry.enqueued_id == run_of(SLOT)
     assert ('DEL', keys.job_key('t')) in entry.commands and records(entry)[0]['finished'] is True
 
@@ -137,7 +138,7 @@ def test_a_release_of_the_last_repeat_retires_the_template():
     ],
 )
 def test_a_release_of_a_template_not_buffering_only_forgets_the_wait(parsed):
-    entry = planner().plan_release(parsed)
+    entry = buffers.plan_release(planner(), parsed)
     assert entry.commands == [('HDEL', keys.BUFFERED_KEY, 't')]
     assert (entry.outcome, entry.score, entry.requires_hash) == (overlap.RELEASE_DROPPED, '*', False)
 
@@ -147,7 +148,7 @@ def test_a_buffered_time_written_by_someone_else_dead_letters_the_schedule_namin
     for entry in (
         planner().plan(template('buffer_one', buffered=junk), b'started'),
         planner().plan(template('buffer_one', buffered=junk), None),
-        planner().plan_release(template('buffer_one', buffered=junk)),
+        buffers.plan_release(planner(), template('buffer_one', buffered=junk)),
     ):
         assert entry.outcome == moves.DEAD
         assert 'overlap buffered' in entry.reason and 'epoch seconds' in entry.reason

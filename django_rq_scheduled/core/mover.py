@@ -233,7 +233,7 @@ class Mover:
                 parsed = planner.parse(template, score, raw)
             # A job no move could plan is left to its own time (and the dead letters then); its wait is forgotten.
             entries.append(
-                planner.plan_release(parsed) if isinstance(parsed, Parsed) else planner.forget_wait(template)
+                buffers.plan_release(planner, parsed) if isinstance(parsed, Parsed) else buffers.forget_wait(template)
             )
         self._apply_entries(planner, entries, report, fenced=True)
 

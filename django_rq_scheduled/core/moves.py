@@ -316,42 +316,6 @@ class Planner:
             record = overlap.canceled_record(parsed.member, ours, queue, run_id, at=self.now, next_time=next_time)
         return overlap.replace_command(self._queue(parsed).key, run_id, record)
 
-    def plan_release(self, parsed: Parsed) -> Entry:
-        """The buffered occurrence of a template whose awaited run ended: enqueued now under its own fire time; the
-        template keeps its score, its next regular slot. A template no longer buffering only forgets the wait."""
-        try:
-            buffered = None
-            if parsed.is_our_template and overlap.policy_of(parsed.ours) == overlap.BUFFER_ONE:
-                buffered = overlap.buffered_fire_time(parsed.ours)
-            if buffered is None:
-                return self.forget_wait(parsed.member)
-            return self._release(parsed, buffered)
-        except Exception as exc:  # as ``plan``: a template no rule can plan is taken out of the schedule
-            return self.dead_letter(parsed.member, guard_score(parsed.score), f'cannot plan: {exc}')
-
-    def forget_wait(self, member: str | bytes) -> Entry:
-        commands: list[tuple[Any, ...]] = [('HDEL', keys.BUFFERED_KEY, member)]
-        return Entry(member, '*', commands, outcome=overlap.RELEASE_DROPPED, requires_hash=False)
-
-    def _release(self, parsed: Parsed, buffered: float) -> Entry:
-        entry = Entry(parsed.member, guard_score(parsed.score), [overlap.forget_wait_command(parsed.member)])
-        meta = dict(parsed.meta)
-        ours = dict(parsed.ours)
-        del ours[overlap.BUFFERED_META]
-        if self._is_misfire(ours, buffered):
-            entry.outcome = SKIPPED_MISFIRE
-        else:
-            self._enqueue_occurrence(entry, parsed, meta, ours, buffered)
-        meta[keys.META_KEY] = ours
-        runs = ours.get('runs', 0)
-        if meta.get('repeat') is not None and meta['repeat'] <= 0:
-            entry.commands += [('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member), ('DEL', keys.job_key(parsed.member))]
-            self._record(entry, parsed, buffered, runs=runs, next_time=None, finished=True)
-            return entry
-        entry.commands.append(('HSET', keys.job_key(parsed.member), 'meta', self._dumps_meta(meta)))
-        self._record(entry, parsed, buffered, runs=runs, next_time=parsed.score, finished=False)
-        return entry
-
     # -- building blocks ------------------------------------------------------------------------------------
 
     def _queue(self, parsed: Parsed) -> QueueInfo:

@@ -40,6 +40,11 @@ REPLACE_COMMAND = 'DRQS_REPLACE_RUN'
 """A step of ``scripts.MOVE`` (not a Redis command): cancel the run if it still waits in its queue, else stop it if
 a worker runs it, else nothing (it ended meanwhile)."""
 
+EXPECT_COMMAND = 'DRQS_EXPECT'
+"""A condition of ``scripts.MOVE`` (not a Redis command): the entry is applied only if a hash field still holds a
+value. A release is not moved by the score it is guarded on (a template's next slot, which an edit may keep), so it
+also expects the template's meta as it read it: an edit written since is never overwritten."""
+
 
 def policy_of(ours: dict[str, Any]) -> str:
     policy = ours.get('overlap')

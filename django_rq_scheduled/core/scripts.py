@@ -6,7 +6,7 @@ Key names and markers come in as KEYS and ARGV, or are formatted into the source
 from __future__ import annotations
 
 from .keys import BUFFERED_KEY, DONE_PREFIX, OUTCOMES_KEY, RUN_ENDED_PREFIX, WAKEUP_KEY
-from .overlap import REPLACE_COMMAND
+from .overlap import EXPECT_COMMAND, REPLACE_COMMAND
 
 # Moves one batch of due jobs. KEYS: lock, schedule.
 # ARGV: token (empty for an explicit API call rather than the loop), entry count, enqueued_at, job key prefix,
@@ -23,7 +23,8 @@ from .overlap import REPLACE_COMMAND
 # One step is no Redis command: REPLACE_COMMAND (overlap cancel_other), with queue key, job key, job id, runs key,
 # canceled record ('' = none), worker channel prefix, stop payload. A previous run still in its queue is taken out
 # and marked canceled (its record appended); one a worker runs is sent RQ's stop-job command; one that ended
-# meanwhile is left alone.
+# meanwhile is left alone. Another is a condition: EXPECT_COMMAND, key, field, value: the entry is applied only
+# if that hash field still holds that value (0 otherwise, as for a changed score).
 # Out of memory, Redis refuses only the first write of a script (later ones would leave it half done): that write
 # fails the whole call before anything is written, so the caller retries it later; no job is ever dead-lettered
 # for it.
@@ -126,6 +127,9 @@ for e = 1, tonumber(ARGV[2]) do
       end
       for _, cmd in ipairs(cmds) do
         local want = expected_type[cmd[1]]
+        if cmd[1] == 'EXPECT_COMMAND' and status == 1 and redis.pcall('HGET', cmd[2], cmd[3]) ~= cmd[4] then
+          status = 0
+        end
         if want then
           local have = type_of(cmd[2])
           if have ~= 'none' and have ~= want and status == 1 then
@@ -136,7 +140,11 @@ for e = 1, tonumber(ARGV[2]) do
     end
     if status == 1 then
       for _, cmd in ipairs(cmds) do
-        if cmd[1] == 'REPLACE_COMMAND' then replace_run(unpack(cmd, 2)) else redis.call(unpack(cmd)) end
+        if cmd[1] == 'REPLACE_COMMAND' then
+          replace_run(unpack(cmd, 2))
+        elseif cmd[1] ~= 'EXPECT_COMMAND' then
+          redis.call(unpack(cmd))
+        end
         if cmd[1] == 'SADD' and cmd[2] == queues_key then registered[cmd[3]] = true end
       end
     end
@@ -144,7 +152,7 @@ for e = 1, tonumber(ARGV[2]) do
   results[e] = status
 end
 return results
-""".replace('REPLACE_COMMAND', REPLACE_COMMAND)
+""".replace('REPLACE_COMMAND', REPLACE_COMMAND).replace('EXPECT_COMMAND', EXPECT_COMMAND)
 
 # Reads one batch of due jobs and the hash fields their moves are planned from, in one round trip.
 # KEYS: schedule, buffered runs. ARGV: job key prefix, latest due score, offset (due members to skip), batch size,
