@@ -25,7 +25,7 @@ from rq.utils import utcparse
 
 from . import alerts, metrics
 from .bulk import BulkWriter
-from .core import capture, keys, scripts
+from .core import capture, keys, overlap, scripts
 from .models import SCHEDULE_MODELS, ScheduleBase
 from .runs import (
     BY_SCHEDULE,
@@ -57,7 +57,11 @@ MAX_TEXT = 255
 """Of the runs' short text columns (queue, reason, worker, job id)."""
 UTC = timezone.utc
 GONE = 'gone from Redis before it ended (expired or deleted)'
-SKIP_REASONS = {'skipped_misfire': 'misfire grace', 'skipped_overlap': 'overlap'}
+SKIP_REASONS = {
+    'skipped_misfire': 'misfire grace',
+    'skipped_overlap': 'overlap',
+    overlap.SKIPPED_WAITING: overlap.WAITING_REASON,
+}
 RUN_FIELDS = ('status', 'reason', 'queue', 'fire_time', 'enqueued_at', 'started_at', 'ended_at', 'worker', 'error')
 FILLED_LATER = ('fire_time', 'enqueued_at', 'started_at', 'worker', 'queue')
 MODELS_BY_NAME = {model._meta.model_name: model for model in SCHEDULE_MODELS}
@@ -101,6 +105,11 @@ def decision_fact(record: dict[str, Any], model: type[ScheduleBase], pk: Any) ->
     common: dict[str, Any] = {'model': model, 'pk': pk, 'queue': _text(record.get('queue')), 'fire_time': fire_time}
     if outcome == 'enqueued':
         return Fact(_job_id(record.get('job')), status=QUEUED, enqueued_at=at, **common)
+    if outcome == overlap.CANCELED_OVERLAP:  # the previous run, replaced by a newer one (fire time: its own row's)
+        common['fire_time'] = None
+        return Fact(
+            _job_id(record.get('canceled')), status=CANCELED, reason=overlap.REPLACED_REASON, ended_at=at, **common
+        )
     if outcome in SKIP_REASONS and fire_time is not None:
         job_id = keys.occurrence_id(template, round(fire_time.timestamp() * 1000)) if model.is_periodic else template
         return Fact(_job_id(job_id), status=SKIPPED, reason=SKIP_REASONS[outcome], ended_at=at, **common)

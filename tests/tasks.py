@@ -41,3 +41,20 @@ def fail(message: str) -> None:
 def user_callback(job: object, connection: object, result: object, *args: object, **kwargs: object) -> None:
     """An RQ success callback of the user's own, given through the Scheduler API."""
     record('user-callback', result)
+
+
+def slow_traced(seconds: float) -> float:
+    """Leaves its run's job id in the trace, then sleeps: a run executed twice shows twice."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    record('slow', job.id if job else None)
+    time.sleep(seconds)
+    return seconds
+
+
+def slow_first(seconds: float) -> float:
+    """Sleeps on its first call only (counted in Redis, across processes); later calls return at once."""
+    if _connection().incr('drqs-test:slow-first') == 1:
+        time.sleep(seconds)
+    return seconds

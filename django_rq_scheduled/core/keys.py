@@ -29,6 +29,12 @@ RUNS_KEY = 'rq:drqs:runs'
 """The loop's record of each occurrence it decided on (enqueued or skipped), read into rows by the leader."""
 OUTCOMES_KEY = 'rq:drqs:outcomes'
 """The workers' record of each run's end (``capture``), read into ``Run`` rows by the leader."""
+BUFFERED_KEY = 'rq:drqs:buffered'
+"""Template id → the id of the run its buffered occurrence waits for (overlap ``buffer_one``), or that id behind
+``RUN_ENDED_PREFIX`` once the run's worker reported its end (before RQ writes the run's final status)."""
+RUN_ENDED_PREFIX = 'ended:'
+PUBSUB_CHANNEL_PREFIX = 'rq:pubsub:'
+"""RQ's channel of commands to one worker (``rq.command.PUBSUB_CHANNEL_TEMPLATE``): + the worker's name."""
 VERSIONS_KEY = 'rq:drqs:versions'
 """Template id → definition digest of the row that owns it (a done marker once it has run its last run)."""
 DONE_PREFIX = 'done:'
