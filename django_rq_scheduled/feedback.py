@@ -27,9 +27,9 @@ from .core import keys, scripts
 from .core.errors import REDIS_OUTAGE_ERRORS
 from .declared import DeclarationError
 from .models import SCHEDULE_MODELS, ScheduleBase
+from .reconciliation import Reconciler
 from .retention import Pruner
 from .servers import servers
-from .sync import reconcile
 
 if TYPE_CHECKING:
     from .core.scheduler import Scheduler
@@ -168,6 +168,8 @@ class DatabaseSync:
         self.background = background
         self.on_reconciled = on_reconciled
         self._next_reconcile = 0.0
+        self._term: int | None = None
+        self._full_pass_due = True
         self._worker: threading.Thread | None = None
         self._failing = False
         self._pruner = Pruner()
@@ -194,6 +196,11 @@ class DatabaseSync:
             lambda: self._read_outcomes(connection),
             lambda: self._sweep(connection),
         ]
+        if scheduler.lease.terms != self._term:
+            # It starts leading (a start, a return after an outage or after another leader): what Redis holds may
+            # have been lost or changed behind its back meanwhile, and rows deleted while their sync could not reach
+            # Redis are not found by their changes: a full pass, now.
+            self._term, self._full_pass_due, self._next_reconcile = scheduler.lease.terms, True, 0.0
         if time.monotonic() >= self._next_reconcile:
             self._next_reconcile = time.monotonic() + self.reconcile_interval
             steps += [lambda: self._reconcile(connection), lambda: self._look_after_runs(scheduler)]
@@ -238,8 +245,16 @@ class DatabaseSync:
             _drain(history.ingest_outcomes, connection, history.OUTCOME_BATCH)
 
     def _reconcile(self, connection: Redis) -> None:
+        """A full pass when it starts leading (or after a failed full pass), else the incremental one, which is full
+        too when Redis lost its data (``reconciliation``). A failed incremental pass is simply done again: its
+        watermark did not move on."""
         started = time.monotonic()
-        reconcile(connection=connection)
+        full, self._full_pass_due = self._full_pass_due, False
+        try:
+            Reconciler(connection).run(full=full)
+        except Exception:
+            self._full_pass_due = full
+            raise
         if self.on_reconciled is not None:
             self.on_reconciled(time.monotonic() - started)
 

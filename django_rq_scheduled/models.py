@@ -168,7 +168,9 @@ class ScheduleBase(RowValidation, RunSummary, RetryPolicy):
         indexes = [
             models.Index(
                 fields=['consecutive_failures'], condition=Q(consecutive_failures__gt=0), name='drqs_%(class)s_failing'
-            )
+            ),
+            # The leader's periodic reconciliation reads the rows changed since its last pass (``reconciliation``).
+            models.Index(fields=['modified'], name='drqs_%(class)s_modified'),
         ]
 
     def __str__(self) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
+from django.utils import timezone
 
 from . import validators
 from .pending import schedule_sync
@@ -57,6 +58,8 @@ class ScheduleQuerySet(models.QuerySet[Any]):
         """Updates, validates every touched row (all or nothing), and syncs them to Redis after commit."""
         _refuse_loop_fields(kwargs)
         self._validate_values(kwargs)
+        # As save() does (auto_now): the leader's reconciliation finds the rows whose sync failed by this field.
+        kwargs.setdefault('modified', timezone.now())
         with transaction.atomic(using=self.db):
             pks = list(self.values_list('pk', flat=True))
             count = super().update(**kwargs)
@@ -105,6 +108,11 @@ class ScheduleQuerySet(models.QuerySet[Any]):
         objs = list(objs)
         for obj in objs:
             obj.full_clean(validate_unique=False, validate_constraints=False)
+        if 'modified' not in fields:  # as in update()
+            now = timezone.now()
+            for obj in objs:
+                obj.modified = now
+            fields.append('modified')
         with transaction.atomic(using=self.db):
             count = super().bulk_update(objs, fields, *args, **kwargs)
             schedule_sync(self.model, [obj.pk for obj in objs], self.db)

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -22,11 +22,9 @@ from redis.exceptions import NoScriptError
 from . import conf
 from .core import keys, payloads, scripts
 from .core.errors import REDIS_OUTAGE_ERRORS
-from .core.queues import connection_identity
 from .core.scheduler import Scheduler
 from .core.scores import format_score, guard_score
-from .models import SCHEDULE_MODELS, ScheduleBase
-from .owners import owner_of
+from .models import ScheduleBase
 from .servers import Servers, servers, template_job
 
 logger = logging.getLogger(__name__)
@@ -376,69 +374,13 @@ def _send_writes(scheduler: Scheduler, writes: list[_Decision]) -> list[Any]:
 
 
 def reconcile(*, using: str = 'default', connection: Any = None) -> SyncReport:
-    """Repairs drift between every row and Redis (flushed Redis, raw SQL, lost signals), cheaply.
+    """Repairs drift between every row and Redis (flushed Redis, raw SQL, lost signals), cheaply: a full pass.
 
     Rows whose stored version matches and whose template is scheduled cost one pipelined read per batch.
     Templates of rows that no longer exist are removed; schedule entries no row owns are never touched. A row that
-    cannot be loaded or synced is logged and skipped: it never keeps the others from being reconciled.
+    cannot be loaded or synced is logged and skipped: it never keeps the others from being reconciled. The leader's
+    periodic pass (``reconciliation.Reconciler``) is incremental, and full only when Redis lost its data.
     """
-    report = SyncReport()
-    known = servers()
-    if connection is not None:
-        known = known.only(connection_identity(connection))
-    for model in SCHEDULE_MODELS:
-        pks = list(model._base_manager.using(using).values_list('pk', flat=True))
-        for chunk in _chunks(pks, BATCH):
-            rows = _load_rows(model, chunk, using=using, report=report)
-            report.merge(_sync_chunk(model, rows, set(), known, using=using))
-    report.merge(_remove_orphans(known, using=using))
-    if report.written or report.removed or report.failed:
-        logger.info(
-            'Reconciled: %d written, %d removed, %d failed',
-            len(report.written), len(report.removed), len(report.failed),
-        )  # fmt: skip
-    return report
+    from .reconciliation import reconcile as full_pass  # it builds on this module
 
-
-def _load_rows(model: type[ScheduleBase], pks: list[Any], *, using: str, report: SyncReport) -> list[ScheduleBase]:
-    """The rows of these pks; if the batch cannot be loaded (a column no field can read), row by row."""
-    manager = model._base_manager.using(using)
-    try:
-        return list(manager.filter(pk__in=pks))
-    except Exception:
-        logger.warning('Cannot load a batch of %s rows; loading them one by one', model.__name__)
-    rows = []
-    for pk in pks:
-        try:
-            rows.extend(manager.filter(pk=pk))
-        except Exception as exc:
-            logger.error('Cannot load %s %s (%r); it is not reconciled', model.__name__, pk, exc)
-            report.failed.append(keys.template_id(model._meta.model_name or '', pk))
-    return rows
-
-
-def _remove_orphans(servers: Servers, *, using: str) -> SyncReport:
-    """Removes the templates of rows that no longer exist (compare-and-set, like every sync write)."""
-    report = SyncReport()
-    for scheduler in servers.schedulers.values():
-        orphans: list[str] = []
-        for model, pks in _owned_templates(scheduler).items():
-            existing = {
-                str(pk) for pk in model._base_manager.using(using).filter(pk__in=pks).values_list('pk', flat=True)
-            }
-            orphans += [
-                keys.template_id(model._meta.model_name or '', pk) for pk in map(str, pks) if pk not in existing
-            ]
-        if orphans:
-            report.merge(_sync_server(scheduler, [], orphans, []))
-    return report
-
-
-def _owned_templates(scheduler: Scheduler) -> dict[type[ScheduleBase], list[Any]]:
-    """The primary keys, per model, of the rows that the versions hash names; other keys are left alone."""
-    owned: dict[type[ScheduleBase], list[Any]] = defaultdict(list)
-    for raw in scheduler.connection.hkeys(keys.VERSIONS_KEY):
-        owner = owner_of(cast(bytes, raw).decode(errors='replace'))
-        if owner is not None:
-            owned[owner[0]].append(owner[1])
-    return owned
+    return full_pass(using=using, connection=connection)

@@ -38,6 +38,10 @@ PUBSUB_CHANNEL_PREFIX = 'rq:pubsub:'
 VERSIONS_KEY = 'rq:drqs:versions'
 """Template id → definition digest of the row that owns it (a done marker once it has run its last run)."""
 DONE_PREFIX = 'done:'
+RECONCILE_KEY = 'rq:drqs:reconcile'
+"""The leader's reconciliation state on this server (``reconciliation``): the epoch of the full pass it follows, the
+watermark of changed rows, and the cursors of the rolling sweep. Missing (a flush, a new or empty server): the next
+pass is a full one."""
 TEMPLATE_PREFIX = 'drqs-'
 
 META_KEY = 'django_rq_scheduled'

@@ -25,6 +25,8 @@ class Lease:
         self.ttl = ttl
         self.token = keys.lease_token(name, uuid4().hex)
         self.held = False
+        self.terms = 0
+        """Times this instance started holding the lease (a start, or a return after an outage or another leader)."""
         self.observer: Observer = SILENT
         self._renewed_at = 0.0
         self._renew_script = connection.register_script(scripts.RENEW_LEASE)
@@ -36,12 +38,15 @@ class Lease:
 
     def acquire(self) -> bool:
         """Takes the lease if it is free (True), or renews it if it is ours; ``held`` says whether we hold it."""
+        was_held = self.held
         taken = bool(self.connection.set(keys.LOCK_KEY, self.token, nx=True, px=self.ms))
         self.held = taken or bool(self._renew_script(keys=[keys.LOCK_KEY], args=[self.token, self.ms]))
         if self.held:
             self._renewed_at = time.monotonic()
             if not taken:
                 self.observer.lease_renewed()
+            if not was_held:
+                self.terms += 1
         return taken
 
     def release(self) -> bool:

@@ -331,3 +331,11 @@ end
 return 1
 """
 APPEND_OUTCOME_KEYS = (OUTCOMES_KEY, BUFFERED_KEY, WAKEUP_KEY)
+
+# KEYS[1]: the reconciliation state; ARGV[1]: the epoch the pass started from, then field/value pairs. Written only if
+# the state is still that epoch's: a flush or a full pass meanwhile must not be covered by this pass's watermark.
+SAVE_RECONCILE_STATE = """
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
