@@ -22,23 +22,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, cast
-from uuid import uuid4
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from redis import Redis
-from redis.exceptions import ResponseError
 
-from .core import keys, scripts
+from . import sync
+from .core import keys
 from .core.queues import connection_identity
 from .core.scheduler import Scheduler
 from .models import SCHEDULE_MODELS, ScheduleBase
-from .owners import owner_of
+from .reconcile_state import ReconcileState, read_state, save_state
 from .servers import Servers, servers
-from .sync import BATCH, SyncReport, _chunks, _sync_chunk, _sync_server
+from .sync import BATCH, SyncReport, _chunks, _sync_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -51,86 +48,7 @@ saving host's clock before its transaction commits, so clock skew and slow trans
 UTC = timezone.utc
 
 
-# -- the full pass ----------------------------------------------------------------------------------------------
-
-
-def reconcile(*, using: str = 'default', connection: Any = None) -> SyncReport:
-    """Repairs drift between every row and Redis (flushed Redis, raw SQL, lost signals); see ``sync.reconcile``."""
-    started = time.time()
-    report = SyncReport()
-    known = servers()
-    if connection is not None:
-        known = known.only(connection_identity(connection))
-    epochs = {identity: _begin_epoch(scheduler.connection) for identity, scheduler in known.schedulers.items()}
-    for model in SCHEDULE_MODELS:
-        pks = list(model._base_manager.using(using).values_list('pk', flat=True))
-        for chunk in _chunks(pks, BATCH):
-            rows = _load_rows(model, chunk, using=using, report=report)
-            report.merge(_sync_chunk(model, rows, set(), known, using=using))
-    for identity, scheduler in known.schedulers.items():
-        report.merge(_remove_orphans(scheduler, _owned_templates(scheduler), using=using))
-        fresh = ReconcileState(epochs[identity], watermark=started, sweep_began=started, swept_at=started)
-        _save_state(scheduler.connection, fresh)
-    if report.written or report.removed or report.failed:
-        logger.info(
-            'Reconciled: %d written, %d removed, %d failed',
-            len(report.written), len(report.removed), len(report.failed),
-        )  # fmt: skip
-    return report
-
-
-def _begin_epoch(connection: Redis) -> str:
-    """A new state holding only a new epoch: a periodic pass meanwhile sees no watermark and does a full pass."""
-    epoch = uuid4().hex
-    with connection.pipeline(transaction=True) as pipe:
-        pipe.delete(keys.RECONCILE_KEY)  # ours; foreign data there (another type) would fail every pass
-        pipe.hset(keys.RECONCILE_KEY, 'epoch', epoch)
-        pipe.execute()
-    return epoch
-
-
-def _load_rows(model: type[ScheduleBase], pks: list[Any], *, using: str, report: SyncReport) -> list[ScheduleBase]:
-    """The rows of these pks; if the batch cannot be loaded (a column no field can read), row by row."""
-    manager = model._base_manager.using(using)
-    try:
-        return list(manager.filter(pk__in=pks))
-    except Exception:
-        logger.warning('Cannot load a batch of %s rows; loading them one by one', model.__name__)
-    rows = []
-    for pk in pks:
-        try:
-            rows.extend(manager.filter(pk=pk))
-        except Exception as exc:
-            logger.error('Cannot load %s %s (%r); it is not reconciled', model.__name__, pk, exc)
-            report.failed.append(keys.template_id(model._meta.model_name or '', pk))
-    return rows
-
-
-def _remove_orphans(scheduler: Scheduler, owned: dict[type[ScheduleBase], list[Any]], *, using: str) -> SyncReport:
-    """Removes the templates among ``owned`` whose rows no longer exist (compare-and-set, like every sync write)."""
-    orphans: list[str] = []
-    for model, pks in owned.items():
-        for chunk in _chunks(pks, BATCH):
-            existing = {
-                str(pk) for pk in model._base_manager.using(using).filter(pk__in=chunk).values_list('pk', flat=True)
-            }
-            name = model._meta.model_name or ''
-            orphans += [keys.template_id(name, pk) for pk in map(str, chunk) if pk not in existing]
-    return _sync_server(scheduler, [], orphans, []) if orphans else SyncReport()
-
-
-def _owned_templates(scheduler: Scheduler) -> dict[type[ScheduleBase], list[Any]]:
-    """The primary keys, per model, of the rows that the versions hash names; other keys are left alone."""
-    return _owners(scheduler.connection.hkeys(keys.VERSIONS_KEY))
-
-
-def _owners(template_ids: Any) -> dict[type[ScheduleBase], list[Any]]:
-    owned: dict[type[ScheduleBase], list[Any]] = defaultdict(list)
-    for raw in template_ids:
-        owner = owner_of(cast(bytes, raw).decode(errors='replace'))
-        if owner is not None:
-            owned[owner[0]].append(owner[1])
-    return owned
+# -- the periodic pass ---------------------------------------------------------------------------------------------
 
 
 def _pk_or_none(model: type[ScheduleBase], text: str) -> Any:
@@ -142,64 +60,6 @@ def _pk_or_none(model: type[ScheduleBase], text: str) -> Any:
         return field.to_python(text)
     except ValidationError:
         return None
-
-
-# -- the periodic pass ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ReconcileState:
-    """What the periodic pass of one server goes on from (``keys.RECONCILE_KEY``)."""
-
-    epoch: str
-    watermark: float
-    """Epoch seconds: when the last pass that completed began."""
-    model: int = 0
-    """The rolling sweep's model (an index of SCHEDULE_MODELS) ..."""
-    after: str = ''
-    """... and the primary key it verified last ('' = from the start)."""
-    orphans: int = 0
-    """The HSCAN cursor of the versions hash."""
-    sweep_began: float = 0.0
-    swept_at: float = 0.0
-    """When the last complete verification of every row (a full pass or a rolling sweep) began."""
-
-    @classmethod
-    def parse(cls, raw: dict[bytes, bytes]) -> ReconcileState | None:
-        """The state, or None if there is none or it cannot be read (someone else's data: a full pass rewrites it)."""
-        try:
-            return cls(
-                epoch=raw[b'epoch'].decode(),
-                watermark=float(raw[b'watermark']),
-                model=int(raw.get(b'model', 0)) % len(SCHEDULE_MODELS),
-                after=raw.get(b'after', b'').decode(),
-                orphans=max(0, int(raw.get(b'orphans', 0))),
-                sweep_began=float(raw.get(b'sweep_began', 0)),
-                swept_at=float(raw.get(b'swept_at', 0)),
-            )
-        except (KeyError, ValueError, UnicodeDecodeError):
-            return None
-
-    def fields(self) -> list[Any]:
-        values = {
-            'watermark': repr(self.watermark), 'model': self.model, 'after': self.after, 'orphans': self.orphans,
-            'sweep_began': repr(self.sweep_began), 'swept_at': repr(self.swept_at),
-        }  # fmt: skip
-        return [item for pair in values.items() for item in pair]
-
-
-def read_state(connection: Redis) -> ReconcileState | None:
-    try:
-        raw = connection.hgetall(keys.RECONCILE_KEY)
-    except ResponseError:
-        return None  # not a hash: the full pass replaces it
-    return ReconcileState.parse(cast(dict[bytes, bytes], raw))
-
-
-def _save_state(connection: Redis, state: ReconcileState) -> bool:
-    """Writes the state if its epoch is still the one in Redis; False if a flush or a full pass came between."""
-    saved = connection.eval(scripts.SAVE_RECONCILE_STATE, 1, keys.RECONCILE_KEY, state.epoch, *state.fields())
-    return bool(saved)
 
 
 class Reconciler:
@@ -217,7 +77,7 @@ class Reconciler:
         state = None if full else read_state(scheduler.connection)
         if state is None:
             logger.info('Reconciling every row with Redis (%s)', known.name_of(self.identity))
-            return reconcile(using=self.using, connection=scheduler.connection)
+            return sync.reconcile(using=self.using, connection=scheduler.connection)
         return self._incremental(known, scheduler, state)
 
     def _incremental(self, known: Servers, scheduler: Scheduler, state: ReconcileState) -> SyncReport:
@@ -228,7 +88,7 @@ class Reconciler:
         self._sweep_orphans(scheduler, state, report)
         if not report.conflicts:  # else the rows that kept changing are read again by the next pass
             state.watermark = started
-        _save_state(scheduler.connection, state)
+        save_state(scheduler.connection, state)
         if report.written or report.removed or report.failed:
             logger.info(
                 'Reconciled the changes: %d written, %d removed, %d failed',
@@ -241,9 +101,9 @@ class Reconciler:
         moment = datetime.fromtimestamp(since, tz=UTC)
         for model in SCHEDULE_MODELS:
             manager = model._base_manager.using(self.using)
-            pks = list(manager.filter(modified__gte=moment).values_list('pk', flat=True))
+            pks = list(manager.filter(modified__gte=moment).order_by().values_list('pk', flat=True))  # on its index
             for chunk in _chunks(pks, BATCH):
-                rows = _load_rows(model, chunk, using=self.using, report=report)
+                rows = sync.load_rows(model, chunk, using=self.using, report=report)
                 report.merge(_sync_chunk(model, rows, set(), known, using=self.using))
         return report
 
@@ -258,7 +118,7 @@ class Reconciler:
             rows = rows.filter(pk__gt=after)
         pks = list(rows.values_list('pk', flat=True)[:SWEEP_ROWS])
         for chunk in _chunks(pks, BATCH):
-            loaded = _load_rows(model, chunk, using=self.using, report=report)
+            loaded = sync.load_rows(model, chunk, using=self.using, report=report)
             report.merge(_sync_chunk(model, loaded, set(), known, using=self.using))
         if len(pks) == SWEEP_ROWS:
             state.after = str(pks[-1])
@@ -270,5 +130,5 @@ class Reconciler:
     def _sweep_orphans(self, scheduler: Scheduler, state: ReconcileState, report: SyncReport) -> None:
         """Removes the orphans among the next slice of the versions hash."""
         cursor, entries = scheduler.connection.hscan(keys.VERSIONS_KEY, cursor=state.orphans, count=SWEEP_ROWS)
-        report.merge(_remove_orphans(scheduler, _owners(entries), using=self.using))
+        report.merge(sync.remove_orphans(scheduler, sync.template_owners(entries), using=self.using))
         state.orphans = int(cursor)

@@ -8,12 +8,13 @@ per batch of rows.
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections import defaultdict
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -22,9 +23,12 @@ from redis.exceptions import NoScriptError
 from . import conf
 from .core import keys, payloads, scripts
 from .core.errors import REDIS_OUTAGE_ERRORS
+from .core.queues import connection_identity
 from .core.scheduler import Scheduler
 from .core.scores import format_score, guard_score
-from .models import ScheduleBase
+from .models import SCHEDULE_MODELS, ScheduleBase
+from .owners import owner_of
+from .reconcile_state import ReconcileState, begin_epoch, save_state
 from .servers import Servers, servers, template_job
 
 logger = logging.getLogger(__name__)
@@ -370,7 +374,7 @@ def _send_writes(scheduler: Scheduler, writes: list[_Decision]) -> list[Any]:
         return pipe.execute(raise_on_error=False)
 
 
-# -- reconciliation ---------------------------------------------------------------------------------------------
+# -- reconciliation ----------------------------------------------------------------------------------------------
 
 
 def reconcile(*, using: str = 'default', connection: Any = None) -> SyncReport:
@@ -378,9 +382,83 @@ def reconcile(*, using: str = 'default', connection: Any = None) -> SyncReport:
 
     Rows whose stored version matches and whose template is scheduled cost one pipelined read per batch.
     Templates of rows that no longer exist are removed; schedule entries no row owns are never touched. A row that
-    cannot be loaded or synced is logged and skipped: it never keeps the others from being reconciled. The leader's
-    periodic pass (``reconciliation.Reconciler``) is incremental, and full only when Redis lost its data.
+    cannot be loaded or synced is logged and skipped: it never keeps the others from being reconciled. It ends with
+    a fresh reconciliation state on each server; the leader's periodic pass (``reconciliation``) goes on from it.
     """
-    from .reconciliation import reconcile as full_pass  # it builds on this module
+    started = time.time()
+    report = SyncReport()
+    known = servers()
+    if connection is not None:
+        known = known.only(connection_identity(connection))
+    epochs = {identity: begin_epoch(scheduler.connection) for identity, scheduler in known.schedulers.items()}
+    for model in SCHEDULE_MODELS:
+        pks = list(model._base_manager.using(using).order_by('pk').values_list('pk', flat=True))
+        for chunk in _chunks(pks, BATCH):
+            rows = load_rows(model, chunk, using=using, report=report)
+            report.merge(_sync_chunk(model, rows, set(), known, using=using))
+    for identity, scheduler in known.schedulers.items():
+        report.merge(remove_orphans(scheduler, _owned_templates(scheduler), using=using))
+        fresh = ReconcileState(epochs[identity], watermark=started, sweep_began=started, swept_at=started)
+        save_state(scheduler.connection, fresh)
+    if report.written or report.removed or report.failed:
+        logger.info(
+            'Reconciled: %d written, %d removed, %d failed',
+            len(report.written), len(report.removed), len(report.failed),
+        )  # fmt: skip
+    return report
 
-    return full_pass(using=using, connection=connection)
+
+def load_rows(model: type[ScheduleBase], pks: list[Any], *, using: str, report: SyncReport) -> list[ScheduleBase]:
+    """The rows of these pks; if the batch cannot be loaded (a column no field can read), row by row."""
+    manager = model._base_manager.using(using)
+    try:
+        return list(manager.filter(pk__in=pks).order_by())  # no sort by name: any order will do
+    except Exception:
+        logger.warning('Cannot load a batch of %s rows; loading them one by one', model.__name__)
+    rows = []
+    for pk in pks:
+        try:
+            rows.extend(manager.filter(pk=pk))
+        except Exception as exc:
+            logger.error('Cannot load %s %s (%r); it is not reconciled', model.__name__, pk, exc)
+            report.failed.append(keys.template_id(model._meta.model_name or '', pk))
+    return rows
+
+
+def remove_orphans(scheduler: Scheduler, owned: dict[type[ScheduleBase], list[Any]], *, using: str) -> SyncReport:
+    """Removes the templates among ``owned`` whose rows no longer exist (compare-and-set, like every sync write)."""
+    orphans: list[str] = []
+    for model, pks in owned.items():
+        for chunk in _chunks(pks, BATCH):
+            existing = {
+                str(pk)
+                for pk in model._base_manager.using(using).filter(pk__in=chunk).order_by().values_list('pk', flat=True)
+            }
+            name = model._meta.model_name or ''
+            orphans += [keys.template_id(name, pk) for pk in map(str, chunk) if pk not in existing]
+    return _sync_server(scheduler, [], orphans, []) if orphans else SyncReport()
+
+
+def _owned_templates(scheduler: Scheduler) -> dict[type[ScheduleBase], list[Any]]:
+    """The primary keys, per model, of the rows that the versions hash names; other keys are left alone."""
+    return template_owners(scheduler.connection.hkeys(keys.VERSIONS_KEY))
+
+
+def template_owners(template_ids: Any) -> dict[type[ScheduleBase], list[Any]]:
+    owned: dict[type[ScheduleBase], list[Any]] = defaultdict(list)
+    for raw in template_ids:
+        owner = owner_of(cast(bytes, raw).decode(errors='replace'))
+        if owner is not None:
+            owned[owner[0]].append(owner[1])
+    return owned
+
+
+def _pk_or_none(model: type[ScheduleBase], text: str) -> Any:
+    """A primary key of ``model`` from its text, or None (none, or unreadable: the sweep starts the table again)."""
+    field = model._meta.pk
+    if not text or field is None:
+        return None
+    try:
+        return field.to_python(text)
+    except ValidationError:
+        return None
