@@ -54,7 +54,9 @@ SETTINGS: dict[str, Setting] = {
         '``Scheduler`` API, and before each enqueue.',
     ),
     'RECONCILE_INTERVAL': Setting(
-        60, 'Seconds between two reconciliations of the database with Redis by ``manage.py rqscheduler``.'
+        60,
+        'Seconds between two reconciliations of the database with Redis by ``manage.py rqscheduler``: each reads the '
+        'rows changed since the last one and the next slice of a rolling sweep (see :doc:`models`).',
     ),
     'RUN_HISTORY_DAYS': Setting(
         30,

@@ -27,8 +27,18 @@ from .policies import RetryPolicy, RunPolicy
 from .querysets import LOOP_FIELDS, ScheduleQuerySet
 from .row_validation import RowValidation, whole
 from .runs import Run, RunSummary
+from .unsynced import UnsyncedRow
 
-__all__ = ['SCHEDULE_MODELS', 'CronJob', 'RepeatableJob', 'Run', 'ScheduleBase', 'ScheduledJob', 'SchedulerStatus']
+__all__ = [
+    'SCHEDULE_MODELS',
+    'CronJob',
+    'RepeatableJob',
+    'Run',
+    'ScheduleBase',
+    'ScheduledJob',
+    'SchedulerStatus',
+    'UnsyncedRow',
+]
 
 
 def default_timezone() -> str:

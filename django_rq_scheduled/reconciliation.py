@@ -4,9 +4,12 @@ changed rather than the size of the tables.
 The full pass (``sync.reconcile()``) reads every row and the template of each. The periodic pass (``Reconciler``)
 reads, on each server:
 
+- the rows whose after-commit sync failed, noted in the database by the process that wrote them (``unsynced``):
+  saved or deleted while Redis did not answer it, they are brought in line at the first pass Redis answers;
 - the rows changed since the last pass: ``modified`` at or after the watermark less ``CHANGED_MARGIN``, on an
   index. Every write through the ORM sets it (save, ``update()``, the bulk paths), so a row whose after-commit sync
-  failed (Redis away, out of memory) is synced at the next pass that Redis answers;
+  failed is synced at the next pass that Redis answers even if noting it failed too (the process died after its
+  commit, the database refused the note);
 - the next ``SWEEP_ROWS`` rows by primary key, from a rolling cursor: a change by raw SQL that left ``modified``
   alone is repaired within one sweep of the tables;
 - the next ``SWEEP_ROWS`` entries of the versions hash (HSCAN, a rolling cursor): the templates of rows deleted
@@ -36,12 +39,16 @@ from .models import SCHEDULE_MODELS, ScheduleBase
 from .reconcile_state import ReconcileState, read_state, save_state
 from .servers import Servers, servers
 from .sync import BATCH, SyncReport, _chunks, _sync_chunk
+from .unsynced import UnsyncedRow
 
 logger = logging.getLogger(__name__)
 
 SWEEP_ROWS = 1000
 """Rows, and entries of the versions hash, verified per periodic pass: a full sweep of N rows takes N / SWEEP_ROWS
 passes (with RECONCILE_INTERVAL = 60 s: 10 minutes for 10,000 rows, 17 hours for 1,000,000)."""
+NOTED_BATCH = 5000
+"""Rows whose sync failed (``unsynced``) synced per pass: after a long outage with many writes, the next passes
+take the rest."""
 CHANGED_MARGIN = 300.0
 """Seconds before the last pass's start from which changed rows are read again: ``modified`` is written by the
 saving host's clock before its transaction commits, so clock skew and slow transactions fit in it."""
@@ -60,6 +67,18 @@ def _pk_or_none(model: type[ScheduleBase], text: str) -> Any:
         return field.to_python(text)
     except ValidationError:
         return None
+
+
+def _rows_by_model(noted: list[tuple[int, str, str]]) -> dict[type[ScheduleBase], list[Any]]:
+    """The primary keys of the noted rows, per model; entries no schedule row can have are dropped."""
+    models = {model._meta.label_lower: model for model in SCHEDULE_MODELS}
+    rows: dict[type[ScheduleBase], list[Any]] = {}
+    for _, label, text in noted:
+        model = models.get(label)
+        pk = _pk_or_none(model, text) if model is not None else None
+        if model is not None and pk is not None:
+            rows.setdefault(model, []).append(pk)
+    return rows
 
 
 class Reconciler:
@@ -82,7 +101,7 @@ class Reconciler:
 
     def _incremental(self, known: Servers, scheduler: Scheduler, state: ReconcileState) -> SyncReport:
         started = time.time()
-        report = SyncReport()
+        report = self._noted_rows()
         report.merge(self._changed_rows(known, since=state.watermark - CHANGED_MARGIN))
         self._sweep_rows(known, state, report, started)
         self._sweep_orphans(scheduler, state, report)
@@ -94,6 +113,18 @@ class Reconciler:
                 'Reconciled the changes: %d written, %d removed, %d failed',
                 len(report.written), len(report.removed), len(report.failed),
             )  # fmt: skip
+        return report
+
+    def _noted_rows(self) -> SyncReport:
+        """The rows whose after-commit sync failed (``unsynced``), synced on every server, then forgotten; if Redis
+        does not answer, they wait for the next pass."""
+        entries = UnsyncedRow.objects.using(self.using).order_by('pk').values_list('pk', 'model', 'object_pk')
+        noted = list(entries[:NOTED_BATCH])
+        report = SyncReport()
+        for model, pks in _rows_by_model(noted).items():
+            report.merge(sync.sync_rows(model, pks, using=self.using))
+        if noted:
+            UnsyncedRow.objects.using(self.using).filter(pk__in=[entry[0] for entry in noted]).delete()
         return report
 
     def _changed_rows(self, known: Servers, *, since: float) -> SyncReport:

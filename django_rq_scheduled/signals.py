@@ -10,7 +10,7 @@ from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import Signal
 from django.utils import timezone
 
-from . import sync
+from . import sync, unsynced
 from .models import SCHEDULE_MODELS
 from .pending import note_unsynced, rows_committed, schedule_sync
 
@@ -69,6 +69,7 @@ def sync_committed_rows(sender: Any, pks: list[Any], using: str, created: Any = 
             sender.__name__,
         )
         note_unsynced(sender, pks, exc)
+        unsynced.note(sender, pks, using)
 
 
 def connect() -> None:

@@ -19,6 +19,7 @@ from django_rq_scheduled.feedback import DatabaseSync
 from django_rq_scheduled.models import SCHEDULE_MODELS, CronJob, ScheduledJob
 from django_rq_scheduled.reconcile_state import ReconcileState, read_state, save_state
 from django_rq_scheduled.reconciliation import Reconciler
+from django_rq_scheduled.unsynced import UnsyncedRow
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -78,11 +79,11 @@ def test_an_incremental_pass_over_an_unchanged_table_costs_the_same_whatever_its
                 assert report.written == report.removed == report.failed == []
                 per_pass.append((len(queries), round_trips['n'] - before))
         costs[size] = (max(q for q, _ in per_pass), max(t for _, t in per_pass))
-    # The changed rows (a query per model), a slice of rows (two), the owners of a slice of the versions hash (one
-    # per model in it); the state, a slice's templates, a slice of the versions hash, the state again.
+    # The noted rows, the changed rows (a query per model), a slice of rows (two), the owners of a slice of the
+    # versions hash (one per model in it); the state, a slice's templates, a slice of the versions hash, the state.
     assert costs[60] == costs[1500]
     queries, trips = costs[1500]
-    assert queries <= 6 and trips <= 4, costs
+    assert queries <= 7 and trips <= 4, costs
 
 
 def test_a_flushed_redis_is_detected_and_fully_repaired_at_the_next_pass(connection):
@@ -174,13 +175,10 @@ def failing_sync(*args, **kwargs):
     raise redis.ConnectionError('Redis is down')
 
 
-@pytest.mark.parametrize('path', ['save', 'update', 'bulk_update', 'bulk_create', 'create'])
-def test_a_row_whose_sync_failed_while_redis_was_down_is_repaired_at_the_next_pass(connection, monkeypatch, path):
-    [row] = cron_rows(1)
-    Reconciler(connection).run()
-    spy = []
-    monkeypatch.setattr(sync, 'reconcile', lambda **kwargs: spy.append(kwargs))  # no full pass
-    monkeypatch.setattr(signals.sync, 'sync_rows', failing_sync)
+def change_while_redis_is_down(monkeypatch, row, path):
+    """Changes (or makes, or deletes) a row through the ORM while its after-commit sync fails; returns the row."""
+    working = sync.sync_rows
+    monkeypatch.setattr(sync, 'sync_rows', failing_sync)
     if path == 'save':
         row.cron_string = '0 4 * * *'
         row.save()
@@ -189,18 +187,74 @@ def test_a_row_whose_sync_failed_while_redis_was_down_is_repaired_at_the_next_pa
     elif path == 'bulk_update':
         row.cron_string = '0 4 * * *'
         CronJob.objects.bulk_update([row], ['cron_string'])
+    elif path == 'delete':
+        CronJob.objects.get(pk=row.pk).delete()
+    elif path == 'bulk_create':
+        row = cron_rows(1, prefix='new')[0]
     else:
-        row = cron_rows(1, prefix='new')[0] if path == 'bulk_create' else CronJob.objects.create(
-            name='new', callable='tests.tasks.add', cron_string='0 4 * * *'
-        )  # fmt: skip
-    monkeypatch.setattr(signals.sync, 'sync_rows', sync.sync_rows)
-    assert Job.exists(row.template_id, connection=connection) == (path in ('save', 'update', 'bulk_update'))
+        row = CronJob.objects.create(name='new', callable='tests.tasks.add', cron_string='0 4 * * *')
+    monkeypatch.setattr(sync, 'sync_rows', working)
+    return row
+
+
+def assert_in_line(connection, row, report):
+    if not CronJob.objects.filter(pk=row.pk).exists():
+        assert report.removed == [row.template_id] and not Job.exists(row.template_id, connection=connection)
+        return
+    assert report.written == [row.template_id]
+    stored = Job.fetch(row.template_id, connection=connection).meta['cron_string']
+    assert stored == CronJob.objects.get(pk=row.pk).cron_string
+
+
+PATHS = ['save', 'update', 'bulk_update', 'bulk_create', 'create', 'delete']
+
+
+@pytest.mark.parametrize('path', PATHS)
+def test_a_row_whose_sync_failed_while_redis_was_down_is_repaired_at_the_next_pass(connection, monkeypatch, path):
+    [row] = cron_rows(1)
+    Reconciler(connection).run()
+    earlier = datetime.now(UTC) - timedelta(hours=1)
+    with time_machine.travel(earlier, tick=True):  # modified is older than the watermark: the note finds them
+        row = change_while_redis_is_down(monkeypatch, row, path)
+    assert UnsyncedRow.objects.count() == 1
+    monkeypatch.setattr(sync, 'reconcile', lambda **kwargs: pytest.fail('a full pass'))
     report = Reconciler(connection).run()
-    assert report.written == [row.template_id] and spy == []
-    assert (
-        Job.fetch(row.template_id, connection=connection).meta['cron_string']
-        == row.__class__.objects.get(pk=row.pk).cron_string
-    )
+    assert_in_line(connection, row, report)
+    assert UnsyncedRow.objects.count() == 0  # forgotten once synced
+    assert Reconciler(connection).run().written == []
+
+
+@pytest.mark.parametrize('path', ['save', 'update', 'bulk_update', 'bulk_create', 'create'])
+def test_a_failed_sync_that_could_not_be_noted_is_found_by_modified(connection, monkeypatch, path):
+    [row] = cron_rows(1)
+    Reconciler(connection).run()
+    monkeypatch.setattr(signals.unsynced, 'note', lambda *args: None)  # the process died after its commit, say
+    row = change_while_redis_is_down(monkeypatch, row, path)
+    assert UnsyncedRow.objects.count() == 0
+    monkeypatch.setattr(sync, 'reconcile', lambda **kwargs: pytest.fail('a full pass'))
+    assert_in_line(connection, row, Reconciler(connection).run())
+
+
+def test_noted_rows_wait_while_redis_does_not_answer_the_pass(connection, monkeypatch):
+    [row] = cron_rows(1)
+    Reconciler(connection).run()
+    change_while_redis_is_down(monkeypatch, row, 'delete')
+    monkeypatch.setattr(sync, 'sync_rows', failing_sync)
+    with pytest.raises(redis.ConnectionError):
+        Reconciler(connection).run()
+    assert UnsyncedRow.objects.count() == 1
+    monkeypatch.undo()
+    assert Reconciler(connection).run().removed == [row.template_id]
+    assert UnsyncedRow.objects.count() == 0
+
+
+def test_a_note_no_schedule_row_can_have_is_dropped(connection):
+    UnsyncedRow.objects.create(model='auth.user', object_pk='1')
+    UnsyncedRow.objects.create(model='django_rq_scheduled.cronjob', object_pk='not a number')
+    Reconciler(connection).run()
+    report = Reconciler(connection).run()
+    assert report.written == report.removed == report.failed == []
+    assert UnsyncedRow.objects.count() == 0
 
 
 def test_the_watermark_holds_while_a_pass_fails(connection, monkeypatch):
