@@ -226,3 +226,16 @@ def test_the_alerts_benchmark_alternates_with_and_without_alerts_and_counts_ever
             assert len(round_['lateness_ms']) == jobs
     assert all(r['counts']['webhook_connections'] > 0 for r in data['lateness']['alerts to a hanging webhook'])
     assert len(data['p99_ratio_per_round']) == len(data['control_p99_ratio_per_round']) == config['rounds']
+
+
+def test_the_reconciliation_benchmark_costs_the_same_at_every_size(tmp_path):
+    data, stdout = run_benchmark('bench.reconcile_cost', 'quick', tmp_path)
+    results = data['results']
+    assert [result['rows'] for result in results] == data['config']['sizes']
+    assert len({max(result['pass']['queries']) for result in results}) == 1
+    assert all(max(result['pass']['round_trips']) <= 5 for result in results)
+    first = results[0]
+    # The table's slices, one more that finds its end, and one for each empty table.
+    assert first['sweep']['passes'] == first['rows'] // data['sweep_rows'] + data['models']
+    assert 'drqs_cronjob_modified' in data['changed_rows_plan']
+    assert '## Reconciliation' in stdout
