@@ -20,6 +20,10 @@ QUEUES_SET_KEY = 'rq:queues'
 WAKEUP_KEY = 'rq:drqs:wakeup'
 NEXT_WAKEUP_KEY = 'rq:drqs:next_wakeup'
 DEAD_LETTERS_KEY = 'rq:drqs:dead_letters'
+PAUSED_KEY = 'rq:drqs:paused'
+"""The pause of this Redis server (``core.pause``): a hash of scope → JSON record (who, when, why)."""
+PAUSE_ALL = '*'
+"""The scope (a field of ``PAUSED_KEY``) of a pause of every queue; any other field is one queue's name."""
 WAKEUP_KEYS = (SCHEDULED_JOBS_KEY, NEXT_WAKEUP_KEY, WAKEUP_KEY)
 """The keys of a write that may wake a sleeping leader (``scripts.SCHEDULE`` and others): schedule, wake-ups."""
 INSTANCES_KEY = 'rq:drqs:instances'

@@ -32,6 +32,12 @@ MAX_CATCHUP_LIMIT = 10_000
 OVERLAP_POLICIES = ('allow', 'skip', 'buffer_one', 'cancel_other')
 CATCHUP_POLICIES = ('latest', 'none', 'all')
 
+MAX_PAUSED_SCAN = 2_000
+"""Due entries of paused queues one read of the due jobs steps over at most (one Lua call): the read goes on in
+further calls, so Redis is never blocked long by a large paused backlog."""
+MAX_PAUSE_REASON = 500
+"""Characters of the reason given for a pause."""
+
 DEFAULT_LEASE_TTL = 5.0
 DEFAULT_BATCH_SIZE = 500
 

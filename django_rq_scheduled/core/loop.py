@@ -52,6 +52,8 @@ class Loop:
         self.observer: Observer = SILENT
         self._observer_failed = False
         self._failing_hooks: set[TickHook] = set()
+        self._paused = False
+        self._pause_problem = ''
         self._arm_script = scheduler.connection.register_script(scripts.ARM_WAKEUP)
 
     def request_stop(self) -> None:
@@ -143,13 +145,27 @@ class Loop:
             self._observe_tick()
             self.stop.wait(self._standby_wait())
             return False
-        scheduler.move_due_jobs()
+        report = scheduler.move_due_jobs()
+        self._note_pause(report)
         self._run_tick_hooks()
         self._observe_tick()
         if burst:
             return True
-        self._sleep_until_next_due()
+        # Due entries of paused queues stay due: waking for them would spin; the loop wakes for later entries, a
+        # producer's wake-up (a resume pushes one) or its longest sleep.
+        self._sleep_until_next_due(after=report.read_at if getattr(report, 'paused', 0) else None)
         return False
+
+    def _note_pause(self, report: Any) -> None:
+        """Logs when this server's pause begins and ends, and a pause key it cannot read, once each."""
+        paused = getattr(report, 'paused', 0) == -1
+        if paused != self._paused:
+            logger.info('Scheduling is paused on this Redis server' if paused else 'Scheduling runs again')
+        self._paused = paused
+        problem = getattr(report, 'pause_problem', '')
+        if problem and problem != self._pause_problem:
+            logger.error('The pause key %s cannot be read (%s): nothing is paused', keys.PAUSED_KEY, problem)
+        self._pause_problem = problem
 
     def _refresh_clock(self) -> None:
         try:
@@ -206,15 +222,14 @@ class Loop:
             longest = min(longest, socket_timeout * 0.8)
         return longest
 
-    def _sleep_until_next_due(self) -> None:
-        """Blocks until the next due time, a producer's wake-up, or the longest sleep, whichever is first."""
+    def _sleep_until_next_due(self, after: float | None = None) -> None:
+        """Blocks until the next due time (of entries due later than ``after``, if given), a producer's wake-up, or
+        the longest sleep, whichever is first."""
         clock = self.scheduler.clock
         now = clock.now()
         latest = now + self._longest_sleep()
-        earliest = self._arm_script(
-            keys=list(keys.WAKEUP_KEYS),
-            args=[format_score(latest), math.ceil((latest - now) * 1000) + 1000],
-        )
+        args: list[Any] = [format_score(latest), math.ceil((latest - now) * 1000) + 1000]
+        earliest = self._arm_script(keys=list(keys.WAKEUP_KEYS), args=args if after is None else [*args, repr(after)])
         wake_at = min(latest, float(earliest)) if earliest is not None else latest
         wait = wake_at - clock.now()
         if wait > 0.001 and not self.stop.is_set():

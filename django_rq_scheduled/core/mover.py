@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import keys, scripts
+from . import keys, limits, scripts
 from .clock import ServerClock
 from .errors import LeadershipLost
 from .jobs import Refusal
@@ -36,6 +36,8 @@ PLANNING_FIELDS = (
     b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
     b'dependency_id', b'dependency_ids',
 )  # fmt: skip
+MOVE_KEYS = (keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY)
+READ_DUE_KEYS = (keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY)
 Pairs = list[tuple[Any, Any]]
 Fields = list[dict[bytes, bytes]]
 
@@ -48,6 +50,12 @@ class MoveReport:
     dead: list[str | bytes] = field(default_factory=list)
     skipped: list[str | bytes] = field(default_factory=list)
     batches: int = 0
+    paused: int = 0
+    """Due entries of paused queues the pass stepped over (left in the schedule, due); -1: every queue is paused."""
+    pause_problem: str = ''
+    """Why the pause key cannot be read (it then pauses nothing), or ''."""
+    read_at: float | None = None
+    """The instant the pass read the due jobs at: the due entries it stepped over are due up to there."""
 
     @property
     def count(self) -> int:
@@ -179,25 +187,28 @@ class Mover:
         is guarded on the exact score it was read with: an entry read twice, or changed since, is left alone.
         """
         report = MoveReport()
-        now = self.clock.now()
-        pairs, fields = self.read_due(now, count=2 * self.batch_size)
+        now = report.read_at = self.clock.now()
+        pairs, fields = self._read_due_stepping_over_paused(now, 0, 2 * self.batch_size, report)
         current = self.plan_batch(pairs[: self.batch_size], fields[: self.batch_size], now)
         ahead = (pairs[self.batch_size :], fields[self.batch_size :], now)
         while current.entries:
             if not ahead[0] or self.stop.is_set():
                 self.apply_batch(current, report, fenced=True)
                 return report
+            # Entries of paused queues stay where they are: the next read starts after those stepped over so far.
+            offset = self.batch_size + max(report.paused, 0)
             read_at = self.clock.now()
-            pending = self._send_move_and_read(current, offset=self.batch_size, now=read_at)
+            pending = self._send_move_and_read(current, offset=offset, now=read_at)
             try:
                 upcoming = self.plan_batch(*ahead)
             finally:
-                move_reply, read_reply = self._replies(pending, current, read_at)
+                move_reply, read_reply = self._replies(pending, current, read_at, offset)
             # A batch that moved nothing (entries that cannot even be dead-lettered, or all changed by producers
             # meanwhile) would be met again at once: leave the rest to the next tick instead of spinning.
             if not self._finish_batch(current, move_reply, report, fenced=True):
                 return report
-            current, ahead = upcoming, (*self._parse_read_due(read_reply), read_at)
+            pairs, fields = self._continue_read(read_reply, read_at, offset, self.batch_size, report)
+            current, ahead = upcoming, (pairs, fields, read_at)
             self.lease.renew_if_due()
         return report
 
@@ -213,17 +224,49 @@ class Mover:
     # -- reading and planning -------------------------------------------------------------------------------
 
     def read_due(self, now: float, count: int | None = None) -> tuple[Pairs, Fields]:
-        """Due members with their scores, and the fields their moves are planned from: one round trip."""
-        flat = self._read_due_script(
-            keys=[keys.SCHEDULED_JOBS_KEY], args=self._read_due_args(now, 0, count or self.batch_size)
-        )
-        return self._parse_read_due(flat)
+        """Due members with their scores, and the fields their moves are planned from, those of paused queues
+        left out: one round trip, more only behind a large paused backlog."""
+        return self._read_due_stepping_over_paused(now, 0, count or self.batch_size, MoveReport())
+
+    def _read_due_stepping_over_paused(
+        self, now: float, offset: int, count: int, report: MoveReport
+    ) -> tuple[Pairs, Fields]:
+        flat = self._read_due_script(keys=READ_DUE_KEYS, args=self._read_due_args(now, offset, count))
+        return self._continue_read(flat, now, offset, count, report)
+
+    def _continue_read(
+        self, flat: list[Any], now: float, offset: int, count: int, report: MoveReport
+    ) -> tuple[Pairs, Fields]:
+        """The due entries of a read's reply, and of the further reads it takes to step over a large backlog of
+        paused ones (each Lua call steps over at most ``limits.MAX_PAUSED_SCAN``); counts those in ``report``."""
+        stepped_over, more, problem, pairs, fields = self._parse_read_due(flat)
+        report.pause_problem = problem
+        if stepped_over < 0:
+            report.paused = -1
+            return [], []
+        report.paused += stepped_over
+        position = offset + stepped_over + len(pairs)
+        while more and len(pairs) < count:
+            flat = self._read_due_script(
+                keys=READ_DUE_KEYS, args=self._read_due_args(now, position, count - len(pairs))
+            )
+            stepped_over, more, _, more_pairs, more_fields = self._parse_read_due(flat)
+            if stepped_over < 0:  # every queue paused meanwhile: the move script leaves the batch alone
+                break
+            report.paused += stepped_over
+            position += stepped_over + len(more_pairs)
+            pairs, fields = pairs + more_pairs, fields + more_fields
+        return pairs, fields
 
     def _read_due_args(self, now: float, offset: int, count: int) -> list[Any]:
-        return [self.job_class.redis_job_namespace_prefix, repr(now), offset, count, *PLANNING_FIELDS]
+        prefix = self.job_class.redis_job_namespace_prefix
+        return [prefix, repr(now), offset, count, limits.MAX_PAUSED_SCAN, *PLANNING_FIELDS]
 
     @staticmethod
-    def _parse_read_due(flat: list[Any]) -> tuple[Pairs, Fields]:
+    def _parse_read_due(flat: list[Any]) -> tuple[int, bool, str, Pairs, Fields]:
+        """How many paused entries a read stepped over (-1: all paused), whether more may follow, why the pause key
+        cannot be read, the entries and their fields."""
+        stepped_over, more, problem, *flat = flat
         width = 3 + len(PLANNING_FIELDS)
         rows = [flat[start : start + width] for start in range(0, len(flat), width)]
         pairs = [(row[0], row[1]) for row in rows]
@@ -231,7 +274,8 @@ class Mover:
             {UNREADABLE: row[2]} if row[2] else {name: value for name, value in zip(PLANNING_FIELDS, row[3:]) if value}
             for row in rows
         ]
-        return pairs, fields
+        problem_text = problem.decode(errors='replace') if isinstance(problem, bytes) else ''
+        return int(stepped_over), bool(more), problem_text, pairs, fields
 
     def planner(self, now: float) -> Planner:
         return Planner(
@@ -310,12 +354,12 @@ class Mover:
         read = self._read_due_args(now, offset, self.batch_size)
         self._load_scripts_once()
         commands = [
-            ('EVALSHA', self._move_script.sha, 2, keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, *move),
-            ('EVALSHA', self._read_due_script.sha, 1, keys.SCHEDULED_JOBS_KEY, *read),
+            ('EVALSHA', self._move_script.sha, len(MOVE_KEYS), *MOVE_KEYS, *move),
+            ('EVALSHA', self._read_due_script.sha, len(READ_DUE_KEYS), *READ_DUE_KEYS, *read),
         ]
         return PendingReplies(self.connection.connection_pool, commands)
 
-    def _replies(self, pending: PendingReplies, batch: Batch, read_at: float) -> tuple[Any, Any]:
+    def _replies(self, pending: PendingReplies, batch: Batch, read_at: float, offset: int) -> tuple[Any, Any]:
         """The replies of a pipelined move and read; either one is redone if Redis had lost its script."""
         move_reply, read_reply = pending.wait()
         if isinstance(move_reply, redis.exceptions.NoScriptError):
@@ -324,7 +368,7 @@ class Mover:
         if isinstance(read_reply, redis.exceptions.NoScriptError):
             self._scripts_missing = True
             read_reply = self._read_due_script(
-                keys=[keys.SCHEDULED_JOBS_KEY], args=self._read_due_args(read_at, self.batch_size, self.batch_size)
+                keys=READ_DUE_KEYS, args=self._read_due_args(read_at, offset, self.batch_size)
             )
         if isinstance(read_reply, Exception):
             raise read_reply
@@ -353,7 +397,7 @@ class Mover:
 
     def _call_move(self, argv: list[Any]) -> list[Any]:
         try:
-            results: list[Any] = self._move_script(keys=[keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY], args=argv)
+            results: list[Any] = self._move_script(keys=MOVE_KEYS, args=argv)
         except redis.ResponseError as exc:
             self._raise_move_error(exc)
         return results

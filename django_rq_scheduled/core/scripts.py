@@ -5,9 +5,9 @@ Key names and markers come in as KEYS and ARGV, or are formatted into the source
 
 from __future__ import annotations
 
-from .keys import DONE_PREFIX
+from .keys import DONE_PREFIX, PAUSE_ALL
 
-# Moves one batch of due jobs. KEYS: lock, schedule.
+# Moves one batch of due jobs. KEYS: lock, schedule, pause.
 # ARGV: token (empty for an explicit API call rather than the loop), entry count, enqueued_at, job key prefix,
 # the set of queue keys ('rq:queues'), then per entry: member, expected score ('*' = unguarded), and either
 #   'O', queue key, push command, timeout or '', ttl or '': a plain one-off job (the hot path, kept compact), or
@@ -22,12 +22,28 @@ from .keys import DONE_PREFIX
 # Out of memory, Redis refuses only the first write of a script (later ones would leave it half done): that write
 # fails the whole call before anything is written, so the caller retries it later; no job is ever dead-lettered
 # for it.
+# The loop's batch (fenced) honours the pause as it stands when the batch is applied: an entry of a paused queue
+# (its job's origin), or every entry while every queue is paused, is left alone (0), due, with its score. A pause
+# key that is not a hash pauses nothing, as in READ_DUE.
 MOVE = """
 local unpack = unpack or table.unpack
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('NOTLEADER lease lost')
 end
 local enqueued_at, job_prefix, queues_key = ARGV[3], ARGV[4], ARGV[5]
+local paused, pause_any = {}, false
+if ARGV[1] ~= '' then
+  local scopes = redis.pcall('HKEYS', KEYS[3])
+  if type(scopes) == 'table' and not scopes['err'] then
+    for p = 1, #scopes do paused[scopes[p]] = true; pause_any = true end
+  end
+end
+local function is_paused(member)
+  if not pause_any then return false end
+  if paused['{PAUSE_ALL}'] then return true end
+  local origin = redis.pcall('HGET', job_prefix .. member, 'origin')
+  return type(origin) == 'string' and paused[origin] == true
+end
 local expected_type = {
   HSET = 'hash', HDEL = 'hash', RPUSH = 'list', LPUSH = 'list', SADD = 'set', ZADD = 'zset', ZREM = 'zset'
 }
@@ -88,7 +104,7 @@ for e = 1, tonumber(ARGV[2]) do
   local member, score, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local status = 0
   if kind == 'O' then
-    if still_scheduled(member, score) then
+    if still_scheduled(member, score) and not is_paused(member) then
       status = one_off(member, ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
       if type(status) == 'table' then return redis.error_reply(status.failed) end
     end
@@ -102,7 +118,7 @@ for e = 1, tonumber(ARGV[2]) do
       cmds[c] = {unpack(ARGV, i + 1, i + nargs)}
       i = i + 1 + nargs
     end
-    if still_scheduled(member, score) then
+    if still_scheduled(member, score) and not is_paused(member) then
       status = 1
       if kind == 'H' and redis.call('EXISTS', job_prefix .. member) == 0 then
         status = 'MISSING ' .. job_prefix .. member .. ' was deleted before it was moved'
@@ -127,31 +143,64 @@ for e = 1, tonumber(ARGV[2]) do
   results[e] = status
 end
 return results
-"""
+""".replace('{PAUSE_ALL}', PAUSE_ALL)
 
 # Reads one batch of due jobs and the hash fields their moves are planned from, in one round trip.
-# KEYS: schedule. ARGV: job key prefix, latest due score, offset (due members to skip), batch size, fields...
-# Returns a flat list, for each due member, earliest first: member, score, an error (nil, or why the job's key
-# cannot be read: it then goes to the dead letters instead of blocking the batch), one value (or nil) per field.
-READ_DUE = """
+# KEYS: schedule, pause. ARGV: job key prefix, latest due score, offset (due members to skip), batch size, how many
+# due members of paused queues to step over at most, fields...
+# Returns a flat list: how many due members of paused queues it stepped over (-1: every queue is paused, nothing
+# is read), 1 if it stopped at that limit before the batch was full (more may follow) or 0, why the pause key
+# cannot be read (nil if it can: one that is not a hash, written by someone else, pauses nothing), then for each due
+# member it did not step over, earliest first: member, score, an error (nil, or why the job's key cannot be read:
+# it then goes to the dead letters instead of blocking the batch), one value (or nil) per field.
+# A member of a paused queue (its job's origin) stays in the schedule with its score: a read steps over it, so it
+# never blocks the members of other queues behind it.
+READ_DUE = f"""
 local unpack = unpack or table.unpack
-local fields = {unpack(ARGV, 5)}
-local due = redis.call(
-  'ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4])
-)
-local out = {}
-for d = 1, #due, 2 do
-  out[#out + 1] = due[d]
-  out[#out + 1] = due[d + 1]
-  local values = redis.pcall('HMGET', ARGV[1] .. due[d], unpack(fields))
-  if type(values) == 'table' and values['err'] then
-    out[#out + 1] = values['err']
-    values = {}
-  else
-    out[#out + 1] = false
-  end
-  for f = 1, #fields do out[#out + 1] = values[f] or false end
+local fields = {{unpack(ARGV, 6)}}
+local origin_at = 0
+for f = 1, #fields do if fields[f] == 'origin' then origin_at = f end end
+local paused, any, problem = {{}}, false, false
+local scopes = redis.pcall('HKEYS', KEYS[2])
+if type(scopes) == 'table' and scopes['err'] then
+  problem = scopes['err']
+else
+  for p = 1, #scopes do paused[scopes[p]] = true; any = true end
 end
+if paused['{PAUSE_ALL}'] then return {{-1, 0, false}} end
+local want, limit, position = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[3])
+local out = {{0, 0, problem}}
+local found, skipped = 0, 0
+while found < want do
+  local chunk = want - found
+  if any and chunk < 100 then chunk = 100 end
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', position, chunk)
+  for d = 1, #due, 2 do
+    if found >= want or skipped >= limit then break end
+    position = position + 1
+    local values = redis.pcall('HMGET', ARGV[1] .. due[d], unpack(fields))
+    local err = false
+    if type(values) == 'table' and values['err'] then
+      err = values['err']
+      values = {{}}
+    end
+    if any and origin_at > 0 and values[origin_at] and paused[values[origin_at]] then
+      skipped = skipped + 1
+    else
+      found = found + 1
+      out[#out + 1] = due[d]
+      out[#out + 1] = due[d + 1]
+      out[#out + 1] = err
+      for f = 1, #fields do out[#out + 1] = values[f] or false end
+    end
+  end
+  if skipped >= limit then
+    if found < want then out[2] = 1 end
+    break
+  end
+  if #due < 2 * chunk then break end
+end
+out[1] = skipped
 return out
 """
 
@@ -245,9 +294,15 @@ return removed > 0 and 1 or 0
 """
 
 # Arms the wake-up: returns the earliest score (or false) and records when the leader will look next.
-# KEYS: schedule, next wake-up, wake-up list. ARGV: latest wake-up time (epoch s), expiry ms.
+# KEYS: schedule, next wake-up, wake-up list. ARGV: latest wake-up time (epoch s), expiry ms, and optionally a
+# time up to which entries are left out (the due entries of paused queues, which must not wake the loop at once).
 ARM_WAKEUP = """
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local first
+if ARGV[3] then
+  first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+else
+  first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+end
 local wake = tonumber(ARGV[1])
 if first[2] and tonumber(first[2]) < wake then wake = tonumber(first[2]) end
 redis.call('SET', KEYS[2], tostring(wake), 'PX', ARGV[2])
@@ -288,3 +343,23 @@ end
 return 0
 """
 """Takes a job out of its queue (KEYS[1]) and marks its hash (KEYS[2]) canceled, only if it was still waiting."""
+
+# Pauses one scope (every queue, or one queue) of this Redis server. KEYS: pause. ARGV: scope, record (JSON),
+# reason ('' = none given). A scope already paused keeps its record (who paused it, and since when); a new reason
+# replaces the old one. A record that is not one of ours (written by someone else) is replaced by the new one.
+# Returns 1 if the scope was not paused before, else 0.
+PAUSE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+local ok, record = pcall(cjson.decode, old)
+if not ok or type(record) ~= 'table' or type(record['by']) ~= 'string' or type(record['at']) ~= 'number' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+elseif ARGV[3] ~= '' then
+  record['reason'] = ARGV[3]
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+end
+return 0
+"""
