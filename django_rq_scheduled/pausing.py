@@ -37,12 +37,17 @@ class UnknownQueue(ValueError):
     pass
 
 
-def _targets(queues: list[str] | None) -> dict[tuple[Any, ...], list[str] | None]:
-    """Server identity → the queues to act on there (None: everything); unknown queues refused before any write."""
+def _targets(queues: list[str] | None, server: str | None) -> dict[tuple[Any, ...], list[str] | None]:
+    """Server identity → the queues to act on there (None: everything), on every server or on the one named;
+    unknown queues (or queues of another server) are refused before any write."""
     known = servers()
+    homes = {identity: known.name_of(identity) for identity in known.schedulers}
+    if server is not None and server not in homes.values():
+        raise UnknownQueue('server: unknown Redis server.')
+    chosen = [identity for identity, name in homes.items() if server in (None, name)]
     if queues is None:
-        return dict.fromkeys(known.schedulers)
-    unknown = sorted(set(queues) - set(known.queue_home))
+        return dict.fromkeys(chosen)
+    unknown = sorted(queue for queue in set(queues) if known.queue_home.get(queue) not in chosen)
     if unknown:
         raise UnknownQueue(
             f'queue: unknown queue(s) {", ".join(map(repr, unknown))}; RQ_QUEUES has {sorted(known.queue_home)}'
@@ -53,10 +58,10 @@ def _targets(queues: list[str] | None) -> dict[tuple[Any, ...], list[str] | None
     return dict(grouped)
 
 
-def _each_server(queues: list[str] | None, act: Any) -> list[ServerPause]:
+def _each_server(queues: list[str] | None, server: str | None, act: Any) -> list[ServerPause]:
     known = servers()
     results = []
-    for identity, scoped in _targets(queues).items():
+    for identity, scoped in _targets(queues, server).items():
         connection = known.schedulers[identity].connection
         result = ServerPause(known.name_of(identity))
         try:
@@ -68,20 +73,23 @@ def _each_server(queues: list[str] | None, act: Any) -> list[ServerPause]:
     return results
 
 
-def pause_scheduling(queues: list[str] | None, *, by: str, reason: str = '') -> list[ServerPause]:
-    """Pauses everything (``queues`` None) or these queues. Refuses unknown queues and a reason too long
-    (ValueError naming its argument) before it writes anything; a server that fails is reported, not raised."""
+def pause_scheduling(
+    queues: list[str] | None, *, by: str, reason: str = '', server: str | None = None
+) -> list[ServerPause]:
+    """Pauses everything (``queues`` None) or these queues, on every server or the one named (as pages name it).
+    Refuses unknown queues and a reason too long (ValueError naming its argument) before it writes anything; a
+    server that fails is reported, not raised."""
     if problem := pause.reason_problem(reason):
         raise ValueError(f'reason: {problem}')
     now = time.time()
     return _each_server(
-        queues, lambda connection, scoped: pause.pause(connection, scoped, by=by, reason=reason, now=now)
+        queues, server, lambda connection, scoped: pause.pause(connection, scoped, by=by, reason=reason, now=now)
     )
 
 
-def resume_scheduling(queues: list[str] | None) -> list[ServerPause]:
+def resume_scheduling(queues: list[str] | None, *, server: str | None = None) -> list[ServerPause]:
     """Resumes everything (``queues`` None) or these queues' own pauses; see the module's docstring."""
-    return _each_server(queues, pause.resume)
+    return _each_server(queues, server, pause.resume)
 
 
 def pause_states() -> list[tuple[str, PauseState | None]]:
