@@ -114,5 +114,12 @@ def describe(record: PauseRecord) -> str:
     return f'{text}: {record.reason}' if record.reason else text
 
 
+def describe_state(state: PauseState) -> str:
+    """ "every queue (by alice, since …: deploy); queue high (by …)": what is paused on a server."""
+    scopes = [f'every queue ({describe(state.everything)})'] if state.everything else []
+    scopes += [f'queue {queue} ({describe(record)})' for queue, record in sorted(state.queues.items())]
+    return '; '.join(scopes)
+
+
 def scope_name(scope: str) -> str:
     return 'every queue' if scope == keys.PAUSE_ALL else f'queue {scope}'

@@ -284,7 +284,14 @@ def test_a_time_command_renamed_away_falls_back_to_this_hosts_clock():
     from django_rq_scheduled.core.health import leadership_from
 
     beat = time.time() - 1
-    replies = [keys.lease_token('lead', 'n').encode(), [(b'lead', beat)], [], 0, redis.ResponseError('unknown command')]
+    replies = [
+        keys.lease_token('lead', 'n').encode(),
+        [(b'lead', beat)],
+        [],
+        0,
+        {},
+        redis.ResponseError('unknown command'),
+    ]
     health, now, earliest = leadership_from(replies)
     assert health.problems == {} and health.leader == 'lead' and 0.5 < health.heartbeat_age < 5
     assert earliest is None and abs(now - time.time()) < 1

@@ -15,7 +15,8 @@ from typing import Any
 
 import redis
 
-from . import keys
+from . import keys, limits, scripts
+from .pause import PauseState, queue_pause_read, state_from
 from .status import Member, leader_name, readable_replies, server_seconds
 
 SHOWN_NAME_LENGTH = 200
@@ -42,6 +43,9 @@ class ServerHealth:
     dead_letters: int = 0
     problems: dict[str, str] = field(default_factory=dict)
     """Key → why it could not be read (a key of the wrong type)."""
+    pause: PauseState = field(default_factory=PauseState)
+    overdue_paused_only: bool = False
+    """Every overdue entry belongs to a paused queue: the backlog is the pause's, not a stuck scheduler's."""
 
 
 def queue_leadership_reads(pipe: Any) -> None:
@@ -50,10 +54,11 @@ def queue_leadership_reads(pipe: Any) -> None:
     pipe.zrange(keys.INSTANCES_KEY, 0, -1, withscores=True)
     pipe.zrange(keys.SCHEDULED_JOBS_KEY, 0, 0, withscores=True)
     pipe.hlen(keys.DEAD_LETTERS_KEY)
+    queue_pause_read(pipe)
     pipe.time()  # ages by the server's clock, the one the schedulers judge by
 
 
-LEADERSHIP_READS = 5
+LEADERSHIP_READS = 6
 _READ_KEYS = (keys.LOCK_KEY, keys.INSTANCES_KEY, keys.SCHEDULED_JOBS_KEY, keys.DEAD_LETTERS_KEY)
 
 
@@ -61,8 +66,9 @@ def leadership_from(replies: list[Any]) -> tuple[ServerHealth, float, float | No
     """The health read from the replies of ``queue_leadership_reads``, the server's time, and the earliest due
     time in the schedule (None when it is empty or unreadable)."""
     health = ServerHealth()
-    *reads, server_time = replies
+    *reads, pause_reply, server_time = replies
     lock, instances, first, dead = readable_replies(reads, _READ_KEYS, health.problems)
+    health.pause = state_from(pause_reply)
     # A managed Redis may rename TIME away: the loop then keeps its host's clock, and so does the check.
     now = server_seconds(None if isinstance(server_time, Exception) else server_time)
     leader = leader_name(lock) if isinstance(lock, bytes) else None
@@ -99,6 +105,21 @@ def _count_due(connection: redis.Redis, health: ServerHealth, now: float, max_la
         pipe.zcount(keys.SCHEDULED_JOBS_KEY, '-inf', f'({now - max_lateness}')
         due, overdue = readable_replies(pipe.execute(raise_on_error=False), _READ_KEYS[2:3] * 2, health.problems)
     health.due, health.overdue = due or 0, overdue or 0
+    if health.overdue and health.pause.any:
+        health.overdue_paused_only = health.pause.everything is not None or not _overdue_of_running_queues(
+            connection, now - max_lateness
+        )
+
+
+def _overdue_of_running_queues(connection: redis.Redis, latest: float) -> bool:
+    """Whether an entry due before ``latest`` belongs to a queue that is not paused (the loop's own read, which steps
+    over paused ones; an answer it cannot give for a backlog that large counts as yes)."""
+    reply = connection.register_script(scripts.READ_DUE)(
+        keys=[keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY],
+        args=[keys.JOB_KEY_PREFIX, repr(latest), 0, 1, limits.MAX_PAUSED_SCAN, 'origin'],
+    )
+    stepped_over, more = reply[0], reply[1]
+    return stepped_over >= 0 and (more == 1 or len(reply) > 3)
 
 
 def bounded(connection: redis.Redis, seconds: float | None = None) -> tuple[redis.Redis, Callable[[], None]]:
