@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -229,3 +230,58 @@ def test_the_records_are_json_a_person_can_read(fake_connection):
         'at': 1000.5,
         'reason': 'deploy',
     }
+
+
+STATES = {'nothing': (), 'everything': None, 'high': ('high',), 'default': ('default',), 'both': ('default', 'high')}
+
+
+def set_state(connection, state):
+    pause.resume(connection, None)
+    if STATES[state] != ():
+        pause_now(connection, None if STATES[state] is None else list(STATES[state]))
+
+
+def paused_queues(state):
+    return {'default', 'high'} if STATES[state] is None else set(STATES[state])
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_pauses_toggled_between_and_during_passes_lose_nothing_and_move_nothing_twice(
+    scheduler, fake_connection, clock, monkeypatch, seed
+):
+    """Random pauses, set before a pass and while it plans its batches (read-ahead included), over interleaved
+    one-offs of two queues, passes cut short at random, a read that steps over at most 5 paused entries per call:
+    every job reaches its queue exactly once, and a queue paused all through a pass gains nothing in it."""
+    rng = random.Random(seed)
+    monkeypatch.setattr(limits, 'MAX_PAUSED_SCAN', 5)
+    expected: dict[str, list[str]] = {'default': [], 'high': []}
+    for n in range(150):
+        queue = rng.choice(['default', 'high'])
+        scheduler.enqueue_at(T0 + timedelta(milliseconds=n), tasks.add, n, job_id=f'job-{n}', queue_name=queue)
+        expected[queue].append(f'job-{n}')
+    plan_batch = scheduler.mover.plan_batch
+    states_seen: list[str] = []
+
+    def toggling_plan_batch(*args):
+        if rng.random() < 0.3:
+            states_seen.append(rng.choice(list(STATES)))
+            set_state(fake_connection, states_seen[-1])
+        if rng.random() < 0.2:
+            scheduler.mover.stop.set()  # the pass ends after this batch
+        return plan_batch(*args)
+
+    monkeypatch.setattr(scheduler.mover, 'plan_batch', toggling_plan_batch)
+    clock.move_to(T0 + timedelta(seconds=1))
+    passes = 0
+    while fake_connection.zcard(keys.SCHEDULED_JOBS_KEY) and passes < 300:
+        passes += 1
+        states_seen[:] = [rng.choice(list(STATES))]
+        set_state(fake_connection, states_seen[0])
+        lengths = {queue: len(queued(fake_connection, queue)) for queue in expected}
+        tick(scheduler)
+        scheduler.mover.stop.clear()
+        for queue in set.intersection(*(paused_queues(state) for state in states_seen)):
+            assert len(queued(fake_connection, queue)) == lengths[queue]
+    for queue, ids in expected.items():
+        assert sorted(queued(fake_connection, queue)) == sorted(ids)  # each once: nothing lost, nothing twice
+    assert fake_connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
