@@ -53,6 +53,7 @@ class Loop:
         self._observer_failed = False
         self._failing_hooks: set[TickHook] = set()
         self._arm_script = scheduler.connection.register_script(scripts.ARM_WAKEUP)
+        self._next_retry_due: float | None = None
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -144,6 +145,7 @@ class Loop:
             self.stop.wait(self._standby_wait())
             return False
         scheduler.move_due_jobs()
+        self._next_retry_due = scheduler.mover.release_due_retries()
         self._run_tick_hooks()
         self._observe_tick()
         if burst:
@@ -216,6 +218,8 @@ class Loop:
             args=[format_score(latest), math.ceil((latest - now) * 1000) + 1000],
         )
         wake_at = min(latest, float(earliest)) if earliest is not None else latest
+        if self._next_retry_due is not None:  # a delayed retry waiting in RQ's registry: no producer wakes us for it
+            wake_at = min(wake_at, self._next_retry_due)
         wait = wake_at - clock.now()
         if wait > 0.001 and not self.stop.is_set():
             # Timed in Python: Redis times out blocked clients on its own clock tick (100 ms at the default hz),
