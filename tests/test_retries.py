@@ -250,3 +250,90 @@ def test_current_fire_time_of_cron_occurrences(leader, redis_url, connection):
     seen = {datetime.fromisoformat(trace['args'][0]) for trace in traces}
     assert seen and seen == slots  # each run its own slot: a whole second of the cron string
     assert all(slot.microsecond == 0 and slot.tzinfo is not None for slot in seen)
+
+
+def test_the_loop_itself_moves_a_delayed_retry_back_to_a_plain_worker(redis_url, connection):
+    import threading
+
+    from django_rq_scheduled import Scheduler
+    from tests.test_runs import kill_with_its_children, start_worker
+
+    scheduler = Scheduler(queue_name='default', interval=5, name='retrying-loop')
+    job = scheduler.schedule(datetime.now(UTC), tasks.flaky, args=['looped', 1], retries=1, retry_delays=[1])
+    runner = threading.Thread(target=scheduler.run)
+    worker = start_worker(redis_url)  # no --with-scheduler: nobody but the loop moves the retry back
+    runner.start()
+    try:
+        wait_for(lambda: job.get_status(refresh=True) == 'finished', timeout=20)
+    finally:
+        scheduler.request_stop()
+        runner.join(10)
+        kill_with_its_children(worker)
+    first, second = starts(connection, 'looped')
+    assert second - first >= 1
+
+
+# -- the rules of ingestion, record by record --------------------------------------------------------------------
+
+
+def outcome(job_id: str, status: str, attempt: object, started: float, **fields: object) -> bytes:
+    record = {'job': job_id, 'status': status, 'started': started, 'ended': started + 0.5, 'worker': 'w',
+              'reason': '', 'error': 'ValueError: no' if status != 'finished' else '', 'attempt': attempt}  # fmt: skip
+    return json.dumps({**record, **fields}).encode()
+
+
+def ingest(*records: bytes) -> None:
+    from django_rq_scheduled import history
+
+    history.send_signals(history.record_facts(history.outcome_facts(records)))
+
+
+@pytest.fixture
+def hourly():
+    return RepeatableJob.objects.create(
+        name='hourly', callable='tests.tasks.add', interval=1, interval_unit='hours', retries=2,
+        scheduled_time=datetime.now(UTC) + timedelta(hours=1),
+    )  # fmt: skip
+
+
+def test_records_read_twice_or_late_never_reopen_nor_count_twice(hourly):
+    job_id = keys.occurrence_id(hourly.template_id, 1000)
+    first, second = outcome(job_id, 'retrying', 1, 100.0), outcome(job_id, 'retrying', 2, 200.0)
+    last = outcome(job_id, 'failed', 3, 300.0)
+    ingest(first, second)
+    ingest(first)  # read again, and older than what the run knows
+    run = Run.objects.get()
+    assert (run.status, run.attempts, run.reason) == ('queued', 2, 'retrying')
+    ingest(last, second)
+    ingest(last)
+    run.refresh_from_db()
+    hourly.refresh_from_db()
+    assert (run.status, run.attempts, hourly.failure_count, hourly.consecutive_failures) == ('failed', 3, 1, 1)
+
+
+def test_the_sweep_counts_a_new_start_and_not_the_attempt_that_just_failed(hourly):
+    from django_rq_scheduled import history
+
+    job_id = keys.occurrence_id(hourly.template_id, 1000)
+    ingest(outcome(job_id, 'retrying', 1, 100.0, reason='timeout'))
+
+    def seen_started(at: float) -> None:
+        started = history.Fact(job_id, RepeatableJob, hourly.pk, 'started', started_at=datetime.fromtimestamp(at, UTC))
+        history.record_facts([started])
+
+    seen_started(100.0)  # Redis still said started: RQ had not requeued it yet
+    run = Run.objects.get()
+    assert (run.status, run.attempts, run.reason) == ('queued', 1, 'retrying after: timeout')
+    seen_started(150.0)
+    run.refresh_from_db()
+    assert (run.status, run.attempts) == ('started', 2)
+    ingest(outcome(job_id, 'finished', 2, 150.0))
+    run.refresh_from_db()
+    assert (run.status, run.attempts, run.error, run.reason) == ('finished', 2, '', '')
+
+
+@pytest.mark.parametrize('attempt', ['2', -1, True, 10**9, None, 2.5])
+def test_an_attempt_of_the_wrong_type_is_ignored_not_stored(hourly, attempt):
+    job_id = keys.occurrence_id(hourly.template_id, 1000)
+    ingest(outcome(job_id, 'finished', attempt, 100.0))
+    assert Run.objects.get().attempts is None

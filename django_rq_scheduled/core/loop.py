@@ -54,6 +54,7 @@ class Loop:
         self._failing_hooks: set[TickHook] = set()
         self._arm_script = scheduler.connection.register_script(scripts.ARM_WAKEUP)
         self._next_retry_due: float | None = None
+        self._release_failing = False
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -145,7 +146,7 @@ class Loop:
             self.stop.wait(self._standby_wait())
             return False
         scheduler.move_due_jobs()
-        self._next_retry_due = scheduler.mover.release_due_retries()
+        self._next_retry_due = self._release_due_retries()
         self._run_tick_hooks()
         self._observe_tick()
         if burst:
@@ -170,6 +171,21 @@ class Loop:
             raise
         except redis.RedisError as exc:
             logger.warning('Heartbeat failed (%s); the loop goes on', exc)
+
+    def _release_due_retries(self) -> float | None:
+        # Retries are RQ's jobs in RQ's keys: a refusal there (say, a script Redis will not run) must not stop the
+        # moves of the schedule or the tick hooks. An unreachable Redis or a lost lease ends the tick.
+        try:
+            next_due = self.scheduler.mover.release_due_retries()
+        except REDIS_UNREACHABLE_ERRORS:
+            raise
+        except redis.RedisError as exc:
+            if not self._release_failing:
+                logger.warning('Could not move due retries back to their queues (%s); the loop goes on', exc)
+            self._release_failing = True
+            return None
+        self._release_failing = False
+        return next_due
 
     def _run_tick_hooks(self) -> None:
         for hook in self.hooks:
