@@ -51,9 +51,17 @@ def flaky(name: str, failures: int) -> int:
     connection = _connection()
     attempt = connection.incr(f'{ATTEMPTS_KEY}:{name}')
     connection.rpush(f'{ATTEMPTS_KEY}:{name}:started', time.time())
+    fire_time = _current_fire_time()
+    connection.rpush(f'{ATTEMPTS_KEY}:{name}:fire', fire_time.isoformat() if fire_time else '')
     if attempt <= failures:
         raise ValueError(f'attempt {attempt} of {name} fails')
     return attempt
+
+
+def _current_fire_time():  # type: ignore[no-untyped-def]
+    from django_rq_scheduled import current_fire_time
+
+    return current_fire_time()
 
 
 def record_fire_time(label: str) -> None:

@@ -102,6 +102,11 @@ def test_retry_delays_are_honoured_and_the_leader_moves_the_retries_back(leader,
     assert (run.status, run.attempts) == ('finished', 3)
     first, second, third = starts(connection, 'patient')
     assert second - first >= 1 and third - second >= 2  # each start after the one before it, plus its delay
+    fire_times = {
+        datetime.fromisoformat(value.decode())
+        for value in connection.lrange(f'{tasks.ATTEMPTS_KEY}:patient:fire', 0, -1)
+    }
+    assert fire_times == {run.fire_time}  # every attempt is for the same slot
 
 
 def test_the_leader_leaves_a_queue_to_rqs_own_scheduler_when_it_holds_it(leader, redis_url, connection):
