@@ -176,15 +176,27 @@ def test_a_run_without_retries_fails_at_its_first_attempt(leader, redis_url):
 # -- hostile -----------------------------------------------------------------------------------------------------
 
 
-def test_a_foreign_template_with_retries_of_the_wrong_type_goes_to_the_dead_letters(leader, connection):
+@pytest.mark.parametrize(
+    ('key', 'junk', 'message'),
+    [
+        ('retries', 'three', 'retries: must be a whole number'),
+        ('retries', -2, 'retries: must be a whole number'),
+        ('retry_delays', ['x'], 'retry_delays: each delay'),
+        ('retry_delays', 'abc', 'retry_delays: expected a list'),
+        ('retry_delays', [10**9], 'retry_delays: each delay'),
+    ],
+)
+def test_a_foreign_template_with_a_retry_policy_of_the_wrong_type_goes_to_the_dead_letters(
+    leader, connection, key, junk, message
+):
     scheduler = leader.scheduler
     job = scheduler.schedule(datetime.now(UTC), tasks.add, args=[1, 2], interval=60, id='foreign', retries=1)
-    job.meta[keys.META_KEY]['retries'] = 'three'  # someone else wrote it
+    job.meta[keys.META_KEY][key] = junk  # someone else wrote it
     job.save_meta()
     job = scheduler.schedule(datetime.now(UTC), tasks.add, args=[1, 2], interval=60, id='fine', retries=1)
     report = scheduler.move_due_jobs()
-    assert report.dead == ['foreign'] and len(report.enqueued) == 1
-    assert 'retries: must be a whole number' in scheduler.dead_letters()['foreign']
+    assert report.dead == ['foreign'] and len(report.enqueued) == 1  # the loop goes on with the others
+    assert message in scheduler.dead_letters()['foreign']
     assert connection.hget(keys.job_key(report.enqueued[0]), 'retries_left') == b'1'
 
 
