@@ -242,8 +242,7 @@ class Scheduler(FixedKeys):
             period = limits.to_seconds(interval, 'interval', at_most=None)
             job = self.jobs.template(
                 func, template_meta('interval', interval=period), repeat=repeat, misfire_grace=misfire_grace,
-                overlap=overlap, options=options, retry=(retries, retry_delays),
-            )  # fmt: skip
+                overlap=overlap, options=options, retry=(retries, retry_delays))  # fmt: skip
         self.jobs.save_and_schedule(job, score)
         return job
 
@@ -276,8 +275,7 @@ class Scheduler(FixedKeys):
         """Schedules a job on a cron string evaluated in ``timezone`` (an IANA name; default: the scheduler's).
 
         croniter grammar: 5 fields, or 6 with seconds last. Each occurrence is a fresh RQ job. Unlike
-        rq-scheduler, ``result_ttl`` defaults to RQ's default (each run keeps its own result).
-        """
+        rq-scheduler, ``result_ttl`` defaults to RQ's default (each run keeps its own result)."""
         zone = cron.get_zone(timezone or self.timezone).key
         first = cron.next_fire_time(cron_string, datetime.now(tz=UTC), zone)
         if first is None:
@@ -287,9 +285,8 @@ class Scheduler(FixedKeys):
             'description': description, 'queue_name': queue_name, 'timeout': timeout, 'meta': meta,
             'depends_on': depends_on, 'on_success': on_success, 'on_failure': on_failure, 'at_front': bool(at_front),
         }  # fmt: skip
-        meta_of_cron = template_meta(
-            'cron', cron_string=cron_string, timezone=zone, use_local_timezone=bool(use_local_timezone)
-        )
+        meta_of_cron = template_meta('cron', cron_string=cron_string, timezone=zone,
+                                     use_local_timezone=bool(use_local_timezone))  # fmt: skip
         job = self.jobs.template(func, meta_of_cron, repeat=repeat, misfire_grace=misfire_grace, overlap=overlap,
                                  options=options, retry=(retries, retry_delays))  # fmt: skip
         self.jobs.save_and_schedule(job, first.timestamp())
