@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import buffers, keys, overlap, scripts
+from . import buffers, keys, overlap, retries, scripts
 from .clock import ServerClock
 from .errors import LeadershipLost
 from .jobs import Refusal
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 PLANNING_FIELDS = (
     b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
-    b'dependency_id', b'dependency_ids',
+    b'dependency_id', b'dependency_ids', b'retries_left', b'retry_intervals',
 )  # fmt: skip
 READ_DUE_KEYS = [keys.SCHEDULED_JOBS_KEY, keys.BUFFERED_KEY]
 Pairs = list[tuple[Any, Any]]
@@ -268,6 +268,10 @@ class Mover:
             default_timezone=self.timezone,
             callable_refusal=self.refusal,
         )
+
+    def release_due_retries(self) -> float | None:
+        """Moves RQ's due delayed retries back to their queues (``retries.release_due``); the next one's due time."""
+        return retries.release_due(self.connection, self.lease, now=self.clock.now())
 
     def plan_batch(self, pairs: Pairs, fields: Fields | None, now: float) -> Batch:
         """Decodes the due members, reads what their moves also need (whole templates, previous runs), plans."""

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cron, keys, overlap, payloads, scores
+from . import cron, keys, overlap, payloads, retries, scores
 from .limits import MIN_SECONDS
 from .scores import format_score, guard_score, utc_datetime
 
@@ -134,6 +134,8 @@ class Planner:
             self._check_payload(raw)
             if not raw.get(b'origin'):
                 raise PlanningError('job hash has no origin queue')
+            if problem := retries.hash_problem(raw):
+                raise PlanningError(problem)  # RQ's worker could not even load the job
         except Exception as exc:  # whatever a foreign hash holds, it goes to the dead letters, never up the loop
             return self.dead_letter(
                 member, guard_score(score), str(exc) if isinstance(exc, PlanningError) else repr(exc)
@@ -338,11 +340,14 @@ class Planner:
 
     def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
         queue = self._queue(parsed)
-        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in RUN_STATE_FIELDS}
+        policy = retries.of_meta(parsed.ours)  # ValueError for junk: the template goes to the dead letters
+        not_inherited = RUN_STATE_FIELDS | retries.HASH_FIELDS  # retries: from the policy, whole for each run
+        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in not_inherited}
         user_meta = {k: v for k, v in parsed.meta.items() if k not in keys.SCHEDULING_META_KEYS}
-        user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time}
+        user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time, **retries.run_meta(*policy)}
         mapping.update(
             {
+                **{name.encode(): value for name, value in retries.hash_fields(*policy).items()},
                 b'status': 'queued',
                 b'created_at': self.enqueued_at,
                 b'enqueued_at': self.enqueued_at,
