@@ -163,6 +163,13 @@ class ScheduleBase(RowValidation, RunSummary, RetryPolicy):
         abstract = True
         ordering = ['name']
         base_manager_name = 'objects'
+        # Only the failing rows: the banner's count and the "failing" filter read them, and a run that succeeds
+        # after a success changes nothing in it.
+        indexes = [
+            models.Index(
+                fields=['consecutive_failures'], condition=Q(consecutive_failures__gt=0), name='drqs_%(class)s_failing'
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name

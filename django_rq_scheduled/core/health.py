@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from . import keys, limits, scripts
+from .due_reads import DueReader
 from .pause import PauseState, queue_pause_read, state_from
 from .status import Member, leader_name, readable_replies, server_seconds
 
@@ -36,6 +37,9 @@ class ServerHealth:
     lock_held_by_others: bool = False
     """The lock is held, but not by a scheduler of ours: rq-scheduler's own, or anything else."""
     heartbeat_age: float | None = None
+    leader_beat_period: float | None = None
+    """The longest the leader waits between heartbeats (from its ``--interval`` and ``--lease-ttl``), when it
+    recorded a usable one."""
     due: int = 0
     overdue: int = 0
     """Due entries waiting longer than the lateness limit."""
@@ -54,12 +58,14 @@ def queue_leadership_reads(pipe: Any) -> None:
     pipe.zrange(keys.INSTANCES_KEY, 0, -1, withscores=True)
     pipe.zrange(keys.SCHEDULED_JOBS_KEY, 0, 0, withscores=True)
     pipe.hlen(keys.DEAD_LETTERS_KEY)
+    pipe.get(keys.LEADER_BEAT_KEY)
     queue_pause_read(pipe)
     pipe.time()  # ages by the server's clock, the one the schedulers judge by
 
 
-LEADERSHIP_READS = 6
-_READ_KEYS = (keys.LOCK_KEY, keys.INSTANCES_KEY, keys.SCHEDULED_JOBS_KEY, keys.DEAD_LETTERS_KEY)
+_READ_KEYS = (
+    keys.LOCK_KEY, keys.INSTANCES_KEY, keys.SCHEDULED_JOBS_KEY, keys.DEAD_LETTERS_KEY, keys.LEADER_BEAT_KEY,
+)  # fmt: skip
 
 
 def leadership_from(replies: list[Any]) -> tuple[ServerHealth, float, float | None]:
@@ -67,7 +73,7 @@ def leadership_from(replies: list[Any]) -> tuple[ServerHealth, float, float | No
     time in the schedule (None when it is empty or unreadable)."""
     health = ServerHealth()
     *reads, pause_reply, server_time = replies
-    lock, instances, first, dead = readable_replies(reads, _READ_KEYS, health.problems)
+    lock, instances, first, dead, beat_period = readable_replies(reads, _READ_KEYS, health.problems)
     health.pause = state_from(pause_reply)
     # A managed Redis may rename TIME away: the loop then keeps its host's clock, and so does the check.
     now = server_seconds(None if isinstance(server_time, Exception) else server_time)
@@ -77,11 +83,21 @@ def leadership_from(replies: list[Any]) -> tuple[ServerHealth, float, float | No
         health.leader = Member(leader).text[:SHOWN_NAME_LENGTH]
         beats = dict(instances or [])
         health.heartbeat_age = now - beats[leader] if leader in beats else None
+        health.leader_beat_period = _beat_period(beat_period)
     health.dead_letters = dead or 0
     earliest = first[0][1] if first else None
     if earliest is not None and earliest <= now:
         health.oldest_due_age = now - earliest
     return health, now, earliest
+
+
+def _beat_period(raw: Any) -> float | None:
+    """A recorded beat period the loop could run with; anything else (written by someone else) is ignored."""
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError, OverflowError):  # None, bytes that are no number, a bool-looking text
+        return None
+    return seconds if limits.seconds_problem(seconds) is None else None
 
 
 def read_health(connection: redis.Redis, max_lateness: float) -> ServerHealth:
@@ -112,14 +128,10 @@ def _count_due(connection: redis.Redis, health: ServerHealth, now: float, max_la
 
 
 def _overdue_of_running_queues(connection: redis.Redis, latest: float) -> bool:
-    """Whether an entry due before ``latest`` belongs to a queue that is not paused (the loop's own read, which steps
-    over paused ones; an answer it cannot give for a backlog that large counts as yes)."""
-    reply = connection.register_script(scripts.READ_DUE)(
-        keys=[keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY],
-        args=[keys.JOB_KEY_PREFIX, repr(latest), 0, 1, limits.MAX_PAUSED_SCAN, 'origin'],
-    )
-    stepped_over, more = reply[0], reply[1]
-    return stepped_over >= 0 and (more == 1 or len(reply) > 3)
+    """Whether an entry due before ``latest`` belongs to a queue that is not paused (read as the loop reads, which
+    steps over paused ones)."""
+    reader = DueReader(connection.register_script(scripts.READ_DUE), keys.JOB_KEY_PREFIX, [b'origin'])
+    return bool(reader.read(latest, 0, 1).pairs)
 
 
 def bounded(connection: redis.Redis, seconds: float | None = None) -> tuple[redis.Redis, Callable[[], None]]:

@@ -55,6 +55,8 @@ class Loop:
         self._paused = False
         self._pause_problem = ''
         self._arm_script = scheduler.connection.register_script(scripts.ARM_WAKEUP)
+        self._next_retry_due: float | None = None
+        self._release_failing = False
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -147,6 +149,7 @@ class Loop:
             return False
         report = scheduler.move_due_jobs()
         self._note_pause(report)
+        self._next_retry_due = self._release_due_retries()
         self._run_tick_hooks()
         self._observe_tick()
         if burst:
@@ -185,6 +188,21 @@ class Loop:
         except redis.RedisError as exc:
             logger.warning('Heartbeat failed (%s); the loop goes on', exc)
 
+    def _release_due_retries(self) -> float | None:
+        # Retries are RQ's jobs in RQ's keys: a refusal there (say, a script Redis will not run) must not stop the
+        # moves of the schedule or the tick hooks. An unreachable Redis or a lost lease ends the tick.
+        try:
+            next_due = self.scheduler.mover.release_due_retries()
+        except REDIS_UNREACHABLE_ERRORS:
+            raise
+        except redis.RedisError as exc:
+            if not self._release_failing:
+                logger.warning('Could not move due retries back to their queues (%s); the loop goes on', exc)
+            self._release_failing = True
+            return None
+        self._release_failing = False
+        return next_due
+
     def _run_tick_hooks(self) -> None:
         for hook in self.hooks:
             try:
@@ -213,7 +231,7 @@ class Loop:
     # -- sleeping and waking --------------------------------------------------------------------------------
 
     def _standby_wait(self) -> float:
-        return min(self.scheduler.interval, self.scheduler.lease.ttl / 3)
+        return self.scheduler.beat_period
 
     def _longest_sleep(self) -> float:
         longest = self._standby_wait()
@@ -231,6 +249,8 @@ class Loop:
         args: list[Any] = [format_score(latest), math.ceil((latest - now) * 1000) + 1000]
         earliest = self._arm_script(keys=list(keys.WAKEUP_KEYS), args=args if after is None else [*args, repr(after)])
         wake_at = min(latest, float(earliest)) if earliest is not None else latest
+        if self._next_retry_due is not None:  # a delayed retry waiting in RQ's registry: no producer wakes us for it
+            wake_at = min(wake_at, self._next_retry_due)
         wait = wake_at - clock.now()
         if wait > 0.001 and not self.stop.is_set():
             # Timed in Python: Redis times out blocked clients on its own clock tick (100 ms at the default hz),

@@ -20,12 +20,13 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import keys, limits, scripts
+from . import buffers, keys, overlap, retries, scripts
 from .clock import ServerClock
+from .due_reads import READ_DUE_KEYS, DueRead, DueReader
 from .errors import LeadershipLost
 from .jobs import Refusal
 from .lease import Lease
-from .moves import DEAD, ENQUEUED, UNREADABLE, Entry, Parsed, Planner
+from .moves import DEAD, ENQUEUED, Entry, Parsed, Planner
 from .observer import SILENT, EnqueuedJob, Observer, kind_of
 from .queues import Queues
 from .scores import guard_score
@@ -34,10 +35,9 @@ logger = logging.getLogger(__name__)
 
 PLANNING_FIELDS = (
     b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
-    b'dependency_id', b'dependency_ids',
+    b'dependency_id', b'dependency_ids', b'retries_left', b'retry_intervals',
 )  # fmt: skip
 MOVE_KEYS = (keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY)
-READ_DUE_KEYS = (keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY)
 Pairs = list[tuple[Any, Any]]
 Fields = list[dict[bytes, bytes]]
 
@@ -49,6 +49,7 @@ class MoveReport:
     enqueued: list[str] = field(default_factory=list)
     dead: list[str | bytes] = field(default_factory=list)
     skipped: list[str | bytes] = field(default_factory=list)
+    buffered: list[str | bytes] = field(default_factory=list)
     batches: int = 0
     paused: int = 0
     """Due entries of paused queues the pass stepped over (left in the schedule, due); -1: every queue is paused."""
@@ -59,7 +60,7 @@ class MoveReport:
 
     @property
     def count(self) -> int:
-        return len(self.enqueued) + len(self.dead) + len(self.skipped)
+        return len(self.enqueued) + len(self.dead) + len(self.skipped) + len(self.buffered)
 
 
 @dataclass
@@ -175,8 +176,10 @@ class Mover:
         self.observer: Observer = SILENT
         self._move_script = connection.register_script(scripts.MOVE)
         self._read_due_script = connection.register_script(scripts.READ_DUE)
+        self.reader = DueReader(self._read_due_script, job_class.redis_job_namespace_prefix, PLANNING_FIELDS)
         self._scripts_loaded_on: redis.ConnectionPool | None = None
         self._scripts_missing = False
+        self._waits = False  # whether this pass's reads saw a buffered occurrence waiting (overlap buffer_one)
 
     def move_due_jobs(self) -> MoveReport:
         """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call.
@@ -187,14 +190,21 @@ class Mover:
         is guarded on the exact score it was read with: an entry read twice, or changed since, is left alone.
         """
         report = MoveReport()
+        self._waits = False
+        self._move_due_batches(report)
+        if self._waits:  # after the due moves, which see an ended wait as well (and would not enqueue twice)
+            self.release_buffered(self.clock.now(), report)
+        return report
+
+    def _move_due_batches(self, report: MoveReport) -> None:
         now = report.read_at = self.clock.now()
-        pairs, fields = self._read_due_stepping_over_paused(now, 0, 2 * self.batch_size, report)
+        pairs, fields = self._take(self.reader.read(now, 0, 2 * self.batch_size), report)
         current = self.plan_batch(pairs[: self.batch_size], fields[: self.batch_size], now)
         ahead = (pairs[self.batch_size :], fields[self.batch_size :], now)
         while current.entries:
             if not ahead[0] or self.stop.is_set():
                 self.apply_batch(current, report, fenced=True)
-                return report
+                return
             # Entries of paused queues stay where they are: the next read starts after those stepped over so far.
             offset = self.batch_size + max(report.paused, 0)
             read_at = self.clock.now()
@@ -206,11 +216,10 @@ class Mover:
             # A batch that moved nothing (entries that cannot even be dead-lettered, or all changed by producers
             # meanwhile) would be met again at once: leave the rest to the next tick instead of spinning.
             if not self._finish_batch(current, move_reply, report, fenced=True):
-                return report
-            pairs, fields = self._continue_read(read_reply, read_at, offset, self.batch_size, report)
+                return
+            pairs, fields = self._take(self.reader.finish(read_reply, read_at, offset, self.batch_size), report)
             current, ahead = upcoming, (pairs, fields, read_at)
             self.lease.renew_if_due()
-        return report
 
     def move_members(
         self, pairs: Pairs, *, fenced: bool, now: float | None = None, fields: Fields | None = None
@@ -221,61 +230,40 @@ class Mover:
         self.apply_batch(self.plan_batch(pairs, fields, now), report, fenced=fenced)
         return report
 
+    def release_buffered(self, now: float, report: MoveReport) -> None:
+        """Enqueues the buffered occurrences (overlap buffer_one) whose wait is over; a wait whose template is gone
+        or no longer buffering is forgotten."""
+        templates = [member_text(template) for template in buffers.ended_waits(self.connection)]
+        if not templates:
+            return
+        planner = self.planner(now)
+        entries = []
+        for template, (score, raw) in zip(templates, buffers.read_templates(self.connection, templates)):
+            parsed = None
+            if isinstance(template, str) and score is not None and not isinstance(raw, Exception):
+                parsed = planner.parse(template, score, raw)
+            # A job no move could plan is left to its own time (and the dead letters then); its wait is forgotten.
+            entries.append(
+                buffers.plan_release(planner, parsed) if isinstance(parsed, Parsed) else buffers.forget_wait(template)
+            )
+        self._apply_entries(planner, entries, report, fenced=True)
+
     # -- reading and planning -------------------------------------------------------------------------------
 
     def read_due(self, now: float, count: int | None = None) -> tuple[Pairs, Fields]:
         """Due members with their scores, and the fields their moves are planned from, those of paused queues
         left out: one round trip, more only behind a large paused backlog."""
-        return self._read_due_stepping_over_paused(now, 0, count or self.batch_size, MoveReport())
+        return self._take(self.reader.read(now, 0, count or self.batch_size), MoveReport())
 
-    def _read_due_stepping_over_paused(
-        self, now: float, offset: int, count: int, report: MoveReport
-    ) -> tuple[Pairs, Fields]:
-        flat = self._read_due_script(keys=READ_DUE_KEYS, args=self._read_due_args(now, offset, count))
-        return self._continue_read(flat, now, offset, count, report)
-
-    def _continue_read(
-        self, flat: list[Any], now: float, offset: int, count: int, report: MoveReport
-    ) -> tuple[Pairs, Fields]:
-        """The due entries of a read's reply, and of the further reads it takes to step over a large backlog of
-        paused ones (each Lua call steps over at most ``limits.MAX_PAUSED_SCAN``); counts those in ``report``."""
-        stepped_over, more, problem, pairs, fields = self._parse_read_due(flat)
-        report.pause_problem = problem
-        if stepped_over < 0:
+    def _take(self, read: DueRead, report: MoveReport) -> tuple[Pairs, Fields]:
+        """The entries of a read; what it saw besides goes into ``report`` (the pause) and ``_waits``."""
+        self._waits = self._waits or read.waits
+        report.pause_problem = read.problem
+        if read.stepped_over < 0 or report.paused < 0:
             report.paused = -1
-            return [], []
-        report.paused += stepped_over
-        position = offset + stepped_over + len(pairs)
-        while more and len(pairs) < count:
-            flat = self._read_due_script(
-                keys=READ_DUE_KEYS, args=self._read_due_args(now, position, count - len(pairs))
-            )
-            stepped_over, more, _, more_pairs, more_fields = self._parse_read_due(flat)
-            if stepped_over < 0:  # every queue paused meanwhile: the move script leaves the batch alone
-                break
-            report.paused += stepped_over
-            position += stepped_over + len(more_pairs)
-            pairs, fields = pairs + more_pairs, fields + more_fields
-        return pairs, fields
-
-    def _read_due_args(self, now: float, offset: int, count: int) -> list[Any]:
-        prefix = self.job_class.redis_job_namespace_prefix
-        return [prefix, repr(now), offset, count, limits.MAX_PAUSED_SCAN, *PLANNING_FIELDS]
-
-    @staticmethod
-    def _parse_read_due(flat: list[Any]) -> tuple[int, bool, str, Pairs, Fields]:
-        """How many paused entries a read stepped over (-1: all paused), whether more may follow, why the pause key
-        cannot be read, the entries and their fields."""
-        stepped_over, more, problem, *flat = flat
-        width = 3 + len(PLANNING_FIELDS)
-        rows = [flat[start : start + width] for start in range(0, len(flat), width)]
-        pairs = [(row[0], row[1]) for row in rows]
-        fields = [
-            {UNREADABLE: row[2]} if row[2] else {name: value for name, value in zip(PLANNING_FIELDS, row[3:]) if value}
-            for row in rows
-        ]
-        problem_text = problem.decode(errors='replace') if isinstance(problem, bytes) else ''
-        return int(stepped_over), bool(more), problem_text, pairs, fields
+        else:
+            report.paused += read.stepped_over
+        return read.pairs, read.fields
 
     def planner(self, now: float) -> Planner:
         return Planner(
@@ -286,6 +274,10 @@ class Mover:
             default_timezone=self.timezone,
             callable_refusal=self.refusal,
         )
+
+    def release_due_retries(self) -> float | None:
+        """Moves RQ's due delayed retries back to their queues (``retries.release_due``); the next one's due time."""
+        return retries.release_due(self.connection, self.lease, now=self.clock.now())
 
     def plan_batch(self, pairs: Pairs, fields: Fields | None, now: float) -> Batch:
         """Decodes the due members, reads what their moves also need (whole templates, previous runs), plans."""
@@ -351,7 +343,7 @@ class Mover:
     def _send_move_and_read(self, batch: Batch, *, offset: int, now: float) -> PendingReplies:
         """Sends the move of ``batch`` and the read of the due jobs after the next ``offset``, without waiting."""
         move = self._move_argv(batch.planner, batch.fast_entries, fenced=True)
-        read = self._read_due_args(now, offset, self.batch_size)
+        read = self.reader.args(now, offset, self.batch_size)
         self._load_scripts_once()
         commands = [
             ('EVALSHA', self._move_script.sha, len(MOVE_KEYS), *MOVE_KEYS, *move),
@@ -368,7 +360,7 @@ class Mover:
         if isinstance(read_reply, redis.exceptions.NoScriptError):
             self._scripts_missing = True
             read_reply = self._read_due_script(
-                keys=READ_DUE_KEYS, args=self._read_due_args(read_at, offset, self.batch_size)
+                keys=READ_DUE_KEYS, args=self.reader.args(read_at, offset, self.batch_size)
             )
         if isinstance(read_reply, Exception):
             raise read_reply
@@ -478,6 +470,11 @@ def _report(entry: Entry, report: MoveReport) -> None:
         report.dead.append(entry.member)
     elif entry.outcome == ENQUEUED and entry.enqueued_id:
         report.enqueued.append(entry.enqueued_id)
+    elif entry.outcome == overlap.BUFFERED:
+        logger.info('A run of %s waits for the previous one to end', entry.member)
+        report.buffered.append(entry.member)
+    elif entry.outcome == overlap.RELEASE_DROPPED:
+        logger.info('Forgot the buffered run of %s: no schedule of ours buffers it any more', entry.member)
     else:
         logger.info('Skipped a run of %s (%s)', entry.member, entry.outcome)
         report.skipped.append(entry.member)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cron, keys, payloads, scores
+from . import cron, keys, overlap, payloads, retries, scores
 from .limits import MIN_SECONDS
 from .scores import format_score, guard_score, utc_datetime
 
@@ -23,7 +23,7 @@ RUN_STATE_FIELDS = frozenset(
         b'result', b'exc_info', b'meta', b'number_of_retries', b'dependency_id', b'dependency_ids',
     }
 )  # fmt: skip
-ACTIVE_STATUSES = frozenset({b'queued', b'started', b'deferred', b'scheduled'})
+ACTIVE_STATUSES = overlap.ACTIVE_STATUSES
 AT_FRONT_VALUES = (b'1', b'True', b'true')
 UNREADABLE = b'__unreadable__'
 """Key of a planning-fields dict whose job key could not be read (e.g. it holds a string): value = Redis's error."""
@@ -32,6 +32,7 @@ ENQUEUED = 'enqueued'
 SKIPPED_MISFIRE = 'skipped_misfire'
 SKIPPED_OVERLAP = 'skipped_overlap'
 DEAD = 'dead'
+Meta = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Parsed:
 
     @property
     def previous_run_to_check(self) -> str | None:
-        if self.is_our_template and self.ours.get('overlap') == 'skip':
+        if self.is_our_template and overlap.policy_of(self.ours) in overlap.POLICIES_READING_THE_PREVIOUS_RUN:
             return self.ours.get('last_run_id')
         return None
 
@@ -133,6 +134,8 @@ class Planner:
             self._check_payload(raw)
             if not raw.get(b'origin'):
                 raise PlanningError('job hash has no origin queue')
+            if problem := retries.hash_problem(raw):
+                raise PlanningError(problem)  # RQ's worker could not even load the job
         except Exception as exc:  # whatever a foreign hash holds, it goes to the dead letters, never up the loop
             return self.dead_letter(
                 member, guard_score(score), str(exc) if isinstance(exc, PlanningError) else repr(exc)
@@ -235,27 +238,18 @@ class Planner:
         meta = dict(parsed.meta)
         ours = dict(parsed.ours)
         fire_time = self._latest_missed_slot(parsed)
+        recorded_time = fire_time
         if self._is_misfire(ours, fire_time):
             entry.outcome = SKIPPED_MISFIRE
-        elif previous_status in ACTIVE_STATUSES:
-            entry.outcome = SKIPPED_OVERLAP
         else:
-            occurrence = keys.occurrence_id(parsed.member, round(fire_time * 1000))
-            entry.enqueued_id = occurrence
-            entry.commands += self._create_occurrence(parsed, occurrence, fire_time)
-            self._apply_ttl(entry, occurrence, parsed.raw)
-            ours['runs'] = ours.get('runs', 0) + 1
-            ours['last_run_id'] = occurrence
-            ours['last_run_at'] = self.now
-            if meta.get('repeat') is not None:
-                meta['repeat'] = meta['repeat'] - 1
+            recorded_time = self._plan_overlap(entry, parsed, meta, ours, fire_time, previous_status)
         ours['last_fire_time'] = fire_time
         ours.pop('late_from', None)  # the first run is decided: every later slot is late from its own time
         meta[keys.META_KEY] = ours
         template_key = keys.job_key(parsed.member)
         if meta.get('repeat') is not None and meta['repeat'] <= 0:
             entry.commands += [('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member), ('DEL', template_key)]
-            self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=None, finished=True)
+            self._record(entry, parsed, recorded_time, runs=ours['runs'], next_time=None, finished=True)
             return entry
         entry.commands.append(('HSET', template_key, 'meta', self._dumps_meta(meta)))
         next_time = self._next_time(parsed, meta, after=max(self.now, fire_time))
@@ -263,8 +257,66 @@ class Planner:
             self._retire_exhausted(entry, parsed)
         else:
             entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(next_time), parsed.member))
-        self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=next_time, finished=next_time is None)
+        self._record(entry, parsed, recorded_time, runs=ours['runs'], next_time=next_time, finished=next_time is None)
         return entry
+
+    def _enqueue_occurrence(self, entry: Entry, parsed: Parsed, meta: Meta, ours: Meta, fire_time: float) -> None:
+        occurrence = keys.occurrence_id(parsed.member, round(fire_time * 1000))
+        entry.enqueued_id = occurrence
+        entry.commands += self._create_occurrence(parsed, occurrence, fire_time)
+        self._apply_ttl(entry, occurrence, parsed.raw)
+        ours['runs'] = ours.get('runs', 0) + 1
+        ours['last_run_id'] = occurrence
+        ours['last_run_at'] = self.now
+        if meta.get('repeat') is not None:
+            meta['repeat'] = meta['repeat'] - 1
+
+    # -- overlap --------------------------------------------------------------------------------------------
+
+    def _plan_overlap(
+        self, entry: Entry, parsed: Parsed, meta: Meta, ours: Meta, fire_time: float, previous_status: bytes | None
+    ) -> float:
+        """The slot at ``fire_time`` under the overlap policy; returns the fire time its record tells of."""
+        busy = previous_status in ACTIVE_STATUSES
+        policy = overlap.policy_of(ours)
+        if policy == overlap.BUFFER_ONE:
+            return self._plan_buffer_one(entry, parsed, meta, ours, fire_time, busy)
+        if busy and policy == overlap.SKIP:
+            entry.outcome = SKIPPED_OVERLAP
+            return fire_time
+        if busy and policy == overlap.CANCEL_OTHER:
+            entry.commands.append(self._replace_previous_run(parsed, meta, ours, fire_time))
+        self._enqueue_occurrence(entry, parsed, meta, ours, fire_time)
+        return fire_time
+
+    def _plan_buffer_one(
+        self, entry: Entry, parsed: Parsed, meta: Meta, ours: Meta, fire_time: float, busy: bool
+    ) -> float:
+        buffered = overlap.buffered_fire_time(ours)
+        if buffered is not None and busy:
+            entry.outcome = overlap.SKIPPED_WAITING
+            return fire_time
+        if buffered is None and not busy:
+            self._enqueue_occurrence(entry, parsed, meta, ours, fire_time)
+            return fire_time
+        recorded = fire_time
+        if buffered is None:
+            entry.outcome = overlap.BUFFERED
+        else:  # its wait ended before the leader saw it: the buffered slot runs now, and this one waits for it
+            self._enqueue_occurrence(entry, parsed, meta, ours, buffered)
+            recorded = buffered
+        ours[overlap.BUFFERED_META] = fire_time
+        entry.commands.append(overlap.wait_command(parsed.member, ours['last_run_id']))
+        return recorded
+
+    def _replace_previous_run(self, parsed: Parsed, meta: Meta, ours: Meta, fire_time: float) -> tuple[Any, ...]:
+        run_id = ours['last_run_id']
+        record = ''
+        if ours.get('record'):  # the next time too: the record sets the row's next run
+            next_time = self._next_time(parsed, meta, after=max(self.now, fire_time))
+            queue = parsed.raw[b'origin'].decode(errors='replace')
+            record = overlap.canceled_record(parsed.member, ours, queue, run_id, at=self.now, next_time=next_time)
+        return overlap.replace_command(self._queue(parsed).key, run_id, record)
 
     # -- building blocks ------------------------------------------------------------------------------------
 
@@ -288,11 +340,14 @@ class Planner:
 
     def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
         queue = self._queue(parsed)
-        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in RUN_STATE_FIELDS}
+        policy = retries.of_meta(parsed.ours)  # ValueError for junk: the template goes to the dead letters
+        not_inherited = RUN_STATE_FIELDS | retries.HASH_FIELDS  # retries: from the policy, whole for each run
+        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in not_inherited}
         user_meta = {k: v for k, v in parsed.meta.items() if k not in keys.SCHEDULING_META_KEYS}
-        user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time}
+        user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time, **retries.run_meta(*policy)}
         mapping.update(
             {
+                **{name.encode(): value for name, value in retries.hash_fields(*policy).items()},
                 b'status': 'queued',
                 b'created_at': self.enqueued_at,
                 b'enqueued_at': self.enqueued_at,

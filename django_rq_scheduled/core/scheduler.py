@@ -220,6 +220,8 @@ class Scheduler(FixedKeys):
         *,
         misfire_grace: float | None = None,
         overlap: str = 'allow',
+        retries: int = 0,
+        retry_delays: list[int] | None = None,
     ) -> Job:
         """Schedules a job at ``scheduled_time``, then every ``interval`` seconds, ``repeat`` times in total.
 
@@ -235,13 +237,12 @@ class Scheduler(FixedKeys):
             'depends_on': depends_on, 'on_success': on_success, 'on_failure': on_failure, 'at_front': bool(at_front),
         }  # fmt: skip
         if interval is None:
-            job = self.jobs.create(func, commit=False, **options)
+            job = self.jobs.give_retries(self.jobs.create(func, commit=False, **options), retries, retry_delays)
         else:
             period = limits.to_seconds(interval, 'interval', at_most=None)
             job = self.jobs.template(
-                func, template_meta('interval', interval=period),
-                repeat=repeat, misfire_grace=misfire_grace, overlap=overlap, options=options,
-            )  # fmt: skip
+                func, template_meta('interval', interval=period), repeat=repeat, misfire_grace=misfire_grace,
+                overlap=overlap, options=options, retry=(retries, retry_delays))  # fmt: skip
         self.jobs.save_and_schedule(job, score)
         return job
 
@@ -268,12 +269,13 @@ class Scheduler(FixedKeys):
         timezone: str | None = None,
         misfire_grace: float | None = None,
         overlap: str = 'allow',
+        retries: int = 0,
+        retry_delays: list[int] | None = None,
     ) -> Job:
         """Schedules a job on a cron string evaluated in ``timezone`` (an IANA name; default: the scheduler's).
 
         croniter grammar: 5 fields, or 6 with seconds last. Each occurrence is a fresh RQ job. Unlike
-        rq-scheduler, ``result_ttl`` defaults to RQ's default (each run keeps its own result).
-        """
+        rq-scheduler, ``result_ttl`` defaults to RQ's default (each run keeps its own result)."""
         zone = cron.get_zone(timezone or self.timezone).key
         first = cron.next_fire_time(cron_string, datetime.now(tz=UTC), zone)
         if first is None:
@@ -283,12 +285,10 @@ class Scheduler(FixedKeys):
             'description': description, 'queue_name': queue_name, 'timeout': timeout, 'meta': meta,
             'depends_on': depends_on, 'on_success': on_success, 'on_failure': on_failure, 'at_front': bool(at_front),
         }  # fmt: skip
-        meta_of_cron = template_meta(
-            'cron', cron_string=cron_string, timezone=zone, use_local_timezone=bool(use_local_timezone)
-        )
-        job = self.jobs.template(
-            func, meta_of_cron, repeat=repeat, misfire_grace=misfire_grace, overlap=overlap, options=options
-        )
+        meta_of_cron = template_meta('cron', cron_string=cron_string, timezone=zone,
+                                     use_local_timezone=bool(use_local_timezone))  # fmt: skip
+        job = self.jobs.template(func, meta_of_cron, repeat=repeat, misfire_grace=misfire_grace, overlap=overlap,
+                                 options=options, retry=(retries, retry_delays))  # fmt: skip
         self.jobs.save_and_schedule(job, first.timestamp())
         return job
 
@@ -439,8 +439,12 @@ class Scheduler(FixedKeys):
         """Takes (or renews) the leader lease; False if another scheduler, or rq-scheduler, holds the lock."""
         if self.lease.acquire():
             logger.info('Scheduler %s is now the leader', self.name)
-            self.instances.record_leadership()
+            self.instances.record_leadership(self.beat_period)
         return self.lease.held
+
+    @property
+    def beat_period(self) -> float:  # the longest a tick sleeps: the longest between two heartbeats
+        return min(self.interval, self.lease.ttl / 3)
 
     def remove_lock(self) -> bool:
         """Releases the lease if, and only if, this instance still holds it."""
