@@ -285,3 +285,18 @@ def test_pauses_toggled_between_and_during_passes_lose_nothing_and_move_nothing_
     for queue, ids in expected.items():
         assert sorted(queued(fake_connection, queue)) == sorted(ids)  # each once: nothing lost, nothing twice
     assert fake_connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
+
+
+def test_a_buffered_run_of_a_paused_queue_waits_for_the_resume_and_then_runs_once(scheduler, fake_connection, clock):
+    from tests.test_overlap import moved, run_id, set_status
+
+    scheduler.schedule(T0, tasks.add, args=[1, 2], interval=10, id='b', overlap='buffer_one')
+    assert moved(scheduler, clock, 0) == [run_id('b', 0)]
+    assert moved(scheduler, clock, 10) == []  # this slot waits for the first run
+    pause_now(fake_connection, ['default'])
+    set_status(fake_connection, run_id('b', 0), 'finished')
+    assert moved(scheduler, clock, 11) == []  # its wait is over, but its queue is paused: the release waits too
+    assert fake_connection.hexists(keys.BUFFERED_KEY, 'b')
+    pause.resume(fake_connection, None)
+    assert moved(scheduler, clock, 12) == [run_id('b', 10)]
+    assert moved(scheduler, clock, 13) == []  # once
