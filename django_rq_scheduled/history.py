@@ -40,8 +40,7 @@ from .runs import (
     SUMMARY_FIELDS,
     Run,
     headline,
-)  # fmt: skip
-from .servers import servers
+)
 from .signals import run_failed, run_finished, run_skipped
 
 if TYPE_CHECKING:
@@ -471,33 +470,3 @@ def _rq_time(value: bytes | None) -> datetime | None:
 
 def _decoded(value: bytes | None) -> str:
     return _text(value.decode(errors='replace')) if value else ''
-
-
-# -- cancel ----------------------------------------------------------------------------------------------------
-
-CANCELED_WITH_SCHEDULE = 'canceled with its schedule'
-
-
-def cancel_waiting_runs(rows: Iterable[ScheduleBase], *, using: str = 'default') -> int:
-    """Takes the runs of ``rows`` still waiting in a queue out of it, recorded as canceled; returns how many.
-
-    A run a worker has already taken is left to finish.
-    """
-    facts = []
-    for row in rows:
-        for run in row.runs.using(using).filter(status=QUEUED):
-            if _take_out_of_queue(run):
-                facts.append(
-                    Fact(run.rq_job_id, type(row), row.pk, CANCELED, reason=CANCELED_WITH_SCHEDULE,
-                         ended_at=django_timezone.now(), queue=run.queue)
-                )  # fmt: skip
-    send_signals(record_facts(facts, using=using))
-    return len(facts)
-
-
-def _take_out_of_queue(run: Run) -> bool:
-    scheduler = servers().scheduler_for(run.queue)
-    queue = scheduler.queues.get(run.queue, None)
-    return bool(
-        scheduler.connection.eval(scripts.CANCEL_QUEUED, 2, queue.key, keys.job_key(run.rq_job_id), run.rq_job_id)
-    )

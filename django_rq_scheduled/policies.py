@@ -17,7 +17,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .choices import Catchup
 from .core import limits
-from .row_validation import whole
+from .row_validation import naive_time_errors, whole
 
 
 def _retry_delays_validator(value: Any) -> None:
@@ -114,7 +114,7 @@ class RunPolicy(models.Model):
         abstract = True
 
     def run_policy_errors(self) -> dict[str, Any]:
-        errors: dict[str, Any] = {}
+        errors: dict[str, Any] = naive_time_errors(self, 'valid_from', 'valid_until')
         start, end = self.valid_from, self.valid_until
         if isinstance(start, datetime) and isinstance(end, datetime) and _comparable(start, end) and end <= start:
             errors['valid_until'] = [_('Enter a time after "valid from".')]
