@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 from django.utils import timezone as django_timezone
 
 from .core import keys, scripts
-from .history import Fact, record_facts, send_signals
+from .history import record_facts, send_signals
+from .records import Fact
 from .runs import CANCELED, QUEUED, Run
 from .servers import servers
 
