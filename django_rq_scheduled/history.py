@@ -57,9 +57,11 @@ MAX_TEXT = 255
 """Of the runs' short text columns (queue, reason, worker, job id)."""
 UTC = timezone.utc
 GONE = 'gone from Redis before it ended (expired or deleted)'
-SKIP_REASONS = {'skipped_misfire': 'misfire grace', 'skipped_overlap': 'overlap'}
-RUN_FIELDS = ('status', 'reason', 'queue', 'fire_time', 'enqueued_at', 'started_at', 'ended_at', 'worker', 'error')
-FILLED_LATER = ('fire_time', 'enqueued_at', 'started_at', 'worker', 'queue')
+SKIP_REASONS = {'skipped_misfire': 'misfire grace', 'skipped_overlap': 'overlap', 'skipped_catchup': 'catch-up'}
+RUN_FIELDS = (
+    'status', 'reason', 'queue', 'fire_time', 'enqueued_at', 'started_at', 'ended_at', 'worker', 'error', 'delay',
+)  # fmt: skip
+FILLED_LATER = ('fire_time', 'enqueued_at', 'started_at', 'worker', 'queue', 'delay')
 MODELS_BY_NAME = {model._meta.model_name: model for model in SCHEDULE_MODELS}
 SIGNALS: dict[str, Signal] = {
     FINISHED: run_finished,
@@ -88,6 +90,8 @@ class Fact:
     error: str = ''
     reported: bool = False
     """From the run's own worker (its callback), so it corrects what the leader only inferred."""
+    delay: float | None = None
+    """The jitter delay the loop chose for the run."""
 
 
 # -- reading records -------------------------------------------------------------------------------------------
@@ -100,10 +104,18 @@ def decision_fact(record: dict[str, Any], model: type[ScheduleBase], pk: Any) ->
     at = epoch_time(record.get('at'))
     common: dict[str, Any] = {'model': model, 'pk': pk, 'queue': _text(record.get('queue')), 'fire_time': fire_time}
     if outcome == 'enqueued':
-        return Fact(_job_id(record.get('job')), status=QUEUED, enqueued_at=at, **common)
+        return Fact(_job_id(record.get('job')), status=QUEUED, enqueued_at=at, delay=_delay(record), **common)
     if outcome in SKIP_REASONS and fire_time is not None:
         job_id = keys.occurrence_id(template, round(fire_time.timestamp() * 1000)) if model.is_periodic else template
-        return Fact(_job_id(job_id), status=SKIPPED, reason=SKIP_REASONS[outcome], ended_at=at, **common)
+        reason = _text(record.get('reason')) or SKIP_REASONS[outcome]
+        return Fact(_job_id(job_id), status=SKIPPED, reason=reason, ended_at=at, **common)
+    return None
+
+
+def _delay(record: dict[str, Any]) -> float | None:
+    delay = record.get('delay')
+    if type(delay) is float or type(delay) is int:  # not bool
+        return float(delay) if 0 <= delay < 10**9 else None  # NaN and inf fail both
     return None
 
 
@@ -225,6 +237,7 @@ class RunRow:
     ended_at: datetime | None
     worker: str
     error: str
+    delay: float | None
 
     @property
     def error_headline(self) -> str:
@@ -318,7 +331,7 @@ def _content_type_id(model: type[ScheduleBase]) -> int:
 def _new_run(fact: Fact, row: ScheduleBase, kind: int) -> RunRow:
     return RunRow(
         None, fact.job_id, kind, row.pk, row.name, fact.trigger, fact.status, fact.reason, fact.queue or row.queue,
-        fact.fire_time, fact.enqueued_at, fact.started_at, fact.ended_at, fact.worker, fact.error,
+        fact.fire_time, fact.enqueued_at, fact.started_at, fact.ended_at, fact.worker, fact.error, fact.delay,
     )  # fmt: skip
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from redis import Redis
@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import Serializer
 from rq.utils import parse_timeout
 
-from . import keys, limits, payloads, scripts
+from . import keys, limits, payloads, run_policy, scripts
 from .allowlist import AllowList
 from .limits import OVERLAP_POLICIES
 from .queues import validated_queue_name
@@ -231,6 +231,12 @@ class JobBuilder:
             at_front=bool(options['at_front']),
         )
 
+    def one_off(self, func: Any, policies: Mapping[str, Any], options: dict[str, Any]) -> Job:
+        """The (unsaved) job of ``Scheduler.schedule()`` without an interval: run policies are for periodic jobs."""
+        if policies:
+            raise ValueError(f'{min(policies)}: only a periodic job (with an interval) has run policies')
+        return self.create(func, commit=False, **options)
+
     def template(
         self,
         func: Any,
@@ -240,10 +246,13 @@ class JobBuilder:
         misfire_grace: object,
         overlap: object,
         options: dict[str, Any],
+        policies: Mapping[str, Any] | None = None,
     ) -> Job:
         """Validates and builds (unsaved) the template of a periodic job of the API; ``meta`` from
-        ``template_meta``, completed here with the validated repeat, misfire grace and overlap."""
+        ``template_meta``, completed here with the validated repeat, misfire grace, overlap and run policies
+        (``run_policy.api_meta``'s arguments)."""
         remaining = validated_repeat(repeat)
+        policy_meta = run_policy.api_meta(**(policies or {}))
         if overlap not in OVERLAP_POLICIES:
             raise ValueError(f'overlap: expected one of {OVERLAP_POLICIES}, got {overlap!r}')
         grace = None if misfire_grace is None else limits.to_seconds(misfire_grace, 'misfire_grace', at_most=None)
@@ -251,7 +260,7 @@ class JobBuilder:
             raise ValueError('depends_on: not supported for periodic jobs (each run would wait on one old job)')
         job = self.create(func, commit=False, **options)
         job.meta.update(meta)
-        job.meta[keys.META_KEY].update({'misfire_grace': grace, 'overlap': overlap, 'runs': 0})
+        job.meta[keys.META_KEY].update({'misfire_grace': grace, 'overlap': overlap, 'runs': 0, **policy_meta})
         if remaining is not None:
             job.meta['repeat'] = remaining
         return job

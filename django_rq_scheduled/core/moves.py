@@ -8,12 +8,14 @@ and sends the writes of a whole batch to Redis in one fenced Lua call (``scripts
 from __future__ import annotations
 
 import json
+import random as randomness
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cron, keys, payloads, scores
+from . import catchup, cron, keys, payloads, scores
 from .limits import MIN_SECONDS
+from .policy_moves import SKIPPED_CATCHUP, RunPolicyPlanning, slot_record
 from .scores import format_score, guard_score, utc_datetime
 
 # Fields of a template hash that describe one run, not the job: a fresh occurrence does not inherit them.
@@ -58,6 +60,8 @@ class Entry:
     """Applied only while the member's job hash exists (a dead letter needs none)."""
     one_off: tuple[str, str, Any, Any] | None = None
     """(queue key, push command, timeout or '', ttl or ''): a plain one-off, sent to the move script compactly."""
+    also_enqueued: list[str] = field(default_factory=list)
+    """Older slots run by the same move before ``enqueued_id`` (catch-up ``all``)."""
 
 
 @dataclass
@@ -98,7 +102,7 @@ def _push_command(raw: dict[bytes, bytes]) -> str:
     return 'LPUSH' if raw.get(b'enqueue_at_front') in AT_FRONT_VALUES else 'RPUSH'
 
 
-class Planner:
+class Planner(RunPolicyPlanning):
     """Plans the moves of one batch, all at the same instant ``now`` (epoch seconds)."""
 
     def __init__(
@@ -110,6 +114,7 @@ class Planner:
         queue_info: Callable[[str, str | None], QueueInfo],
         default_timezone: str,
         callable_refusal: Callable[[str], str | None] | None = None,
+        random: Callable[[], float] = randomness.random,
     ) -> None:
         self.now = now
         self.enqueued_at = enqueued_at
@@ -117,6 +122,7 @@ class Planner:
         self.queue_info = queue_info
         self.default_timezone = default_timezone
         self.callable_refusal = callable_refusal
+        self.random = random
 
     # -- decoding -------------------------------------------------------------------------------------------
 
@@ -234,8 +240,25 @@ class Planner:
         entry = Entry(parsed.member, guard_score(parsed.score))
         meta = dict(parsed.meta)
         ours = dict(parsed.ours)
-        fire_time = self._latest_missed_slot(parsed)
-        if self._is_misfire(ours, fire_time):
+        policy = self._run_policy(ours)
+        base, delay = self._due_slot(parsed)
+        slots = self._slots(parsed, base)
+        if policy.before_window(base):
+            return self._wait_for_window(entry, parsed, slots, policy)
+        decided = catchup.decide(slots, self.now, policy, max_runs=meta.get('repeat'))
+        if decided.fire_time is None:
+            return self._close_window(entry, parsed)
+        log: list[dict[str, Any]] = []  # this move's records of other slots, written with its final counts
+        previous_status = self._run_earlier_slots(entry, parsed, meta, ours, decided, previous_status, log)
+        fire_time = decided.fire_time
+        delay = delay if fire_time == base else None
+        if delay is None and policy.jitter and decided.on_time and not decided.fire_skip:
+            delay = self._jitter(policy, slots, fire_time)
+            if fire_time + delay > self.now:
+                return self._postpone(entry, parsed, meta, ours, (fire_time, delay), log)
+        if decided.fire_skip:
+            entry.outcome = SKIPPED_CATCHUP
+        elif self._is_misfire(ours, fire_time + (delay or 0)):
             entry.outcome = SKIPPED_MISFIRE
         elif previous_status in ACTIVE_STATUSES:
             entry.outcome = SKIPPED_OVERLAP
@@ -251,20 +274,60 @@ class Planner:
                 meta['repeat'] = meta['repeat'] - 1
         ours['last_fire_time'] = fire_time
         ours.pop('late_from', None)  # the first run is decided: every later slot is late from its own time
-        meta[keys.META_KEY] = ours
+        said = {'reason': decided.fire_skip, 'delay': delay if entry.enqueued_id else None}  # of the fire slot
         template_key = keys.job_key(parsed.member)
-        if meta.get('repeat') is not None and meta['repeat'] <= 0:
+        next_time = self._following_slot(parsed, meta, decided, slots)
+        if (meta.get('repeat') is not None and meta['repeat'] <= 0) or self._window_over(policy, next_time):
             entry.commands += [('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member), ('DEL', template_key)]
-            self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=None, finished=True)
+            self._record_slots(entry, parsed, log, runs=ours['runs'], next_time=None)
+            self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=None, finished=True, said=said)
             return entry
+        due = self._schedule_slot(ours, policy, slots, next_time, jittered=decided.resume is None)
+        meta[keys.META_KEY] = ours
         entry.commands.append(('HSET', template_key, 'meta', self._dumps_meta(meta)))
-        next_time = self._next_time(parsed, meta, after=max(self.now, fire_time))
-        if next_time is None:
+        if due is None:
             self._retire_exhausted(entry, parsed)
         else:
-            entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(next_time), parsed.member))
-        self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=next_time, finished=next_time is None)
+            entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(due), parsed.member))
+        self._record_slots(entry, parsed, log, runs=ours['runs'], next_time=due)
+        self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=due, finished=due is None, said=said)
         return entry
+
+    # -- catch-up -------------------------------------------------------------------------------------------
+
+    def _run_earlier_slots(
+        self,
+        entry: Entry,
+        parsed: Parsed,
+        meta: dict[str, Any],
+        ours: dict[str, Any],
+        decided: catchup.CatchUp,
+        previous_status: bytes | None,
+        log: list[dict[str, Any]],
+    ) -> bytes | None:
+        """Logs the slots the catch-up skips and runs the older slots of catch-up ``all``, oldest first; returns the
+        status of the previous run that overlap ``skip`` now sees."""
+        if decided.summary:
+            summary = decided.summary
+            log.append(slot_record(None, SKIPPED_CATCHUP, summary.first, summary.text))
+        log += [slot_record(None, SKIPPED_CATCHUP, slot, reason) for slot, reason in decided.skipped]
+        for slot in decided.earlier_runs:
+            if self._is_misfire(ours, slot):
+                log.append(slot_record(None, SKIPPED_MISFIRE, slot, catchup.MISFIRE))
+            elif previous_status in ACTIVE_STATUSES:
+                log.append(slot_record(None, SKIPPED_OVERLAP, slot, 'overlap'))
+            else:
+                occurrence = keys.occurrence_id(parsed.member, round(slot * 1000))
+                entry.commands += self._create_occurrence(parsed, occurrence, slot)
+                self._apply_ttl(entry, occurrence, parsed.raw)
+                entry.also_enqueued.append(occurrence)
+                log.append(slot_record(occurrence, ENQUEUED, slot))
+                ours.update(runs=ours.get('runs', 0) + 1, last_run_id=occurrence, last_run_at=self.now)
+                if meta.get('repeat') is not None:
+                    meta['repeat'] -= 1
+                if parsed.previous_run_to_check is not None:
+                    previous_status = b'queued'  # overlap 'skip': the run just enqueued is the previous one
+        return previous_status
 
     # -- building blocks ------------------------------------------------------------------------------------
 
@@ -324,13 +387,32 @@ class Planner:
             entry.commands.append(('EXPIRE', keys.job_key(job_id), ttl))
 
     def _record(
-        self, entry: Entry, parsed: Parsed, fire_time: float, *, runs: int, next_time: float | None, finished: bool
+        self,
+        entry: Entry,
+        parsed: Parsed,
+        fire_time: float,
+        *,
+        runs: int,
+        next_time: float | None,
+        finished: bool,
+        said: dict[str, Any] | None = None,
     ) -> None:
-        """Appends the outcome to the run log that the Django side reads back into its rows.
+        """Appends the outcome to the run log that the Django side reads back into its rows (``said``: its reason
+        and jitter delay, if any).
 
         Values are absolute (runs so far, next time), so reading a record twice changes nothing. A finished
         schedule also marks its version done, so reconciliation does not bring it back before the row learns it.
         """
+        slot = {'job': entry.enqueued_id, 'outcome': entry.outcome, 'fire_time': fire_time, **(said or {})}
+        self._append_record(entry, parsed, slot, runs=runs, next_time=next_time, finished=finished)
+        ours = parsed.ours
+        if finished and ours.get('record') and ours.get('version'):
+            entry.commands.append(('HSET', keys.VERSIONS_KEY, parsed.member, keys.done_marker(ours['version'], runs)))
+
+    def _append_record(
+        self, entry: Entry, parsed: Parsed, slot: dict[str, Any], *, runs: int, next_time: float | None, finished: bool
+    ) -> None:
+        """One record of the run log: ``slot`` holds the job (or None), outcome, fire time, reason and delay."""
         ours = parsed.ours
         if not ours.get('record'):
             return
@@ -338,17 +420,16 @@ class Planner:
             'owner': ours.get('owner'),
             'schedule': parsed.member,
             'queue': parsed.raw[b'origin'].decode(errors='replace'),
-            'job': entry.enqueued_id,
-            'outcome': entry.outcome,
-            'fire_time': fire_time,
+            'job': slot['job'],
+            'outcome': slot['outcome'],
+            'fire_time': slot['fire_time'],
             'at': self.now,
             'runs': runs,
             'next': next_time,
             'finished': finished,
         }
+        record.update({name: slot[name] for name in ('reason', 'delay') if slot.get(name) not in (None, '')})
         entry.commands.append(('RPUSH', keys.RUNS_KEY, json.dumps(record)))
-        if finished and ours.get('version'):
-            entry.commands.append(('HSET', keys.VERSIONS_KEY, parsed.member, keys.done_marker(ours['version'], runs)))
 
     def _retire_exhausted(self, entry: Entry, parsed: Parsed) -> None:
         reason = 'cron string has no future fire time'
@@ -394,14 +475,6 @@ class Planner:
         grace = ours.get('misfire_grace')
         late_since = max(fire_time, ours.get('late_from') or fire_time)
         return grace is not None and self.now - late_since > grace
-
-    def _latest_missed_slot(self, parsed: Parsed) -> float:
-        """The last fire time at or before now, at least the due time (misfires coalesce into it)."""
-        if parsed.meta.get('cron_string'):
-            expression, zone = self._cron(parsed.meta)
-            latest = cron.latest_fire_time(expression, utc_datetime(self.now), zone)
-            return max(parsed.score, latest.timestamp()) if latest else parsed.score
-        return scores.latest_slot(parsed.score, self._interval(parsed.meta), self.now)
 
     def _next_time(self, parsed: Parsed, meta: dict[str, Any], after: float | None = None) -> float | None:
         after = self.now if after is None else after
