@@ -300,3 +300,14 @@ def test_the_api_validates_each_policy_naming_the_argument():
     for name, arguments in cases.items():
         with pytest.raises(ValueError, match=f'^{name}:'):
             run_policy.api_meta(**arguments)
+
+
+def test_a_slot_waiting_for_its_delay_runs_even_if_the_next_slot_came_meanwhile():
+    """A delay may end a millisecond before the next slot: a loop a few ms late must not coalesce the slot away."""
+    parsed = template(START + 0.999, interval=1, jitter=1, slot=START, slot_due=START + 0.999, delay=0.999)
+    entry = planner(START + 1.004, lambda: 0.5).plan(parsed)
+    assert [slot_of(job) for job in created(entry)] == [START] and skipped(entry) == []
+    following = next_state(parsed, entry)
+    assert following is not None and following.ours['slot'] == START + 1  # the next slot, with its own delay
+    entry = planner(following.score, lambda: 0.5).plan(following)
+    assert [slot_of(job) for job in created(entry)] == [START + 1]

@@ -279,6 +279,23 @@ class JobBuilder:
             **callbacks,
         )  # fmt: skip
 
+    def slot_run(self, template: Job, fire_time: float, **callbacks: Any) -> Job:
+        """An unsaved run of a template of ours for one of its slots (a backfill): the slot's occurrence id, as the
+        loop would have given it."""
+        run = self.extra_run(template, **callbacks)
+        run.id = keys.occurrence_id(template.id, round(fire_time * 1000))
+        run.meta[keys.META_KEY] = {'template': template.id, 'fire_time': fire_time}
+        return run
+
+    def enqueue_once(self, run: Job, queue_key: str, enqueued_at: str) -> bool:
+        """Enqueues ``run`` unless its job hash exists (checked and written in one Lua call, so two callers at once
+        enqueue it once); True if it was enqueued."""
+        mapping = {**run.to_dict(), 'status': 'queued', 'enqueued_at': enqueued_at}
+        flat = [item for pair in mapping.items() for item in pair]
+        push = 'LPUSH' if run.enqueue_at_front else 'RPUSH'
+        job_keys = [keys.job_key(run.id), queue_key, keys.QUEUES_SET_KEY]
+        return bool(self.connection.eval(scripts.ENQUEUE_ONCE, 3, *job_keys, run.id, push, *flat))
+
     def check_callable(self, job: Job) -> None:
         """The loop's own check, at call time: a refused job raises here instead of becoming a dead letter."""
         if self.refusal is None:

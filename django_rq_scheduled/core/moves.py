@@ -245,7 +245,7 @@ class Planner(RunPolicyPlanning):
         slots = self._slots(parsed, base)
         if policy.before_window(base):
             return self._wait_for_window(entry, parsed, slots, policy)
-        decided = catchup.decide(slots, self.now, policy, max_runs=meta.get('repeat'))
+        decided = catchup.decide(slots, self._judged_at(parsed, base, delay), policy, max_runs=meta.get('repeat'))
         if decided.fire_time is None:
             return self._close_window(entry, parsed)
         log: list[dict[str, Any]] = []  # this move's records of other slots, written with its final counts

@@ -9,7 +9,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import catchup, keys, run_policy
+from . import catchup, keys, limits, run_policy
 from .scores import format_score
 
 if TYPE_CHECKING:
@@ -91,6 +91,13 @@ class RunPolicyPlanning:
             return float(slot), float(delay)
         return parsed.score, None
 
+    def _judged_at(self, parsed: Parsed, base: float, delay: float | None) -> float:
+        """The moment catch-up judges the due slots at: now, except for a slot waiting for its jitter delay and moved
+        on time: it runs, even if the next slot came meanwhile (a delay may end a millisecond before it)."""
+        if delay is not None and self.now - parsed.score <= limits.ON_TIME_SECONDS:
+            return base
+        return self.now
+
     def _slots(self, parsed: Parsed, base: float) -> catchup.Slots:
         if parsed.meta.get('cron_string'):
             return catchup.CronSlots(base, *self._cron(parsed.meta))
@@ -152,7 +159,7 @@ class RunPolicyPlanning:
         if decided.resume is not None:
             return decided.resume  # catch-up 'all' goes on with the next missed slot at once
         assert decided.fire_time is not None
-        return slots.after(max(self.now, decided.fire_time))
+        return slots.after(decided.fire_time)  # the newest slot due, so the next one is still ahead (or just due)
 
     def _schedule_slot(
         self,

@@ -11,7 +11,7 @@ import importlib
 import keyword
 from types import ModuleType
 
-SUBCOMMANDS = ('list', 'show', 'run', 'enable', 'disable', 'export', 'import', 'sync', 'health')
+SUBCOMMANDS = ('list', 'show', 'run', 'backfill', 'enable', 'disable', 'export', 'import', 'sync', 'health')
 
 
 def subcommand(name: str) -> ModuleType:
