@@ -270,3 +270,69 @@ def test_backfill_refuses_a_bad_time_naming_the_option():
     past_minutes(1)
     with pytest.raises(CommandError, match=r"--from: expected an ISO 8601 time.*'yesterday'"):
         schedules('backfill', 'minutely', '--from', 'yesterday', '--to', '2020-01-01T00:00')
+
+
+# -- the rows: window, previews, and an edit racing a jittered slot ------------------------------------------------
+
+
+def test_a_row_reads_its_window_first_due_previews_and_finished_state():
+    start = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+    row = RepeatableJob(
+        name='w', callable='tests.tasks.add', scheduled_time=start, interval=10, interval_unit='minutes',
+        valid_from=start + timedelta(minutes=25), valid_until=start + timedelta(minutes=55),
+    )  # fmt: skip
+    assert row.first_due(start - timedelta(days=1)) == start + timedelta(minutes=30)
+    assert row.next_runs(10, after=start - timedelta(days=1)) == [start + timedelta(minutes=m) for m in (30, 40, 50)]
+    assert row.first_due(start + timedelta(minutes=51), begun=True) is None  # the next slot is past the window
+    assert not row.is_finished
+    row.valid_until = datetime.now(UTC) - timedelta(seconds=1)
+    assert row.is_finished and row.next_runs() == []
+    from django_rq_scheduled.models import CronJob
+
+    nightly = CronJob(name='n', callable='tests.tasks.add', cron_string='0 3 * * *', timezone='UTC')
+    nightly.valid_from = datetime(2030, 6, 3, 3, 0, tzinfo=UTC)
+    assert nightly.first_due(datetime(2030, 6, 1, tzinfo=UTC)) == nightly.valid_from  # at or after: itself
+    assert nightly.next_runs(2, after=datetime(2030, 6, 1, tzinfo=UTC))[0] == nightly.valid_from
+
+
+def test_an_edit_while_a_slot_waits_for_its_jitter_delay_keeps_that_slot(connection):
+    import time_machine
+
+    t0 = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+    with time_machine.travel(t0, tick=False) as clock:
+        row = RepeatableJob.objects.create(
+            name='jittery', callable='tests.tasks.add', scheduled_time=t0, interval=10, interval_unit='seconds',
+            jitter=9,
+        )  # fmt: skip
+        scheduler = Scheduler(connection=connection)
+        assert scheduler.enqueue_jobs() == []  # the slot waits for its delay
+        due = connection.zscore(keys.SCHEDULED_JOBS_KEY, row.template_id)
+        assert t0.timestamp() < due < t0.timestamp() + 9
+        clock.move_to(datetime.fromtimestamp((t0.timestamp() + due) / 2, tz=UTC))  # after the slot, before its due
+        row.description = 'edited while its slot waits'
+        row.save()  # the template is written afresh, due at its slot (not at the slot after now)
+        assert connection.zscore(keys.SCHEDULED_JOBS_KEY, row.template_id) == t0.timestamp()
+        runs = scheduler.enqueue_jobs()  # at once, or after a new delay
+        clock.move_to(t0 + timedelta(seconds=9.5))  # every delay is over, the next slot not yet due
+        runs += scheduler.enqueue_jobs()
+        assert [run.id for run in runs] == [keys.occurrence_id(row.template_id, round(t0.timestamp() * 1000))]
+
+
+@pytest.mark.parametrize(
+    ('key', 'value'),
+    [('jitter', 'x'), ('valid_until', 'never'), ('catchup', 7), ('catchup_limit', -1), ('jitter', float('inf'))],
+)
+def test_a_template_with_a_foreign_policy_value_is_dead_lettered_naming_the_key_and_the_loop_goes_on(
+    connection, key, value
+):
+    scheduler = Scheduler(connection=connection)
+    now = datetime.now(UTC)
+    bad = scheduler.schedule(now - timedelta(seconds=1), tasks.add, interval=60, id='bad')
+    bad.meta[keys.META_KEY][key] = value  # written by someone else
+    bad.save_meta()
+    good = scheduler.schedule(now - timedelta(seconds=1), tasks.add, interval=60, id='good', jitter=0)
+    runs = scheduler.enqueue_jobs()
+    assert [run.id.rpartition('_at_')[0] for run in runs] == [good.id]
+    reason = json.loads(scheduler.dead_letters()['bad'])['reason']
+    assert reason.startswith(f'cannot plan: {key}:'), reason
+    assert scheduler.enqueue_jobs() == []  # taken out of the schedule: no crash loop
