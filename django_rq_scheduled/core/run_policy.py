@@ -44,12 +44,18 @@ class RunPolicies(TypedDict, total=False):
     catchup_limit: int
 
 
+DEFAULT = RunPolicy()
+POLICY_KEYS = frozenset({'jitter', 'valid_from', 'valid_until', 'catchup', 'catchup_limit'})
+
+
 class PolicyError(ValueError):
     """A policy value no rule can apply; the message starts with the meta key (or the API argument)."""
 
 
 def read(ours: dict[str, Any]) -> RunPolicy:
     """The run policies of our part of a template's meta; PolicyError naming the key for a value of the wrong type."""
+    if not POLICY_KEYS.intersection(ours):
+        return DEFAULT  # most templates: every policy at its default (the hot path of planning)
     valid_from, valid_until = _epoch(ours, 'valid_from'), _epoch(ours, 'valid_until')
     if valid_from is not None and valid_until is not None and valid_until <= valid_from:
         raise PolicyError(f'valid_until: {valid_until!r} is not after valid_from {valid_from!r}')
