@@ -311,3 +311,12 @@ def test_a_slot_waiting_for_its_delay_runs_even_if_the_next_slot_came_meanwhile(
     assert following is not None and following.ours['slot'] == START + 1  # the next slot, with its own delay
     entry = planner(following.score, lambda: 0.5).plan(following)
     assert [slot_of(job) for job in created(entry)] == [START + 1]
+
+
+def test_a_cron_schedules_older_skipped_slots_are_counted_up_to_a_bound():
+    first = math.ceil(START)
+    entry = planner(first + 5_000.5).plan(template(float(first), cron_string='* * * * * *'))
+    summary_slot, summary = skipped(entry)[0]
+    assert summary_slot == first
+    assert summary.startswith(f'more than {limits.MAX_SLOTS_COUNTED:,} slots skipped (coalesced) from ')
+    assert len(skipped(entry)) == limits.SKIPPED_RECORDS_PER_MOVE + 1

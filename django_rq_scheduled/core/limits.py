@@ -36,7 +36,7 @@ CATCHUP_RUNS_PER_MOVE = 100
 call) stays small whatever the downtime."""
 SKIPPED_RECORDS_PER_MOVE = 100
 """Skipped slots one move records one by one (the newest); older ones make one summary record."""
-MAX_SLOTS_COUNTED = 10_000
+MAX_SLOTS_COUNTED = 1_000
 """Of a cron string's skipped slots, counted for a summary record (each costs a cron evaluation): "more than"."""
 MAX_BACKFILL_SLOTS = 10_000
 """Slots one backfill enqueues unless told otherwise (``--max``)."""
