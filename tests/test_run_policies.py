@@ -82,6 +82,8 @@ def test_the_api_schedules_a_jittered_template(connection):
         scheduler.cron('* * * * *', tasks.add, valid_until='never')
     with pytest.raises(ValueError, match=r'^jitter:'):
         scheduler.schedule(datetime.now(UTC), tasks.add, jitter=1)  # a one-off has no slots
+    with pytest.raises(TypeError, match=r'^jiter: not a keyword argument'):
+        scheduler.schedule(datetime.now(UTC), tasks.add, interval=10, jiter=1)  # type: ignore[call-arg]
     assert connection.zcard(keys.SCHEDULED_JOBS_KEY) == 1
 
 

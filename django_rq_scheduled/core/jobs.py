@@ -233,6 +233,7 @@ class JobBuilder:
 
     def one_off(self, func: Any, policies: Mapping[str, Any], options: dict[str, Any]) -> Job:
         """The (unsaved) job of ``Scheduler.schedule()`` without an interval: run policies are for periodic jobs."""
+        run_policy.check_names(policies)
         if policies:
             raise ValueError(f'{min(policies)}: only a periodic job (with an interval) has run policies')
         return self.create(func, commit=False, **options)
@@ -252,6 +253,7 @@ class JobBuilder:
         ``template_meta``, completed here with the validated repeat, misfire grace, overlap and run policies
         (``run_policy.api_meta``'s arguments)."""
         remaining = validated_repeat(repeat)
+        run_policy.check_names(policies or {})
         policy_meta = run_policy.api_meta(**(policies or {}))
         if overlap not in OVERLAP_POLICIES:
             raise ValueError(f'overlap: expected one of {OVERLAP_POLICIES}, got {overlap!r}')

@@ -6,7 +6,7 @@ loop), and validated for the ``Scheduler`` API (the message names the argument).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypedDict
@@ -105,6 +105,13 @@ def _catchup_limit(value: Any, name: str) -> int:
             f'{name}: expected a whole number of slots from 1 to {limits.MAX_CATCHUP_LIMIT:,}, got {value!r}'
         )
     return value
+
+
+def check_names(policies: Mapping[str, Any]) -> None:
+    """TypeError for a keyword argument that names no run policy (a typo must not pass silently)."""
+    unknown = sorted(set(policies) - POLICY_KEYS)
+    if unknown:
+        raise TypeError(f'{unknown[0]}: not a keyword argument; run policies are {sorted(POLICY_KEYS)}')
 
 
 def api_meta(
