@@ -22,13 +22,13 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import history
+from . import cancel
 from .admin_banners import show_banners
 from .admin_code import CodeRowsAdmin, from_code
 from .admin_runs import FailingFilter, last_outcome, outcome_counts, outcome_strip, runs_table
 from .core import keys
 from .core.health import ServerHealth, leadership_from, queue_leadership_reads
-from .describe import describe_cron, describe_interval
+from .describe import describe_schedule
 from .forms import ScheduleForm
 from .models import CronJob, RepeatableJob, ScheduleBase, ScheduledJob, SchedulerStatus
 from .pending import unsynced_error
@@ -377,7 +377,7 @@ class ScheduleAdmin(CodeRowsAdmin, admin.ModelAdmin):
         rows = list(queryset)
         count = self._set_enabled(request, queryset, enabled=False, message='Cancelled')
         try:
-            history.cancel_waiting_runs(rows, using=queryset.db)
+            cancel.cancel_waiting_runs(rows, using=queryset.db)
         except (redis.RedisError, ValueError):
             warning = _('Redis did not answer: runs already waiting in a queue may still run.')
             self.message_user(request, warning, messages.WARNING)
@@ -430,7 +430,7 @@ class ScheduledJobAdmin(ScheduleAdmin):
 
     @admin.display(description=_('schedule'), ordering='scheduled_time')
     def schedule(self, obj: ScheduledJob) -> str:
-        return _('once, at %(time)s') % {'time': timezone.localtime(obj.scheduled_time).strftime('%Y-%m-%d %H:%M:%S')}
+        return describe_schedule(obj)
 
 
 @admin.register(RepeatableJob)
@@ -444,10 +444,7 @@ class RepeatableJobAdmin(ScheduleAdmin):
 
     @admin.display(description=_('schedule'))
     def schedule(self, obj: RepeatableJob) -> str:
-        words = describe_interval(obj.interval_seconds)
-        if obj.repeat:
-            words += ngettext(', %d time', ', %d times', obj.repeat) % obj.repeat
-        return words
+        return describe_schedule(obj)
 
 
 @admin.register(CronJob)
@@ -456,7 +453,7 @@ class CronJobAdmin(ScheduleAdmin):
 
     @admin.display(description=_('schedule'), ordering='cron_string')
     def schedule(self, obj: CronJob) -> str:
-        return describe_cron(obj.cron_string, obj.timezone)
+        return describe_schedule(obj)
 
 
 @admin.register(SchedulerStatus)

@@ -56,6 +56,6 @@ def leader_problem(reading: ServerHealth) -> str | None:
             'No scheduler leads on %(server)s: due jobs are not moved to their queues. Start manage.py rqscheduler.'
         )
     age = reading.heartbeat_age
-    if age is None or abs(age) > stale_after():
+    if age is None or abs(age) > stale_after(reading):
         return _('The scheduler leading on %(server)s (%(leader)s) has stopped beating: it may be stuck.')
     return None

@@ -83,10 +83,17 @@ def _read(connection: Any, max_lateness: float) -> ServerHealth:
         close()
 
 
-def stale_after() -> float:
+BEATS_BEFORE_STALE = 3
+
+
+def stale_after(health: ServerHealth) -> float:
     """Seconds after which the leader's heartbeat is stale: it beats at every tick, at least every third of its
-    lease, so one that missed a whole lease's worth of beats is stuck (paused, frozen, blocked) while it leads."""
-    return seconds_setting('LEASE_TTL')
+    lease, so one that missed a whole lease's worth of beats is stuck (paused, frozen, blocked) while it leads.
+
+    A leader whose own ``--interval`` and ``--lease-ttl`` make it beat less often (it records how often) is given
+    three of its beats.
+    """
+    return max(seconds_setting('LEASE_TTL'), BEATS_BEFORE_STALE * (health.leader_beat_period or 0))
 
 
 def server_problems(name: str, health: ServerHealth, max_lateness: float) -> list[str]:
@@ -110,13 +117,13 @@ def _leader_problems(name: str, health: ServerHealth) -> list[str]:
         ]
     if health.leader is None:
         return [f'{name}: no leader: no manage.py rqscheduler holds the lease.']
-    age, limit = health.heartbeat_age, stale_after()
+    age, limit = health.heartbeat_age, stale_after(health)
     if age is None:
         return [f'{name}: stale heartbeat: the leader {health.leader!r} has no heartbeat.']
     if not -limit <= age <= limit:
         return [
             f'{name}: stale heartbeat: the leader {health.leader!r} last beat {_seconds(age)} ago '
-            f'(more than LEASE_TTL, {limit:g} s).'
+            f'(more than {limit:g} s).'
         ]
     return []
 
@@ -148,6 +155,7 @@ def _server_json(name: str, health: ServerHealth) -> dict[str, Any]:
         'error': health.error or None,
         'leader': health.leader,
         'heartbeat_age': _json_seconds(health.heartbeat_age),
+        'leader_beat_period': health.leader_beat_period,
         'due': health.due,
         'overdue': health.overdue,
         'oldest_due_age': _json_seconds(health.oldest_due_age),

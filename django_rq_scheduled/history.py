@@ -23,9 +23,9 @@ from django.db.models import F
 from django.utils import timezone as django_timezone
 from rq.utils import utcparse
 
-from . import alerts, metrics
+from . import alerts, attempts, metrics
 from .bulk import BulkWriter
-from .core import capture, keys, scripts
+from .core import capture, keys, overlap, scripts
 from .models import SCHEDULE_MODELS, ScheduleBase
 from .runs import (
     BY_SCHEDULE,
@@ -40,8 +40,7 @@ from .runs import (
     SUMMARY_FIELDS,
     Run,
     headline,
-)  # fmt: skip
-from .servers import servers
+)
 from .signals import run_failed, run_finished, run_skipped
 
 if TYPE_CHECKING:
@@ -57,7 +56,12 @@ MAX_TEXT = 255
 """Of the runs' short text columns (queue, reason, worker, job id)."""
 UTC = timezone.utc
 GONE = 'gone from Redis before it ended (expired or deleted)'
-SKIP_REASONS = {'skipped_misfire': 'misfire grace', 'skipped_overlap': 'overlap', 'skipped_catchup': 'catch-up'}
+SKIP_REASONS = {
+    'skipped_misfire': 'misfire grace',
+    'skipped_overlap': 'overlap',
+    overlap.SKIPPED_WAITING: overlap.WAITING_REASON,
+    'skipped_catchup': 'catch-up',
+}
 RUN_FIELDS = (
     'status', 'reason', 'queue', 'fire_time', 'enqueued_at', 'started_at', 'ended_at', 'worker', 'error', 'delay',
 )  # fmt: skip
@@ -92,6 +96,10 @@ class Fact:
     """From the run's own worker (its callback), so it corrects what the leader only inferred."""
     delay: float | None = None
     """The jitter delay the loop chose for the run."""
+    attempts: int | None = None
+    """The attempt the worker reported on (absolute, so a record read twice counts once)."""
+    retrying: bool = False
+    """A failed attempt RQ tries again: the run goes back to queued, and has not ended (``attempts``)."""
 
 
 # -- reading records -------------------------------------------------------------------------------------------
@@ -105,6 +113,11 @@ def decision_fact(record: dict[str, Any], model: type[ScheduleBase], pk: Any) ->
     common: dict[str, Any] = {'model': model, 'pk': pk, 'queue': _text(record.get('queue')), 'fire_time': fire_time}
     if outcome == 'enqueued':
         return Fact(_job_id(record.get('job')), status=QUEUED, enqueued_at=at, delay=_delay(record), **common)
+    if outcome == overlap.CANCELED_OVERLAP:  # the previous run, replaced by a newer one (fire time: its own row's)
+        common['fire_time'] = None
+        return Fact(
+            _job_id(record.get('canceled')), status=CANCELED, reason=overlap.REPLACED_REASON, ended_at=at, **common
+        )
     if outcome in SKIP_REASONS and fire_time is not None:
         job_id = keys.occurrence_id(template, round(fire_time.timestamp() * 1000)) if model.is_periodic else template
         reason = _text(record.get('reason')) or SKIP_REASONS[outcome]
@@ -138,22 +151,25 @@ def outcome_fact(raw: bytes | str) -> Fact | None:
         model_name, pk = keys.template_owner(template) or ('', '')
         model = MODELS_BY_NAME[model_name]
         status = record['status']
-        if status not in (capture.SUCCESS, capture.FAILURE, capture.STOPPED):
+        if status not in (capture.SUCCESS, capture.FAILURE, capture.STOPPED, capture.RETRYING):
             raise ValueError(f'status {status!r}')
+        retrying = status == capture.RETRYING
         return Fact(
             job_id,
             model,
             row_pk(model, pk),
-            status,
+            QUEUED if retrying else status,
             trigger=trigger,
             queue=_text(record.get('queue')),
-            reason=_text(record.get('reason')),
+            reason=_text(attempts.reason_of(record.get('reason'), retrying)),
             fire_time=epoch_time(fire_ms / 1000 if fire_ms is not None else None),
             started_at=epoch_time(record.get('started')),
             ended_at=epoch_time(record.get('ended')),
             worker=_text(record.get('worker')),
             error=_text(record.get('error'), limit=None),
             reported=True,
+            attempts=attempts.number(record.get('attempt')),
+            retrying=retrying,
         )
     except Exception as exc:
         logger.warning('Dropping a malformed run outcome %r: %r', raw[:200], exc)
@@ -238,6 +254,7 @@ class RunRow:
     worker: str
     error: str
     delay: float | None
+    attempts: int | None
 
     @property
     def error_headline(self) -> str:
@@ -247,7 +264,7 @@ class RunRow:
         return Run(id=self.pk, **{name: getattr(self, name) for name in STORED_FIELDS})
 
 
-STORED_FIELDS = ('rq_job_id', 'schedule_type_id', 'schedule_id', 'schedule_name', 'trigger', *RUN_FIELDS)
+STORED_FIELDS = ('rq_job_id', 'schedule_type_id', 'schedule_id', 'schedule_name', 'trigger', *RUN_FIELDS, 'attempts')
 
 
 @dataclass
@@ -332,6 +349,7 @@ def _new_run(fact: Fact, row: ScheduleBase, kind: int) -> RunRow:
     return RunRow(
         None, fact.job_id, kind, row.pk, row.name, fact.trigger, fact.status, fact.reason, fact.queue or row.queue,
         fact.fire_time, fact.enqueued_at, fact.started_at, fact.ended_at, fact.worker, fact.error, fact.delay,
+        fact.attempts,
     )  # fmt: skip
 
 
@@ -344,14 +362,20 @@ def _rank(status: str) -> int:
 
 def _merge(run: RunRow, fact: Fact) -> tuple[set[str], bool]:
     """Completes ``run`` with ``fact``; returns the fields it changed, and whether its status moved forward."""
+    if fact.retrying:
+        return attempts.merge_retry(run, fact), False
+    if attempts.is_same_start(run, fact):
+        return set(), False
+    changed = attempts.merge_count(run, fact, RANKS)
     final = fact.status not in OPEN_STATUSES
     moved = _rank(fact.status) > _rank(run.status) or (final and fact.reported and run.reason == GONE)
     overwrite = moved or (final and fact.reported and fact.status == run.status)
     # The worker's own report wins over what the leader inferred of the same end; otherwise only gaps are filled.
-    changed = set()
+    # A worker's report of the end says all there is of it: no reason nor error left from an attempt retried.
+    cleared = ('reason', 'error') if overwrite and final and fact.reported else ()
     for name in RUN_FIELDS if overwrite else FILLED_LATER:
         value = getattr(fact, name)
-        if value is None or value == '':
+        if (value is None or value == '') and name not in cleared:
             continue
         current = getattr(run, name)
         if value == current if overwrite else current is not None and current != '':
@@ -461,33 +485,3 @@ def _rq_time(value: bytes | None) -> datetime | None:
 
 def _decoded(value: bytes | None) -> str:
     return _text(value.decode(errors='replace')) if value else ''
-
-
-# -- cancel ----------------------------------------------------------------------------------------------------
-
-CANCELED_WITH_SCHEDULE = 'canceled with its schedule'
-
-
-def cancel_waiting_runs(rows: Iterable[ScheduleBase], *, using: str = 'default') -> int:
-    """Takes the runs of ``rows`` still waiting in a queue out of it, recorded as canceled; returns how many.
-
-    A run a worker has already taken is left to finish.
-    """
-    facts = []
-    for row in rows:
-        for run in row.runs.using(using).filter(status=QUEUED):
-            if _take_out_of_queue(run):
-                facts.append(
-                    Fact(run.rq_job_id, type(row), row.pk, CANCELED, reason=CANCELED_WITH_SCHEDULE,
-                         ended_at=django_timezone.now(), queue=run.queue)
-                )  # fmt: skip
-    send_signals(record_facts(facts, using=using))
-    return len(facts)
-
-
-def _take_out_of_queue(run: Run) -> bool:
-    scheduler = servers().scheduler_for(run.queue)
-    queue = scheduler.queues.get(run.queue, None)
-    return bool(
-        scheduler.connection.eval(scripts.CANCEL_QUEUED, 2, queue.key, keys.job_key(run.rq_job_id), run.rq_job_id)
-    )

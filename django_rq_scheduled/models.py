@@ -168,6 +168,13 @@ class ScheduleBase(RowValidation, RunSummary, RetryPolicy):
         abstract = True
         ordering = ['name']
         base_manager_name = 'objects'
+        # Only the failing rows: the banner's count and the "failing" filter read them, and a run that succeeds
+        # after a success changes nothing in it.
+        indexes = [
+            models.Index(
+                fields=['consecutive_failures'], condition=Q(consecutive_failures__gt=0), name='drqs_%(class)s_failing'
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -337,22 +344,6 @@ class PeriodicSchedule(RunPolicy, ScheduleBase):
     @classmethod
     def finished_q(cls) -> Q:
         return Q(repeat__isnull=False, run_count__gte=models.F('repeat')) | cls.window_closed_q()
-
-    def first_due(self, now: datetime, *, begun: bool = False) -> datetime | None:
-        return self.within_window(self._first_slot(now, begun=begun), self._slot_at_or_after)
-
-    def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
-        """The next ``count`` fire times (aware UTC) within the window of validity, for previews."""
-        return self.within_window_only(self._next_slots(count, self.window_after(after or django_timezone.now())))
-
-    def _first_slot(self, now: datetime, *, begun: bool) -> datetime | None:
-        raise NotImplementedError
-
-    def _slot_at_or_after(self, moment: datetime) -> datetime | None:
-        raise NotImplementedError
-
-    def _next_slots(self, count: int, after: datetime) -> list[datetime]:
-        raise NotImplementedError
 
 
 class RepeatableJob(PeriodicSchedule):

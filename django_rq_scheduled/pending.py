@@ -16,30 +16,36 @@ from django.db import transaction
 from django.dispatch import Signal
 
 rows_committed = Signal()
-"""Sent once per model and transaction with ``pks`` (sorted) and ``using``; the sender is the model."""
+"""Sent once per model and transaction with ``pks`` (sorted), ``created`` (those of them inserted in the transaction,
+sorted) and ``using``; the sender is the model."""
 
 _pending = threading.local()
 
 
-def _pending_for(using: str) -> dict[type, set[Any]]:
-    if not hasattr(_pending, 'by_alias'):
-        _pending.by_alias = defaultdict(lambda: defaultdict(set))
-    by_model: dict[type, set[Any]] = _pending.by_alias[using]
+def _pending_for(using: str, kind: str = 'by_alias') -> dict[type, set[Any]]:
+    if not hasattr(_pending, kind):
+        setattr(_pending, kind, defaultdict(lambda: defaultdict(set)))
+    by_model: dict[type, set[Any]] = getattr(_pending, kind)[using]
     return by_model
 
 
-def schedule_sync(model: type, pks: Iterable[Any], using: str) -> None:
-    """Announces these rows once the current transaction commits (at once outside a transaction)."""
+def schedule_sync(model: type, pks: Iterable[Any], using: str, *, created: bool = False) -> None:
+    """Announces these rows once the current transaction commits (at once outside a transaction); ``created``:
+    they were inserted just now, so Redis cannot hold anything of theirs yet (their sync need not read it first)."""
+    pks = list(pks)
     _pending_for(using)[model].update(pks)
+    if created:
+        _pending_for(using, 'created')[model].update(pks)
     transaction.on_commit(partial(flush, using), using=using)
 
 
 def flush(using: str) -> None:
-    pending = _pending_for(using)
-    batches = [(model, sorted(pks)) for model, pks in pending.items() if pks]
+    pending, created = _pending_for(using), _pending_for(using, 'created')
+    batches = [(model, sorted(pks), sorted(created.get(model, set()) & pks)) for model, pks in pending.items() if pks]
     pending.clear()
-    for model, pks in batches:
-        rows_committed.send(sender=model, pks=pks, using=using)
+    created.clear()
+    for model, pks, inserted in batches:
+        rows_committed.send(sender=model, pks=pks, created=inserted, using=using)
 
 
 _unsynced = threading.local()

@@ -21,7 +21,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .choices import Catchup
 from .core import limits
-from .row_validation import whole
+from .row_validation import naive_time_errors, whole
 
 
 def _retry_delays_validator(value: Any) -> None:
@@ -150,8 +150,24 @@ class RunPolicy(models.Model):
         until = _aware(self.valid_until)
         return [run for run in runs if until is None or run <= until]
 
+    def first_due(self, now: datetime, *, begun: bool = False) -> datetime | None:
+        return self.within_window(self._first_slot(now, begun=begun), self._slot_at_or_after)
+
+    def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
+        """The next ``count`` fire times (aware UTC) within the window of validity, for previews."""
+        return self.within_window_only(self._next_slots(count, self.window_after(after or django_timezone.now())))
+
+    def _first_slot(self, now: datetime, *, begun: bool) -> datetime | None:
+        raise NotImplementedError
+
+    def _slot_at_or_after(self, moment: datetime) -> datetime | None:
+        raise NotImplementedError
+
+    def _next_slots(self, count: int, after: datetime) -> list[datetime]:
+        raise NotImplementedError
+
     def run_policy_errors(self) -> dict[str, Any]:
-        errors: dict[str, Any] = {}
+        errors: dict[str, Any] = naive_time_errors(self, 'valid_from', 'valid_until')
         start, end = self.valid_from, self.valid_until
         if isinstance(start, datetime) and isinstance(end, datetime) and _comparable(start, end) and end <= start:
             errors['valid_until'] = [_('Enter a time after "valid from".')]

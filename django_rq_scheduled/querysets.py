@@ -94,7 +94,9 @@ class ScheduleQuerySet(models.QuerySet[Any]):
             if len(pks) < len(created):
                 names = [obj.name for obj in created]
                 pks = list(self.model._base_manager.using(self.db).filter(name__in=names).values_list('pk', flat=True))
-            schedule_sync(self.model, pks, self.db)
+            # Conflicts may have updated existing rows instead: only plain inserts are surely new.
+            plain = not kwargs.get('update_conflicts') and not kwargs.get('ignore_conflicts')
+            schedule_sync(self.model, pks, self.db, created=plain)
         return created
 
     def bulk_update(self, objs: Iterable[Any], fields: Iterable[str], *args: Any, **kwargs: Any) -> int:

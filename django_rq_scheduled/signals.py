@@ -48,17 +48,17 @@ def _fill_timestamps(instance: Any) -> None:
     instance.modified = instance.modified or now
 
 
-def sync_after_save(sender: type, instance: Any, using: str, **kwargs: Any) -> None:
-    schedule_sync(sender, [instance.pk], using)
+def sync_after_save(sender: type, instance: Any, using: str, created: bool = False, **kwargs: Any) -> None:
+    schedule_sync(sender, [instance.pk], using, created=created)
 
 
 def sync_after_delete(sender: type, instance: Any, using: str, **kwargs: Any) -> None:
     schedule_sync(sender, [instance.pk], using)
 
 
-def sync_committed_rows(sender: Any, pks: list[Any], using: str, **kwargs: Any) -> None:
+def sync_committed_rows(sender: Any, pks: list[Any], using: str, created: Any = (), **kwargs: Any) -> None:
     try:
-        sync.sync_rows(sender, pks, using=using)
+        sync.sync_rows(sender, pks, using=using, created=created)
     except Exception as exc:
         # The rows are committed: raising now would not undo them, only fail the request that saved them (Redis
         # out of memory, read-only, away...). Reconciliation brings Redis in line later.

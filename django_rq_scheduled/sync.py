@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, cast
@@ -64,19 +64,34 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
 # -- syncing ----------------------------------------------------------------------------------------------------
 
 
-def sync_rows(model: type[ScheduleBase], pks: Iterable[Any], *, using: str = 'default') -> SyncReport:
-    """Brings Redis in line with these rows (by primary key); rows that no longer exist lose their template."""
+def sync_rows(
+    model: type[ScheduleBase], pks: Iterable[Any], *, using: str = 'default', created: Iterable[Any] = ()
+) -> SyncReport:
+    """Brings Redis in line with these rows (by primary key); rows that no longer exist lose their template.
+
+    ``created``: those of the rows inserted since Redis was last brought in line with them. Redis holds nothing of
+    theirs, so their first write is sent without reading Redis first (one round trip): the write is a
+    compare-and-set on "nothing there", so a template that is there after all (a reused primary key whose old
+    template was not removed yet) makes it fail, and the row is read and decided again.
+    """
     report = SyncReport()
     known = servers()
+    fresh = set(created)
     for chunk in _chunks(list(pks), BATCH):
         rows = list(model._base_manager.using(using).filter(pk__in=chunk))
-        missing = set(chunk) - {row.pk for row in rows}
-        report.merge(_sync_chunk(model, rows, missing, known, using=using))
+        missing = set(chunk) - {row.pk for row in rows} - fresh  # made and deleted in one transaction: nothing to do
+        report.merge(_sync_chunk(model, rows, missing, known, using=using, fresh=fresh))
     return report
 
 
 def _sync_chunk(
-    model: type[ScheduleBase], rows: list[ScheduleBase], missing: set[Any], servers: Servers, *, using: str
+    model: type[ScheduleBase],
+    rows: list[ScheduleBase],
+    missing: set[Any],
+    servers: Servers,
+    *,
+    using: str,
+    fresh: Container[Any] = (),
 ) -> SyncReport:
     report = SyncReport()
     missing_ids = [keys.template_id(model._meta.model_name or '', pk) for pk in missing]
@@ -84,8 +99,11 @@ def _sync_chunk(
     for identity, scheduler in servers.schedulers.items():
         # A row lives on its queue's server; any other server loses its template (e.g. after a queue change).
         here = [row for row in rows if servers.queue_home.get(row.queue) == identity]
-        elsewhere = [row.template_id for row in rows if servers.queue_home.get(row.queue) != identity]
-        report.merge(_sync_server(scheduler, here, elsewhere + missing_ids, changed))
+        elsewhere = [
+            row.template_id for row in rows if servers.queue_home.get(row.queue) != identity and row.pk not in fresh
+        ]
+        unread = {row.template_id for row in here if row.pk in fresh}
+        report.merge(_sync_server(scheduler, here, elsewhere + missing_ids, changed, unread))
     unknown = [row.name for row in rows if row.queue not in servers.queue_home]
     if unknown:
         logger.warning('Not scheduled, their queue is not in RQ_QUEUES: %s', ', '.join(unknown))
@@ -128,15 +146,25 @@ class _Decision:
 
 
 def _sync_server(
-    scheduler: Scheduler, rows: list[ScheduleBase], strangers: list[str], changed: list[ScheduleBase]
+    scheduler: Scheduler,
+    rows: list[ScheduleBase],
+    strangers: list[str],
+    changed: list[ScheduleBase],
+    unread: Container[str] = (),
 ) -> SyncReport:
-    """Syncs rows in compare-and-set writes; ids that changed under a write are read and decided again."""
+    """Syncs rows in compare-and-set writes; ids that changed under a write are read and decided again.
+
+    ``unread``: template ids known to hold nothing in Redis, whose first attempt does not read it.
+    """
     report = SyncReport()
     pending_rows, pending_strangers = rows, strangers
     for _ in range(SYNC_ATTEMPTS):
         if not pending_rows and not pending_strangers:
             return report
-        pending_rows, pending_strangers = _sync_attempt(scheduler, pending_rows, pending_strangers, changed, report)
+        pending_rows, pending_strangers = _sync_attempt(
+            scheduler, pending_rows, pending_strangers, changed, report, unread
+        )
+        unread = ()
     conflicted = [row.template_id for row in pending_rows] + pending_strangers
     if conflicted:
         # Each attempt lost to a move or another sync: the next sync or reconciliation reads them afresh.
@@ -151,9 +179,10 @@ def _sync_attempt(
     strangers: list[str],
     changed: list[ScheduleBase],
     report: SyncReport,
+    unread: Container[str],
 ) -> tuple[list[ScheduleBase], list[str]]:
     """One read, one decision per id, one pipelined write; returns the rows and ids whose write found a change."""
-    stored = _read_templates(scheduler, [row.template_id for row in rows] + strangers)
+    stored = _stored_states(scheduler, [row.template_id for row in rows] + strangers, unread)
     now = datetime.now(tz=UTC)
     decisions: list[tuple[ScheduleBase | None, _Decision]] = []
     for row, state in zip(rows, stored):
@@ -195,6 +224,13 @@ def _report(decision: _Decision, report: SyncReport) -> None:
         report.removed.append(decision.template_id)
     else:
         report.unchanged += 1
+
+
+def _stored_states(scheduler: Scheduler, ids: list[str], unread: Container[str]) -> list[_Stored]:
+    """What Redis holds for these ids: read, but for ``unread`` ids, known to hold nothing."""
+    wanted = [template_id for template_id in ids if template_id not in unread]
+    found = dict(zip(wanted, _read_templates(scheduler, wanted)))
+    return [found.get(template_id, _Stored(None, None, None)) for template_id in ids]
 
 
 def _read_templates(scheduler: Scheduler, ids: list[str]) -> list[_Stored]:

@@ -113,3 +113,13 @@ def test_an_empty_change_list_reads_each_server_once(admin, connection, redis_ur
     assert trips == 2
     text = page(admin, CHANGE_LISTS[0])
     assert 'No scheduler leads on other' in text and 'No scheduler leads on default' not in text
+
+
+@pytest.mark.skipif(db_connection.vendor != 'sqlite', reason='the query plan of SQLite')
+def test_the_failing_count_reads_an_index_of_the_failing_rows_only():
+    query = CronJob.objects.failing().order_by().values('pk').query  # as count() reads it
+    sql, params = query.sql_with_params()
+    with db_connection.cursor() as cursor:
+        cursor.execute(f'EXPLAIN QUERY PLAN {sql}', params)
+        plan = ' '.join(str(row) for row in cursor.fetchall())
+    assert 'drqs_cronjob_failing' in plan, plan

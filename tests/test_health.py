@@ -16,6 +16,7 @@ from django.core.checks import run_checks
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import keys
 from django_rq_scheduled.health import check
 from django_rq_scheduled.models import CronJob
@@ -70,7 +71,44 @@ def test_a_stale_heartbeat_fails(connection):
     lead(connection, beat_age=30)
     status, output = health()
     assert status == 1
-    assert "stale heartbeat: the leader 'leader-1' last beat 30 s ago (more than LEASE_TTL, 5 s)" in output
+    assert "stale heartbeat: the leader 'leader-1' last beat 30 s ago (more than 5 s)" in output
+
+
+def test_a_leader_that_beats_seldom_is_given_three_of_its_beats(connection):
+    lead(connection, beat_age=30)
+    connection.set(keys.LEADER_BEAT_KEY, 20)  # rqscheduler --interval 60 --lease-ttl 60, where the setting is 5
+    status, output = health()
+    assert status == 0, output
+    connection.set(keys.LEADER_BEAT_KEY, 8)
+    status, output = health()
+    assert status == 1 and 'more than 24 s' in output
+    connection.set(keys.LEADER_BEAT_KEY, 0.2)  # beats more often than the setting says: the setting still counts
+    status, output = health()
+    assert status == 1 and 'more than 5 s' in output
+
+
+@pytest.mark.parametrize('junk', [b'soon', b'nan', b'-5', b'0', b'1e300', b'inf'])
+def test_a_beat_period_written_by_someone_else_falls_back_to_the_setting(connection, junk):
+    lead(connection, beat_age=30)
+    connection.set(keys.LEADER_BEAT_KEY, junk)
+    status, output = health()
+    assert status == 1 and 'more than 5 s' in output
+
+
+def test_a_leader_records_how_often_it_beats(connection):
+    scheduler = Scheduler(connection=connection, name='long-lease', lease_ttl=42, interval=60)
+    scheduler.register_birth()
+    assert scheduler.acquire_lock()
+    assert float(connection.get(keys.LEADER_BEAT_KEY)) == 14
+    scheduler.remove_lock()
+    scheduler.register_death()
+
+
+def test_a_beat_key_of_the_wrong_type_is_a_problem_not_a_crash(connection):
+    lead(connection)
+    connection.rpush(keys.LEADER_BEAT_KEY, 'x')
+    status, output = health()
+    assert status == 1 and keys.LEADER_BEAT_KEY in output
 
 
 def test_an_overdue_backlog_fails_with_its_size_and_the_age_of_the_oldest(connection):
@@ -284,7 +322,14 @@ def test_a_time_command_renamed_away_falls_back_to_this_hosts_clock():
     from django_rq_scheduled.core.health import leadership_from
 
     beat = time.time() - 1
-    replies = [keys.lease_token('lead', 'n').encode(), [(b'lead', beat)], [], 0, redis.ResponseError('unknown command')]
+    replies = [
+        keys.lease_token('lead', 'n').encode(),
+        [(b'lead', beat)],
+        [],
+        0,
+        None,
+        redis.ResponseError('unknown command'),
+    ]
     health, now, earliest = leadership_from(replies)
     assert health.problems == {} and health.leader == 'lead' and 0.5 < health.heartbeat_age < 5
     assert earliest is None and abs(now - time.time()) < 1

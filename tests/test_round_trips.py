@@ -7,9 +7,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
+from rq.job import Job
 
 from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import keys
+from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
+from django_rq_scheduled.servers import servers
 from tests import tasks
 from tests.processes import kill, scheduler_process, wait_for
 
@@ -98,3 +101,41 @@ def test_a_sleeping_loop_wakes_for_an_earlier_job(connection, redis_url):
         assert lateness < timedelta(seconds=5)  # far below the 20 s sleep it would otherwise take
     finally:
         kill(process)
+
+
+@pytest.fixture
+def counted_servers(redis_url):
+    for scheduler in servers().schedulers.values():
+        scheduler.connection.connection_pool.connection_class = CountingConnection
+        scheduler.connection.connection_pool.reset()
+    return servers()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize('kind', ['one-off', 'interval', 'cron'])
+def test_creating_a_row_costs_one_round_trip(counted_servers, connection, kind):
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    make = {
+        'one-off': lambda n: ScheduledJob.objects.create(name=n, callable='tests.tasks.add', scheduled_time=soon),
+        'interval': lambda n: RepeatableJob.objects.create(
+            name=n, callable='tests.tasks.add', scheduled_time=soon, interval=5
+        ),
+        'cron': lambda n: CronJob.objects.create(name=n, callable='tests.tasks.add', cron_string='0 * * * *'),
+    }[kind]
+    make('warm-up')  # connects, and loads the sync script once per connection pool
+    assert round_trips(lambda: make('counted')) == 1
+    assert len(connection.zrange(keys.SCHEDULED_JOBS_KEY, 0, -1)) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_row_whose_id_redis_still_holds_is_read_and_written_right(connection):
+    row = CronJob.objects.create(name='first', callable='tests.tasks.add', cron_string='0 * * * *')
+    leftover = (
+        connection.hget(keys.VERSIONS_KEY, row.template_id),
+        connection.zscore(keys.SCHEDULED_JOBS_KEY, row.template_id),
+    )
+    CronJob.objects.filter(pk=row.pk)._raw_delete(CronJob.objects.db)  # gone behind the app's back: Redis keeps it
+    again = CronJob.objects.create(pk=row.pk, name='second', callable='tests.tasks.record', cron_string='30 * * * *')
+    assert leftover[0] is not None and leftover[1] is not None
+    assert connection.hget(keys.VERSIONS_KEY, again.template_id).decode() == again.version()
+    assert Job.fetch(again.template_id, connection=connection).func_name == 'tests.tasks.record'

@@ -13,6 +13,7 @@ the record is written whatever they do, and an error of theirs is logged, never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -22,15 +23,18 @@ from types import TracebackType
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import NoScriptError, RedisError
 from rq import Callback
 from rq.job import Job
 from rq.utils import import_attribute
 
-from . import keys
+from . import keys, scripts
 
 logger = logging.getLogger(__name__)
 
 SUCCESS, FAILURE, STOPPED = 'finished', 'failed', 'stopped'
+RETRYING = 'retrying'
+"""A failed attempt that RQ tries again (the job has retries left): the run goes on, it has not failed."""
 CHAINABLE = {
     'on_success': 'django_tasks_rq.backend.success_callback',
     'on_failure': 'django_tasks_rq.backend.failed_callback',
@@ -51,7 +55,7 @@ def callbacks() -> dict[str, Any]:
 
 
 def record_success(job: Job, connection: Redis, result: Any, *args: Any, **kwargs: Any) -> None:
-    _append(connection, outcome(job, SUCCESS))
+    _append(connection, job, outcome(job, SUCCESS))
     _call_chained(job, 'on_success', connection, result, *args, **kwargs)
 
 
@@ -65,12 +69,17 @@ def record_failure(
     **kwargs: Any,
 ) -> None:
     name = exc_type.__name__ if exc_type is not None else ''
-    _append(connection, outcome(job, FAILURE, reason=_REASONS.get(name, ''), error=error_text(exc_type, exc_value, tb)))
+    # RQ calls this before it decides to retry (the worker, and the cleanup of an abandoned job, alike): it retries
+    # a job with retries left, so that is the record's status.
+    status = RETRYING if will_retry(job) else FAILURE
+    _append(
+        connection, job, outcome(job, status, reason=_REASONS.get(name, ''), error=error_text(exc_type, exc_value, tb))
+    )
     _call_chained(job, 'on_failure', connection, exc_type, exc_value, tb, *args, **kwargs)
 
 
 def record_stopped(job: Job, connection: Redis, *args: Any, **kwargs: Any) -> None:
-    _append(connection, outcome(job, STOPPED, reason='stopped by hand'))
+    _append(connection, job, outcome(job, STOPPED, reason='stopped by hand'))
     _call_chained(job, 'on_stopped', connection, *args, **kwargs)
 
 
@@ -89,7 +98,8 @@ def _call_chained(job: Job, event: str, *arguments: Any, **options: Any) -> None
 
 
 def outcome(job: Job, status: str, *, reason: str = '', error: str = '') -> dict[str, Any]:
-    """The record of one run's end: what the leader needs to find its ``Run`` and complete it."""
+    """The record of one run's end (or of one of its attempts): what the leader needs to find its ``Run`` and
+    complete it."""
     return {
         'job': job.id,
         'status': status,
@@ -98,7 +108,24 @@ def outcome(job: Job, status: str, *, reason: str = '', error: str = '') -> dict
         'worker': job.worker_name or '',
         'reason': reason,
         'error': error,
+        'attempt': attempt(job),
     }
+
+
+def will_retry(job: Job) -> bool:
+    left = job.retries_left
+    return isinstance(left, int) and left > 0
+
+
+def attempt(job: Job) -> int:
+    """Which attempt of its run ``job`` is making (1 for the first): RQ keeps the retries left, our meta the retries
+    in all."""
+    ours = job.meta.get(keys.META_KEY)
+    total = ours.get('retries') if isinstance(ours, dict) else None
+    if type(total) is not int or total <= 0:
+        return 1
+    left = job.retries_left if isinstance(job.retries_left, int) else 0
+    return min(max(total - left, 0), total) + 1
 
 
 def error_text(exc_type: type[BaseException] | None, exc_value: BaseException | None, tb: TracebackType | None) -> str:
@@ -123,5 +150,23 @@ def _epoch(moment: datetime | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()  # RQ < 2 was naive UTC
 
 
-def _append(connection: Redis, record: dict[str, Any]) -> None:
-    connection.rpush(keys.OUTCOMES_KEY, json.dumps(record))
+_APPEND_SHA = hashlib.sha1(scripts.APPEND_OUTCOME.encode()).hexdigest()
+
+
+def _append(connection: Redis, job: Job, record: dict[str, Any]) -> None:
+    """One command per run (a script call; loaded first only after a Redis restart). A Redis error is logged, never
+    raised: RQ would fail the user's job for an error of its callback."""
+    arguments = (*scripts.APPEND_OUTCOME_KEYS, json.dumps(record), _template_of(job), job.id)
+    try:
+        try:
+            connection.evalsha(_APPEND_SHA, len(scripts.APPEND_OUTCOME_KEYS), *arguments)
+        except NoScriptError:
+            connection.eval(scripts.APPEND_OUTCOME, len(scripts.APPEND_OUTCOME_KEYS), *arguments)
+    except RedisError:
+        logger.exception('Could not record the end of job %s (%s)', job.id, record.get('status'))
+
+
+def _template_of(job: Job) -> str:
+    ours = job.meta.get(keys.META_KEY)
+    template = ours.get('template') if isinstance(ours, dict) else None
+    return template if isinstance(template, str) else ''

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from . import keys
+from . import keys, limits
 from .status import Member, leader_name, readable_replies, server_seconds
 
 SHOWN_NAME_LENGTH = 200
@@ -35,6 +35,9 @@ class ServerHealth:
     lock_held_by_others: bool = False
     """The lock is held, but not by a scheduler of ours: rq-scheduler's own, or anything else."""
     heartbeat_age: float | None = None
+    leader_beat_period: float | None = None
+    """The longest the leader waits between heartbeats (from its ``--interval`` and ``--lease-ttl``), when it
+    recorded a usable one."""
     due: int = 0
     overdue: int = 0
     """Due entries waiting longer than the lateness limit."""
@@ -50,11 +53,13 @@ def queue_leadership_reads(pipe: Any) -> None:
     pipe.zrange(keys.INSTANCES_KEY, 0, -1, withscores=True)
     pipe.zrange(keys.SCHEDULED_JOBS_KEY, 0, 0, withscores=True)
     pipe.hlen(keys.DEAD_LETTERS_KEY)
+    pipe.get(keys.LEADER_BEAT_KEY)
     pipe.time()  # ages by the server's clock, the one the schedulers judge by
 
 
-LEADERSHIP_READS = 5
-_READ_KEYS = (keys.LOCK_KEY, keys.INSTANCES_KEY, keys.SCHEDULED_JOBS_KEY, keys.DEAD_LETTERS_KEY)
+_READ_KEYS = (
+    keys.LOCK_KEY, keys.INSTANCES_KEY, keys.SCHEDULED_JOBS_KEY, keys.DEAD_LETTERS_KEY, keys.LEADER_BEAT_KEY,
+)  # fmt: skip
 
 
 def leadership_from(replies: list[Any]) -> tuple[ServerHealth, float, float | None]:
@@ -62,7 +67,7 @@ def leadership_from(replies: list[Any]) -> tuple[ServerHealth, float, float | No
     time in the schedule (None when it is empty or unreadable)."""
     health = ServerHealth()
     *reads, server_time = replies
-    lock, instances, first, dead = readable_replies(reads, _READ_KEYS, health.problems)
+    lock, instances, first, dead, beat_period = readable_replies(reads, _READ_KEYS, health.problems)
     # A managed Redis may rename TIME away: the loop then keeps its host's clock, and so does the check.
     now = server_seconds(None if isinstance(server_time, Exception) else server_time)
     leader = leader_name(lock) if isinstance(lock, bytes) else None
@@ -71,11 +76,21 @@ def leadership_from(replies: list[Any]) -> tuple[ServerHealth, float, float | No
         health.leader = Member(leader).text[:SHOWN_NAME_LENGTH]
         beats = dict(instances or [])
         health.heartbeat_age = now - beats[leader] if leader in beats else None
+        health.leader_beat_period = _beat_period(beat_period)
     health.dead_letters = dead or 0
     earliest = first[0][1] if first else None
     if earliest is not None and earliest <= now:
         health.oldest_due_age = now - earliest
     return health, now, earliest
+
+
+def _beat_period(raw: Any) -> float | None:
+    """A recorded beat period the loop could run with; anything else (written by someone else) is ignored."""
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError, OverflowError):  # None, bytes that are no number, a bool-looking text
+        return None
+    return seconds if limits.seconds_problem(seconds) is None else None
 
 
 def read_health(connection: redis.Redis, max_lateness: float) -> ServerHealth:

@@ -67,7 +67,7 @@ class Instances:
             pipe.zremrangebyscore(keys.INSTANCES_KEY, '-inf', now - self.ttl)
             pipe.execute()
 
-    def record_leadership(self) -> None:
+    def record_leadership(self, beat_period: float) -> None:
         # Only a registered instance (one running the loop) has an entry to add this to; an expiring one, so that a
         # crash leaves nothing behind that would keep its name taken.
         if not self.registered:
@@ -75,4 +75,5 @@ class Instances:
         with self.connection.pipeline() as pipe:
             pipe.hset(self.key, 'leader_since', self.clock.now())
             pipe.expire(self.key, self.ttl)
+            pipe.set(keys.LEADER_BEAT_KEY, beat_period)
             pipe.execute()

@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import Serializer
 from rq.utils import parse_timeout
 
-from . import keys, limits, payloads, run_policy, scripts
+from . import keys, limits, payloads, retries, run_policy, scripts
 from .allowlist import AllowList
 from .limits import OVERLAP_POLICIES
 from .queues import validated_queue_name
@@ -41,9 +41,10 @@ Refusal = Callable[[str], 'str | None']
 """Why a callable path may not run (None: it may)."""
 
 
-TEMPLATE_FORMAT = 2
+TEMPLATE_FORMAT = 3
 """What a row's template holds, as a number in its definition digest: raised when that changes (2: the outcome
-callbacks of ``capture``), so that reconciliation rewrites every template once after an upgrade."""
+callbacks of ``capture``; 3: RQ's retry fields, a one-off's fire time), so that reconciliation rewrites every
+template once after an upgrade."""
 
 
 def validated_repeat(repeat: object) -> int | None:
@@ -231,12 +232,14 @@ class JobBuilder:
             at_front=bool(options['at_front']),
         )
 
-    def one_off(self, func: Any, policies: Mapping[str, Any], options: dict[str, Any]) -> Job:
+    def one_off(
+        self, func: Any, policies: Mapping[str, Any], options: dict[str, Any], retry: tuple[object, object]
+    ) -> Job:
         """The (unsaved) job of ``Scheduler.schedule()`` without an interval: run policies are for periodic jobs."""
         run_policy.check_names(policies)
         if policies:
             raise ValueError(f'{min(policies)}: only a periodic job (with an interval) has run policies')
-        return self.create(func, commit=False, **options)
+        return self.give_retries(self.create(func, commit=False, **options), *retry)
 
     def template(
         self,
@@ -247,11 +250,12 @@ class JobBuilder:
         misfire_grace: object,
         overlap: object,
         options: dict[str, Any],
+        retry: tuple[object, object] = (0, None),
         policies: Mapping[str, Any] | None = None,
     ) -> Job:
         """Validates and builds (unsaved) the template of a periodic job of the API; ``meta`` from
-        ``template_meta``, completed here with the validated repeat, misfire grace, overlap and run policies
-        (``run_policy.api_meta``'s arguments)."""
+        ``template_meta``, completed here with the validated repeat, misfire grace, overlap, ``retry``
+        (``(retries, retry_delays)``) and run policies (``run_policy.api_meta``'s arguments)."""
         remaining = validated_repeat(repeat)
         run_policy.check_names(policies or {})
         policy_meta = run_policy.api_meta(**(policies or {}))
@@ -265,6 +269,16 @@ class JobBuilder:
         job.meta[keys.META_KEY].update({'misfire_grace': grace, 'overlap': overlap, 'runs': 0, **policy_meta})
         if remaining is not None:
             job.meta['repeat'] = remaining
+        return self.give_retries(job, *retry)
+
+    @staticmethod
+    def give_retries(job: Job, retries_: object, retry_delays: object) -> Job:
+        """Validates a retry policy and gives it to ``job``: RQ's retry fields (a one-off's run, a manual run) and
+        our part of its meta (read by the loop for each occurrence of a template, and by ``capture``)."""
+        count, delays = retries.validated(retries_, retry_delays)
+        if count:
+            retries.apply(job, count, delays)
+            job.meta.setdefault(keys.META_KEY, {}).update({'retries': count, 'retry_delays': delays})
         return job
 
     def extra_run(self, template: Job, **callbacks: Any) -> Job:
@@ -273,13 +287,15 @@ class JobBuilder:
         ``on_success``, ``on_failure`` and ``on_stopped``."""
         meta = {name: value for name, value in template.meta.items() if name not in keys.SCHEDULING_META_KEYS}
         meta[keys.META_KEY] = {'template': template.id, 'run_now': True}
-        return self.create(
+        run = self.create(
             template.func_name, args=template.args, kwargs=template.kwargs, commit=False,
             result_ttl=template.result_ttl, ttl=template.ttl,
             id=keys.manual_run_id(template.id, round(time.time() * 1000)), description=template.description,
             queue_name=template.origin, timeout=template.timeout, meta=meta, at_front=bool(template.enqueue_at_front),
             **callbacks,
         )  # fmt: skip
+        # A run by hand is tried as often as a scheduled one: the policy is the schedule's, not the slot's.
+        return self.give_retries(run, *retries.of_meta(template.meta.get(keys.META_KEY) or {}))
 
     def slot_run(self, template: Job, fire_time: float, **callbacks: Any) -> Job:
         """An unsaved run of a template of ours for one of its slots (a backfill): the slot's occurrence id, as the

@@ -16,6 +16,11 @@ INSTANCE_KEY_PREFIX = 'rq:scheduler_instance:'
 JOB_KEY_PREFIX = 'rq:job:'
 QUEUES_SET_KEY = 'rq:queues'
 """RQ's set of queue keys: a move adds the queue it pushes to, as RQ's own enqueue does."""
+RQ_QUEUE_PREFIX = 'rq:queue:'
+RQ_SCHEDULED_REGISTRY_PREFIX = 'rq:scheduled:'
+"""RQ's ``ScheduledJobRegistry`` of a queue (by name): where a retry with a delay waits."""
+RQ_SCHEDULER_LOCK_PREFIX = 'rq:scheduler-lock:'
+"""RQ's own scheduler holds a queue by this lock (``rq.scheduler.SCHEDULER_LOCKING_KEY_TEMPLATE``)."""
 
 WAKEUP_KEY = 'rq:drqs:wakeup'
 NEXT_WAKEUP_KEY = 'rq:drqs:next_wakeup'
@@ -23,10 +28,18 @@ DEAD_LETTERS_KEY = 'rq:drqs:dead_letters'
 WAKEUP_KEYS = (SCHEDULED_JOBS_KEY, NEXT_WAKEUP_KEY, WAKEUP_KEY)
 """The keys of a write that may wake a sleeping leader (``scripts.SCHEDULE`` and others): schedule, wake-ups."""
 INSTANCES_KEY = 'rq:drqs:instances'
+LEADER_BEAT_KEY = 'rq:drqs:leader_beat'
+"""Seconds between the heartbeats of the last scheduler that took the lead, at most (its ticks' longest sleep)."""
 RUNS_KEY = 'rq:drqs:runs'
 """The loop's record of each occurrence it decided on (enqueued or skipped), read into rows by the leader."""
 OUTCOMES_KEY = 'rq:drqs:outcomes'
 """The workers' record of each run's end (``capture``), read into ``Run`` rows by the leader."""
+BUFFERED_KEY = 'rq:drqs:buffered'
+"""Template id → the id of the run its buffered occurrence waits for (overlap ``buffer_one``), or that id behind
+``RUN_ENDED_PREFIX`` once the run's worker reported its end (before RQ writes the run's final status)."""
+RUN_ENDED_PREFIX = 'ended:'
+PUBSUB_CHANNEL_PREFIX = 'rq:pubsub:'
+"""RQ's channel of commands to one worker (``rq.command.PUBSUB_CHANNEL_TEMPLATE``): + the worker's name."""
 VERSIONS_KEY = 'rq:drqs:versions'
 """Template id → definition digest of the row that owns it (a done marker once it has run its last run)."""
 DONE_PREFIX = 'done:'

@@ -53,6 +53,8 @@ class Loop:
         self._observer_failed = False
         self._failing_hooks: set[TickHook] = set()
         self._arm_script = scheduler.connection.register_script(scripts.ARM_WAKEUP)
+        self._next_retry_due: float | None = None
+        self._release_failing = False
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -144,6 +146,7 @@ class Loop:
             self.stop.wait(self._standby_wait())
             return False
         scheduler.move_due_jobs()
+        self._next_retry_due = self._release_due_retries()
         self._run_tick_hooks()
         self._observe_tick()
         if burst:
@@ -168,6 +171,21 @@ class Loop:
             raise
         except redis.RedisError as exc:
             logger.warning('Heartbeat failed (%s); the loop goes on', exc)
+
+    def _release_due_retries(self) -> float | None:
+        # Retries are RQ's jobs in RQ's keys: a refusal there (say, a script Redis will not run) must not stop the
+        # moves of the schedule or the tick hooks. An unreachable Redis or a lost lease ends the tick.
+        try:
+            next_due = self.scheduler.mover.release_due_retries()
+        except REDIS_UNREACHABLE_ERRORS:
+            raise
+        except redis.RedisError as exc:
+            if not self._release_failing:
+                logger.warning('Could not move due retries back to their queues (%s); the loop goes on', exc)
+            self._release_failing = True
+            return None
+        self._release_failing = False
+        return next_due
 
     def _run_tick_hooks(self) -> None:
         for hook in self.hooks:
@@ -197,7 +215,7 @@ class Loop:
     # -- sleeping and waking --------------------------------------------------------------------------------
 
     def _standby_wait(self) -> float:
-        return min(self.scheduler.interval, self.scheduler.lease.ttl / 3)
+        return self.scheduler.beat_period
 
     def _longest_sleep(self) -> float:
         longest = self._standby_wait()
@@ -216,6 +234,8 @@ class Loop:
             args=[format_score(latest), math.ceil((latest - now) * 1000) + 1000],
         )
         wake_at = min(latest, float(earliest)) if earliest is not None else latest
+        if self._next_retry_due is not None:  # a delayed retry waiting in RQ's registry: no producer wakes us for it
+            wake_at = min(wake_at, self._next_retry_due)
         wait = wake_at - clock.now()
         if wait > 0.001 and not self.stop.is_set():
             # Timed in Python: Redis times out blocked clients on its own clock tick (100 ms at the default hz),

@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import keys, scripts
+from . import buffers, keys, overlap, retries, scripts
 from .clock import ServerClock
 from .errors import LeadershipLost
 from .jobs import Refusal
@@ -35,8 +35,9 @@ logger = logging.getLogger(__name__)
 
 PLANNING_FIELDS = (
     b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
-    b'dependency_id', b'dependency_ids',
+    b'dependency_id', b'dependency_ids', b'retries_left', b'retry_intervals',
 )  # fmt: skip
+READ_DUE_KEYS = [keys.SCHEDULED_JOBS_KEY, keys.BUFFERED_KEY]
 Pairs = list[tuple[Any, Any]]
 Fields = list[dict[bytes, bytes]]
 
@@ -48,11 +49,12 @@ class MoveReport:
     enqueued: list[str] = field(default_factory=list)
     dead: list[str | bytes] = field(default_factory=list)
     skipped: list[str | bytes] = field(default_factory=list)
+    buffered: list[str | bytes] = field(default_factory=list)
     batches: int = 0
 
     @property
     def count(self) -> int:
-        return len(self.enqueued) + len(self.dead) + len(self.skipped)
+        return len(self.enqueued) + len(self.dead) + len(self.skipped) + len(self.buffered)
 
 
 @dataclass
@@ -170,6 +172,7 @@ class Mover:
         self._read_due_script = connection.register_script(scripts.READ_DUE)
         self._scripts_loaded_on: redis.ConnectionPool | None = None
         self._scripts_missing = False
+        self._waits = False  # whether this pass's reads saw a buffered occurrence waiting (overlap buffer_one)
 
     def move_due_jobs(self) -> MoveReport:
         """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call.
@@ -180,6 +183,13 @@ class Mover:
         is guarded on the exact score it was read with: an entry read twice, or changed since, is left alone.
         """
         report = MoveReport()
+        self._waits = False
+        self._move_due_batches(report)
+        if self._waits:  # after the due moves, which see an ended wait as well (and would not enqueue twice)
+            self.release_buffered(self.clock.now(), report)
+        return report
+
+    def _move_due_batches(self, report: MoveReport) -> None:
         now = self.clock.now()
         pairs, fields = self.read_due(now, count=2 * self.batch_size)
         current = self.plan_batch(pairs[: self.batch_size], fields[: self.batch_size], now)
@@ -187,7 +197,7 @@ class Mover:
         while current.entries:
             if not ahead[0] or self.stop.is_set():
                 self.apply_batch(current, report, fenced=True)
-                return report
+                return
             read_at = self.clock.now()
             pending = self._send_move_and_read(current, offset=self.batch_size, now=read_at)
             try:
@@ -197,10 +207,9 @@ class Mover:
             # A batch that moved nothing (entries that cannot even be dead-lettered, or all changed by producers
             # meanwhile) would be met again at once: leave the rest to the next tick instead of spinning.
             if not self._finish_batch(current, move_reply, report, fenced=True):
-                return report
+                return
             current, ahead = upcoming, (*self._parse_read_due(read_reply), read_at)
             self.lease.renew_if_due()
-        return report
 
     def move_members(
         self, pairs: Pairs, *, fenced: bool, now: float | None = None, fields: Fields | None = None
@@ -211,20 +220,37 @@ class Mover:
         self.apply_batch(self.plan_batch(pairs, fields, now), report, fenced=fenced)
         return report
 
+    def release_buffered(self, now: float, report: MoveReport) -> None:
+        """Enqueues the buffered occurrences (overlap buffer_one) whose wait is over; a wait whose template is gone
+        or no longer buffering is forgotten."""
+        templates = [member_text(template) for template in buffers.ended_waits(self.connection)]
+        if not templates:
+            return
+        planner = self.planner(now)
+        entries = []
+        for template, (score, raw) in zip(templates, buffers.read_templates(self.connection, templates)):
+            parsed = None
+            if isinstance(template, str) and score is not None and not isinstance(raw, Exception):
+                parsed = planner.parse(template, score, raw)
+            # A job no move could plan is left to its own time (and the dead letters then); its wait is forgotten.
+            entries.append(
+                buffers.plan_release(planner, parsed) if isinstance(parsed, Parsed) else buffers.forget_wait(template)
+            )
+        self._apply_entries(planner, entries, report, fenced=True)
+
     # -- reading and planning -------------------------------------------------------------------------------
 
     def read_due(self, now: float, count: int | None = None) -> tuple[Pairs, Fields]:
         """Due members with their scores, and the fields their moves are planned from: one round trip."""
-        flat = self._read_due_script(
-            keys=[keys.SCHEDULED_JOBS_KEY], args=self._read_due_args(now, 0, count or self.batch_size)
-        )
+        flat = self._read_due_script(keys=READ_DUE_KEYS, args=self._read_due_args(now, 0, count or self.batch_size))
         return self._parse_read_due(flat)
 
     def _read_due_args(self, now: float, offset: int, count: int) -> list[Any]:
         return [self.job_class.redis_job_namespace_prefix, repr(now), offset, count, *PLANNING_FIELDS]
 
-    @staticmethod
-    def _parse_read_due(flat: list[Any]) -> tuple[Pairs, Fields]:
+    def _parse_read_due(self, flat: list[Any]) -> tuple[Pairs, Fields]:
+        self._waits = self._waits or flat[0] == 1
+        flat = flat[1:]
         width = 3 + len(PLANNING_FIELDS)
         rows = [flat[start : start + width] for start in range(0, len(flat), width)]
         pairs = [(row[0], row[1]) for row in rows]
@@ -243,6 +269,10 @@ class Mover:
             default_timezone=self.timezone,
             callable_refusal=self.refusal,
         )
+
+    def release_due_retries(self) -> float | None:
+        """Moves RQ's due delayed retries back to their queues (``retries.release_due``); the next one's due time."""
+        return retries.release_due(self.connection, self.lease, now=self.clock.now())
 
     def plan_batch(self, pairs: Pairs, fields: Fields | None, now: float) -> Batch:
         """Decodes the due members, reads what their moves also need (whole templates, previous runs), plans."""
@@ -312,7 +342,7 @@ class Mover:
         self._load_scripts_once()
         commands = [
             ('EVALSHA', self._move_script.sha, 2, keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, *move),
-            ('EVALSHA', self._read_due_script.sha, 1, keys.SCHEDULED_JOBS_KEY, *read),
+            ('EVALSHA', self._read_due_script.sha, len(READ_DUE_KEYS), *READ_DUE_KEYS, *read),
         ]
         return PendingReplies(self.connection.connection_pool, commands)
 
@@ -325,7 +355,7 @@ class Mover:
         if isinstance(read_reply, redis.exceptions.NoScriptError):
             self._scripts_missing = True
             read_reply = self._read_due_script(
-                keys=[keys.SCHEDULED_JOBS_KEY], args=self._read_due_args(read_at, self.batch_size, self.batch_size)
+                keys=READ_DUE_KEYS, args=self._read_due_args(read_at, self.batch_size, self.batch_size)
             )
         if isinstance(read_reply, Exception):
             raise read_reply
@@ -440,6 +470,11 @@ def _report(entry: Entry, report: MoveReport) -> None:
         report.dead.append(entry.member)
     elif entry.outcome == ENQUEUED and entry.enqueued_id:
         report.enqueued.append(entry.enqueued_id)
+    elif entry.outcome == overlap.BUFFERED:
+        logger.info('A run of %s waits for the previous one to end', entry.member)
+        report.buffered.append(entry.member)
+    elif entry.outcome == overlap.RELEASE_DROPPED:
+        logger.info('Forgot the buffered run of %s: no schedule of ours buffers it any more', entry.member)
     else:
         logger.info('Skipped a run of %s (%s)', entry.member, entry.outcome)
         report.skipped.append(entry.member)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import catchup, cron, keys, payloads, scores
+from . import catchup, cron, keys, outcomes, overlap, payloads, retries, scores
 from .limits import MIN_SECONDS
-from .policy_moves import SKIPPED_CATCHUP, RunPolicyPlanning, slot_record
+from .policy_moves import RunPolicyPlanning
 from .scores import format_score, guard_score, utc_datetime
 
 # Fields of a template hash that describe one run, not the job: a fresh occurrence does not inherit them.
@@ -25,15 +25,14 @@ RUN_STATE_FIELDS = frozenset(
         b'result', b'exc_info', b'meta', b'number_of_retries', b'dependency_id', b'dependency_ids',
     }
 )  # fmt: skip
-ACTIVE_STATUSES = frozenset({b'queued', b'started', b'deferred', b'scheduled'})
+ACTIVE_STATUSES = overlap.ACTIVE_STATUSES
+ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP = outcomes.ENQUEUED, outcomes.SKIPPED_MISFIRE, outcomes.SKIPPED_OVERLAP
+DEAD = outcomes.DEAD
 AT_FRONT_VALUES = (b'1', b'True', b'true')
 UNREADABLE = b'__unreadable__'
 """Key of a planning-fields dict whose job key could not be read (e.g. it holds a string): value = Redis's error."""
 
-ENQUEUED = 'enqueued'
-SKIPPED_MISFIRE = 'skipped_misfire'
-SKIPPED_OVERLAP = 'skipped_overlap'
-DEAD = 'dead'
+Meta = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ class Parsed:
 
     @property
     def previous_run_to_check(self) -> str | None:
-        if self.is_our_template and self.ours.get('overlap') == 'skip':
+        if self.is_our_template and overlap.policy_of(self.ours) in overlap.POLICIES_READING_THE_PREVIOUS_RUN:
             return self.ours.get('last_run_id')
         return None
 
@@ -139,6 +138,8 @@ class Planner(RunPolicyPlanning):
             self._check_payload(raw)
             if not raw.get(b'origin'):
                 raise PlanningError('job hash has no origin queue')
+            if problem := retries.hash_problem(raw):
+                raise PlanningError(problem)  # RQ's worker could not even load the job
         except Exception as exc:  # whatever a foreign hash holds, it goes to the dead letters, never up the loop
             return self.dead_letter(
                 member, guard_score(score), str(exc) if isinstance(exc, PlanningError) else repr(exc)
@@ -250,37 +251,28 @@ class Planner(RunPolicyPlanning):
             return self._close_window(entry, parsed)
         log: list[dict[str, Any]] = []  # this move's records of other slots, written with its final counts
         previous_status = self._run_earlier_slots(entry, parsed, meta, ours, decided, previous_status, log)
-        fire_time = decided.fire_time
+        fire_time = recorded = decided.fire_time
         delay = delay if fire_time == base else None
         if delay is None and policy.jitter and decided.on_time and not decided.fire_skip:
             delay = self._jitter(policy, slots, fire_time)
             if fire_time + delay > self.now:
                 return self._postpone(entry, parsed, meta, ours, (fire_time, delay), log)
         if decided.fire_skip:
-            entry.outcome = SKIPPED_CATCHUP
+            entry.outcome = outcomes.SKIPPED_CATCHUP
         elif self._is_misfire(ours, fire_time + (delay or 0)):
             entry.outcome = SKIPPED_MISFIRE
-        elif previous_status in ACTIVE_STATUSES:
-            entry.outcome = SKIPPED_OVERLAP
         else:
-            occurrence = keys.occurrence_id(parsed.member, round(fire_time * 1000))
-            entry.enqueued_id = occurrence
-            entry.commands += self._create_occurrence(parsed, occurrence, fire_time)
-            self._apply_ttl(entry, occurrence, parsed.raw)
-            ours['runs'] = ours.get('runs', 0) + 1
-            ours['last_run_id'] = occurrence
-            ours['last_run_at'] = self.now
-            if meta.get('repeat') is not None:
-                meta['repeat'] = meta['repeat'] - 1
+            recorded = self._plan_overlap(entry, parsed, meta, ours, fire_time, previous_status)
         ours['last_fire_time'] = fire_time
         ours.pop('late_from', None)  # the first run is decided: every later slot is late from its own time
-        said = {'reason': decided.fire_skip, 'delay': delay if entry.enqueued_id else None}  # of the fire slot
+        ran = entry.enqueued_id is not None and recorded == fire_time
+        said = {'reason': decided.fire_skip, 'delay': delay if ran else None}  # of the fire slot
         template_key = keys.job_key(parsed.member)
         next_time = self._following_slot(parsed, meta, decided, slots)
         if (meta.get('repeat') is not None and meta['repeat'] <= 0) or self._window_over(policy, next_time):
             entry.commands += [('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member), ('DEL', template_key)]
             self._record_slots(entry, parsed, log, runs=ours['runs'], next_time=None)
-            self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=None, finished=True, said=said)
+            self._record(entry, parsed, recorded, runs=ours['runs'], next_time=None, finished=True, said=said)
             return entry
         due = self._schedule_slot(ours, policy, slots, next_time, jittered=decided.resume is None)
         meta[keys.META_KEY] = ours
@@ -290,44 +282,66 @@ class Planner(RunPolicyPlanning):
         else:
             entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(due), parsed.member))
         self._record_slots(entry, parsed, log, runs=ours['runs'], next_time=due)
-        self._record(entry, parsed, fire_time, runs=ours['runs'], next_time=due, finished=due is None, said=said)
+        self._record(entry, parsed, recorded, runs=ours['runs'], next_time=due, finished=due is None, said=said)
         return entry
 
-    # -- catch-up -------------------------------------------------------------------------------------------
+    def _enqueue_occurrence(self, entry: Entry, parsed: Parsed, meta: Meta, ours: Meta, fire_time: float) -> None:
+        occurrence = keys.occurrence_id(parsed.member, round(fire_time * 1000))
+        entry.enqueued_id = occurrence
+        entry.commands += self._create_occurrence(parsed, occurrence, fire_time)
+        self._apply_ttl(entry, occurrence, parsed.raw)
+        ours['runs'] = ours.get('runs', 0) + 1
+        ours['last_run_id'] = occurrence
+        ours['last_run_at'] = self.now
+        if meta.get('repeat') is not None:
+            meta['repeat'] = meta['repeat'] - 1
 
-    def _run_earlier_slots(
-        self,
-        entry: Entry,
-        parsed: Parsed,
-        meta: dict[str, Any],
-        ours: dict[str, Any],
-        decided: catchup.CatchUp,
-        previous_status: bytes | None,
-        log: list[dict[str, Any]],
-    ) -> bytes | None:
-        """Logs the slots the catch-up skips and runs the older slots of catch-up ``all``, oldest first; returns the
-        status of the previous run that overlap ``skip`` now sees."""
-        if decided.summary:
-            summary = decided.summary
-            log.append(slot_record(None, SKIPPED_CATCHUP, summary.first, summary.text))
-        log += [slot_record(None, SKIPPED_CATCHUP, slot, reason) for slot, reason in decided.skipped]
-        for slot in decided.earlier_runs:
-            if self._is_misfire(ours, slot):
-                log.append(slot_record(None, SKIPPED_MISFIRE, slot, catchup.MISFIRE))
-            elif previous_status in ACTIVE_STATUSES:
-                log.append(slot_record(None, SKIPPED_OVERLAP, slot, 'overlap'))
-            else:
-                occurrence = keys.occurrence_id(parsed.member, round(slot * 1000))
-                entry.commands += self._create_occurrence(parsed, occurrence, slot)
-                self._apply_ttl(entry, occurrence, parsed.raw)
-                entry.also_enqueued.append(occurrence)
-                log.append(slot_record(occurrence, ENQUEUED, slot))
-                ours.update(runs=ours.get('runs', 0) + 1, last_run_id=occurrence, last_run_at=self.now)
-                if meta.get('repeat') is not None:
-                    meta['repeat'] -= 1
-                if parsed.previous_run_to_check is not None:
-                    previous_status = b'queued'  # overlap 'skip': the run just enqueued is the previous one
-        return previous_status
+    # -- overlap --------------------------------------------------------------------------------------------
+
+    def _plan_overlap(
+        self, entry: Entry, parsed: Parsed, meta: Meta, ours: Meta, fire_time: float, previous_status: bytes | None
+    ) -> float:
+        """The slot at ``fire_time`` under the overlap policy; returns the fire time its record tells of."""
+        busy = previous_status in ACTIVE_STATUSES
+        policy = overlap.policy_of(ours)
+        if policy == overlap.BUFFER_ONE:
+            return self._plan_buffer_one(entry, parsed, meta, ours, fire_time, busy)
+        if busy and policy == overlap.SKIP:
+            entry.outcome = SKIPPED_OVERLAP
+            return fire_time
+        if busy and policy == overlap.CANCEL_OTHER:
+            entry.commands.append(self._replace_previous_run(parsed, meta, ours, fire_time))
+        self._enqueue_occurrence(entry, parsed, meta, ours, fire_time)
+        return fire_time
+
+    def _plan_buffer_one(
+        self, entry: Entry, parsed: Parsed, meta: Meta, ours: Meta, fire_time: float, busy: bool
+    ) -> float:
+        buffered = overlap.buffered_fire_time(ours)
+        if buffered is not None and busy:
+            entry.outcome = overlap.SKIPPED_WAITING
+            return fire_time
+        if buffered is None and not busy:
+            self._enqueue_occurrence(entry, parsed, meta, ours, fire_time)
+            return fire_time
+        recorded = fire_time
+        if buffered is None:
+            entry.outcome = overlap.BUFFERED
+        else:  # its wait ended before the leader saw it: the buffered slot runs now, and this one waits for it
+            self._enqueue_occurrence(entry, parsed, meta, ours, buffered)
+            recorded = buffered
+        ours[overlap.BUFFERED_META] = fire_time
+        entry.commands.append(overlap.wait_command(parsed.member, ours['last_run_id']))
+        return recorded
+
+    def _replace_previous_run(self, parsed: Parsed, meta: Meta, ours: Meta, fire_time: float) -> tuple[Any, ...]:
+        run_id = ours['last_run_id']
+        record = ''
+        if ours.get('record'):  # the next time too: the record sets the row's next run
+            next_time = self._next_time(parsed, meta, after=max(self.now, fire_time))
+            queue = parsed.raw[b'origin'].decode(errors='replace')
+            record = overlap.canceled_record(parsed.member, ours, queue, run_id, at=self.now, next_time=next_time)
+        return overlap.replace_command(self._queue(parsed).key, run_id, record)
 
     # -- building blocks ------------------------------------------------------------------------------------
 
@@ -351,11 +365,14 @@ class Planner(RunPolicyPlanning):
 
     def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
         queue = self._queue(parsed)
-        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in RUN_STATE_FIELDS}
+        policy = retries.of_meta(parsed.ours)  # ValueError for junk: the template goes to the dead letters
+        not_inherited = RUN_STATE_FIELDS | retries.HASH_FIELDS  # retries: from the policy, whole for each run
+        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in not_inherited}
         user_meta = {k: v for k, v in parsed.meta.items() if k not in keys.SCHEDULING_META_KEYS}
-        user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time}
+        user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time, **retries.run_meta(*policy)}
         mapping.update(
             {
+                **{name.encode(): value for name, value in retries.hash_fields(*policy).items()},
                 b'status': 'queued',
                 b'created_at': self.enqueued_at,
                 b'enqueued_at': self.enqueued_at,
@@ -408,28 +425,6 @@ class Planner(RunPolicyPlanning):
         ours = parsed.ours
         if finished and ours.get('record') and ours.get('version'):
             entry.commands.append(('HSET', keys.VERSIONS_KEY, parsed.member, keys.done_marker(ours['version'], runs)))
-
-    def _append_record(
-        self, entry: Entry, parsed: Parsed, slot: dict[str, Any], *, runs: int, next_time: float | None, finished: bool
-    ) -> None:
-        """One record of the run log: ``slot`` holds the job (or None), outcome, fire time, reason and delay."""
-        ours = parsed.ours
-        if not ours.get('record'):
-            return
-        record = {
-            'owner': ours.get('owner'),
-            'schedule': parsed.member,
-            'queue': parsed.raw[b'origin'].decode(errors='replace'),
-            'job': slot['job'],
-            'outcome': slot['outcome'],
-            'fire_time': slot['fire_time'],
-            'at': self.now,
-            'runs': runs,
-            'next': next_time,
-            'finished': finished,
-        }
-        record.update({name: slot[name] for name in ('reason', 'delay') if slot.get(name) not in (None, '')})
-        entry.commands.append(('RPUSH', keys.RUNS_KEY, json.dumps(record)))
 
     def _retire_exhausted(self, entry: Entry, parsed: Parsed) -> None:
         reason = 'cron string has no future fire time'

@@ -5,21 +5,22 @@ kept apart to keep each file readable; pure like the rest of planning.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import catchup, keys, limits, run_policy
+from .outcomes import ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP
+from .outcomes import FINISHED as FINISHED
+from .outcomes import POSTPONED as POSTPONED
+from .outcomes import SKIPPED_CATCHUP as SKIPPED_CATCHUP
+from .overlap import ACTIVE_STATUSES
 from .scores import format_score
 
 if TYPE_CHECKING:
     from .moves import Entry, Parsed
 
-SKIPPED_CATCHUP = 'skipped_catchup'
-FINISHED = 'finished'
-"""The last record of a schedule whose window closed before its next slot: no run, the row is finished."""
-POSTPONED = 'postponed'
-"""The slot waits for its jitter delay: nothing is decided on it yet."""
 PENDING_SLOT_KEYS = ('slot', 'slot_due', 'delay')
 """Our meta keys of a template due at its slot plus a jitter delay."""
 
@@ -48,6 +49,9 @@ class RunPolicyPlanning:
         def _interval(self, meta: dict[str, Any]) -> float: ...
         def _retire_exhausted(self, entry: Entry, parsed: Parsed) -> None: ...
         def _dumps_meta(self, meta: dict[str, Any]) -> bytes: ...
+        def _is_misfire(self, ours: dict[str, Any], fire_time: float) -> bool: ...
+        def _apply_ttl(self, entry: Entry, job_id: str, raw: dict[bytes, bytes]) -> None: ...
+        def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]: ...
         def _record(
             self,
             entry: Entry,
@@ -58,16 +62,6 @@ class RunPolicyPlanning:
             next_time: float | None,
             finished: bool,
             said: dict[str, Any] | None = None,
-        ) -> None: ...
-        def _append_record(
-            self,
-            entry: Entry,
-            parsed: Parsed,
-            slot: dict[str, Any],
-            *,
-            runs: int,
-            next_time: float | None,
-            finished: bool,
         ) -> None: ...
 
     @staticmethod
@@ -187,3 +181,59 @@ class RunPolicyPlanning:
     ) -> None:
         for slot in log:
             self._append_record(entry, parsed, slot, runs=runs, next_time=next_time, finished=False)
+
+    def _run_earlier_slots(
+        self,
+        entry: Entry,
+        parsed: Parsed,
+        meta: dict[str, Any],
+        ours: dict[str, Any],
+        decided: catchup.CatchUp,
+        previous_status: bytes | None,
+        log: list[dict[str, Any]],
+    ) -> bytes | None:
+        """Logs the slots the catch-up skips and runs the older slots of catch-up ``all``, oldest first; returns the
+        status of the previous run that overlap ``skip`` now sees."""
+        if decided.summary:
+            summary = decided.summary
+            log.append(slot_record(None, SKIPPED_CATCHUP, summary.first, summary.text))
+        log += [slot_record(None, SKIPPED_CATCHUP, slot, reason) for slot, reason in decided.skipped]
+        for slot in decided.earlier_runs:
+            if self._is_misfire(ours, slot):
+                log.append(slot_record(None, SKIPPED_MISFIRE, slot, catchup.MISFIRE))
+            elif previous_status in ACTIVE_STATUSES:
+                log.append(slot_record(None, SKIPPED_OVERLAP, slot, 'overlap'))
+            else:
+                occurrence = keys.occurrence_id(parsed.member, round(slot * 1000))
+                entry.commands += self._create_occurrence(parsed, occurrence, slot)
+                self._apply_ttl(entry, occurrence, parsed.raw)
+                entry.also_enqueued.append(occurrence)
+                log.append(slot_record(occurrence, ENQUEUED, slot))
+                ours.update(runs=ours.get('runs', 0) + 1, last_run_id=occurrence, last_run_at=self.now)
+                if meta.get('repeat') is not None:
+                    meta['repeat'] -= 1
+                if parsed.previous_run_to_check is not None:
+                    previous_status = b'queued'  # overlap 'skip': the run just enqueued is the previous one
+        return previous_status
+
+    def _append_record(
+        self, entry: Entry, parsed: Parsed, slot: dict[str, Any], *, runs: int, next_time: float | None, finished: bool
+    ) -> None:
+        """One record of the run log: ``slot`` holds the job (or None), outcome, fire time, reason and delay."""
+        ours = parsed.ours
+        if not ours.get('record'):
+            return
+        record = {
+            'owner': ours.get('owner'),
+            'schedule': parsed.member,
+            'queue': parsed.raw[b'origin'].decode(errors='replace'),
+            'job': slot['job'],
+            'outcome': slot['outcome'],
+            'fire_time': slot['fire_time'],
+            'at': self.now,
+            'runs': runs,
+            'next': next_time,
+            'finished': finished,
+        }
+        record.update({name: slot[name] for name in ('reason', 'delay') if slot.get(name) not in (None, '')})
+        entry.commands.append(('RPUSH', keys.RUNS_KEY, json.dumps(record)))

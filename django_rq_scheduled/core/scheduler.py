@@ -225,14 +225,14 @@ class Scheduler(FixedKeys):
         *,
         misfire_grace: float | None = None,
         overlap: str = 'allow',
+        retries: int = 0,
+        retry_delays: list[int] | None = None,
         **policies: Unpack[RunPolicies],
     ) -> Job:
         """Schedules a job at ``scheduled_time``, then every ``interval`` seconds, ``repeat`` times in total.
 
         Each occurrence is a fresh RQ job (id ``<id>_at_<epoch ms>``); the next run is the previous scheduled
-        time plus ``interval``, so runs do not drift. Without ``interval`` this is a one-off job. ``policies``:
-        ``jitter``, ``valid_from``, ``valid_until``, ``catchup``, ``catchup_limit`` (docs/policies.rst).
-        """
+        time plus ``interval``, so runs do not drift. Without ``interval`` this is a one-off job (no run policies)."""
         if repeat is not None and interval is None:
             raise ValueError("repeat: can't repeat a job without an interval")
         score = to_score(scheduled_time, 'scheduled_time')
@@ -242,13 +242,12 @@ class Scheduler(FixedKeys):
             'depends_on': depends_on, 'on_success': on_success, 'on_failure': on_failure, 'at_front': bool(at_front),
         }  # fmt: skip
         if interval is None:
-            job = self.jobs.one_off(func, policies, options)
+            job = self.jobs.one_off(func, policies, options, (retries, retry_delays))
         else:
             period = limits.to_seconds(interval, 'interval', at_most=None)
             job = self.jobs.template(
-                func, template_meta('interval', interval=period),
-                repeat=repeat, misfire_grace=misfire_grace, overlap=overlap, options=options, policies=policies,
-            )  # fmt: skip
+                func, template_meta('interval', interval=period), repeat=repeat, misfire_grace=misfire_grace,
+                overlap=overlap, options=options, retry=(retries, retry_delays), policies=policies)  # fmt: skip
         self.jobs.save_and_schedule(job, score)
         return job
 
@@ -275,13 +274,14 @@ class Scheduler(FixedKeys):
         timezone: str | None = None,
         misfire_grace: float | None = None,
         overlap: str = 'allow',
+        retries: int = 0,
+        retry_delays: list[int] | None = None,
         **policies: Unpack[RunPolicies],
     ) -> Job:
         """Schedules a job on a cron string evaluated in ``timezone`` (an IANA name; default: the scheduler's).
 
         croniter grammar: 5 fields, or 6 with seconds last. Each occurrence is a fresh RQ job. Unlike
-        rq-scheduler, ``result_ttl`` defaults to RQ's default (each run keeps its own result).
-        """
+        rq-scheduler, ``result_ttl`` defaults to RQ's default (each run keeps its own result)."""
         zone = cron.get_zone(timezone or self.timezone).key
         first = cron.next_fire_time(cron_string, datetime.now(tz=UTC), zone)
         if first is None:
@@ -291,13 +291,9 @@ class Scheduler(FixedKeys):
             'description': description, 'queue_name': queue_name, 'timeout': timeout, 'meta': meta,
             'depends_on': depends_on, 'on_success': on_success, 'on_failure': on_failure, 'at_front': bool(at_front),
         }  # fmt: skip
-        meta_of_cron = template_meta(
-            'cron', cron_string=cron_string, timezone=zone, use_local_timezone=bool(use_local_timezone)
-        )
-        job = self.jobs.template(
-            func, meta_of_cron, repeat=repeat, misfire_grace=misfire_grace, overlap=overlap, options=options,
-            policies=policies,
-        )  # fmt: skip
+        meta_of_cron = template_meta('cron', cron_string=cron_string, timezone=zone, use_local_timezone=bool(use_local_timezone))  # fmt: skip  # noqa: E501
+        job = self.jobs.template(func, meta_of_cron, repeat=repeat, misfire_grace=misfire_grace, overlap=overlap,
+                                 options=options, retry=(retries, retry_delays), policies=policies)  # fmt: skip
         self.jobs.save_and_schedule(job, first.timestamp())
         return job
 
@@ -448,8 +444,12 @@ class Scheduler(FixedKeys):
         """Takes (or renews) the leader lease; False if another scheduler, or rq-scheduler, holds the lock."""
         if self.lease.acquire():
             logger.info('Scheduler %s is now the leader', self.name)
-            self.instances.record_leadership()
+            self.instances.record_leadership(self.beat_period)
         return self.lease.held
+
+    @property
+    def beat_period(self) -> float:  # the longest a tick sleeps: the longest between two heartbeats
+        return min(self.interval, self.lease.ttl / 3)
 
     def remove_lock(self) -> bool:
         """Releases the lease if, and only if, this instance still holds it."""

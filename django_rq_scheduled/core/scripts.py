@@ -5,7 +5,8 @@ Key names and markers come in as KEYS and ARGV, or are formatted into the source
 
 from __future__ import annotations
 
-from .keys import DONE_PREFIX
+from .keys import BUFFERED_KEY, DONE_PREFIX, OUTCOMES_KEY, RUN_ENDED_PREFIX, WAKEUP_KEY
+from .overlap import EXPECT_COMMAND, REPLACE_COMMAND
 
 # Moves one batch of due jobs. KEYS: lock, schedule.
 # ARGV: token (empty for an explicit API call rather than the loop), entry count, enqueued_at, job key prefix,
@@ -19,6 +20,11 @@ from .keys import DONE_PREFIX
 # own hash by writing it first, with pcall), so corrupt data under a key fails that entry alone (reported back
 # for dead-lettering) and never half-applies it. A job hash deleted since it was read is reported as MISSING and
 # never re-created as a ghost with only the fields an enqueue writes.
+# One step is no Redis command: REPLACE_COMMAND (overlap cancel_other), with queue key, job key, job id, runs key,
+# canceled record ('' = none), worker channel prefix, stop payload. A previous run still in its queue is taken out
+# and marked canceled (its record appended); one a worker runs is sent RQ's stop-job command; one that ended
+# meanwhile is left alone. Another is a condition: EXPECT_COMMAND, key, field, value: the entry is applied only
+# if that hash field still holds that value (0 otherwise, as for a changed score).
 # Out of memory, Redis refuses only the first write of a script (later ones would leave it half done): that write
 # fails the whole call before anything is written, so the caller retries it later; no job is ever dead-lettered
 # for it.
@@ -29,7 +35,8 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 local enqueued_at, job_prefix, queues_key = ARGV[3], ARGV[4], ARGV[5]
 local expected_type = {
-  HSET = 'hash', HDEL = 'hash', RPUSH = 'list', LPUSH = 'list', SADD = 'set', ZADD = 'zset', ZREM = 'zset'
+  HSET = 'hash', HDEL = 'hash', RPUSH = 'list', LPUSH = 'list', SADD = 'set', ZADD = 'zset', ZREM = 'zset',
+  REPLACE_COMMAND = 'list'
 }
 local checked = {}  -- key -> type, so shared keys (queues, the schedule) are looked at once per batch
 local registered = {}  -- queue keys already added to the set of queues in this batch
@@ -77,6 +84,17 @@ local function one_off(member, queue_key, push, timeout, ttl)
   if ttl ~= '' then redis.call('EXPIRE', job_key, ttl) end
   return 1
 end
+local function replace_run(queue_key, job_key, job_id, runs_key, record, channel_prefix, stop)
+  if redis.call('LREM', queue_key, 0, job_id) > 0 then
+    redis.pcall('HSET', job_key, 'status', 'canceled')
+    if record ~= '' then redis.call('RPUSH', runs_key, record) end
+    return
+  end
+  local state = redis.pcall('HMGET', job_key, 'status', 'worker_name')
+  if type(state) == 'table' and state[1] == 'started' and state[2] then
+    redis.call('PUBLISH', channel_prefix .. state[2], stop)
+  end
+end
 local function still_scheduled(member, score)
   if score == '*' then return true end
   local current = redis.call('ZSCORE', KEYS[2], member)
@@ -109,6 +127,9 @@ for e = 1, tonumber(ARGV[2]) do
       end
       for _, cmd in ipairs(cmds) do
         local want = expected_type[cmd[1]]
+        if cmd[1] == 'EXPECT_COMMAND' and status == 1 and redis.pcall('HGET', cmd[2], cmd[3]) ~= cmd[4] then
+          status = 0
+        end
         if want then
           local have = type_of(cmd[2])
           if have ~= 'none' and have ~= want and status == 1 then
@@ -119,7 +140,11 @@ for e = 1, tonumber(ARGV[2]) do
     end
     if status == 1 then
       for _, cmd in ipairs(cmds) do
-        redis.call(unpack(cmd))
+        if cmd[1] == 'REPLACE_COMMAND' then
+          replace_run(unpack(cmd, 2))
+        elseif cmd[1] ~= 'EXPECT_COMMAND' then
+          redis.call(unpack(cmd))
+        end
         if cmd[1] == 'SADD' and cmd[2] == queues_key then registered[cmd[3]] = true end
       end
     end
@@ -127,19 +152,21 @@ for e = 1, tonumber(ARGV[2]) do
   results[e] = status
 end
 return results
-"""
+""".replace('REPLACE_COMMAND', REPLACE_COMMAND).replace('EXPECT_COMMAND', EXPECT_COMMAND)
 
 # Reads one batch of due jobs and the hash fields their moves are planned from, in one round trip.
-# KEYS: schedule. ARGV: job key prefix, latest due score, offset (due members to skip), batch size, fields...
-# Returns a flat list, for each due member, earliest first: member, score, an error (nil, or why the job's key
-# cannot be read: it then goes to the dead letters instead of blocking the batch), one value (or nil) per field.
+# KEYS: schedule, buffered runs. ARGV: job key prefix, latest due score, offset (due members to skip), batch size,
+# fields... Returns a flat list: 1 if a buffered run waits (overlap buffer_one; 0 otherwise, or if someone broke
+# the key), then for each due member, earliest first: member, score, an error (nil, or why the job's key cannot be
+# read: it then goes to the dead letters instead of blocking the batch), one value (or nil) per field.
 READ_DUE = """
 local unpack = unpack or table.unpack
 local fields = {unpack(ARGV, 5)}
 local due = redis.call(
   'ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4])
 )
-local out = {}
+local waits = redis.pcall('HLEN', KEYS[2])
+local out = {(type(waits) == 'number' and waits > 0) and 1 or 0}
 for d = 1, #due, 2 do
   out[#out + 1] = due[d]
   out[#out + 1] = due[d + 1]
@@ -288,6 +315,68 @@ end
 return 0
 """
 """Takes a job out of its queue (KEYS[1]) and marks its hash (KEYS[2]) canceled, only if it was still waiting."""
+
+# A worker's record of a run's end (``capture``), and, if a buffered occurrence of the run's schedule waits for this
+# run (overlap buffer_one), the news that it ended and a wake-up for the leader, which enqueues the buffered one
+# (RQ writes the run's final status only after its callbacks). KEYS: outcomes, buffered, wake-up list.
+# ARGV: record, template id ('' = none), run id. The keys of the buffer are a hint: one someone broke fails nothing.
+APPEND_OUTCOME = f"""
+redis.call('RPUSH', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' and redis.pcall('HGET', KEYS[2], ARGV[2]) == ARGV[3] then
+  redis.call('HSET', KEYS[2], ARGV[2], '{RUN_ENDED_PREFIX}' .. ARGV[3])
+  redis.pcall('DEL', KEYS[3])
+  redis.pcall('RPUSH', KEYS[3], '1')
+  redis.pcall('PEXPIRE', KEYS[3], 60000)
+end
+return 1
+"""
+APPEND_OUTCOME_KEYS = (OUTCOMES_KEY, BUFFERED_KEY, WAKEUP_KEY)
+
+# Moves RQ's delayed retries back to their queues when they are due, as RQ's own scheduler does, for the queues no
+# RQ scheduler holds (``rq worker --with-scheduler`` holds a queue by its lock; then this leaves the queue to it).
+# KEYS: lock, the set of queue keys. ARGV: token, now (epoch seconds), enqueued_at, jobs per queue at most, then
+# the prefixes of RQ's queue keys, scheduled registries, scheduler locks and job keys.
+# Returns {jobs moved, the earliest later due time or false}. Keys of another type are passed over, never failed on.
+RELEASE_RETRIES = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('NOTLEADER lease lost')
+end
+local function type_of(key)
+  local have = redis.call('TYPE', key)
+  if type(have) == 'table' then have = have['ok'] end
+  return have
+end
+if type_of(KEYS[2]) ~= 'set' then return {0, false} end
+local now, limit, enqueued_at = tonumber(ARGV[2]), tonumber(ARGV[4]), ARGV[3]
+local queue_prefix, registry_prefix, lock_prefix, job_prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local moved, next_due = 0, false
+for _, queue_key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local name = string.sub(queue_key, #queue_prefix + 1)
+  local registry = registry_prefix .. name
+  local queue_type = type_of(queue_key)
+  if string.sub(queue_key, 1, #queue_prefix) == queue_prefix and type_of(registry) == 'zset'
+      and redis.call('EXISTS', lock_prefix .. name) == 0 and (queue_type == 'none' or queue_type == 'list') then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', registry, '-inf', now, 'LIMIT', 0, limit)) do
+      local job_key = job_prefix .. id
+      local is_hash = type_of(job_key) == 'hash'
+      if not (is_hash and redis.call('HEXISTS', job_key, 'rate_limit_key') == 1) then  -- RQ's scheduler's to move
+        redis.call('ZREM', registry, id)
+        if is_hash then
+          local job = redis.call('HMGET', job_key, 'enqueue_at_front', 'enqueue_at_front_on_retry', 'ended_at', 'ttl')
+          local front = job[1] == '1' or job[1] == 'True' or (job[2] == '1' and job[3])
+          redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
+          redis.call(front and 'LPUSH' or 'RPUSH', queue_key, id)
+          if job[4] and tonumber(job[4]) and tonumber(job[4]) > 0 then redis.call('EXPIRE', job_key, job[4]) end
+          moved = moved + 1
+        end
+      end
+    end
+    local first = redis.call('ZRANGEBYSCORE', registry, '(' .. ARGV[2], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if first[2] and (not next_due or tonumber(first[2]) < next_due) then next_due = tonumber(first[2]) end
+  end
+end
+return {moved, next_due and tostring(next_due)}
+"""
 
 # Enqueues a run of a past slot (a backfill) unless its job hash exists: it ran, or another backfill enqueued it.
 # KEYS: job hash, queue, set of queues. ARGV: job id, push command, then field, value, ... Returns 1 if enqueued.
