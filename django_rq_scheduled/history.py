@@ -54,8 +54,10 @@ OUTCOME_BATCH = 5000
 holds at most 8,000 characters of error (so a batch at most 40 MB)."""
 UTC = timezone.utc
 GONE = 'gone from Redis before it ended (expired or deleted)'
-RUN_FIELDS = ('status', 'reason', 'queue', 'fire_time', 'enqueued_at', 'started_at', 'ended_at', 'worker', 'error')
-FILLED_LATER = ('fire_time', 'enqueued_at', 'started_at', 'worker', 'queue')
+RUN_FIELDS = (
+    'status', 'reason', 'queue', 'fire_time', 'enqueued_at', 'started_at', 'ended_at', 'worker', 'error', 'delay',
+)  # fmt: skip
+FILLED_LATER = ('fire_time', 'enqueued_at', 'started_at', 'worker', 'queue', 'delay')
 SUMMARY_ROW_FIELDS = ('name', 'queue', *sorted(SUMMARY_FIELDS))
 """What a batch reads of a schedule row when nobody else will see it."""
 SIGNALS: dict[str, Signal] = {
@@ -117,6 +119,7 @@ class RunRow:
     ended_at: datetime | None
     worker: str
     error: str
+    delay: float | None
     attempts: int | None
 
     @property
@@ -213,7 +216,8 @@ def _content_type_id(model: type[ScheduleBase]) -> int:
 def _new_run(fact: Fact, row: ScheduleBase, kind: int) -> RunRow:
     return RunRow(
         None, fact.job_id, kind, row.pk, row.name, fact.trigger, fact.status, fact.reason, fact.queue or row.queue,
-        fact.fire_time, fact.enqueued_at, fact.started_at, fact.ended_at, fact.worker, fact.error, fact.attempts,
+        fact.fire_time, fact.enqueued_at, fact.started_at, fact.ended_at, fact.worker, fact.error, fact.delay,
+        fact.attempts,
     )  # fmt: skip
 
 

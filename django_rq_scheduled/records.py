@@ -30,6 +30,7 @@ SKIP_REASONS = {
     'skipped_misfire': 'misfire grace',
     'skipped_overlap': 'overlap',
     overlap.SKIPPED_WAITING: overlap.WAITING_REASON,
+    'skipped_catchup': 'catch-up',
 }
 REPORTED_STATUSES = frozenset({capture.SUCCESS, capture.FAILURE, capture.STOPPED, capture.RETRYING})
 MODELS_BY_NAME = {model._meta.model_name: model for model in SCHEDULE_MODELS}
@@ -58,6 +59,8 @@ class Fact:
     """The attempt the worker reported on (absolute, so a record read twice counts once)."""
     retrying: bool = False
     """A failed attempt RQ tries again: the run goes back to queued, and has not ended (``attempts``)."""
+    delay: float | None = None
+    """The jitter delay the loop chose for the run."""
 
 
 # What json.loads runs, without its checks of the text's encoding and margins (typeshed does not declare it).
@@ -86,15 +89,22 @@ def decision_fact(record: dict[str, Any], model: type[ScheduleBase], pk: Any, at
         at = epoch_time(record.get('at'))
     queue = column_text(record.get('queue'))
     if outcome == 'enqueued':
-        return Fact(_job_id(record.get('job')), model, pk, QUEUED, BY_SCHEDULE, queue, '', fire_time, at)
+        job_id = _job_id(record.get('job'))
+        return Fact(job_id, model, pk, QUEUED, BY_SCHEDULE, queue, '', fire_time, at, delay=_delay(record))
     if outcome == overlap.CANCELED_OVERLAP:  # the previous run, replaced by a newer one (fire time: its own row's)
         job_id = _job_id(record.get('canceled'))
         return Fact(job_id, model, pk, CANCELED, BY_SCHEDULE, queue, overlap.REPLACED_REASON, ended_at=at)
     if outcome in SKIP_REASONS and fire_time is not None:
         job_id = keys.occurrence_id(template, round(fire_time.timestamp() * 1000)) if model.is_periodic else template
-        return Fact(
-            _job_id(job_id), model, pk, SKIPPED, BY_SCHEDULE, queue, SKIP_REASONS[outcome], fire_time, ended_at=at
-        )
+        reason = column_text(record.get('reason')) or SKIP_REASONS[outcome]
+        return Fact(_job_id(job_id), model, pk, SKIPPED, BY_SCHEDULE, queue, reason, fire_time, ended_at=at)
+    return None
+
+
+def _delay(record: dict[str, Any]) -> float | None:
+    delay = record.get('delay')
+    if type(delay) is float or type(delay) is int:  # not bool
+        return float(delay) if 0 <= delay < 10**9 else None  # NaN and inf fail both
     return None
 
 

@@ -28,6 +28,7 @@ from .jobs import Refusal
 from .lease import Lease
 from .moves import DEAD, ENQUEUED, Entry, Parsed, Planner
 from .observer import SILENT, EnqueuedJob, Observer, kind_of
+from .policy_moves import FINISHED, POSTPONED
 from .queues import Queues
 from .scores import guard_score
 
@@ -465,7 +466,12 @@ class Mover:
 
 
 def _report(entry: Entry, report: MoveReport) -> None:
-    if entry.outcome == DEAD:
+    report.enqueued += entry.also_enqueued
+    if entry.outcome == POSTPONED:
+        return  # its slot waits for its jitter delay: decided later
+    if entry.outcome == FINISHED:
+        logger.info('%s finished: no slot left in its window', entry.member)
+    elif entry.outcome == DEAD:
         logger.error('Moved %s to the dead letters: %s', entry.member, entry.reason)
         report.dead.append(entry.member)
     elif entry.outcome == ENQUEUED and entry.enqueued_id:

@@ -457,3 +457,14 @@ elseif ARGV[3] ~= '' then
 end
 return 0
 """
+
+# Enqueues a run of a past slot (a backfill) unless its job hash exists: it ran, or another backfill enqueued it.
+# KEYS: job hash, queue, set of queues. ARGV: job id, push command, then field, value, ... Returns 1 if enqueued.
+ENQUEUE_ONCE = """
+local unpack = unpack or table.unpack
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call(ARGV[2], KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], KEYS[2])
+return 1
+"""
