@@ -232,3 +232,11 @@ def test_the_run_list_answers_any_query(superuser, connection, params):
     assert response.status_code in (200, 302)
     if params == {'kind': 'repeatablejob'}:
         assert response.context['cl'].result_count == 1
+
+
+def test_the_run_page_shows_its_attempts_and_its_jitter_delay(superuser, connection):
+    row = schedule()
+    run = record(row, 'finished', 1, attempts=3, delay=1.25, reported=True)
+    page = superuser.get(reverse('admin:django_rq_scheduled_run_change', args=[run.pk])).content.decode()
+    assert 'Attempts' in page and '>3<' in page.replace(' ', '')
+    assert 'Jitter delay' in page and '1.25' in page
