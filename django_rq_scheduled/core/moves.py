@@ -71,6 +71,8 @@ class Parsed:
     score: float
     raw: dict[bytes, bytes]
     meta: dict[str, Any]
+    plain: bool = False
+    """The meta holds no stand-in of an unresolved object (``payloads.read_meta_telling``)."""
 
     def __post_init__(self) -> None:
         # Read once: these are asked several times per job on the hot path.
@@ -122,6 +124,7 @@ class Planner(RunPolicyPlanning):
         self.default_timezone = default_timezone
         self.callable_refusal = callable_refusal
         self.random = random
+        self._plain = False
 
     # -- decoding -------------------------------------------------------------------------------------------
 
@@ -134,7 +137,7 @@ class Planner(RunPolicyPlanning):
                 raise PlanningError(f'job key cannot be read: {raw[UNREADABLE].decode(errors="replace")}')
             if not raw:
                 raise PlanningError('job hash is missing')
-            meta = self._load_meta(raw)
+            meta, plain = self._load_meta(raw)
             self._check_payload(raw)
             if not raw.get(b'origin'):
                 raise PlanningError('job hash has no origin queue')
@@ -144,11 +147,11 @@ class Planner(RunPolicyPlanning):
             return self.dead_letter(
                 member, guard_score(score), str(exc) if isinstance(exc, PlanningError) else repr(exc)
             )
-        return Parsed(member, score, raw, meta)
+        return Parsed(member, score, raw, meta, plain)
 
-    def _load_meta(self, raw: dict[bytes, bytes]) -> dict[str, Any]:
+    def _load_meta(self, raw: dict[bytes, bytes]) -> tuple[dict[str, Any], bool]:
         try:
-            return payloads.read_meta(raw.get(b'meta'), self.serializer)
+            return payloads.read_meta_telling(raw.get(b'meta'), self.serializer)
         except payloads.PayloadError as exc:
             raise PlanningError(f'cannot read meta: {exc}') from exc
 
@@ -173,6 +176,8 @@ class Planner(RunPolicyPlanning):
     # -- planning -------------------------------------------------------------------------------------------
 
     def plan(self, parsed: Parsed, previous_status: bytes | None = None) -> Entry:
+        # Every meta this plan writes is the parsed one, or built from it with plain values of ours.
+        self._plain = parsed.plain
         try:
             if parsed.has_dependencies:
                 self._check_plain_meta(parsed)
@@ -184,6 +189,8 @@ class Planner(RunPolicyPlanning):
             return self._plan_one_off(parsed)
         except Exception as exc:  # a template no rule can plan is taken out of the schedule, never retried forever
             return self.dead_letter(parsed.member, guard_score(parsed.score), f'cannot plan: {exc}')
+        finally:
+            self._plain = False
 
     def dead_letter(self, member: str | bytes, score: str, reason: str) -> Entry:
         record = json.dumps({'reason': reason, 'score': float(score), 'at': self.now})
@@ -394,7 +401,7 @@ class Planner(RunPolicyPlanning):
 
     def _dumps_meta(self, meta: dict[str, Any]) -> bytes:
         try:
-            return payloads.dumps_meta(meta, self.serializer)
+            return payloads.dumps_meta(meta, self.serializer, plain=self._plain)
         except payloads.PayloadError as exc:
             raise PlanningError(str(exc)) from exc
 
