@@ -14,9 +14,9 @@ import statistics
 import subprocess
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
@@ -191,19 +191,26 @@ def run_command_line(
     run: Callable[[Any], dict],
     report: Callable[[dict], str],
     argv: list[str] | None = None,
+    *,
+    parts: Sequence[str] = (),
 ) -> dict:
     """Runs the mode asked for (``full`` unless a flag names another of ``configs``), prints the report, and writes
-    the results as JSON with ``--json FILE``: the machine, the config, what ``run`` returns, and the elapsed time."""
+    the results as JSON with ``--json FILE``: the machine, the config, what ``run`` returns, and the elapsed time.
+    With ``parts``, ``--only PART`` runs one of them (the config's ``only`` field says which)."""
     summary = ' '.join(doc.split('\n\n')[0].split())
     parser = argparse.ArgumentParser(prog=f'python -m {module}', description=summary)
     modes = parser.add_mutually_exclusive_group()
     for mode in [name for name in configs if name != 'full']:
         modes.add_argument(f'--{mode}', dest='mode', action='store_const', const=mode, help=MODE_HELP[mode])
     parser.add_argument('--json', metavar='FILE', type=Path, help='also write the results as JSON to FILE')
+    if parts:
+        parser.add_argument('--only', choices=parts, help='run this part of the benchmark alone')
     args = parser.parse_args(argv)
     # rq-scheduler 0.14 calls crontab in a way its newer releases warn about on every cron template.
     warnings.filterwarnings('ignore', category=FutureWarning, module='rq_scheduler')
     config = configs[args.mode or 'full']
+    if parts and args.only:
+        config = replace(config, only=args.only)
     started = time.monotonic()
     data = {'machine': machine(), 'config': asdict(config), **run(config)}
     data['elapsed_s'] = round(time.monotonic() - started, 1)

@@ -8,8 +8,8 @@ ingestion into SQLite (a file on disk): the loop's records of enqueued runs and 
 in as ``manage.py rqscheduler`` does (``feedback.apply_feedback``, ``history.ingest_outcomes``), in two orders: both
 lists waiting together, and each outcome arriving after its run was recorded.
 
-Run from the repository root: ``PYTHONPATH=. python -m bench.runs [--quick | --smoke] [--json FILE]``. It starts
-its own redis-server on a free loopback port and checks every count it relies on.
+Run from the repository root: ``PYTHONPATH=. python -m bench.runs [--quick | --smoke] [--only workers|ingestion]
+[--json FILE]``. It starts its own redis-server on a free loopback port and checks every count it relies on.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class Config:
     rounds: int
     runs: int
     schedules: int
+    only: str = ''
+    """One of PARTS, or '' for both."""
 
 
 FULL = Config(mode='full', jobs=5_000, forking_jobs=1_000, rounds=5, runs=50_000, schedules=500)
@@ -217,17 +219,28 @@ def ingestion_costs(url: str, config: Config) -> dict[str, list[dict[str, Any]]]
     return alternate(config.rounds, measures)
 
 
+PARTS = ('workers', 'ingestion')
+
+
 def run(config: Config) -> dict:
+    results = {}
     with private_redis() as server:
         settings.RQ_QUEUES = {name: {'URL': server.url, 'DEFAULT_TIMEOUT': 360} for name in ('default', 'high')}
         call_command('migrate', verbosity=0)
-        workers = worker_costs(server.url, config)
-        ingestion = ingestion_costs(server.url, config)
+        if config.only in ('', 'workers'):
+            results['workers'] = worker_costs(server.url, config)
+        if config.only in ('', 'ingestion'):
+            results['ingestion'] = ingestion_costs(server.url, config)
     _DB.unlink(missing_ok=True)
-    return {'workers': workers, 'ingestion': ingestion}
+    return results
 
 
 def report(data: dict) -> str:
+    sections = {'workers': _workers_report, 'ingestion': _ingestion_report}
+    return '\n\n'.join(section(data) for part, section in sections.items() if part in data)
+
+
+def _workers_report(data: dict) -> str:
     config = data['config']
     lines = [
         f'## Outcome capture on a real RQ worker: no-op jobs, median (min - max) of {config["rounds"]} rounds, '
@@ -243,13 +256,17 @@ def report(data: dict) -> str:
             f'| {label} | {jobs:,} | {spread(rates[WITH], ",.0f")} | {spread(rates[WITHOUT], ",.0f")} | '
             f'{ratio_of_medians(rates[WITH], rates[WITHOUT]):.3f} |'
         )
+    return '\n'.join(lines)
+
+
+def _ingestion_report(data: dict) -> str:
+    config = data['config']
     ingestion = data['ingestion']
 
     def rate(order: str, name: str) -> str:
         return spread([measured[name] for measured in ingestion[order]], ',.0f')
 
-    lines += [
-        '',
+    lines = [
         f'## The leader reading {config["runs"]:,} runs of {config["schedules"]:,} schedules into SQLite (a file), '
         f'median (min - max) of {config["rounds"]} rounds, the two orders alternated',
         '',
@@ -267,4 +284,4 @@ def report(data: dict) -> str:
 
 
 if __name__ == '__main__':
-    run_command_line('bench.runs', __doc__, {'full': FULL, 'quick': QUICK, 'smoke': SMOKE}, run, report)
+    run_command_line('bench.runs', __doc__, {'full': FULL, 'quick': QUICK, 'smoke': SMOKE}, run, report, parts=PARTS)

@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = '0.1.0.dev0'
 
-__all__ = ['Scheduler', '__version__', 'cron', 'every']
+__all__ = ['Scheduler', '__version__', 'cron', 'current_fire_time', 'every']
 
 if TYPE_CHECKING:
+    from .core.fire_time import current_fire_time
     from .core.scheduler import Scheduler
     from .declared import cron, every
 
@@ -19,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from .core.scheduler import Scheduler
 
         return Scheduler
+    if name == 'current_fire_time':  # called in jobs: needs rq alone, no Django settings
+        from .core.fire_time import current_fire_time
+
+        return current_fire_time
     if name in ('cron', 'every'):  # decorators of schedules in code; they need the app's models
         from . import declared
 

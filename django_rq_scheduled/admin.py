@@ -22,7 +22,7 @@ from django.utils.timesince import timesince, timeuntil
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from . import history
+from . import cancel
 from .admin_banners import show_banners
 from .admin_code import CodeRowsAdmin, from_code
 from .admin_runs import FailingFilter, last_outcome, outcome_counts, outcome_strip, runs_table
@@ -377,7 +377,7 @@ class ScheduleAdmin(CodeRowsAdmin, admin.ModelAdmin):
         rows = list(queryset)
         count = self._set_enabled(request, queryset, enabled=False, message='Cancelled')
         try:
-            history.cancel_waiting_runs(rows, using=queryset.db)
+            cancel.cancel_waiting_runs(rows, using=queryset.db)
         except (redis.RedisError, ValueError):
             warning = _('Redis did not answer: runs already waiting in a queue may still run.')
             self.message_user(request, warning, messages.WARNING)

@@ -1,6 +1,7 @@
 """The banners above the schedule change lists: a Redis server that does not answer, one where no scheduler leads,
-and the schedules whose last runs failed. They cost one COUNT query, and the Redis reads ride on the round trip the
-page makes anyway for its status column (``admin.redis_presence``)."""
+one where scheduling is paused (by whom, since when, why), and the schedules whose last runs failed. They cost one
+COUNT query, and the Redis reads ride on the round trip the page makes anyway for its status column
+(``admin.redis_presence``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from django.utils.translation import ngettext
 
 from .core.health import ServerHealth
 from .health import stale_after
+from .pausing import describe_state
 from .servers import servers
 
 BANNER = 'drqs-banner'
@@ -33,6 +35,10 @@ def show_banners(request: HttpRequest, model: Any, health: dict[Any, ServerHealt
             messages.error(request, message % {'server': name}, extra_tags=BANNER)
         elif problem := leader_problem(reading):
             messages.error(request, problem % {'server': name, 'leader': reading.leader}, extra_tags=BANNER)
+        if reading is not None and reading.pause.any:
+            message = _('Scheduling paused on %(server)s: %(paused)s.')
+            paused = describe_state(reading.pause)
+            messages.warning(request, message % {'server': name, 'paused': paused}, extra_tags=BANNER)
     failing = model._default_manager.failing().count()
     if failing:
         text = ngettext(

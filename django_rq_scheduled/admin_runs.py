@@ -259,7 +259,7 @@ class RunAdmin(admin.ModelAdmin):
     actions = ('retry_selected',)
     fields = (
         'schedule_link', 'outcome', 'reason', 'trigger', 'rq_job_id', 'job_page', 'queue', 'worker', 'fire_time',
-        'enqueued_at', 'started_at', 'ended_at', 'took', 'traceback',
+        'delay', 'enqueued_at', 'started_at', 'ended_at', 'took', 'attempts', 'traceback',
     )  # fmt: skip
     readonly_fields = fields
 

@@ -64,10 +64,10 @@ def mark_state_changes(transitions: Sequence[Transition]) -> None:
     """Sets ``alert`` on the transitions that change their schedule's state. Counts from each row's summary as it
     is before the batch, the way ``RunSummary.remember()`` will: a failure adds one, a success starts over."""
     threshold = alert_after_failures()
-    streaks: dict[tuple[type[Model], Any], tuple[int, str]] = {}
+    streaks: dict[int, tuple[int, str]] = {}  # by id(): a batch holds one instance per row
     for transition in transitions:
         row = transition.row
-        key = (type(row), row.pk)
+        key = id(row)
         failures, error = streaks.get(key) or (row.consecutive_failures, row.last_error)
         if transition.status == FINISHED:
             if failures >= threshold:

@@ -10,16 +10,19 @@ import functools
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import CharField, DateTimeField, Field, IntegerField, Model, TextField
+from django.db.models import CharField, DateTimeField, Field, ForeignKey, IntegerField, Model, TextField
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 from django.utils.dateparse import parse_datetime
 
 BATCH = 500
 """Rows per ``executemany``, and keys per query of ``read()``."""
 UTC = timezone.utc
+M = TypeVar('M', bound=Model)
 
 
 class BulkWriter:
@@ -82,6 +85,20 @@ class BulkWriter:
                 cursor.execute(f'SELECT {columns} FROM {self._table(model)} WHERE {key} IN ({marks}){lock}', chunk)
                 yield from map(convert, cursor.fetchall())
 
+    def read_rows(
+        self, model: type[M], names: Sequence[str], pks: Iterable[Any], *, for_update: bool = False
+    ) -> Iterator[M]:
+        """The rows of ``model`` whose primary key is among ``pks``, with only the fields ``names`` loaded (the others
+        deferred, read when first used): the instances ``Model.from_db`` makes, made without ``Model.__init__`` (most of
+        the cost) while no receiver of ``pre_init`` or ``post_init`` would miss it."""
+        fields = self._fields(model, [cast(Field, model._meta.pk).name, *names])
+        attnames = [field.attname for field in fields]
+        names = [field.name for field in fields]
+        heard = pre_init.has_listeners(model) or post_init.has_listeners(model)
+        alias = self.connection.alias
+        for values in self.read(model, names, where=names[0], values=pks, for_update=for_update):
+            yield model.from_db(alias, attnames, values) if heard else _loaded(model, alias, attnames, values)
+
     def _update_sql(self, model: type[Model], fields: list[Field]) -> str:
         assignments = ', '.join(f'{self._column(field)} = %s' for field in fields)
         key = self._column(cast(Field, model._meta.pk))
@@ -107,7 +124,7 @@ class BulkWriter:
 
     @functools.cache  # noqa: B019 - a writer lives for one transaction
     def _converter(self, field: Field) -> Callable[[Any], Any]:
-        if isinstance(field, (CharField, TextField, IntegerField)):
+        if isinstance(field, (CharField, TextField, IntegerField)) or _refers_to_integers(field):
             return _same
         if isinstance(field, DateTimeField):
             adapt = self.connection.ops.adapt_datetimefield_value
@@ -134,8 +151,22 @@ class BulkWriter:
                 cursor.executemany(sql, params[start : start + BATCH])
 
 
+def _loaded(model: type[M], alias: str, attnames: list[str], values: Sequence[Any]) -> M:
+    """What ``Model.from_db`` gives, less its signals: attributes in the instance's ``__dict__``, its state saved."""
+    row = model.__new__(model)
+    row._state = ModelState()
+    row._state.adding, row._state.db = False, alias
+    row.__dict__.update(zip(attnames, values))
+    return row
+
+
 def _same(value: Any) -> Any:
     return value
+
+
+def _refers_to_integers(field: Field) -> bool:
+    """A foreign key to an integer key (a content type): its ids are written as they are, as the key's own."""
+    return isinstance(field, ForeignKey) and isinstance(field.target_field, IntegerField)
 
 
 def _row_converter(converters: list[Callable[[Any], Any]]) -> Callable[[Sequence[Any]], list[Any]]:

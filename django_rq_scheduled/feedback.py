@@ -7,7 +7,6 @@ reader's work. Records stay in Redis until their rows are written.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -19,7 +18,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, transacti
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from . import history
+from . import history, records
 from .bulk import BulkWriter
 from .code_sync import sync_code_schedules
 from .conf import get_setting
@@ -52,13 +51,13 @@ def apply_feedback(connection: Redis, *, using: str = 'default') -> int:
     cannot be read or written (foreign data, a row gone) is logged and dropped: it never holds up the others. A run
     whose enqueue and outcome records wait together (a backlog, a short job) is written once, complete.
     """
-    records = connection.lrange(keys.RUNS_KEY, 0, FEEDBACK_BATCH - 1)
-    if not records:
+    read = connection.lrange(keys.RUNS_KEY, 0, FEEDBACK_BATCH - 1)
+    if not read:
         return 0
     outcomes = _waiting_outcomes(connection)
     latest: dict[tuple[type[ScheduleBase], Any], dict[str, Any]] = {}
-    facts: list[history.Fact] = []
-    for raw in records:
+    facts: list[records.Fact] = []
+    for raw in read:
         parsed = _parse_record(raw)
         if parsed is not None:
             model, pk, fields, fact = parsed
@@ -67,10 +66,10 @@ def apply_feedback(connection: Redis, *, using: str = 'default') -> int:
                 facts.append(fact)
     _write_feedback(latest, using=using)
     transitions = history.record_facts(facts + history.outcome_facts(outcomes), using=using)
-    connection.eval(scripts.TRIM_IF_HEAD, 1, keys.RUNS_KEY, records[0], len(records))
+    connection.eval(scripts.TRIM_IF_HEAD, 1, keys.RUNS_KEY, read[0], len(read))
     history.forget_outcomes(connection, outcomes)
     history.send_signals(transitions)
-    return len(records)
+    return len(read)
 
 
 def _waiting_outcomes(connection: Redis) -> list[bytes]:
@@ -112,15 +111,16 @@ def _record(items: list[tuple[tuple[type[ScheduleBase], Any], dict[str, Any]]], 
 
 def _parse_record(
     raw: bytes | str,
-) -> tuple[type[ScheduleBase], Any, dict[str, Any], history.Fact | None] | None:
+) -> tuple[type[ScheduleBase], Any, dict[str, Any], records.Fact | None] | None:
     """The row, the fields a run record sets and the run it tells of, or None (logged) for a record no row can
     take."""
     try:
-        record = json.loads(raw)
+        record = records.loads(raw)
         label, pk = keys.parse_owner(record['owner'])
         model = MODELS_BY_LABEL[label]
-        pk = history.row_pk(model, pk)
-        return model, pk, _feedback_fields(model, record), history.decision_fact(record, model, pk)
+        pk = records.row_pk(model, pk)
+        fields = _feedback_fields(model, record)
+        return model, pk, fields, records.decision_fact(record, model, pk, at=fields.get('last_run'))
     except Exception as exc:
         logger.warning('Dropping a malformed run record %r: %r', raw[:200], exc)
         return None
@@ -130,9 +130,9 @@ def _feedback_fields(model: type[ScheduleBase], record: dict[str, Any]) -> dict[
     runs = record['runs']
     if isinstance(runs, bool) or not isinstance(runs, int) or not 0 <= runs <= MAX_RUN_COUNT:
         raise ValueError(f'runs: {runs!r}')
-    fields: dict[str, Any] = {'run_count': runs, 'next_run': history.epoch_time(record.get('next'))}
+    fields: dict[str, Any] = {'run_count': runs, 'next_run': records.epoch_time(record.get('next'))}
     if record.get('job'):
-        fields['last_run'] = history.epoch_time(record['at'])
+        fields['last_run'] = records.epoch_time(record['at'])
         if not model.is_periodic:
             fields['has_run'] = True
     return fields

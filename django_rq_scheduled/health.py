@@ -1,8 +1,9 @@
 """The health check of ``manage.py schedules health`` and of the health view: one verdict, told two ways.
 
 Healthy when, on every Redis server of ``RQ_QUEUES``, Redis answers, a scheduler of ours holds the lease with a
-fresh heartbeat, and no due entry waits longer than the lateness limit. Dead letters and failing schedules are
-warnings, problems only when strict. A report names each server by its queues, never by its URL.
+fresh heartbeat, and no due entry waits longer than the lateness limit. Dead letters, failing schedules and a pause
+(``schedules pause``; overdue jobs of paused queues are its backlog, not a problem) are warnings, problems only
+when strict. A report names each server by its queues, never by its URL.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 from django.db import DatabaseError
 
 from .conf import seconds_setting
+from .core import keys
 from .core.health import ServerHealth, bounded, read_health
+from .pausing import describe_state
 from .servers import servers
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,8 @@ def check(*, max_lateness: float | None = None, strict: bool = False) -> Report:
         health = _read(scheduler.connection, report.max_lateness)
         report.servers.append((name, health))
         report.problems += server_problems(name, health, report.max_lateness)
+        if pause_text := paused_text(health):
+            report.warnings.append(f'{name}: {pause_text}')
         if health.dead_letters:
             report.warnings.append(
                 f'{name}: {health.dead_letters} dead letter(s): jobs the scheduler could not move (see the '
@@ -101,12 +106,23 @@ def server_problems(name: str, health: ServerHealth, max_lateness: float) -> lis
         return [f'{name}: Redis unreachable ({health.error}).']
     problems = [f'{name}: {key} cannot be read ({why}).' for key, why in health.problems.items()]
     problems += _leader_problems(name, health)
-    if health.overdue:
+    if health.overdue and not health.overdue_paused_only:
         problems.append(
             f'{name}: overdue backlog: {health.overdue} due job(s) waiting longer than {max_lateness:g} s '
             f'({health.due} due in all); the oldest has waited {_seconds(health.oldest_due_age)}.'
         )
     return problems
+
+
+def paused_text(health: ServerHealth) -> str:
+    """What a report says of a server's pause ('' if nothing is paused): a warning, never a problem unless strict."""
+    state = health.pause
+    text = f'scheduling paused: {describe_state(state)}' if state.any else ''
+    if health.overdue and health.overdue_paused_only:
+        text += f'; {health.overdue} overdue job(s) of paused queues wait for the resume'
+    if state.problem:
+        text = f'{keys.PAUSED_KEY} cannot be read ({state.problem}): nothing is paused'
+    return text
 
 
 def _leader_problems(name: str, health: ServerHealth) -> list[str]:
@@ -160,6 +176,8 @@ def _server_json(name: str, health: ServerHealth) -> dict[str, Any]:
         'overdue': health.overdue,
         'oldest_due_age': _json_seconds(health.oldest_due_age),
         'dead_letters': health.dead_letters,
+        'paused': health.pause.as_json(),
+        'overdue_paused_only': health.overdue_paused_only,
     }
 
 

@@ -9,9 +9,8 @@ reading the same records count them once.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
+import operator
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,12 +22,13 @@ from django.db.models import F
 from django.utils import timezone as django_timezone
 from rq.utils import utcparse
 
-from . import alerts, metrics
+from . import alerts, attempts, metrics
 from .bulk import BulkWriter
-from .core import capture, keys, overlap, scripts
-from .models import SCHEDULE_MODELS, ScheduleBase
+from .core import keys, scripts
+from .models import ScheduleBase
+from .records import Fact, column_text, outcome_fact
+from .records import decision_fact as decision_fact  # where callers found it before records.py
 from .runs import (
-    BY_SCHEDULE,
     CANCELED,
     FAILED,
     FINISHED,
@@ -40,8 +40,7 @@ from .runs import (
     SUMMARY_FIELDS,
     Run,
     headline,
-)  # fmt: skip
-from .servers import servers
+)
 from .signals import run_failed, run_finished, run_skipped
 
 if TYPE_CHECKING:
@@ -53,134 +52,20 @@ logger = logging.getLogger(__name__)
 OUTCOME_BATCH = 5000
 """Workers' records read from Redis per pass: larger batches cost fewer statements per schedule; an outcome record
 holds at most 8,000 characters of error (so a batch at most 40 MB)."""
-MAX_TEXT = 255
-"""Of the runs' short text columns (queue, reason, worker, job id)."""
 UTC = timezone.utc
 GONE = 'gone from Redis before it ended (expired or deleted)'
-SKIP_REASONS = {
-    'skipped_misfire': 'misfire grace',
-    'skipped_overlap': 'overlap',
-    overlap.SKIPPED_WAITING: overlap.WAITING_REASON,
-}
-RUN_FIELDS = ('status', 'reason', 'queue', 'fire_time', 'enqueued_at', 'started_at', 'ended_at', 'worker', 'error')
-FILLED_LATER = ('fire_time', 'enqueued_at', 'started_at', 'worker', 'queue')
-MODELS_BY_NAME = {model._meta.model_name: model for model in SCHEDULE_MODELS}
+RUN_FIELDS = (
+    'status', 'reason', 'queue', 'fire_time', 'enqueued_at', 'started_at', 'ended_at', 'worker', 'error', 'delay',
+)  # fmt: skip
+FILLED_LATER = ('fire_time', 'enqueued_at', 'started_at', 'worker', 'queue', 'delay')
+SUMMARY_ROW_FIELDS = ('name', 'queue', *sorted(SUMMARY_FIELDS))
+"""What a batch reads of a schedule row when nobody else will see it."""
 SIGNALS: dict[str, Signal] = {
     FINISHED: run_finished,
     FAILED: run_failed,
     STOPPED: run_failed,
     SKIPPED: run_skipped,
 }
-
-
-@dataclass(slots=True)
-class Fact:
-    """What one record says about one run."""
-
-    job_id: str
-    model: type[ScheduleBase]
-    pk: Any
-    status: str
-    trigger: str = BY_SCHEDULE
-    queue: str = ''
-    reason: str = ''
-    fire_time: datetime | None = None
-    enqueued_at: datetime | None = None
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    worker: str = ''
-    error: str = ''
-    reported: bool = False
-    """From the run's own worker (its callback), so it corrects what the leader only inferred."""
-
-
-# -- reading records -------------------------------------------------------------------------------------------
-
-
-def decision_fact(record: dict[str, Any], model: type[ScheduleBase], pk: Any) -> Fact | None:
-    """The run a loop record (``keys.RUNS_KEY``) tells of: enqueued or skipped; None for other records."""
-    outcome, template = record.get('outcome'), record['schedule']
-    fire_time = epoch_time(record.get('fire_time'))
-    at = epoch_time(record.get('at'))
-    common: dict[str, Any] = {'model': model, 'pk': pk, 'queue': _text(record.get('queue')), 'fire_time': fire_time}
-    if outcome == 'enqueued':
-        return Fact(_job_id(record.get('job')), status=QUEUED, enqueued_at=at, **common)
-    if outcome == overlap.CANCELED_OVERLAP:  # the previous run, replaced by a newer one (fire time: its own row's)
-        common['fire_time'] = None
-        return Fact(
-            _job_id(record.get('canceled')), status=CANCELED, reason=overlap.REPLACED_REASON, ended_at=at, **common
-        )
-    if outcome in SKIP_REASONS and fire_time is not None:
-        job_id = keys.occurrence_id(template, round(fire_time.timestamp() * 1000)) if model.is_periodic else template
-        return Fact(_job_id(job_id), status=SKIPPED, reason=SKIP_REASONS[outcome], ended_at=at, **common)
-    return None
-
-
-def _job_id(value: Any) -> str:
-    """A run's job id from a record: RQ's rule, and what the column holds (ValueError otherwise)."""
-    if not keys.is_job_id(value) or len(value) > MAX_TEXT:
-        raise ValueError(f'job id: {str(value)[:80]!r}')
-    return cast(str, value)
-
-
-def outcome_fact(raw: bytes | str) -> Fact | None:
-    """The run a worker's record (``keys.OUTCOMES_KEY``) tells of, or None (logged) for a record no run can take."""
-    try:
-        record = json.loads(raw)
-        job_id = record['job']
-        origin = keys.run_origin(job_id) if isinstance(job_id, str) else None
-        if origin is None:
-            raise ValueError(f'{job_id!r} is no run of a schedule row')
-        template, trigger, fire_ms = origin
-        model_name, pk = keys.template_owner(template) or ('', '')
-        model = MODELS_BY_NAME[model_name]
-        status = record['status']
-        if status not in (capture.SUCCESS, capture.FAILURE, capture.STOPPED):
-            raise ValueError(f'status {status!r}')
-        return Fact(
-            job_id,
-            model,
-            row_pk(model, pk),
-            status,
-            trigger=trigger,
-            queue=_text(record.get('queue')),
-            reason=_text(record.get('reason')),
-            fire_time=epoch_time(fire_ms / 1000 if fire_ms is not None else None),
-            started_at=epoch_time(record.get('started')),
-            ended_at=epoch_time(record.get('ended')),
-            worker=_text(record.get('worker')),
-            error=_text(record.get('error'), limit=None),
-            reported=True,
-        )
-    except Exception as exc:
-        logger.warning('Dropping a malformed run outcome %r: %r', raw[:200], exc)
-        return None
-
-
-@functools.lru_cache(maxsize=10_000)  # records name the same few rows again and again
-def row_pk(model: type[ScheduleBase], raw: str) -> Any:
-    """The primary key a record names, as the column holds it; ValidationError if no row can have it (a number
-    beyond the column's range would fail the whole batch's query, not just this record)."""
-    field = model._meta.pk
-    value = field.to_python(raw)
-    field.run_validators(value)
-    return value
-
-
-def epoch_time(epoch: Any) -> datetime | None:
-    if type(epoch) is float or type(epoch) is int:  # not bool, nor anything else that claims to be a number
-        return datetime.fromtimestamp(epoch, tz=UTC)  # OverflowError, ValueError or OSError if out of range
-    if epoch is None:
-        return None
-    raise ValueError(f'time: {epoch!r}')
-
-
-def _text(value: Any, limit: int | None = MAX_TEXT) -> str:
-    """A text of a record as a column can hold it: cut to ``limit``, without NUL (PostgreSQL refuses it, and one
-    such record would fail every batch after it)."""
-    if not isinstance(value, str):
-        return ''
-    return value.replace('\x00', '\\x00')[:limit]
 
 
 def ingest_outcomes(connection: Redis, *, using: str = 'default') -> int:
@@ -234,6 +119,8 @@ class RunRow:
     ended_at: datetime | None
     worker: str
     error: str
+    delay: float | None
+    attempts: int | None
 
     @property
     def error_headline(self) -> str:
@@ -243,10 +130,10 @@ class RunRow:
         return Run(id=self.pk, **{name: getattr(self, name) for name in STORED_FIELDS})
 
 
-STORED_FIELDS = ('rq_job_id', 'schedule_type_id', 'schedule_id', 'schedule_name', 'trigger', *RUN_FIELDS)
+STORED_FIELDS = ('rq_job_id', 'schedule_type_id', 'schedule_id', 'schedule_name', 'trigger', *RUN_FIELDS, 'attempts')
 
 
-@dataclass
+@dataclass(slots=True)
 class Transition:
     """A run that reached ``status`` (its first record, or a step forward)."""
 
@@ -312,9 +199,11 @@ def _schedule_rows(facts: Iterable[Fact], using: str) -> dict[tuple[type[Schedul
         wanted.setdefault(fact.model, set()).add(fact.pk)
     rows = {}
     for model, pks in wanted.items():
-        found = model._base_manager.using(using).select_for_update().filter(pk__in=pks)
-        if not any(signal.has_listeners(model) for signal in SIGNALS.values()) and not alerts.wants_whole_rows(model):
-            found = found.only('pk', 'name', 'queue', *SUMMARY_FIELDS)  # receivers get whole rows
+        found: Iterable[ScheduleBase]
+        if any(signal.has_listeners(model) for signal in SIGNALS.values()) or alerts.wants_whole_rows(model):
+            found = model._base_manager.using(using).select_for_update().filter(pk__in=pks)  # receivers get whole rows
+        else:
+            found = BulkWriter(using).read_rows(model, SUMMARY_ROW_FIELDS, sorted(pks), for_update=True)
         for row in found:
             rows[model, row.pk] = row
     return rows
@@ -327,11 +216,13 @@ def _content_type_id(model: type[ScheduleBase]) -> int:
 def _new_run(fact: Fact, row: ScheduleBase, kind: int) -> RunRow:
     return RunRow(
         None, fact.job_id, kind, row.pk, row.name, fact.trigger, fact.status, fact.reason, fact.queue or row.queue,
-        fact.fire_time, fact.enqueued_at, fact.started_at, fact.ended_at, fact.worker, fact.error,
+        fact.fire_time, fact.enqueued_at, fact.started_at, fact.ended_at, fact.worker, fact.error, fact.delay,
+        fact.attempts,
     )  # fmt: skip
 
 
 RANKS = {QUEUED: 0, STARTED: 1}
+RUN_VALUES, FILLED_LATER_VALUES = operator.attrgetter(*RUN_FIELDS), operator.attrgetter(*FILLED_LATER)
 
 
 def _rank(status: str) -> int:
@@ -340,16 +231,21 @@ def _rank(status: str) -> int:
 
 def _merge(run: RunRow, fact: Fact) -> tuple[set[str], bool]:
     """Completes ``run`` with ``fact``; returns the fields it changed, and whether its status moved forward."""
+    if fact.retrying:
+        return attempts.merge_retry(run, fact), False
+    if attempts.is_same_start(run, fact):
+        return set(), False
+    changed = attempts.merge_count(run, fact, RANKS)
     final = fact.status not in OPEN_STATUSES
     moved = _rank(fact.status) > _rank(run.status) or (final and fact.reported and run.reason == GONE)
     overwrite = moved or (final and fact.reported and fact.status == run.status)
     # The worker's own report wins over what the leader inferred of the same end; otherwise only gaps are filled.
-    changed = set()
-    for name in RUN_FIELDS if overwrite else FILLED_LATER:
-        value = getattr(fact, name)
-        if value is None or value == '':
+    # A worker's report of the end says all there is of it: no reason nor error left from an attempt retried.
+    cleared = ('reason', 'error') if overwrite and final and fact.reported else ()
+    names, values = (RUN_FIELDS, RUN_VALUES) if overwrite else (FILLED_LATER, FILLED_LATER_VALUES)
+    for name, value, current in zip(names, values(fact), values(run)):
+        if (value is None or value == '') and name not in cleared:
             continue
-        current = getattr(run, name)
         if value == current if overwrite else current is not None and current != '':
             continue
         setattr(run, name, value)
@@ -375,15 +271,27 @@ def _give_ids(runs: list[RunRow], writer: BulkWriter) -> None:
 
 
 def _write_summaries(transitions: Sequence[Transition], writer: BulkWriter) -> None:
-    touched: dict[tuple[type[ScheduleBase], Any], ScheduleBase] = {}
-    for transition in transitions:
+    touched: dict[int, ScheduleBase] = {}  # by id(): a batch holds one instance per row
+    for transition in _summarized(transitions):
         transition.row.remember(transition.run, transition.status)
-        touched[type(transition.row), transition.row.pk] = transition.row
+        touched[id(transition.row)] = transition.row
     by_model: dict[type[ScheduleBase], list[ScheduleBase]] = {}
-    for (model, _pk), row in touched.items():
-        by_model.setdefault(model, []).append(row)
+    for row in touched.values():
+        by_model.setdefault(type(row), []).append(row)
     for model, rows in by_model.items():
         writer.update(model, rows, SUMMARY_FIELDS)
+
+
+def _summarized(transitions: Sequence[Transition]) -> list[Transition]:
+    """The transitions a summary takes: an open step (queued, started) of a run that moved on within the batch is
+    left out. It counts nothing, and the run's later step overwrites all it would write (the row's last status,
+    the run's entry among the recent runs), so the summary comes out the same."""
+    last = {id(transition.run): index for index, transition in enumerate(transitions)}
+    return [
+        transition
+        for index, transition in enumerate(transitions)
+        if transition.status not in OPEN_STATUSES or last[id(transition.run)] == index
+    ]
 
 
 def send_signals(transitions: Iterable[Transition]) -> None:
@@ -392,7 +300,7 @@ def send_signals(transitions: Iterable[Transition]) -> None:
     for transition in transitions:
         metrics.run_reached(transition.status)
         signal = SIGNALS.get(transition.status)
-        if signal is None or not signal.has_listeners(type(transition.row)):
+        if signal is None or not signal.receivers or not signal.has_listeners(type(transition.row)):
             continue
         run = transition.run.as_run()
         for receiver, result in signal.send_robust(sender=type(transition.row), schedule=transition.row, run=run):
@@ -456,34 +364,4 @@ def _rq_time(value: bytes | None) -> datetime | None:
 
 
 def _decoded(value: bytes | None) -> str:
-    return _text(value.decode(errors='replace')) if value else ''
-
-
-# -- cancel ----------------------------------------------------------------------------------------------------
-
-CANCELED_WITH_SCHEDULE = 'canceled with its schedule'
-
-
-def cancel_waiting_runs(rows: Iterable[ScheduleBase], *, using: str = 'default') -> int:
-    """Takes the runs of ``rows`` still waiting in a queue out of it, recorded as canceled; returns how many.
-
-    A run a worker has already taken is left to finish.
-    """
-    facts = []
-    for row in rows:
-        for run in row.runs.using(using).filter(status=QUEUED):
-            if _take_out_of_queue(run):
-                facts.append(
-                    Fact(run.rq_job_id, type(row), row.pk, CANCELED, reason=CANCELED_WITH_SCHEDULE,
-                         ended_at=django_timezone.now(), queue=run.queue)
-                )  # fmt: skip
-    send_signals(record_facts(facts, using=using))
-    return len(facts)
-
-
-def _take_out_of_queue(run: Run) -> bool:
-    scheduler = servers().scheduler_for(run.queue)
-    queue = scheduler.queues.get(run.queue, None)
-    return bool(
-        scheduler.connection.eval(scripts.CANCEL_QUEUED, 2, queue.key, keys.job_key(run.rq_job_id), run.rq_job_id)
-    )
+    return column_text(value.decode(errors='replace')) if value else ''

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from .core import status
+from .core import pause, status
 from .core.observer import KINDS, EnqueuedJob
 from .models import SCHEDULE_MODELS
 from .runs import CANCELED, FAILED, FINISHED, QUEUED, SKIPPED, STARTED, STOPPED
@@ -40,6 +40,7 @@ RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.
 SAMPLE_EVERY = 5.0
 """Seconds between two reads of the due backlog and the dead letters (one round trip)."""
 OTHER = 'other'
+ALL_QUEUES = 'all'
 RUN_STATUSES = frozenset({QUEUED, STARTED, FINISHED, FAILED, STOPPED, CANCELED, SKIPPED})
 
 _served: Metrics | None = None
@@ -101,6 +102,12 @@ class Metrics:
         )
         self.dead_letters = Gauge(
             'rqscheduler_dead_letters', 'Jobs in the dead letters.', ['server'], registry=registry
+        )
+        self.paused = Gauge(
+            'rqscheduler_paused',
+            '1 while scheduling is paused ("schedules pause"): scope "all" for every queue, else the queue; else 0.',
+            ['server', 'scope'],
+            registry=registry,
         )
         self.schedules_failing = Gauge(
             'rqscheduler_schedules_failing',
@@ -198,6 +205,7 @@ class LoopObserver:
 
     def __init__(self, metrics: Metrics, server: str) -> None:
         self.metrics = metrics
+        self.server = server
         self.is_leader = metrics.is_leader.labels(server)
         self.due_backlog = metrics.due_backlog.labels(server)
         self.dead_letters = metrics.dead_letters.labels(server)
@@ -221,3 +229,17 @@ class LoopObserver:
             return
         self.due_backlog.set(due)
         self.dead_letters.set(dead)
+        try:
+            state = pause.read_pause(scheduler.connection)
+        except redis.RedisError as exc:
+            logger.debug('Could not read the pause: %r', exc)
+            return
+        self.set_paused(state)
+
+    def set_paused(self, state: pause.PauseState) -> None:
+        scopes = {ALL_QUEUES: state.everything is not None}
+        scopes.update((queue, queue in state.queues) for queue in self.metrics.queues)
+        if any(queue not in self.metrics.queues for queue in state.queues):
+            scopes[OTHER] = True
+        for scope, paused in scopes.items():
+            self.metrics.paused.labels(self.server, scope).set(1 if paused else 0)

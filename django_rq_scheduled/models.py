@@ -63,6 +63,11 @@ def _until_the_limit(due: datetime | None) -> datetime | None:
     return due if due is not None and due <= conf.LATEST_SCHEDULE_TIME else None
 
 
+def _slot_time(due: float) -> datetime | None:
+    # Compared as a number: a datetime past the limit may be past year 9999 (OverflowError).
+    return datetime.fromtimestamp(due, tz=scores.UTC) if due <= conf.LATEST_SCHEDULE_TIME.timestamp() else None
+
+
 def check_constraint(condition: Q, name: str) -> models.CheckConstraint:
     import django
 
@@ -346,11 +351,11 @@ class PeriodicSchedule(RunPolicy, ScheduleBase):
 
     @property
     def is_finished(self) -> bool:
-        return self.remaining_runs == 0
+        return self.remaining_runs == 0 or self.window_closed()
 
     @classmethod
     def finished_q(cls) -> Q:
-        return Q(repeat__isnull=False, run_count__gte=models.F('repeat'))
+        return Q(repeat__isnull=False, run_count__gte=models.F('repeat')) | cls.window_closed_q()
 
 
 class RepeatableJob(PeriodicSchedule):
@@ -381,11 +386,13 @@ class RepeatableJob(PeriodicSchedule):
     def interval_seconds(self) -> int:
         return self.interval * UNIT_SECONDS[self.interval_unit]
 
-    def first_due(self, now: datetime, *, begun: bool = False) -> datetime | None:
+    def _first_slot(self, now: datetime, *, begun: bool) -> datetime | None:
         start = _aware(self.scheduled_time).timestamp()
-        due = scores.first_due_slot(start, self.interval_seconds, now.timestamp(), begun=begun)
-        # Compared as a number: a datetime past the limit may be past year 9999 (OverflowError).
-        return datetime.fromtimestamp(due, tz=scores.UTC) if due <= conf.LATEST_SCHEDULE_TIME.timestamp() else None
+        return _slot_time(scores.first_due_slot(start, self.interval_seconds, now.timestamp(), begun=begun))
+
+    def _slot_at_or_after(self, moment: datetime) -> datetime | None:
+        start = _aware(self.scheduled_time).timestamp()
+        return _slot_time(scores.slot_at_or_after(start, self.interval_seconds, moment.timestamp()))
 
     def schedule_meta(self) -> dict[str, Any]:
         return {'kind': 'interval', 'interval': self.interval_seconds}
@@ -407,12 +414,12 @@ class RepeatableJob(PeriodicSchedule):
         known = whole(self.interval) and self._usable('interval') and self._usable('interval_unit')
         return known and self.interval_unit in UNIT_SECONDS and self.interval_seconds > conf.MAX_INTERVAL_SECONDS
 
-    def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
+    def _next_slots(self, count: int, after: datetime) -> list[datetime]:
         """The runs strictly after ``after``, none later than the latest schedule time (conf.py)."""
         if self.is_finished or not self.scheduled_time or not self.interval:
             return []
         start, step = self.scheduled_time, self.interval_seconds
-        elapsed = ((after or django_timezone.now()) - start).total_seconds()
+        elapsed = (after - start).total_seconds()
         first = scores.slots_in(elapsed, step) + 1 if elapsed >= 0 else 0
         limit = count if self.remaining_runs is None else min(count, self.remaining_runs)
         # Whole seconds from the start: a slot past the limit is never built, so no datetime overflows.
@@ -444,8 +451,13 @@ class CronJob(PeriodicSchedule):
         verbose_name_plural = _('cron jobs')
         constraints = [check_constraint(Q(repeat__isnull=True) | Q(repeat__gt=0), 'drqs_cron_repeat_positive')]
 
-    def first_due(self, now: datetime, *, begun: bool = False) -> datetime | None:
+    def _first_slot(self, now: datetime, *, begun: bool) -> datetime | None:
         return _until_the_limit(cron.next_fire_time(self.cron_string, now, self.timezone))
+
+    def _slot_at_or_after(self, moment: datetime) -> datetime | None:
+        return _until_the_limit(
+            cron.next_fire_time(self.cron_string, moment - timedelta(milliseconds=1), self.timezone)
+        )
 
     def schedule_meta(self) -> dict[str, Any]:
         return {'kind': 'cron', 'cron_string': self.cron_string, 'timezone': self.timezone}
@@ -465,11 +477,10 @@ class CronJob(PeriodicSchedule):
         except ValidationError as exc:
             raise ValidationError({'cron_string': exc.messages}) from exc
 
-    def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
+    def _next_slots(self, count: int, after: datetime) -> list[datetime]:
         if self.is_finished:
             return []
         limit = count if self.remaining_runs is None else min(count, self.remaining_runs)
-        after = after or django_timezone.now()
         if limit <= 0 or after >= latest_schedule_time(after):
             return []
         runs = cron.next_fire_times(self.cron_string, after, self.timezone, limit)

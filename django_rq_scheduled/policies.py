@@ -7,17 +7,21 @@ Each policy is a field group mixed into the models, with its rules and the part 
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Now
+from django.utils import timezone as django_timezone
 from django.utils.translation import gettext_lazy as _
 
 from .choices import Catchup
 from .core import limits
-from .row_validation import whole
+from .row_validation import naive_time_errors, whole
 
 
 def _retry_delays_validator(value: Any) -> None:
@@ -113,8 +117,57 @@ class RunPolicy(models.Model):
     class Meta:
         abstract = True
 
+    # -- the window of validity (the loop applies it to each slot: core.run_policy) ----------------------------
+
+    def window_closed(self, now: datetime | None = None) -> bool:
+        """Whether the window is over: the schedule is finished (extending ``valid_until`` reopens it)."""
+        until = _aware(self.valid_until)
+        return until is not None and until < (now or django_timezone.now())
+
+    @staticmethod
+    def window_closed_q() -> Q:
+        return Q(valid_until__lt=Now())
+
+    def within_window(
+        self, due: datetime | None, at_or_after: Callable[[datetime], datetime | None]
+    ) -> datetime | None:
+        """``due``, or the first slot at or after ``valid_from`` (slots before it are none); None after the window."""
+        start, until = _aware(self.valid_from), _aware(self.valid_until)
+        if due is not None and start is not None and due < start:
+            due = at_or_after(start)
+        if due is not None and until is not None and due > until:
+            return None
+        return due
+
+    def window_after(self, after: datetime) -> datetime:
+        """The moment the next runs strictly after ``after`` are counted from: the window's start at the earliest."""
+        start = _aware(self.valid_from)
+        if start is not None and django_timezone.is_aware(after) and after < start:
+            return start - timedelta(milliseconds=1)
+        return after
+
+    def within_window_only(self, runs: list[datetime]) -> list[datetime]:
+        until = _aware(self.valid_until)
+        return [run for run in runs if until is None or run <= until]
+
+    def first_due(self, now: datetime, *, begun: bool = False) -> datetime | None:
+        return self.within_window(self._first_slot(now, begun=begun), self._slot_at_or_after)
+
+    def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
+        """The next ``count`` fire times (aware UTC) within the window of validity, for previews."""
+        return self.within_window_only(self._next_slots(count, self.window_after(after or django_timezone.now())))
+
+    def _first_slot(self, now: datetime, *, begun: bool) -> datetime | None:
+        raise NotImplementedError
+
+    def _slot_at_or_after(self, moment: datetime) -> datetime | None:
+        raise NotImplementedError
+
+    def _next_slots(self, count: int, after: datetime) -> list[datetime]:
+        raise NotImplementedError
+
     def run_policy_errors(self) -> dict[str, Any]:
-        errors: dict[str, Any] = {}
+        errors: dict[str, Any] = naive_time_errors(self, 'valid_from', 'valid_until')
         start, end = self.valid_from, self.valid_until
         if isinstance(start, datetime) and isinstance(end, datetime) and _comparable(start, end) and end <= start:
             errors['valid_until'] = [_('Enter a time after "valid from".')]
@@ -134,6 +187,12 @@ class RunPolicy(models.Model):
             meta['catchup'] = self.catchup
             meta['catchup_limit'] = self.catchup_limit
         return meta
+
+
+def _aware(value: Any) -> datetime | None:
+    if not isinstance(value, datetime):
+        return None
+    return value if django_timezone.is_aware(value) else django_timezone.make_aware(value)
 
 
 def _comparable(first: datetime, second: datetime) -> bool:

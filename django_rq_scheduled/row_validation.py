@@ -92,7 +92,14 @@ class RowValidation(_Row):
         return validators.refusal(self._meta.get_field(name), getattr(self, name)) is None
 
     def _naive_time_error(self, name: str) -> dict[str, Any]:
-        value = getattr(self, name)
+        return naive_time_errors(self, name)
+
+
+def naive_time_errors(row: Any, *names: str) -> dict[str, Any]:
+    """The fields of ``names`` that hold a time without a time zone while USE_TZ is on (Django would only warn)."""
+    errors = {}
+    for name in names:
+        value = getattr(row, name)
         if isinstance(value, datetime) and settings.USE_TZ and django_timezone.is_naive(value):
-            return {name: _('Enter a time with a time zone (USE_TZ is on).')}
-        return {}
+            errors[name] = [_('Enter a time with a time zone (USE_TZ is on).')]
+    return errors

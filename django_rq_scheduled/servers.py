@@ -108,9 +108,18 @@ def template_job(scheduler: Scheduler, row: ScheduleBase, runs: int, *, late_fro
             owner=row.owner,
             version=row.version(),
             **row.policy_meta(),
+            **_fire_time_of_one_off(row),
         )
     )
-    return job
+    return scheduler.jobs.give_retries(job, row.retries, row.retry_delays)
+
+
+def _fire_time_of_one_off(row: ScheduleBase) -> dict[str, Any]:
+    """A one-off's job is its template: its slot (``current_fire_time()`` in the job) is its scheduled time."""
+    scheduled_time = getattr(row, 'scheduled_time', None)
+    if row.is_periodic or scheduled_time is None:
+        return {}
+    return {'fire_time': scheduled_time.timestamp()}
 
 
 def run_now(row: ScheduleBase) -> Job:

@@ -1,4 +1,5 @@
-"""The scheduler status page: one snapshot per Redis server, with retry/discard/cancel buttons (POST + CSRF)."""
+"""The scheduler status page: one snapshot per Redis server, with retry/discard/cancel buttons and the pause of its
+queues (pause/resume, each recorded as a LogEntry), all POST + CSRF, for users who may change the status."""
 
 from __future__ import annotations
 
@@ -8,20 +9,24 @@ from typing import Any
 
 import redis
 from django.contrib import messages
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.auth import get_permission_codename
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
-from django.utils.text import Truncator
+from django.utils.text import Truncator, capfirst
 from django.utils.translation import gettext as _
 
 from .core import keys
+from .core.pause import read_pause
 from .core.scores import utc_datetime
 from .core.status import Member, Status, read_status
 from .models import ScheduleBase
 from .owners import rows_owning
+from .pausing import ServerPause, UnknownQueue, pause_scheduling, resume_scheduling, scope_name
 from .servers import servers
 
 logger = logging.getLogger(__name__)
@@ -87,6 +92,7 @@ def _when(epoch: float | None) -> str:
 def _server_context(request: HttpRequest, name: str, scheduler: Any) -> dict[str, Any]:
     try:
         status = read_status(scheduler.connection)
+        pause = _pause_context(scheduler)
     except redis.RedisError as exc:
         # The error's text names the host and port: it goes to the log, and only its kind onto the page.
         logger.warning('Status page: cannot read the Redis server of queues %s: %s', name, exc)
@@ -95,11 +101,23 @@ def _server_context(request: HttpRequest, name: str, scheduler: Any) -> dict[str
     return {
         'name': name,
         'status': status,
+        'pause': pause,
         'leader_heartbeat': _when(status.leader.last_heartbeat) if status.leader else '—',
         'standbys': [(standby, _when(standby.last_heartbeat)) for standby in status.standbys],
         'next_due': _listed(request, status.next_due, rows),
         'dead_letters': [(letter, _when(letter.score), _when(letter.at)) for letter in status.dead_letters],
         'unowned': _listed(request, [(m, score) for m, score in status.scanned if m.job_id not in rows], rows),
+    }
+
+
+def _pause_context(scheduler: Any) -> dict[str, Any]:
+    state = read_pause(scheduler.connection)
+    shown = [(_('every queue'), state.everything)] if state.everything else []
+    shown += [(queue, record) for queue, record in sorted(state.queues.items())]
+    return {
+        'state': state,
+        'paused': [(scope, record, _when(record.at)) for scope, record in shown],
+        'queues': servers().queues_on(scheduler.connection),
     }
 
 
@@ -154,12 +172,76 @@ def _act(request: HttpRequest, scheduler: Any) -> None:
             messages.error(request, _('Redis failed (%(error)s).') % {'error': type(exc).__name__})
 
 
+def _pause_or_resume(model_admin: Any, request: HttpRequest, server: str) -> None:
+    """The pause and resume buttons of one server: every queue of it ('' posted) or one queue."""
+    queue = request.POST.get('queue', '')
+    queues = [queue] if queue else None
+    try:
+        if request.POST['action'] == 'pause':
+            by = request.user.get_username()
+            results = pause_scheduling(queues, by=by, reason=request.POST.get('reason', '').strip(), server=server)
+        else:
+            results = resume_scheduling(queues, server=server)
+    except (UnknownQueue, ValueError) as exc:
+        messages.error(request, str(exc))
+        return
+    for result in results:
+        _report_pause(model_admin, request, result, request.POST['action'])
+
+
+def _log(request: HttpRequest, model: Any, message: str) -> None:
+    """A LogEntry of the status "object": it has no row, so no object id (and no link to a change page)."""
+    content_type = ContentType.objects.get_for_model(model, for_concrete_model=False)
+    LogEntry.objects.create(
+        user_id=request.user.pk,
+        content_type=content_type,
+        object_id=None,
+        object_repr=str(model._meta.verbose_name),
+        action_flag=CHANGE,
+        change_message=message,
+    )
+
+
+def _report_pause(model_admin: Any, request: HttpRequest, result: ServerPause, action: str) -> None:
+    """A message per scope, and a LogEntry for each that changed (a new reason for a pause counts)."""
+    if result.error:
+        logger.warning('Status page: the %s button failed: %s', action, result.error)
+        messages.error(request, _('Redis failed (%(error)s).') % {'error': result.error})
+        return
+    reason = request.POST.get('reason', '').strip()
+    for scope, changed in result.changed.items():
+        names = {'scope': scope_name(scope), 'server': result.name, 'reason': reason}
+        if action == 'resume':
+            text = _('Resumed %(scope)s on Redis of queues %(server)s') if changed else None
+        elif changed:
+            text = _('Paused %(scope)s on Redis of queues %(server)s') + (': %(reason)s' if reason else '')
+        else:
+            text = (
+                _('Paused %(scope)s on Redis of queues %(server)s already; reason now: %(reason)s') if reason else None
+            )
+        if text is None:
+            unchanged = (
+                _('%(scope)s was not paused on its own.') if action == 'resume' else _('%(scope)s was paused already.')
+            )
+            messages.warning(request, capfirst(unchanged % names))
+            continue
+        _log(request, model_admin.model, text % names)
+        messages.success(request, text % names + '.')
+    if action == 'resume' and result.state and result.state.everything:
+        messages.warning(
+            request, _('Every queue is still paused on Redis of queues %(server)s.') % {'server': result.name}
+        )
+
+
 def status_page(model_admin: Any, request: HttpRequest) -> HttpResponse:
     servers = _servers_by_name()
     can_change = model_admin.has_change_permission(request)
     if request.method == 'POST':
         if not can_change:
             raise PermissionDenied
+        if request.POST.get('action') in ('pause', 'resume'):
+            _pause_or_resume(model_admin, request, request.POST.get('server', ''))
+            return HttpResponseRedirect(request.path)
         scheduler = servers.get(request.POST.get('server', ''))
         if scheduler is None:
             messages.error(request, _('Unknown Redis server.'))

@@ -281,10 +281,12 @@ def _decide(scheduler: Scheduler, row: ScheduleBase, stored: _Stored, now: datet
     runs = max(row.run_count, _runs_in(ours), (stored.done or ('', 0))[1] or 0)
     begun = runs > 0 or ours.get('last_fire_time') is not None
     due = row.first_due(now, begun=begun)
-    if stored.score is not None and stored.score <= now.timestamp() and row.is_periodic:
-        # The template is due and not moved yet (the loop is a few ms behind, or down): editing the row must not
-        # skip that run. It runs with the new definition; the slots after it follow the new one.
-        due = datetime.fromtimestamp(stored.score, tz=UTC)
+    waiting = _waiting_slot(ours, stored.score)
+    if waiting is not None and waiting <= now.timestamp() and row.is_periodic:
+        # The template is due (or its slot is, and it waits for its jitter delay) and not moved yet (the loop is a
+        # few ms behind, or down): editing the row must not skip that run. It runs with the new definition; the
+        # slots after it follow the new one.
+        due = datetime.fromtimestamp(waiting, tz=UTC)
     if due is None or _is_exhausted(row, runs):
         return remove
     # A first run already due when written missed nothing before: its misfire grace counts from now.
@@ -325,6 +327,16 @@ def _ours(scheduler: Scheduler, raw_meta: Any) -> dict[str, Any]:
     except Exception:
         return {}
     return ours if isinstance(ours, dict) else {}
+
+
+def _waiting_slot(ours: dict[str, Any], score: float | None) -> float | None:
+    """The slot a stored template is due for: its score, or the slot it keeps while it waits for a jitter delay."""
+    if score is None:
+        return None
+    slot, due = ours.get('slot'), ours.get('slot_due')
+    if isinstance(slot, float) and isinstance(due, float) and abs(due - score) < 0.001 and slot <= score:
+        return slot
+    return score
 
 
 def _runs_in(ours: dict[str, Any]) -> int:

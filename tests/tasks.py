@@ -58,3 +58,40 @@ def slow_first(seconds: float) -> float:
     if _connection().incr('drqs-test:slow-first') == 1:
         time.sleep(seconds)
     return seconds
+
+
+ATTEMPTS_KEY = 'drqs-test:attempts'
+
+
+def flaky(name: str, failures: int) -> int:
+    """Fails its first ``failures`` attempts, then succeeds; each attempt leaves its number and start time."""
+    connection = _connection()
+    attempt = connection.incr(f'{ATTEMPTS_KEY}:{name}')
+    connection.rpush(f'{ATTEMPTS_KEY}:{name}:started', time.time())
+    fire_time = _current_fire_time()
+    connection.rpush(f'{ATTEMPTS_KEY}:{name}:fire', fire_time.isoformat() if fire_time else '')
+    if attempt <= failures:
+        raise ValueError(f'attempt {attempt} of {name} fails')
+    return attempt
+
+
+def _current_fire_time():  # type: ignore[no-untyped-def]
+    from django_rq_scheduled import current_fire_time
+
+    return current_fire_time()
+
+
+def record_fire_time(label: str) -> None:
+    """Records what ``current_fire_time()`` says inside the job (a plain ``rq worker``: no Django settings)."""
+    from django_rq_scheduled import current_fire_time
+
+    fire_time = current_fire_time()
+    record(label, fire_time.isoformat() if fire_time is not None else None)
+
+
+def slow_at_first(name: str, seconds: float) -> int:
+    """Its first attempt takes ``seconds`` (long enough to kill its worker), later ones return at once."""
+    attempt = flaky(name, 0)
+    if attempt == 1:
+        time.sleep(seconds)
+    return attempt

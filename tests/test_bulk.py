@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection, transaction
+from django.db.models import QuerySet
 
 from django_rq_scheduled.bulk import BulkWriter
 from django_rq_scheduled.models import RepeatableJob, Run
@@ -90,3 +91,37 @@ def test_the_sqlite_shortcut_writes_the_text_django_writes():
         cursor.execute(f'SELECT CAST(fire_time AS TEXT) FROM {Run._meta.db_table} ORDER BY id')
         texts = [text for (text,) in cursor.fetchall()]
     assert texts[0] == texts[1] == '2026-11-27 17:00:00.123456'
+
+
+def test_rows_read_in_bulk_are_the_instances_the_orm_makes():
+    row = a_schedule()
+    summary = {'recent_runs': [[1, 'failed']], 'last_failure_at': MOMENTS[1]}
+    QuerySet(RepeatableJob).filter(pk=row.pk).update(**summary)  # fields the loop alone writes
+    names = ['name', 'queue', 'recent_runs', 'last_failure_at', 'consecutive_failures']
+    with transaction.atomic():
+        (read,) = BulkWriter('default').read_rows(RepeatableJob, names, [row.pk, row.pk + 1000], for_update=True)
+    orm = RepeatableJob.objects.only(*names).get(pk=row.pk)
+    assert type(read) is RepeatableJob
+    assert {name: getattr(read, name) for name in ['pk', *names]} == {
+        name: getattr(orm, name) for name in ['pk', *names]
+    }
+    assert (read._state.adding, read._state.db) == (orm._state.adding, orm._state.db) == (False, 'default')
+    assert read.get_deferred_fields() == orm.get_deferred_fields()
+    assert read.callable == 'tests.tasks.add'  # a deferred field, read when first used
+
+
+def test_rows_read_in_bulk_are_made_by_from_db_for_the_receivers_of_post_init():
+    from django.db.models.signals import post_init
+
+    row = a_schedule()
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance.name)
+
+    post_init.connect(receiver, sender=RepeatableJob)
+    try:
+        (read,) = BulkWriter('default').read_rows(RepeatableJob, ['name'], [row.pk])
+    finally:
+        post_init.disconnect(receiver, sender=RepeatableJob)
+    assert seen == ['s'] and read.name == 's' and not read._state.adding

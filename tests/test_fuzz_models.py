@@ -233,7 +233,8 @@ def check_row(model, row_and_wild_fields, connection):
             assert type(value) is str or same(getattr(stored, name), value) or name == 'callable', (name, value)
         else:
             assert same(getattr(stored, name), value), (name, value, getattr(stored, name))
-    if not stored.enabled:
+    if not stored.enabled or stored.is_finished or stored.first_due(datetime.now(UTC)) is None:
+        # e.g. a window of validity already over, or with no slot inside it: nothing to schedule
         assert connection.zscore(keys.SCHEDULED_JOBS_KEY, row.template_id) is None
         return
     job = Job.fetch(row.template_id, connection=connection)

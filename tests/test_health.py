@@ -328,6 +328,7 @@ def test_a_time_command_renamed_away_falls_back_to_this_hosts_clock():
         [],
         0,
         None,
+        {},
         redis.ResponseError('unknown command'),
     ]
     health, now, earliest = leadership_from(replies)

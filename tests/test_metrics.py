@@ -129,7 +129,7 @@ def exported_names(registry) -> set[str]:
 EXPORTED = {
     'rqscheduler_jobs_enqueued_total', 'rqscheduler_runs_total', 'rqscheduler_enqueue_lateness_seconds_bucket',
     'rqscheduler_enqueue_lateness_seconds_count', 'rqscheduler_enqueue_lateness_seconds_sum', 'rqscheduler_is_leader',
-    'rqscheduler_due_backlog', 'rqscheduler_dead_letters', 'rqscheduler_schedules_failing',
+    'rqscheduler_due_backlog', 'rqscheduler_dead_letters', 'rqscheduler_schedules_failing', 'rqscheduler_paused',
     'rqscheduler_lease_renewals_total', 'rqscheduler_reconcile_duration_seconds_bucket',
     'rqscheduler_reconcile_duration_seconds_count', 'rqscheduler_reconcile_duration_seconds_sum',
 }  # fmt: skip

@@ -48,6 +48,8 @@ def every_hour(**values):
         ({'valid_from': SOON, 'valid_until': SOON}, 'valid_until', 'after'),
         ({'valid_from': SOON, 'valid_until': SOON - timedelta(days=1)}, 'valid_until', 'after'),
         ({'overlap': 'queue'}, 'overlap', 'not a valid choice'),
+        ({'valid_from': datetime(2031, 1, 1)}, 'valid_from', 'time zone'),
+        ({'valid_until': datetime(2031, 1, 1)}, 'valid_until', 'time zone'),
     ],
 )
 def test_a_bad_policy_is_refused_on_its_field_and_nothing_is_written(connection, values, field, words):

@@ -191,3 +191,26 @@ def test_record_texts_any_column_can_hold_on_every_database(redis_url):
         history.decision_fact({'schedule': row.template_id, 'outcome': 'enqueued', 'job': 'x' * 300}, RepeatableJob, 1)
     with pytest.raises(ValueError, match='job id'):
         history.decision_fact({'schedule': row.template_id, 'outcome': 'enqueued', 'job': 'a b'}, RepeatableJob, 1)
+
+
+def test_a_batch_holding_several_steps_of_its_runs_summarizes_as_one_step_at_a_time(redis_url):
+    one_by_one, batched = schedule('one by one'), schedule('batched')
+    statuses = ['finished', 'failed', 'failed', 'stopped', 'finished', 'failed', 'skipped'] * 6  # past the strip's 30
+    for row, batches in ((one_by_one, len(statuses) * 2), (batched, 1)):
+        facts = []
+        for number in range(len(statuses)):
+            facts.append(fact(row, number, 'queued', ended=datetime(2030, 1, 1, tzinfo=UTC)))
+        for number, status in enumerate(statuses):
+            facts.append(
+                fact(row, number, status, ended=datetime(2030, 1, 2, number % 24, tzinfo=UTC), error=f'E: {number}')
+            )
+        for start in range(0, len(facts), len(facts) // batches):
+            history.record_facts(facts[start : start + len(facts) // batches])
+    names = ['last_status', 'last_success_at', 'last_failure_at', 'consecutive_failures', 'success_count',
+             'failure_count', 'last_error']  # fmt: skip
+    one_by_one.refresh_from_db()
+    batched.refresh_from_db()
+    assert {name: getattr(batched, name) for name in names} == {name: getattr(one_by_one, name) for name in names}
+    offset = min(run[0] for run in batched.recent_runs) - min(run[0] for run in one_by_one.recent_runs)
+    assert [[pk - offset, status] for pk, status in batched.recent_runs] == one_by_one.recent_runs
+    assert len(batched.recent_runs) == 30 and batched.recent_runs[-1][1] == 'skipped'

@@ -11,7 +11,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from django_rq_scheduled import history
+from django_rq_scheduled import cancel, history
 from django_rq_scheduled.core import keys
 from django_rq_scheduled.models import RepeatableJob, Run
 from django_rq_scheduled.servers import run_now
@@ -149,7 +149,7 @@ def test_cancel_takes_waiting_runs_out_of_their_queue_and_disable_does_not(super
     superuser.post(url, {'action': 'cancel_selected', '_selected_action': [cancelled.pk], 'confirmed': 'yes'})
     assert queue_ids(connection) == [waiting_disabled.id]
     run = Run.objects.get(rq_job_id=waiting_cancelled.id)
-    assert (run.status, run.reason) == ('canceled', history.CANCELED_WITH_SCHEDULE)
+    assert (run.status, run.reason) == ('canceled', cancel.CANCELED_WITH_SCHEDULE)
     assert connection.hget(keys.job_key(waiting_cancelled.id), 'status') == b'canceled'
     assert Run.objects.get(rq_job_id=waiting_disabled.id).status == 'queued'
 
@@ -232,3 +232,11 @@ def test_the_run_list_answers_any_query(superuser, connection, params):
     assert response.status_code in (200, 302)
     if params == {'kind': 'repeatablejob'}:
         assert response.context['cl'].result_count == 1
+
+
+def test_the_run_page_shows_its_attempts_and_its_jitter_delay(superuser, connection):
+    row = schedule()
+    run = record(row, 'finished', 1, attempts=3, delay=1.25, reported=True)
+    page = superuser.get(reverse('admin:django_rq_scheduled_run_change', args=[run.pk])).content.decode()
+    assert 'Attempts' in page and '>3<' in page.replace(' ', '')
+    assert 'Jitter delay' in page and '1.25' in page

@@ -33,6 +33,8 @@ from . import keys, scripts
 logger = logging.getLogger(__name__)
 
 SUCCESS, FAILURE, STOPPED = 'finished', 'failed', 'stopped'
+RETRYING = 'retrying'
+"""A failed attempt that RQ tries again (the job has retries left): the run goes on, it has not failed."""
 CHAINABLE = {
     'on_success': 'django_tasks_rq.backend.success_callback',
     'on_failure': 'django_tasks_rq.backend.failed_callback',
@@ -67,8 +69,11 @@ def record_failure(
     **kwargs: Any,
 ) -> None:
     name = exc_type.__name__ if exc_type is not None else ''
+    # RQ calls this before it decides to retry (the worker, and the cleanup of an abandoned job, alike): it retries
+    # a job with retries left, so that is the record's status.
+    status = RETRYING if will_retry(job) else FAILURE
     _append(
-        connection, job, outcome(job, FAILURE, reason=_REASONS.get(name, ''), error=error_text(exc_type, exc_value, tb))
+        connection, job, outcome(job, status, reason=_REASONS.get(name, ''), error=error_text(exc_type, exc_value, tb))
     )
     _call_chained(job, 'on_failure', connection, exc_type, exc_value, tb, *args, **kwargs)
 
@@ -93,7 +98,8 @@ def _call_chained(job: Job, event: str, *arguments: Any, **options: Any) -> None
 
 
 def outcome(job: Job, status: str, *, reason: str = '', error: str = '') -> dict[str, Any]:
-    """The record of one run's end: what the leader needs to find its ``Run`` and complete it."""
+    """The record of one run's end (or of one of its attempts): what the leader needs to find its ``Run`` and
+    complete it."""
     return {
         'job': job.id,
         'status': status,
@@ -102,7 +108,24 @@ def outcome(job: Job, status: str, *, reason: str = '', error: str = '') -> dict
         'worker': job.worker_name or '',
         'reason': reason,
         'error': error,
+        'attempt': attempt(job),
     }
+
+
+def will_retry(job: Job) -> bool:
+    left = job.retries_left
+    return isinstance(left, int) and left > 0
+
+
+def attempt(job: Job) -> int:
+    """Which attempt of its run ``job`` is making (1 for the first): RQ keeps the retries left, our meta the retries
+    in all."""
+    ours = job.meta.get(keys.META_KEY)
+    total = ours.get('retries') if isinstance(ours, dict) else None
+    if type(total) is not int or total <= 0:
+        return 1
+    left = job.retries_left if isinstance(job.retries_left, int) else 0
+    return min(max(total - left, 0), total) + 1
 
 
 def error_text(exc_type: type[BaseException] | None, exc_value: BaseException | None, tb: TracebackType | None) -> str:

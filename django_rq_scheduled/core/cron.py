@@ -7,6 +7,7 @@ import re
 import threading
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadDateError, croniter
@@ -96,9 +97,7 @@ def next_fire_time(cron_string: str, after: datetime, timezone: str = 'UTC') -> 
 
     None when the expression never fires again.
     """
-    schedule = _get_schedule(cron_string)
-    zone = get_zone(timezone)
-    return _as_aware_utc(_next_instant(schedule, zone, _to_naive_utc(after, 'after')))
+    return _cached(_next_fire_time, cron_string, _to_naive_utc(after, 'after'), timezone)
 
 
 def latest_fire_time(cron_string: str, at_or_before: datetime, timezone: str = 'UTC') -> datetime | None:
@@ -106,9 +105,25 @@ def latest_fire_time(cron_string: str, at_or_before: datetime, timezone: str = '
 
     None when there is none within the 400 days before ``at_or_before``.
     """
-    schedule = _get_schedule(cron_string)
-    zone = get_zone(timezone)
-    return _as_aware_utc(_latest_instant(schedule, zone, _to_naive_utc(at_or_before, 'at_or_before')))
+    return _cached(_latest_fire_time, cron_string, _to_naive_utc(at_or_before, 'at_or_before'), timezone)
+
+
+def _cached(answer: Any, cron_string: Any, moment: datetime, timezone: Any) -> datetime | None:
+    # Thousands of templates on one expression ("0 * * * *") ask the same question in one move: asked once. Only
+    # text is cached (anything else is refused by the uncached call, with its own message).
+    if isinstance(cron_string, str) and isinstance(timezone, str):
+        return cast('datetime | None', answer(cron_string, moment, timezone))
+    return cast('datetime | None', answer.__wrapped__(cron_string, moment, timezone))
+
+
+@functools.lru_cache(maxsize=4096)
+def _next_fire_time(cron_string: str, after: datetime, timezone: str) -> datetime | None:
+    return _as_aware_utc(_next_instant(_get_schedule(cron_string), get_zone(timezone), after))
+
+
+@functools.lru_cache(maxsize=4096)
+def _latest_fire_time(cron_string: str, at_or_before: datetime, timezone: str) -> datetime | None:
+    return _as_aware_utc(_latest_instant(_get_schedule(cron_string), get_zone(timezone), at_or_before))
 
 
 def next_fire_times(cron_string: str, after: datetime, timezone: str = 'UTC', count: int = 5) -> list[datetime]:

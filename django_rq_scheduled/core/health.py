@@ -15,7 +15,9 @@ from typing import Any
 
 import redis
 
-from . import keys, limits
+from . import keys, limits, scripts
+from .due_reads import DueReader
+from .pause import PauseState, queue_pause_read, state_from
 from .status import Member, leader_name, readable_replies, server_seconds
 
 SHOWN_NAME_LENGTH = 200
@@ -45,6 +47,9 @@ class ServerHealth:
     dead_letters: int = 0
     problems: dict[str, str] = field(default_factory=dict)
     """Key → why it could not be read (a key of the wrong type)."""
+    pause: PauseState = field(default_factory=PauseState)
+    overdue_paused_only: bool = False
+    """Every overdue entry belongs to a paused queue: the backlog is the pause's, not a stuck scheduler's."""
 
 
 def queue_leadership_reads(pipe: Any) -> None:
@@ -54,6 +59,7 @@ def queue_leadership_reads(pipe: Any) -> None:
     pipe.zrange(keys.SCHEDULED_JOBS_KEY, 0, 0, withscores=True)
     pipe.hlen(keys.DEAD_LETTERS_KEY)
     pipe.get(keys.LEADER_BEAT_KEY)
+    queue_pause_read(pipe)
     pipe.time()  # ages by the server's clock, the one the schedulers judge by
 
 
@@ -66,8 +72,9 @@ def leadership_from(replies: list[Any]) -> tuple[ServerHealth, float, float | No
     """The health read from the replies of ``queue_leadership_reads``, the server's time, and the earliest due
     time in the schedule (None when it is empty or unreadable)."""
     health = ServerHealth()
-    *reads, server_time = replies
+    *reads, pause_reply, server_time = replies
     lock, instances, first, dead, beat_period = readable_replies(reads, _READ_KEYS, health.problems)
+    health.pause = state_from(pause_reply)
     # A managed Redis may rename TIME away: the loop then keeps its host's clock, and so does the check.
     now = server_seconds(None if isinstance(server_time, Exception) else server_time)
     leader = leader_name(lock) if isinstance(lock, bytes) else None
@@ -114,6 +121,17 @@ def _count_due(connection: redis.Redis, health: ServerHealth, now: float, max_la
         pipe.zcount(keys.SCHEDULED_JOBS_KEY, '-inf', f'({now - max_lateness}')
         due, overdue = readable_replies(pipe.execute(raise_on_error=False), _READ_KEYS[2:3] * 2, health.problems)
     health.due, health.overdue = due or 0, overdue or 0
+    if health.overdue and health.pause.any:
+        health.overdue_paused_only = health.pause.everything is not None or not _overdue_of_running_queues(
+            connection, now - max_lateness
+        )
+
+
+def _overdue_of_running_queues(connection: redis.Redis, latest: float) -> bool:
+    """Whether an entry due before ``latest`` belongs to a queue that is not paused (read as the loop reads, which
+    steps over paused ones)."""
+    reader = DueReader(connection.register_script(scripts.READ_DUE), keys.JOB_KEY_PREFIX, [b'origin'])
+    return bool(reader.read(latest, 0, 1).pairs)
 
 
 def bounded(connection: redis.Redis, seconds: float | None = None) -> tuple[redis.Redis, Callable[[], None]]:

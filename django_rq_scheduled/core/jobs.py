@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from redis import Redis
@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import Serializer
 from rq.utils import parse_timeout
 
-from . import keys, limits, payloads, scripts
+from . import keys, limits, payloads, retries, run_policy, scripts
 from .allowlist import AllowList
 from .limits import OVERLAP_POLICIES
 from .queues import validated_queue_name
@@ -41,9 +41,10 @@ Refusal = Callable[[str], 'str | None']
 """Why a callable path may not run (None: it may)."""
 
 
-TEMPLATE_FORMAT = 2
+TEMPLATE_FORMAT = 3
 """What a row's template holds, as a number in its definition digest: raised when that changes (2: the outcome
-callbacks of ``capture``), so that reconciliation rewrites every template once after an upgrade."""
+callbacks of ``capture``; 3: RQ's retry fields, a one-off's fire time), so that reconciliation rewrites every
+template once after an upgrade."""
 
 
 def validated_repeat(repeat: object) -> int | None:
@@ -231,6 +232,15 @@ class JobBuilder:
             at_front=bool(options['at_front']),
         )
 
+    def one_off(
+        self, func: Any, policies: Mapping[str, Any], options: dict[str, Any], retry: tuple[object, object]
+    ) -> Job:
+        """The (unsaved) job of ``Scheduler.schedule()`` without an interval: run policies are for periodic jobs."""
+        run_policy.check_names(policies)
+        if policies:
+            raise ValueError(f'{min(policies)}: only a periodic job (with an interval) has run policies')
+        return self.give_retries(self.create(func, commit=False, **options), *retry)
+
     def template(
         self,
         func: Any,
@@ -240,10 +250,15 @@ class JobBuilder:
         misfire_grace: object,
         overlap: object,
         options: dict[str, Any],
+        retry: tuple[object, object] = (0, None),
+        policies: Mapping[str, Any] | None = None,
     ) -> Job:
         """Validates and builds (unsaved) the template of a periodic job of the API; ``meta`` from
-        ``template_meta``, completed here with the validated repeat, misfire grace and overlap."""
+        ``template_meta``, completed here with the validated repeat, misfire grace, overlap, ``retry``
+        (``(retries, retry_delays)``) and run policies (``run_policy.api_meta``'s arguments)."""
         remaining = validated_repeat(repeat)
+        run_policy.check_names(policies or {})
+        policy_meta = run_policy.api_meta(**(policies or {}))
         if overlap not in OVERLAP_POLICIES:
             raise ValueError(f'overlap: expected one of {OVERLAP_POLICIES}, got {overlap!r}')
         grace = None if misfire_grace is None else limits.to_seconds(misfire_grace, 'misfire_grace', at_most=None)
@@ -251,9 +266,19 @@ class JobBuilder:
             raise ValueError('depends_on: not supported for periodic jobs (each run would wait on one old job)')
         job = self.create(func, commit=False, **options)
         job.meta.update(meta)
-        job.meta[keys.META_KEY].update({'misfire_grace': grace, 'overlap': overlap, 'runs': 0})
+        job.meta[keys.META_KEY].update({'misfire_grace': grace, 'overlap': overlap, 'runs': 0, **policy_meta})
         if remaining is not None:
             job.meta['repeat'] = remaining
+        return self.give_retries(job, *retry)
+
+    @staticmethod
+    def give_retries(job: Job, retries_: object, retry_delays: object) -> Job:
+        """Validates a retry policy and gives it to ``job``: RQ's retry fields (a one-off's run, a manual run) and
+        our part of its meta (read by the loop for each occurrence of a template, and by ``capture``)."""
+        count, delays = retries.validated(retries_, retry_delays)
+        if count:
+            retries.apply(job, count, delays)
+            job.meta.setdefault(keys.META_KEY, {}).update({'retries': count, 'retry_delays': delays})
         return job
 
     def extra_run(self, template: Job, **callbacks: Any) -> Job:
@@ -262,13 +287,32 @@ class JobBuilder:
         ``on_success``, ``on_failure`` and ``on_stopped``."""
         meta = {name: value for name, value in template.meta.items() if name not in keys.SCHEDULING_META_KEYS}
         meta[keys.META_KEY] = {'template': template.id, 'run_now': True}
-        return self.create(
+        run = self.create(
             template.func_name, args=template.args, kwargs=template.kwargs, commit=False,
             result_ttl=template.result_ttl, ttl=template.ttl,
             id=keys.manual_run_id(template.id, round(time.time() * 1000)), description=template.description,
             queue_name=template.origin, timeout=template.timeout, meta=meta, at_front=bool(template.enqueue_at_front),
             **callbacks,
         )  # fmt: skip
+        # A run by hand is tried as often as a scheduled one: the policy is the schedule's, not the slot's.
+        return self.give_retries(run, *retries.of_meta(template.meta.get(keys.META_KEY) or {}))
+
+    def slot_run(self, template: Job, fire_time: float, **callbacks: Any) -> Job:
+        """An unsaved run of a template of ours for one of its slots (a backfill): the slot's occurrence id, as the
+        loop would have given it."""
+        run = self.extra_run(template, **callbacks)
+        run.id = keys.occurrence_id(template.id, round(fire_time * 1000))
+        run.meta[keys.META_KEY] = {'template': template.id, 'fire_time': fire_time}
+        return run
+
+    def enqueue_once(self, run: Job, queue_key: str, enqueued_at: str) -> bool:
+        """Enqueues ``run`` unless its job hash exists (checked and written in one Lua call, so two callers at once
+        enqueue it once); True if it was enqueued."""
+        mapping = {**run.to_dict(), 'status': 'queued', 'enqueued_at': enqueued_at}
+        flat = [item for pair in mapping.items() for item in pair]
+        push = 'LPUSH' if run.enqueue_at_front else 'RPUSH'
+        job_keys = [keys.job_key(run.id), queue_key, keys.QUEUES_SET_KEY]
+        return bool(self.connection.eval(scripts.ENQUEUE_ONCE, 3, *job_keys, run.id, push, *flat))
 
     def check_callable(self, job: Job) -> None:
         """The loop's own check, at call time: a refused job raises here instead of becoming a dead letter."""

@@ -16,10 +16,19 @@ INSTANCE_KEY_PREFIX = 'rq:scheduler_instance:'
 JOB_KEY_PREFIX = 'rq:job:'
 QUEUES_SET_KEY = 'rq:queues'
 """RQ's set of queue keys: a move adds the queue it pushes to, as RQ's own enqueue does."""
+RQ_QUEUE_PREFIX = 'rq:queue:'
+RQ_SCHEDULED_REGISTRY_PREFIX = 'rq:scheduled:'
+"""RQ's ``ScheduledJobRegistry`` of a queue (by name): where a retry with a delay waits."""
+RQ_SCHEDULER_LOCK_PREFIX = 'rq:scheduler-lock:'
+"""RQ's own scheduler holds a queue by this lock (``rq.scheduler.SCHEDULER_LOCKING_KEY_TEMPLATE``)."""
 
 WAKEUP_KEY = 'rq:drqs:wakeup'
 NEXT_WAKEUP_KEY = 'rq:drqs:next_wakeup'
 DEAD_LETTERS_KEY = 'rq:drqs:dead_letters'
+PAUSED_KEY = 'rq:drqs:paused'
+"""The pause of this Redis server (``core.pause``): a hash of scope → JSON record (who, when, why)."""
+PAUSE_ALL = '*'
+"""The scope (a field of ``PAUSED_KEY``) of a pause of every queue; any other field is one queue's name."""
 WAKEUP_KEYS = (SCHEDULED_JOBS_KEY, NEXT_WAKEUP_KEY, WAKEUP_KEY)
 """The keys of a write that may wake a sleeping leader (``scripts.SCHEDULE`` and others): schedule, wake-ups."""
 INSTANCES_KEY = 'rq:drqs:instances'

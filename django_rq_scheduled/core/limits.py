@@ -29,8 +29,25 @@ MAX_JITTER = MAX_SECONDS
 DEFAULT_CATCHUP_LIMIT = 100
 MAX_CATCHUP_LIMIT = 10_000
 """Missed slots run one by one after downtime (catch-up ``all``); older ones are recorded as skipped."""
+ON_TIME_SECONDS = 5.0
+"""A slot the loop reaches at most this late is on time; a later one was missed (what catch-up is about)."""
+CATCHUP_RUNS_PER_MOVE = 100
+"""Missed slots run by one move with catch-up ``all``: the template stays due at the next one, so one move (one Lua
+call) stays small whatever the downtime."""
+SKIPPED_RECORDS_PER_MOVE = 100
+"""Skipped slots one move records one by one (the newest); older ones make one summary record."""
+MAX_SLOTS_COUNTED = 1_000
+"""Of a cron string's skipped slots, counted for a summary record (each costs a cron evaluation): "more than"."""
+MAX_BACKFILL_SLOTS = 10_000
+"""Slots one backfill enqueues unless told otherwise (``--max``)."""
 OVERLAP_POLICIES = ('allow', 'skip', 'buffer_one', 'cancel_other')
 CATCHUP_POLICIES = ('latest', 'none', 'all')
+
+MAX_PAUSED_SCAN = 2_000
+"""Due entries of paused queues one read of the due jobs steps over at most (one Lua call): the read goes on in
+further calls, so Redis is never blocked long by a large paused backlog."""
+MAX_PAUSE_REASON = 500
+"""Characters of the reason given for a pause."""
 
 DEFAULT_LEASE_TTL = 5.0
 DEFAULT_BATCH_SIZE = 500

@@ -52,7 +52,11 @@ class Loop:
         self.observer: Observer = SILENT
         self._observer_failed = False
         self._failing_hooks: set[TickHook] = set()
+        self._paused = False
+        self._pause_problem = ''
         self._arm_script = scheduler.connection.register_script(scripts.ARM_WAKEUP)
+        self._next_retry_due: float | None = None
+        self._release_failing = False
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -143,13 +147,28 @@ class Loop:
             self._observe_tick()
             self.stop.wait(self._standby_wait())
             return False
-        scheduler.move_due_jobs()
+        report = scheduler.move_due_jobs()
+        self._note_pause(report)
+        self._next_retry_due = self._release_due_retries()
         self._run_tick_hooks()
         self._observe_tick()
         if burst:
             return True
-        self._sleep_until_next_due()
+        # Due entries of paused queues stay due: waking for them would spin; the loop wakes for later entries, a
+        # producer's wake-up (a resume pushes one) or its longest sleep.
+        self._sleep_until_next_due(after=report.read_at if getattr(report, 'paused', 0) else None)
         return False
+
+    def _note_pause(self, report: Any) -> None:
+        """Logs when this server's pause begins and ends, and a pause key it cannot read, once each."""
+        paused = getattr(report, 'paused', 0) == -1
+        if paused != self._paused:
+            logger.info('Scheduling is paused on this Redis server' if paused else 'Scheduling runs again')
+        self._paused = paused
+        problem = getattr(report, 'pause_problem', '')
+        if problem and problem != self._pause_problem:
+            logger.error('The pause key %s cannot be read (%s): nothing is paused', keys.PAUSED_KEY, problem)
+        self._pause_problem = problem
 
     def _refresh_clock(self) -> None:
         try:
@@ -168,6 +187,21 @@ class Loop:
             raise
         except redis.RedisError as exc:
             logger.warning('Heartbeat failed (%s); the loop goes on', exc)
+
+    def _release_due_retries(self) -> float | None:
+        # Retries are RQ's jobs in RQ's keys: a refusal there (say, a script Redis will not run) must not stop the
+        # moves of the schedule or the tick hooks. An unreachable Redis or a lost lease ends the tick.
+        try:
+            next_due = self.scheduler.mover.release_due_retries()
+        except REDIS_UNREACHABLE_ERRORS:
+            raise
+        except redis.RedisError as exc:
+            if not self._release_failing:
+                logger.warning('Could not move due retries back to their queues (%s); the loop goes on', exc)
+            self._release_failing = True
+            return None
+        self._release_failing = False
+        return next_due
 
     def _run_tick_hooks(self) -> None:
         for hook in self.hooks:
@@ -206,16 +240,17 @@ class Loop:
             longest = min(longest, socket_timeout * 0.8)
         return longest
 
-    def _sleep_until_next_due(self) -> None:
-        """Blocks until the next due time, a producer's wake-up, or the longest sleep, whichever is first."""
+    def _sleep_until_next_due(self, after: float | None = None) -> None:
+        """Blocks until the next due time (of entries due later than ``after``, if given), a producer's wake-up, or
+        the longest sleep, whichever is first."""
         clock = self.scheduler.clock
         now = clock.now()
         latest = now + self._longest_sleep()
-        earliest = self._arm_script(
-            keys=list(keys.WAKEUP_KEYS),
-            args=[format_score(latest), math.ceil((latest - now) * 1000) + 1000],
-        )
+        args: list[Any] = [format_score(latest), math.ceil((latest - now) * 1000) + 1000]
+        earliest = self._arm_script(keys=list(keys.WAKEUP_KEYS), args=args if after is None else [*args, repr(after)])
         wake_at = min(latest, float(earliest)) if earliest is not None else latest
+        if self._next_retry_due is not None:  # a delayed retry waiting in RQ's registry: no producer wakes us for it
+            wake_at = min(wake_at, self._next_retry_due)
         wait = wake_at - clock.now()
         if wait > 0.001 and not self.stop.is_set():
             # Timed in Python: Redis times out blocked clients on its own clock tick (100 ms at the default hz),

@@ -20,13 +20,15 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import buffers, keys, overlap, scripts
+from . import buffers, keys, overlap, retries, scripts
 from .clock import ServerClock
+from .due_reads import READ_DUE_KEYS, DueRead, DueReader
 from .errors import LeadershipLost
 from .jobs import Refusal
 from .lease import Lease
-from .moves import DEAD, ENQUEUED, UNREADABLE, Entry, Parsed, Planner
+from .moves import DEAD, ENQUEUED, Entry, Parsed, Planner
 from .observer import SILENT, EnqueuedJob, Observer, kind_of
+from .policy_moves import FINISHED, POSTPONED
 from .queues import Queues
 from .scores import guard_score
 
@@ -34,9 +36,9 @@ logger = logging.getLogger(__name__)
 
 PLANNING_FIELDS = (
     b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
-    b'dependency_id', b'dependency_ids',
+    b'dependency_id', b'dependency_ids', b'retries_left', b'retry_intervals',
 )  # fmt: skip
-READ_DUE_KEYS = [keys.SCHEDULED_JOBS_KEY, keys.BUFFERED_KEY]
+MOVE_KEYS = (keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY)
 Pairs = list[tuple[Any, Any]]
 Fields = list[dict[bytes, bytes]]
 
@@ -50,6 +52,12 @@ class MoveReport:
     skipped: list[str | bytes] = field(default_factory=list)
     buffered: list[str | bytes] = field(default_factory=list)
     batches: int = 0
+    paused: int = 0
+    """Due entries of paused queues the pass stepped over (left in the schedule, due); -1: every queue is paused."""
+    pause_problem: str = ''
+    """Why the pause key cannot be read (it then pauses nothing), or ''."""
+    read_at: float | None = None
+    """The instant the pass read the due jobs at: the due entries it stepped over are due up to there."""
 
     @property
     def count(self) -> int:
@@ -169,6 +177,7 @@ class Mover:
         self.observer: Observer = SILENT
         self._move_script = connection.register_script(scripts.MOVE)
         self._read_due_script = connection.register_script(scripts.READ_DUE)
+        self.reader = DueReader(self._read_due_script, job_class.redis_job_namespace_prefix, PLANNING_FIELDS)
         self._scripts_loaded_on: redis.ConnectionPool | None = None
         self._scripts_missing = False
         self._waits = False  # whether this pass's reads saw a buffered occurrence waiting (overlap buffer_one)
@@ -189,25 +198,28 @@ class Mover:
         return report
 
     def _move_due_batches(self, report: MoveReport) -> None:
-        now = self.clock.now()
-        pairs, fields = self.read_due(now, count=2 * self.batch_size)
+        now = report.read_at = self.clock.now()
+        pairs, fields = self._take(self.reader.read(now, 0, 2 * self.batch_size), report)
         current = self.plan_batch(pairs[: self.batch_size], fields[: self.batch_size], now)
         ahead = (pairs[self.batch_size :], fields[self.batch_size :], now)
         while current.entries:
             if not ahead[0] or self.stop.is_set():
                 self.apply_batch(current, report, fenced=True)
                 return
+            # Entries of paused queues stay where they are: the next read starts after those stepped over so far.
+            offset = self.batch_size + max(report.paused, 0)
             read_at = self.clock.now()
-            pending = self._send_move_and_read(current, offset=self.batch_size, now=read_at)
+            pending = self._send_move_and_read(current, offset=offset, now=read_at)
             try:
                 upcoming = self.plan_batch(*ahead)
             finally:
-                move_reply, read_reply = self._replies(pending, current, read_at)
+                move_reply, read_reply = self._replies(pending, current, read_at, offset)
             # A batch that moved nothing (entries that cannot even be dead-lettered, or all changed by producers
             # meanwhile) would be met again at once: leave the rest to the next tick instead of spinning.
             if not self._finish_batch(current, move_reply, report, fenced=True):
                 return
-            current, ahead = upcoming, (*self._parse_read_due(read_reply), read_at)
+            pairs, fields = self._take(self.reader.finish(read_reply, read_at, offset, self.batch_size), report)
+            current, ahead = upcoming, (pairs, fields, read_at)
             self.lease.renew_if_due()
 
     def move_members(
@@ -240,24 +252,19 @@ class Mover:
     # -- reading and planning -------------------------------------------------------------------------------
 
     def read_due(self, now: float, count: int | None = None) -> tuple[Pairs, Fields]:
-        """Due members with their scores, and the fields their moves are planned from: one round trip."""
-        flat = self._read_due_script(keys=READ_DUE_KEYS, args=self._read_due_args(now, 0, count or self.batch_size))
-        return self._parse_read_due(flat)
+        """Due members with their scores, and the fields their moves are planned from, those of paused queues
+        left out: one round trip, more only behind a large paused backlog."""
+        return self._take(self.reader.read(now, 0, count or self.batch_size), MoveReport())
 
-    def _read_due_args(self, now: float, offset: int, count: int) -> list[Any]:
-        return [self.job_class.redis_job_namespace_prefix, repr(now), offset, count, *PLANNING_FIELDS]
-
-    def _parse_read_due(self, flat: list[Any]) -> tuple[Pairs, Fields]:
-        self._waits = self._waits or flat[0] == 1
-        flat = flat[1:]
-        width = 3 + len(PLANNING_FIELDS)
-        rows = [flat[start : start + width] for start in range(0, len(flat), width)]
-        pairs = [(row[0], row[1]) for row in rows]
-        fields = [
-            {UNREADABLE: row[2]} if row[2] else {name: value for name, value in zip(PLANNING_FIELDS, row[3:]) if value}
-            for row in rows
-        ]
-        return pairs, fields
+    def _take(self, read: DueRead, report: MoveReport) -> tuple[Pairs, Fields]:
+        """The entries of a read; what it saw besides goes into ``report`` (the pause) and ``_waits``."""
+        self._waits = self._waits or read.waits
+        report.pause_problem = read.problem
+        if read.stepped_over < 0 or report.paused < 0:
+            report.paused = -1
+        else:
+            report.paused += read.stepped_over
+        return read.pairs, read.fields
 
     def planner(self, now: float) -> Planner:
         return Planner(
@@ -268,6 +275,10 @@ class Mover:
             default_timezone=self.timezone,
             callable_refusal=self.refusal,
         )
+
+    def release_due_retries(self) -> float | None:
+        """Moves RQ's due delayed retries back to their queues (``retries.release_due``); the next one's due time."""
+        return retries.release_due(self.connection, self.lease, now=self.clock.now())
 
     def plan_batch(self, pairs: Pairs, fields: Fields | None, now: float) -> Batch:
         """Decodes the due members, reads what their moves also need (whole templates, previous runs), plans."""
@@ -333,15 +344,15 @@ class Mover:
     def _send_move_and_read(self, batch: Batch, *, offset: int, now: float) -> PendingReplies:
         """Sends the move of ``batch`` and the read of the due jobs after the next ``offset``, without waiting."""
         move = self._move_argv(batch.planner, batch.fast_entries, fenced=True)
-        read = self._read_due_args(now, offset, self.batch_size)
+        read = self.reader.args(now, offset, self.batch_size)
         self._load_scripts_once()
         commands = [
-            ('EVALSHA', self._move_script.sha, 2, keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, *move),
+            ('EVALSHA', self._move_script.sha, len(MOVE_KEYS), *MOVE_KEYS, *move),
             ('EVALSHA', self._read_due_script.sha, len(READ_DUE_KEYS), *READ_DUE_KEYS, *read),
         ]
         return PendingReplies(self.connection.connection_pool, commands)
 
-    def _replies(self, pending: PendingReplies, batch: Batch, read_at: float) -> tuple[Any, Any]:
+    def _replies(self, pending: PendingReplies, batch: Batch, read_at: float, offset: int) -> tuple[Any, Any]:
         """The replies of a pipelined move and read; either one is redone if Redis had lost its script."""
         move_reply, read_reply = pending.wait()
         if isinstance(move_reply, redis.exceptions.NoScriptError):
@@ -350,7 +361,7 @@ class Mover:
         if isinstance(read_reply, redis.exceptions.NoScriptError):
             self._scripts_missing = True
             read_reply = self._read_due_script(
-                keys=READ_DUE_KEYS, args=self._read_due_args(read_at, self.batch_size, self.batch_size)
+                keys=READ_DUE_KEYS, args=self.reader.args(read_at, offset, self.batch_size)
             )
         if isinstance(read_reply, Exception):
             raise read_reply
@@ -379,7 +390,7 @@ class Mover:
 
     def _call_move(self, argv: list[Any]) -> list[Any]:
         try:
-            results: list[Any] = self._move_script(keys=[keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY], args=argv)
+            results: list[Any] = self._move_script(keys=MOVE_KEYS, args=argv)
         except redis.ResponseError as exc:
             self._raise_move_error(exc)
         return results
@@ -455,7 +466,12 @@ class Mover:
 
 
 def _report(entry: Entry, report: MoveReport) -> None:
-    if entry.outcome == DEAD:
+    report.enqueued += entry.also_enqueued
+    if entry.outcome == POSTPONED:
+        return  # its slot waits for its jitter delay: decided later
+    if entry.outcome == FINISHED:
+        logger.info('%s finished: no slot left in its window', entry.member)
+    elif entry.outcome == DEAD:
         logger.error('Moved %s to the dead letters: %s', entry.member, entry.reason)
         report.dead.append(entry.member)
     elif entry.outcome == ENQUEUED and entry.enqueued_id:

@@ -8,12 +8,14 @@ and sends the writes of a whole batch to Redis in one fenced Lua call (``scripts
 from __future__ import annotations
 
 import json
+import random as randomness
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import cron, keys, overlap, payloads, scores
+from . import catchup, cron, keys, outcomes, overlap, payloads, retries, scores
 from .limits import MIN_SECONDS
+from .policy_moves import RunPolicyPlanning
 from .scores import format_score, guard_score, utc_datetime
 
 # Fields of a template hash that describe one run, not the job: a fresh occurrence does not inherit them.
@@ -24,14 +26,12 @@ RUN_STATE_FIELDS = frozenset(
     }
 )  # fmt: skip
 ACTIVE_STATUSES = overlap.ACTIVE_STATUSES
+ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP = outcomes.ENQUEUED, outcomes.SKIPPED_MISFIRE, outcomes.SKIPPED_OVERLAP
+DEAD = outcomes.DEAD
 AT_FRONT_VALUES = (b'1', b'True', b'true')
 UNREADABLE = b'__unreadable__'
 """Key of a planning-fields dict whose job key could not be read (e.g. it holds a string): value = Redis's error."""
 
-ENQUEUED = 'enqueued'
-SKIPPED_MISFIRE = 'skipped_misfire'
-SKIPPED_OVERLAP = 'skipped_overlap'
-DEAD = 'dead'
 Meta = dict[str, Any]
 
 
@@ -59,6 +59,8 @@ class Entry:
     """Applied only while the member's job hash exists (a dead letter needs none)."""
     one_off: tuple[str, str, Any, Any] | None = None
     """(queue key, push command, timeout or '', ttl or ''): a plain one-off, sent to the move script compactly."""
+    also_enqueued: list[str] = field(default_factory=list)
+    """Older slots run by the same move before ``enqueued_id`` (catch-up ``all``)."""
 
 
 @dataclass
@@ -69,6 +71,8 @@ class Parsed:
     score: float
     raw: dict[bytes, bytes]
     meta: dict[str, Any]
+    plain: bool = False
+    """The meta holds no stand-in of an unresolved object (``payloads.read_meta_telling``)."""
 
     def __post_init__(self) -> None:
         # Read once: these are asked several times per job on the hot path.
@@ -99,7 +103,7 @@ def _push_command(raw: dict[bytes, bytes]) -> str:
     return 'LPUSH' if raw.get(b'enqueue_at_front') in AT_FRONT_VALUES else 'RPUSH'
 
 
-class Planner:
+class Planner(RunPolicyPlanning):
     """Plans the moves of one batch, all at the same instant ``now`` (epoch seconds)."""
 
     def __init__(
@@ -111,6 +115,7 @@ class Planner:
         queue_info: Callable[[str, str | None], QueueInfo],
         default_timezone: str,
         callable_refusal: Callable[[str], str | None] | None = None,
+        random: Callable[[], float] = randomness.random,
     ) -> None:
         self.now = now
         self.enqueued_at = enqueued_at
@@ -118,6 +123,8 @@ class Planner:
         self.queue_info = queue_info
         self.default_timezone = default_timezone
         self.callable_refusal = callable_refusal
+        self.random = random
+        self._plain = False
 
     # -- decoding -------------------------------------------------------------------------------------------
 
@@ -130,19 +137,21 @@ class Planner:
                 raise PlanningError(f'job key cannot be read: {raw[UNREADABLE].decode(errors="replace")}')
             if not raw:
                 raise PlanningError('job hash is missing')
-            meta = self._load_meta(raw)
+            meta, plain = self._load_meta(raw)
             self._check_payload(raw)
             if not raw.get(b'origin'):
                 raise PlanningError('job hash has no origin queue')
+            if problem := retries.hash_problem(raw):
+                raise PlanningError(problem)  # RQ's worker could not even load the job
         except Exception as exc:  # whatever a foreign hash holds, it goes to the dead letters, never up the loop
             return self.dead_letter(
                 member, guard_score(score), str(exc) if isinstance(exc, PlanningError) else repr(exc)
             )
-        return Parsed(member, score, raw, meta)
+        return Parsed(member, score, raw, meta, plain)
 
-    def _load_meta(self, raw: dict[bytes, bytes]) -> dict[str, Any]:
+    def _load_meta(self, raw: dict[bytes, bytes]) -> tuple[dict[str, Any], bool]:
         try:
-            return payloads.read_meta(raw.get(b'meta'), self.serializer)
+            return payloads.read_meta_telling(raw.get(b'meta'), self.serializer)
         except payloads.PayloadError as exc:
             raise PlanningError(f'cannot read meta: {exc}') from exc
 
@@ -167,6 +176,8 @@ class Planner:
     # -- planning -------------------------------------------------------------------------------------------
 
     def plan(self, parsed: Parsed, previous_status: bytes | None = None) -> Entry:
+        # Every meta this plan writes is the parsed one, or built from it with plain values of ours.
+        self._plain = parsed.plain
         try:
             if parsed.has_dependencies:
                 self._check_plain_meta(parsed)
@@ -178,6 +189,8 @@ class Planner:
             return self._plan_one_off(parsed)
         except Exception as exc:  # a template no rule can plan is taken out of the schedule, never retried forever
             return self.dead_letter(parsed.member, guard_score(parsed.score), f'cannot plan: {exc}')
+        finally:
+            self._plain = False
 
     def dead_letter(self, member: str | bytes, score: str, reason: str) -> Entry:
         record = json.dumps({'reason': reason, 'score': float(score), 'at': self.now})
@@ -235,27 +248,48 @@ class Planner:
         entry = Entry(parsed.member, guard_score(parsed.score))
         meta = dict(parsed.meta)
         ours = dict(parsed.ours)
-        fire_time = self._latest_missed_slot(parsed)
-        recorded_time = fire_time
-        if self._is_misfire(ours, fire_time):
+        policy = self._run_policy(ours)
+        base, delay = self._due_slot(parsed)
+        slots = self._slots(parsed, base)
+        if policy.before_window(base):
+            return self._wait_for_window(entry, parsed, slots, policy)
+        decided = catchup.decide(slots, self._judged_at(parsed, base, delay), policy, max_runs=meta.get('repeat'))
+        if decided.fire_time is None:
+            return self._close_window(entry, parsed)
+        log: list[dict[str, Any]] = []  # this move's records of other slots, written with its final counts
+        previous_status = self._run_earlier_slots(entry, parsed, meta, ours, decided, previous_status, log)
+        fire_time = recorded = decided.fire_time
+        delay = delay if fire_time == base else None
+        if delay is None and policy.jitter and decided.on_time and not decided.fire_skip:
+            delay = self._jitter(policy, slots, fire_time)
+            if fire_time + delay > self.now:
+                return self._postpone(entry, parsed, meta, ours, (fire_time, delay), log)
+        if decided.fire_skip:
+            entry.outcome = outcomes.SKIPPED_CATCHUP
+        elif self._is_misfire(ours, fire_time + (delay or 0)):
             entry.outcome = SKIPPED_MISFIRE
         else:
-            recorded_time = self._plan_overlap(entry, parsed, meta, ours, fire_time, previous_status)
+            recorded = self._plan_overlap(entry, parsed, meta, ours, fire_time, previous_status)
         ours['last_fire_time'] = fire_time
         ours.pop('late_from', None)  # the first run is decided: every later slot is late from its own time
-        meta[keys.META_KEY] = ours
+        ran = entry.enqueued_id is not None and recorded == fire_time
+        said = {'reason': decided.fire_skip, 'delay': delay if ran else None}  # of the fire slot
         template_key = keys.job_key(parsed.member)
-        if meta.get('repeat') is not None and meta['repeat'] <= 0:
+        next_time = self._following_slot(parsed, meta, decided, slots)
+        if (meta.get('repeat') is not None and meta['repeat'] <= 0) or self._window_over(policy, next_time):
             entry.commands += [('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member), ('DEL', template_key)]
-            self._record(entry, parsed, recorded_time, runs=ours['runs'], next_time=None, finished=True)
+            self._record_slots(entry, parsed, log, runs=ours['runs'], next_time=None)
+            self._record(entry, parsed, recorded, runs=ours['runs'], next_time=None, finished=True, said=said)
             return entry
+        due = self._schedule_slot(ours, policy, slots, next_time, jittered=decided.resume is None)
+        meta[keys.META_KEY] = ours
         entry.commands.append(('HSET', template_key, 'meta', self._dumps_meta(meta)))
-        next_time = self._next_time(parsed, meta, after=max(self.now, fire_time))
-        if next_time is None:
+        if due is None:
             self._retire_exhausted(entry, parsed)
         else:
-            entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(next_time), parsed.member))
-        self._record(entry, parsed, recorded_time, runs=ours['runs'], next_time=next_time, finished=next_time is None)
+            entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(due), parsed.member))
+        self._record_slots(entry, parsed, log, runs=ours['runs'], next_time=due)
+        self._record(entry, parsed, recorded, runs=ours['runs'], next_time=due, finished=due is None, said=said)
         return entry
 
     def _enqueue_occurrence(self, entry: Entry, parsed: Parsed, meta: Meta, ours: Meta, fire_time: float) -> None:
@@ -338,11 +372,14 @@ class Planner:
 
     def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
         queue = self._queue(parsed)
-        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in RUN_STATE_FIELDS}
+        policy = retries.of_meta(parsed.ours)  # ValueError for junk: the template goes to the dead letters
+        not_inherited = RUN_STATE_FIELDS | retries.HASH_FIELDS  # retries: from the policy, whole for each run
+        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in not_inherited}
         user_meta = {k: v for k, v in parsed.meta.items() if k not in keys.SCHEDULING_META_KEYS}
-        user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time}
+        user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time, **retries.run_meta(*policy)}
         mapping.update(
             {
+                **{name.encode(): value for name, value in retries.hash_fields(*policy).items()},
                 b'status': 'queued',
                 b'created_at': self.enqueued_at,
                 b'enqueued_at': self.enqueued_at,
@@ -364,7 +401,7 @@ class Planner:
 
     def _dumps_meta(self, meta: dict[str, Any]) -> bytes:
         try:
-            return payloads.dumps_meta(meta, self.serializer)
+            return payloads.dumps_meta(meta, self.serializer, plain=self._plain)
         except payloads.PayloadError as exc:
             raise PlanningError(str(exc)) from exc
 
@@ -374,30 +411,26 @@ class Planner:
             entry.commands.append(('EXPIRE', keys.job_key(job_id), ttl))
 
     def _record(
-        self, entry: Entry, parsed: Parsed, fire_time: float, *, runs: int, next_time: float | None, finished: bool
+        self,
+        entry: Entry,
+        parsed: Parsed,
+        fire_time: float,
+        *,
+        runs: int,
+        next_time: float | None,
+        finished: bool,
+        said: dict[str, Any] | None = None,
     ) -> None:
-        """Appends the outcome to the run log that the Django side reads back into its rows.
+        """Appends the outcome to the run log that the Django side reads back into its rows (``said``: its reason
+        and jitter delay, if any).
 
         Values are absolute (runs so far, next time), so reading a record twice changes nothing. A finished
         schedule also marks its version done, so reconciliation does not bring it back before the row learns it.
         """
+        slot = {'job': entry.enqueued_id, 'outcome': entry.outcome, 'fire_time': fire_time, **(said or {})}
+        self._append_record(entry, parsed, slot, runs=runs, next_time=next_time, finished=finished)
         ours = parsed.ours
-        if not ours.get('record'):
-            return
-        record = {
-            'owner': ours.get('owner'),
-            'schedule': parsed.member,
-            'queue': parsed.raw[b'origin'].decode(errors='replace'),
-            'job': entry.enqueued_id,
-            'outcome': entry.outcome,
-            'fire_time': fire_time,
-            'at': self.now,
-            'runs': runs,
-            'next': next_time,
-            'finished': finished,
-        }
-        entry.commands.append(('RPUSH', keys.RUNS_KEY, json.dumps(record)))
-        if finished and ours.get('version'):
+        if finished and ours.get('record') and ours.get('version'):
             entry.commands.append(('HSET', keys.VERSIONS_KEY, parsed.member, keys.done_marker(ours['version'], runs)))
 
     def _retire_exhausted(self, entry: Entry, parsed: Parsed) -> None:
@@ -444,14 +477,6 @@ class Planner:
         grace = ours.get('misfire_grace')
         late_since = max(fire_time, ours.get('late_from') or fire_time)
         return grace is not None and self.now - late_since > grace
-
-    def _latest_missed_slot(self, parsed: Parsed) -> float:
-        """The last fire time at or before now, at least the due time (misfires coalesce into it)."""
-        if parsed.meta.get('cron_string'):
-            expression, zone = self._cron(parsed.meta)
-            latest = cron.latest_fire_time(expression, utc_datetime(self.now), zone)
-            return max(parsed.score, latest.timestamp()) if latest else parsed.score
-        return scores.latest_slot(parsed.score, self._interval(parsed.meta), self.now)
 
     def _next_time(self, parsed: Parsed, meta: dict[str, Any], after: float | None = None) -> float | None:
         after = self.now if after is None else after

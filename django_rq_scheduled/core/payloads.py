@@ -71,8 +71,15 @@ def _foreign_class(module: str, name: str) -> type[Foreign]:
 
 
 class SafeUnpickler(pickle.Unpickler):
+    made_stand_ins = False
+    """Whether any ``Foreign`` stand-in was made: if not, what was read can be written back as it is."""
+
     def find_class(self, module: str, name: str) -> Any:
-        return PLAIN_GLOBALS.get((module, name)) or _foreign_class(module, name)
+        found = PLAIN_GLOBALS.get((module, name))
+        if found is None:
+            self.made_stand_ins = True
+            return _foreign_class(module, name)
+        return found
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError('persistent ids are not supported')
@@ -88,12 +95,18 @@ def is_json(serializer: Any) -> bool:
 
 def safe_loads(raw: bytes, serializer: Any) -> Any:
     """Deserializes ``raw`` as ``serializer`` would, except that a pickle runs none of the code it names."""
+    return safe_loads_telling(raw, serializer)[0]
+
+
+def safe_loads_telling(raw: bytes, serializer: Any) -> tuple[Any, bool]:
+    """``safe_loads``, and whether the value holds no ``Foreign`` stand-in (it can be written back as it is)."""
     try:
         if is_pickle(serializer):
-            return SafeUnpickler(io.BytesIO(raw)).load()
+            unpickler = SafeUnpickler(io.BytesIO(raw))
+            return unpickler.load(), not unpickler.made_stand_ins
         if is_json(serializer):
-            return json.loads(raw)
-        return serializer.loads(raw)
+            return json.loads(raw), True
+        return serializer.loads(raw), True  # the project's own serializer is trusted: it builds real objects
     except RecursionError as exc:
         raise PayloadError('nested too deeply') from exc
     except Exception as exc:
@@ -144,17 +157,26 @@ def read_call(data: bytes, serializer: Any) -> Call:
 
 def read_meta(raw: bytes | None, serializer: Any) -> dict[str, Any]:
     """A job's meta, read without resolving any global; unresolved objects stay as ``Foreign`` stand-ins."""
+    return read_meta_telling(raw, serializer)[0]
+
+
+def read_meta_telling(raw: bytes | None, serializer: Any) -> tuple[dict[str, Any], bool]:
+    """``read_meta``, and whether the meta holds no stand-in (``dumps_meta`` of it, or of plain data built from
+    it, need not look for one)."""
     if not raw:
-        return {}
-    meta = safe_loads(raw, serializer)
+        return {}, True
+    meta, plain = safe_loads_telling(raw, serializer)
     if not isinstance(meta, dict):
         raise PayloadError(f'meta is a {type(meta).__name__}, not a dict')
-    return meta
+    return meta, plain
 
 
-def dumps_meta(meta: dict[str, Any], serializer: Any) -> bytes:
-    """``meta`` serialized to be written back; PayloadError if it holds an object that was never resolved."""
-    unresolved = foreign_objects(meta)
+def dumps_meta(meta: dict[str, Any], serializer: Any, *, plain: bool = False) -> bytes:
+    """``meta`` serialized to be written back; PayloadError if it holds an object that was never resolved.
+
+    ``plain``: the caller knows it holds none (it was built from meta ``read_meta_telling`` found plain).
+    """
+    unresolved = [] if plain else foreign_objects(meta)
     if unresolved:
         raise PayloadError(
             f'meta holds {", ".join(sorted(set(unresolved)))}, which the scheduler does not unpickle and so '

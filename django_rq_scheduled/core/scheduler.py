@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import uuid4
 
 from redis import Redis
@@ -34,6 +34,11 @@ from .mover import Mover, MoveReport, member_text
 from .observer import Observer
 from .queues import Queues, default_connection, validated_queue_name
 from .scores import UTC, floor_ms, format_score, from_score, to_score, until_score
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .run_policy import RunPolicies
 
 logger = logging.getLogger(__name__)
 
@@ -220,12 +225,14 @@ class Scheduler(FixedKeys):
         *,
         misfire_grace: float | None = None,
         overlap: str = 'allow',
+        retries: int = 0,
+        retry_delays: list[int] | None = None,
+        **policies: Unpack[RunPolicies],
     ) -> Job:
         """Schedules a job at ``scheduled_time``, then every ``interval`` seconds, ``repeat`` times in total.
 
         Each occurrence is a fresh RQ job (id ``<id>_at_<epoch ms>``); the next run is the previous scheduled
-        time plus ``interval``, so runs do not drift. Without ``interval`` this is a one-off job.
-        """
+        time plus ``interval``, so runs do not drift. Without ``interval`` this is a one-off job (no run policies)."""
         if repeat is not None and interval is None:
             raise ValueError("repeat: can't repeat a job without an interval")
         score = to_score(scheduled_time, 'scheduled_time')
@@ -235,13 +242,12 @@ class Scheduler(FixedKeys):
             'depends_on': depends_on, 'on_success': on_success, 'on_failure': on_failure, 'at_front': bool(at_front),
         }  # fmt: skip
         if interval is None:
-            job = self.jobs.create(func, commit=False, **options)
+            job = self.jobs.one_off(func, policies, options, (retries, retry_delays))
         else:
             period = limits.to_seconds(interval, 'interval', at_most=None)
             job = self.jobs.template(
-                func, template_meta('interval', interval=period),
-                repeat=repeat, misfire_grace=misfire_grace, overlap=overlap, options=options,
-            )  # fmt: skip
+                func, template_meta('interval', interval=period), repeat=repeat, misfire_grace=misfire_grace,
+                overlap=overlap, options=options, retry=(retries, retry_delays), policies=policies)  # fmt: skip
         self.jobs.save_and_schedule(job, score)
         return job
 
@@ -268,12 +274,14 @@ class Scheduler(FixedKeys):
         timezone: str | None = None,
         misfire_grace: float | None = None,
         overlap: str = 'allow',
+        retries: int = 0,
+        retry_delays: list[int] | None = None,
+        **policies: Unpack[RunPolicies],
     ) -> Job:
         """Schedules a job on a cron string evaluated in ``timezone`` (an IANA name; default: the scheduler's).
 
         croniter grammar: 5 fields, or 6 with seconds last. Each occurrence is a fresh RQ job. Unlike
-        rq-scheduler, ``result_ttl`` defaults to RQ's default (each run keeps its own result).
-        """
+        rq-scheduler, ``result_ttl`` defaults to RQ's default (each run keeps its own result)."""
         zone = cron.get_zone(timezone or self.timezone).key
         first = cron.next_fire_time(cron_string, datetime.now(tz=UTC), zone)
         if first is None:
@@ -283,12 +291,9 @@ class Scheduler(FixedKeys):
             'description': description, 'queue_name': queue_name, 'timeout': timeout, 'meta': meta,
             'depends_on': depends_on, 'on_success': on_success, 'on_failure': on_failure, 'at_front': bool(at_front),
         }  # fmt: skip
-        meta_of_cron = template_meta(
-            'cron', cron_string=cron_string, timezone=zone, use_local_timezone=bool(use_local_timezone)
-        )
-        job = self.jobs.template(
-            func, meta_of_cron, repeat=repeat, misfire_grace=misfire_grace, overlap=overlap, options=options
-        )
+        meta_of_cron = template_meta('cron', cron_string=cron_string, timezone=zone, use_local_timezone=bool(use_local_timezone))  # fmt: skip  # noqa: E501
+        job = self.jobs.template(func, meta_of_cron, repeat=repeat, misfire_grace=misfire_grace, overlap=overlap,
+                                 options=options, retry=(retries, retry_delays), policies=policies)  # fmt: skip
         self.jobs.save_and_schedule(job, first.timestamp())
         return job
 

@@ -98,6 +98,18 @@ def next_slot(start: float, interval: float, after: float) -> float:
     return upcoming
 
 
+def slot_at_or_after(start: float, interval: float, moment: float) -> float:
+    """The first slot at or after ``moment`` (``start`` itself if ``moment`` is not after it)."""
+    if moment <= start:
+        return start
+    index = max(0, math.ceil((moment - start) / interval) - 1)
+    upcoming = slot(start, interval, index)
+    while upcoming < moment:  # rounding to milliseconds: step until it is truly at or after
+        index += 1
+        upcoming = slot(start, interval, index)
+    return upcoming
+
+
 def first_due_slot(start: float, interval: float, now: float, *, begun: bool) -> float:
     """When a schedule is next due, as its template is written at ``now`` (by a save or a reconciliation).
 

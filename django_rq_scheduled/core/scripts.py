@@ -5,10 +5,10 @@ Key names and markers come in as KEYS and ARGV, or are formatted into the source
 
 from __future__ import annotations
 
-from .keys import BUFFERED_KEY, DONE_PREFIX, OUTCOMES_KEY, RUN_ENDED_PREFIX, WAKEUP_KEY
+from .keys import BUFFERED_KEY, DONE_PREFIX, OUTCOMES_KEY, PAUSE_ALL, RUN_ENDED_PREFIX, WAKEUP_KEY
 from .overlap import EXPECT_COMMAND, REPLACE_COMMAND
 
-# Moves one batch of due jobs. KEYS: lock, schedule.
+# Moves one batch of due jobs. KEYS: lock, schedule, pause.
 # ARGV: token (empty for an explicit API call rather than the loop), entry count, enqueued_at, job key prefix,
 # the set of queue keys ('rq:queues'), then per entry: member, expected score ('*' = unguarded), and either
 #   'O', queue key, push command, timeout or '', ttl or '': a plain one-off job (the hot path, kept compact), or
@@ -28,12 +28,29 @@ from .overlap import EXPECT_COMMAND, REPLACE_COMMAND
 # Out of memory, Redis refuses only the first write of a script (later ones would leave it half done): that write
 # fails the whole call before anything is written, so the caller retries it later; no job is ever dead-lettered
 # for it.
-MOVE = """
+# The loop's batch (fenced) honours the pause as it stands when the batch is applied: an entry of a paused queue
+# (its job's origin), or every entry while every queue is paused, is left alone (0), due, with its score. A pause
+# key that is not a hash pauses nothing, as in READ_DUE.
+MOVE = (
+    """
 local unpack = unpack or table.unpack
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('NOTLEADER lease lost')
 end
 local enqueued_at, job_prefix, queues_key = ARGV[3], ARGV[4], ARGV[5]
+local paused, pause_any = {}, false
+if ARGV[1] ~= '' then
+  local scopes = redis.pcall('HKEYS', KEYS[3])
+  if type(scopes) == 'table' and not scopes['err'] then
+    for p = 1, #scopes do paused[scopes[p]] = true; pause_any = true end
+  end
+end
+local function is_paused(member)
+  if not pause_any then return false end
+  if paused['{PAUSE_ALL}'] then return true end
+  local origin = redis.pcall('HGET', job_prefix .. member, 'origin')
+  return type(origin) == 'string' and paused[origin] == true
+end
 local expected_type = {
   HSET = 'hash', HDEL = 'hash', RPUSH = 'list', LPUSH = 'list', SADD = 'set', ZADD = 'zset', ZREM = 'zset',
   REPLACE_COMMAND = 'list'
@@ -106,7 +123,7 @@ for e = 1, tonumber(ARGV[2]) do
   local member, score, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local status = 0
   if kind == 'O' then
-    if still_scheduled(member, score) then
+    if still_scheduled(member, score) and not is_paused(member) then
       status = one_off(member, ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
       if type(status) == 'table' then return redis.error_reply(status.failed) end
     end
@@ -120,7 +137,7 @@ for e = 1, tonumber(ARGV[2]) do
       cmds[c] = {unpack(ARGV, i + 1, i + nargs)}
       i = i + 1 + nargs
     end
-    if still_scheduled(member, score) then
+    if still_scheduled(member, score) and not is_paused(member) then
       status = 1
       if kind == 'H' and redis.call('EXISTS', job_prefix .. member) == 0 then
         status = 'MISSING ' .. job_prefix .. member .. ' was deleted before it was moved'
@@ -152,33 +169,70 @@ for e = 1, tonumber(ARGV[2]) do
   results[e] = status
 end
 return results
-""".replace('REPLACE_COMMAND', REPLACE_COMMAND).replace('EXPECT_COMMAND', EXPECT_COMMAND)
+""".replace('REPLACE_COMMAND', REPLACE_COMMAND)
+    .replace('EXPECT_COMMAND', EXPECT_COMMAND)
+    .replace('{PAUSE_ALL}', PAUSE_ALL)
+)
 
 # Reads one batch of due jobs and the hash fields their moves are planned from, in one round trip.
-# KEYS: schedule, buffered runs. ARGV: job key prefix, latest due score, offset (due members to skip), batch size,
-# fields... Returns a flat list: 1 if a buffered run waits (overlap buffer_one; 0 otherwise, or if someone broke
-# the key), then for each due member, earliest first: member, score, an error (nil, or why the job's key cannot be
-# read: it then goes to the dead letters instead of blocking the batch), one value (or nil) per field.
-READ_DUE = """
+# KEYS: schedule, buffered runs, pause. ARGV: job key prefix, latest due score, offset (due members to skip), batch
+# size, how many due members of paused queues to step over at most, fields...
+# Returns a flat list: 1 if a buffered run waits (overlap buffer_one; 0 otherwise, or if someone broke the key), how
+# many due members of paused queues it stepped over (-1: every queue is paused, nothing is read), 1 if it stopped at
+# that limit before the batch was full (more may follow) or 0, why the pause key cannot be read (nil if it can: one
+# that is not a hash, written by someone else, pauses nothing), then for each due member it did not step over,
+# earliest first: member, score, an error (nil, or why the job's key cannot be read: it then goes to the dead
+# letters instead of blocking the batch), one value (or nil) per field.
+# A member of a paused queue (its job's origin) stays in the schedule with its score: a read steps over it, so it
+# never blocks the members of other queues behind it.
+READ_DUE = f"""
 local unpack = unpack or table.unpack
-local fields = {unpack(ARGV, 5)}
-local due = redis.call(
-  'ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', tonumber(ARGV[3]), tonumber(ARGV[4])
-)
+local fields = {{unpack(ARGV, 6)}}
+local origin_at = 0
+for f = 1, #fields do if fields[f] == 'origin' then origin_at = f end end
+local paused, any, problem = {{}}, false, false
 local waits = redis.pcall('HLEN', KEYS[2])
-local out = {(type(waits) == 'number' and waits > 0) and 1 or 0}
-for d = 1, #due, 2 do
-  out[#out + 1] = due[d]
-  out[#out + 1] = due[d + 1]
-  local values = redis.pcall('HMGET', ARGV[1] .. due[d], unpack(fields))
-  if type(values) == 'table' and values['err'] then
-    out[#out + 1] = values['err']
-    values = {}
-  else
-    out[#out + 1] = false
-  end
-  for f = 1, #fields do out[#out + 1] = values[f] or false end
+waits = (type(waits) == 'number' and waits > 0) and 1 or 0
+local scopes = redis.pcall('HKEYS', KEYS[3])
+if type(scopes) == 'table' and scopes['err'] then
+  problem = scopes['err']
+else
+  for p = 1, #scopes do paused[scopes[p]] = true; any = true end
 end
+if paused['{PAUSE_ALL}'] then return {{waits, -1, 0, false}} end
+local want, limit, position = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[3])
+local out = {{waits, 0, 0, problem}}
+local found, skipped = 0, 0
+while found < want do
+  local chunk = want - found
+  if any and chunk < 100 then chunk = 100 end
+  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', position, chunk)
+  for d = 1, #due, 2 do
+    if found >= want or skipped >= limit then break end
+    position = position + 1
+    local values = redis.pcall('HMGET', ARGV[1] .. due[d], unpack(fields))
+    local err = false
+    if type(values) == 'table' and values['err'] then
+      err = values['err']
+      values = {{}}
+    end
+    if any and origin_at > 0 and values[origin_at] and paused[values[origin_at]] then
+      skipped = skipped + 1
+    else
+      found = found + 1
+      out[#out + 1] = due[d]
+      out[#out + 1] = due[d + 1]
+      out[#out + 1] = err
+      for f = 1, #fields do out[#out + 1] = values[f] or false end
+    end
+  end
+  if skipped >= limit then
+    if found < want then out[3] = 1 end
+    break
+  end
+  if #due < 2 * chunk then break end
+end
+out[2] = skipped
 return out
 """
 
@@ -272,9 +326,15 @@ return removed > 0 and 1 or 0
 """
 
 # Arms the wake-up: returns the earliest score (or false) and records when the leader will look next.
-# KEYS: schedule, next wake-up, wake-up list. ARGV: latest wake-up time (epoch s), expiry ms.
+# KEYS: schedule, next wake-up, wake-up list. ARGV: latest wake-up time (epoch s), expiry ms, and optionally a
+# time up to which entries are left out (the due entries of paused queues, which must not wake the loop at once).
 ARM_WAKEUP = """
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local first
+if ARGV[3] then
+  first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[3], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+else
+  first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+end
 local wake = tonumber(ARGV[1])
 if first[2] and tonumber(first[2]) < wake then wake = tonumber(first[2]) end
 redis.call('SET', KEYS[2], tostring(wake), 'PX', ARGV[2])
@@ -332,9 +392,87 @@ return 1
 """
 APPEND_OUTCOME_KEYS = (OUTCOMES_KEY, BUFFERED_KEY, WAKEUP_KEY)
 
+# Moves RQ's delayed retries back to their queues when they are due, as RQ's own scheduler does, for the queues no
+# RQ scheduler holds (``rq worker --with-scheduler`` holds a queue by its lock; then this leaves the queue to it).
+# KEYS: lock, the set of queue keys. ARGV: token, now (epoch seconds), enqueued_at, jobs per queue at most, then
+# the prefixes of RQ's queue keys, scheduled registries, scheduler locks and job keys.
+# Returns {jobs moved, the earliest later due time or false}. Keys of another type are passed over, never failed on.
+RELEASE_RETRIES = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('NOTLEADER lease lost')
+end
+local function type_of(key)
+  local have = redis.call('TYPE', key)
+  if type(have) == 'table' then have = have['ok'] end
+  return have
+end
+if type_of(KEYS[2]) ~= 'set' then return {0, false} end
+local now, limit, enqueued_at = tonumber(ARGV[2]), tonumber(ARGV[4]), ARGV[3]
+local queue_prefix, registry_prefix, lock_prefix, job_prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local moved, next_due = 0, false
+for _, queue_key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local name = string.sub(queue_key, #queue_prefix + 1)
+  local registry = registry_prefix .. name
+  local queue_type = type_of(queue_key)
+  if string.sub(queue_key, 1, #queue_prefix) == queue_prefix and type_of(registry) == 'zset'
+      and redis.call('EXISTS', lock_prefix .. name) == 0 and (queue_type == 'none' or queue_type == 'list') then
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', registry, '-inf', now, 'LIMIT', 0, limit)) do
+      local job_key = job_prefix .. id
+      local is_hash = type_of(job_key) == 'hash'
+      if not (is_hash and redis.call('HEXISTS', job_key, 'rate_limit_key') == 1) then  -- RQ's scheduler's to move
+        redis.call('ZREM', registry, id)
+        if is_hash then
+          local job = redis.call('HMGET', job_key, 'enqueue_at_front', 'enqueue_at_front_on_retry', 'ended_at', 'ttl')
+          local front = job[1] == '1' or job[1] == 'True' or (job[2] == '1' and job[3])
+          redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
+          redis.call(front and 'LPUSH' or 'RPUSH', queue_key, id)
+          if job[4] and tonumber(job[4]) and tonumber(job[4]) > 0 then redis.call('EXPIRE', job_key, job[4]) end
+          moved = moved + 1
+        end
+      end
+    end
+    local first = redis.call('ZRANGEBYSCORE', registry, '(' .. ARGV[2], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if first[2] and (not next_due or tonumber(first[2]) < next_due) then next_due = tonumber(first[2]) end
+  end
+end
+return {moved, next_due and tostring(next_due)}
+"""
+
+# Pauses one scope (every queue, or one queue) of this Redis server. KEYS: pause. ARGV: scope, record (JSON),
+# reason ('' = none given). A scope already paused keeps its record (who paused it, and since when); a new reason
+# replaces the old one. A record that is not one of ours (written by someone else) is replaced by the new one.
+# Returns 1 if the scope was not paused before, else 0.
+PAUSE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+local ok, record = pcall(cjson.decode, old)
+if not ok or type(record) ~= 'table' or type(record['by']) ~= 'string' or type(record['at']) ~= 'number' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+elseif ARGV[3] ~= '' then
+  record['reason'] = ARGV[3]
+  redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(record))
+end
+return 0
+"""
+
+# Enqueues a run of a past slot (a backfill) unless its job hash exists: it ran, or another backfill enqueued it.
+# KEYS: job hash, queue, set of queues. ARGV: job id, push command, then field, value, ... Returns 1 if enqueued.
+ENQUEUE_ONCE = """
+local unpack = unpack or table.unpack
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call(ARGV[2], KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], KEYS[2])
+return 1
+"""
+
 # KEYS[1]: the reconciliation state; ARGV[1]: the epoch the pass started from, then field/value pairs. Written only if
 # the state is still that epoch's: a flush or a full pass meanwhile must not be covered by this pass's watermark.
 SAVE_RECONCILE_STATE = """
+local unpack = unpack or table.unpack
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 return 1

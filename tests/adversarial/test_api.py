@@ -152,6 +152,18 @@ def test_pickled_meta_is_never_run_and_a_periodic_job_that_must_copy_it_is_dead_
     assert 'cannot copy' in scheduler.dead_letters()['meta-boom']
 
 
+def test_our_template_whose_meta_gained_an_unresolved_object_is_dead_lettered_not_copied(connection, restricted):
+    # Planning skips the search for stand-ins when reading the meta made none: here it made one, so it searches.
+    hostile_tasks.CALLS.clear()
+    scheduler = Scheduler(connection=connection)
+    scheduler.schedule(PAST, tasks.add, args=[1, 2], interval=3600, id='ours-boom')
+    meta = Job.fetch('ours-boom', connection=connection).meta
+    connection.hset(keys.job_key('ours-boom'), 'meta', pickle.dumps({**meta, 'boom': hostile_tasks.Boom()}))
+    assert scheduler.enqueue_jobs() == []
+    assert hostile_tasks.CALLS == []
+    assert 'cannot copy' in scheduler.dead_letters()['ours-boom']
+
+
 def test_plain_data_in_meta_survives_the_safe_reading(connection, restricted):
     stamp = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     scheduler = Scheduler(connection=connection)

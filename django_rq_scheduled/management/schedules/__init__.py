@@ -11,7 +11,9 @@ import importlib
 import keyword
 from types import ModuleType
 
-SUBCOMMANDS = ('list', 'show', 'run', 'enable', 'disable', 'export', 'import', 'sync', 'health')
+SUBCOMMANDS = (
+    'list', 'show', 'run', 'backfill', 'enable', 'disable', 'export', 'import', 'sync', 'health', 'pause', 'resume',
+)  # fmt: skip
 
 
 def subcommand(name: str) -> ModuleType:
