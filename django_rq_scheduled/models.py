@@ -27,18 +27,9 @@ from .policies import RetryPolicy, RunPolicy
 from .querysets import LOOP_FIELDS, ScheduleQuerySet
 from .row_validation import RowValidation, whole
 from .runs import Run, RunSummary
-from .unsynced import UnsyncedRow
+from .unsynced import UnsyncedRow  # noqa: F401 (a model of the app)
 
-__all__ = [
-    'SCHEDULE_MODELS',
-    'CronJob',
-    'RepeatableJob',
-    'Run',
-    'ScheduleBase',
-    'ScheduledJob',
-    'SchedulerStatus',
-    'UnsyncedRow',
-]
+__all__ = ['SCHEDULE_MODELS', 'CronJob', 'RepeatableJob', 'Run', 'ScheduleBase', 'ScheduledJob', 'SchedulerStatus']
 
 
 def default_timezone() -> str:
@@ -184,8 +175,7 @@ class ScheduleBase(RowValidation, RunSummary, RetryPolicy):
             models.Index(
                 fields=['consecutive_failures'], condition=Q(consecutive_failures__gt=0), name='drqs_%(class)s_failing'
             ),
-            # The leader's periodic reconciliation reads the rows changed since its last pass (``reconciliation``).
-            models.Index(fields=['modified'], name='drqs_%(class)s_modified'),
+            models.Index(fields=['modified'], name='drqs_%(class)s_modified'),  # rows changed: ``reconciliation``
         ]
 
     def __str__(self) -> str:
