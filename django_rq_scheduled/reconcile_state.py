@@ -7,6 +7,7 @@ it read is still there, so a flush during a pass is never covered by that pass's
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, cast
 from uuid import uuid4
@@ -49,7 +50,7 @@ class ReconcileState:
     def parse(cls, raw: dict[bytes, bytes]) -> ReconcileState | None:
         """The state, or None if there is none or it cannot be read (someone else's data: a full pass rewrites it)."""
         try:
-            return cls(
+            state = cls(
                 epoch=raw[b'epoch'].decode(),
                 watermark=float(raw[b'watermark']),
                 model=int(raw.get(b'model', 0)) % len(SCHEDULE_MODELS),
@@ -60,6 +61,7 @@ class ReconcileState:
             )
         except (KeyError, ValueError, UnicodeDecodeError):
             return None
+        return state if all(map(math.isfinite, (state.watermark, state.sweep_began, state.swept_at))) else None
 
     def fields(self) -> list[Any]:
         values = {

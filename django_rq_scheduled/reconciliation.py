@@ -102,7 +102,8 @@ class Reconciler:
     def _incremental(self, known: Servers, scheduler: Scheduler, state: ReconcileState) -> SyncReport:
         started = time.time()
         report = self._noted_rows()
-        report.merge(self._changed_rows(known, since=state.watermark - CHANGED_MARGIN))
+        # A watermark ahead of this host's clock (another leader's clock was) must not hide the rows changed since.
+        report.merge(self._changed_rows(known, since=min(state.watermark, started) - CHANGED_MARGIN))
         self._sweep_rows(known, state, report, started)
         self._sweep_orphans(scheduler, state, report)
         if not report.conflicts:  # else the rows that kept changing are read again by the next pass

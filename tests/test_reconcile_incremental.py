@@ -319,6 +319,7 @@ def test_a_failed_full_pass_is_done_again_in_full(connection, monkeypatch):
 def test_a_state_with_foreign_values_reads_as_none():
     assert ReconcileState.parse({b'epoch': b'e', b'watermark': b'soon'}) is None
     assert ReconcileState.parse({b'watermark': b'1.0'}) is None
+    assert ReconcileState.parse({b'epoch': b'e', b'watermark': b'nan'}) is None
     state = ReconcileState.parse({b'epoch': b'e', b'watermark': b'1.5', b'model': b'7', b'orphans': b'-3'})
     assert state is not None and state.model == 7 % len(SCHEDULE_MODELS) and state.orphans == 0
 
@@ -329,3 +330,12 @@ def test_a_sweep_cursor_no_primary_key_can_hold_starts_the_table_again(connectio
         Reconciler(connection).run()
         connection.hset(keys.RECONCILE_KEY, mapping={'model': SCHEDULE_MODELS.index(CronJob), 'after': 'x'})
         assert Reconciler(connection).run().unchanged == 3
+
+
+def test_a_watermark_ahead_of_the_clock_does_not_hide_the_rows_changed_since(connection, monkeypatch):
+    [row] = cron_rows(1)
+    Reconciler(connection).run()
+    connection.hset(keys.RECONCILE_KEY, 'watermark', repr(LATER.timestamp()))  # a leader whose clock ran ahead
+    monkeypatch.setattr(signals.unsynced, 'note', lambda *args: None)
+    change_while_redis_is_down(monkeypatch, row, 'save')
+    assert Reconciler(connection).run().written == [row.template_id]
