@@ -463,14 +463,3 @@ def template_owners(template_ids: Any) -> dict[type[ScheduleBase], list[Any]]:
         if owner is not None:
             owned[owner[0]].append(owner[1])
     return owned
-
-
-def _pk_or_none(model: type[ScheduleBase], text: str) -> Any:
-    """A primary key of ``model`` from its text, or None (none, or unreadable: the sweep starts the table again)."""
-    field = model._meta.pk
-    if not text or field is None:
-        return None
-    try:
-        return field.to_python(text)
-    except ValidationError:
-        return None

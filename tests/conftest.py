@@ -8,14 +8,17 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import fakeredis
 import pytest
 import redis
+import time_machine
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from tests.frozen import T0
 from tests.processes_database import discard_processes_database
 from tests.redis_server import start_server
 
@@ -71,6 +74,21 @@ def connection(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.connection_pool.disconnect()
+
+
+@pytest.fixture
+def clock() -> Iterator[object]:
+    """Time frozen a minute before ``tests.frozen.T0``."""
+    with time_machine.travel(T0 - timedelta(minutes=1), tick=False) as traveller:
+        yield traveller
+
+
+@pytest.fixture
+def scheduler(fake_connection: fakeredis.FakeRedis, clock: object) -> object:
+    """A scheduler on fakeredis, at the frozen instant of ``clock``."""
+    from django_rq_scheduled import Scheduler
+
+    return Scheduler(connection=fake_connection, name='test')
 
 
 @pytest.fixture

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 
 import pytest
-import time_machine
 from redis.exceptions import NoScriptError
 from rq.job import Job
 
@@ -15,20 +14,9 @@ from django_rq_scheduled.core import keys
 from django_rq_scheduled.core.errors import LeadershipLost
 from django_rq_scheduled.core.mover import PendingReplies
 from tests import tasks
+from tests.frozen import T0
 
 UTC = timezone.utc
-T0 = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock():
-    with time_machine.travel(T0 - timedelta(minutes=1), tick=False) as traveller:
-        yield traveller
-
-
-@pytest.fixture
-def scheduler(fake_connection, clock):
-    return Scheduler(connection=fake_connection, name='test')
 
 
 def queued(connection, queue='default'):

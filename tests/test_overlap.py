@@ -11,28 +11,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
-import time_machine
 from rq.job import Job
 
-from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import buffers, capture, keys, overlap
 from django_rq_scheduled.core.errors import LeadershipLost
 from django_rq_scheduled.core.mover import MoveReport
 from tests import tasks
+from tests.frozen import T0
 
 UTC = timezone.utc
-T0 = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock():
-    with time_machine.travel(T0 - timedelta(minutes=1), tick=False) as traveller:
-        yield traveller
-
-
-@pytest.fixture
-def scheduler(fake_connection, clock):
-    return Scheduler(connection=fake_connection, name='test')
 
 
 def at(seconds: float) -> datetime:

@@ -7,25 +7,18 @@ import json
 import logging
 import random
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 
 import pytest
-import time_machine
 
 from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import keys, limits, pause, scripts
 from django_rq_scheduled.core.jobs import template_meta
 from django_rq_scheduled.core.loop import Loop
 from tests import tasks
+from tests.frozen import T0
 
 UTC = timezone.utc
-T0 = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock():
-    with time_machine.travel(T0 - timedelta(minutes=1), tick=False) as traveller:
-        yield traveller
 
 
 @pytest.fixture
