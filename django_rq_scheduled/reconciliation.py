@@ -109,11 +109,7 @@ class Reconciler:
         if not report.conflicts:  # else the rows that kept changing are read again by the next pass
             state.watermark = started
         save_state(scheduler.connection, state)
-        if report.written or report.removed or report.failed:
-            logger.info(
-                'Reconciled the changes: %d written, %d removed, %d failed',
-                len(report.written), len(report.removed), len(report.failed),
-            )  # fmt: skip
+        sync.log_repairs(report, 'Reconciled the changes')
         return report
 
     def _noted_rows(self) -> SyncReport:

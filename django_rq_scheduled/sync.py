@@ -412,12 +412,15 @@ def reconcile(*, using: str = 'default', connection: Any = None) -> SyncReport:
         report.merge(remove_orphans(scheduler, _owned_templates(scheduler), using=using))
         fresh = ReconcileState(epochs[identity], watermark=started, sweep_began=started, swept_at=started)
         save_state(scheduler.connection, fresh)
+    log_repairs(report, 'Reconciled')
+    return report
+
+
+def log_repairs(report: SyncReport, what: str) -> None:
     if report.written or report.removed or report.failed:
         logger.info(
-            'Reconciled: %d written, %d removed, %d failed',
-            len(report.written), len(report.removed), len(report.failed),
-        )  # fmt: skip
-    return report
+            '%s: %d written, %d removed, %d failed', what, len(report.written), len(report.removed), len(report.failed)
+        )
 
 
 def load_rows(model: type[ScheduleBase], pks: list[Any], *, using: str, report: SyncReport) -> list[ScheduleBase]:

@@ -77,6 +77,20 @@ def connection(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the commands sent to any Redis (a pipeline counts once): ``round_trips['n']``."""
+    counter = {'n': 0}
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: redis.connection.Connection, command: object, check_health: bool = True) -> None:
+        counter['n'] += 1
+        original(self, command, check_health)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redis.connection.Connection, 'send_packed_command', counting)
+    return counter
+
+
+@pytest.fixture
 def clock() -> Iterator[object]:
     """Time frozen a minute before ``tests.frozen.T0``."""
     with time_machine.travel(T0 - timedelta(minutes=1), tick=False) as traveller:

@@ -6,7 +6,6 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-import redis
 import time_machine
 from django.db import connection as db_connection
 
@@ -24,19 +23,6 @@ UTC = timezone.utc
 
 def scheduled_ids(connection):
     return sorted(m.decode() for m in connection.zrange(keys.SCHEDULED_JOBS_KEY, 0, -1))
-
-
-@pytest.fixture
-def round_trips(monkeypatch):
-    counter = {'n': 0}
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self, command, check_health=True):
-        counter['n'] += 1
-        return original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.Connection, 'send_packed_command', counting)
-    return counter
 
 
 def cron_rows(count, prefix='c'):

@@ -29,19 +29,6 @@ SWEEP = 20
 
 
 @pytest.fixture
-def round_trips(monkeypatch):
-    counter = {'n': 0}
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self, command, check_health=True):
-        counter['n'] += 1
-        return original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.Connection, 'send_packed_command', counting)
-    return counter
-
-
-@pytest.fixture
 def small_sweep(monkeypatch):
     monkeypatch.setattr(reconciliation, 'SWEEP_ROWS', SWEEP)
 
