@@ -68,6 +68,22 @@ def test_buffer_one_keeps_one_slot_waiting_and_enqueues_it_once_the_run_ends(sch
     assert queued(fake_connection) == [run_id('b', s) for s in (0, 10, 30, 40)]
 
 
+def test_a_buffered_run_whose_callable_the_allow_list_now_refuses_is_never_released(fake_connection, clock):
+    from django_rq_scheduled import Scheduler
+
+    allowed = Scheduler(connection=fake_connection, name='test')
+    allowed.schedule(T0, tasks.add, args=[1, 2], interval=10, id='b', overlap='buffer_one')
+    assert moved(allowed, clock, 0) == [run_id('b', 0)]
+    assert moved(allowed, clock, 10) == []  # this slot waits for the first run
+    set_status(fake_connection, run_id('b', 0), 'finished')
+    strict = Scheduler(connection=fake_connection, name='test', callable_allowed=lambda path: False)
+    assert moved(strict, clock, 10.5) == []  # the release reads the template through the allow-list too
+    assert not fake_connection.hexists(keys.BUFFERED_KEY, 'b')  # the wait is forgotten, not released
+    assert moved(strict, clock, 20) == []  # and the template's next slot takes it out of the schedule
+    assert queued(fake_connection) == [run_id('b', 0)]
+    assert 'callable refused' in strict.dead_letters()['b']
+
+
 def test_the_workers_report_ends_the_wait_before_rq_writes_the_final_status(scheduler, fake_connection, clock):
     scheduler.schedule(T0, tasks.add, args=[1, 2], interval=10, id='b', overlap='buffer_one')
     moved(scheduler, clock, 0)

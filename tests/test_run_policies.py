@@ -229,6 +229,16 @@ def test_backfill_twice_over_the_same_range_runs_each_slot_once(connection, redi
     assert {run.status for run in row.runs.all()} == {'finished'}
 
 
+def test_backfill_of_a_schedule_whose_callable_is_no_longer_allowed_enqueues_nothing(connection, settings):
+    row = past_minutes(3)
+    settings.RQ_SCHEDULED = {'ALLOWED_CALLABLES': ['tests.tasks.noop']}
+    start = row.scheduled_time
+    end = start + timedelta(minutes=2)
+    status, _, err = schedules('backfill', 'minutely', '--from', start.isoformat(), '--to', end.isoformat())
+    assert status != 0 and 'ALLOWED_CALLABLES' in err
+    assert queue_ids(connection) == [] and Run.objects.count() == 0
+
+
 def test_two_backfills_at_once_run_a_slot_once_redis_decides(connection):
     row = past_minutes(3)
     slots = slots_between(row, row.scheduled_time, row.scheduled_time + timedelta(minutes=2))
