@@ -2,8 +2,9 @@
 
 Run from the repository root: ``PYTHONPATH=. python -m bench.core [--quick | --smoke] [--json FILE]``.
 
-Measures (1) one-off throughput, with rq's built-in scheduler as a third peer and the raw Redis limit (the minimal
-commands of a move, pipelined, without any planning) as a ceiling, (2) round trips and server commands per moved job,
+Measures (1) one-off throughput, with rq's built-in scheduler as a third peer, our loop's own move, and the
+server-side limit (one Lua script per batch doing only the writes a move needs, no client planning) as a ceiling,
+(2) round trips and server commands per moved job,
 (3) interval and cron template throughput, (4) lateness of the real scheduler loops with their default options.
 ``--smoke`` is the smallest run that still checks every count (the test suite runs it).
 """
@@ -56,15 +57,16 @@ SCHEDULE_KEY = Scheduler.scheduled_jobs_key
 RQ_SCHEDULE_KEY = f'rq:scheduled:{QUEUE_NAME}'  # rq's ScheduledJobRegistry for the queue
 LOCK_KEY = Scheduler.scheduler_lock_key
 INSTANCE_PATTERN = rq_scheduler.Scheduler.redis_scheduler_namespace_prefix + '*'
-OURS, THEIRS, RQ, RAW = 'ours', 'rq-scheduler', 'rq built-in', 'raw Redis limit'
+OURS, THEIRS, RQ, RAW = 'ours', 'rq-scheduler', 'rq built-in', 'server-side limit'
+LOOP = 'ours (loop move)'  # move_due_jobs() of a leader: what manage.py rqscheduler runs each tick
 SYSTEMS = (OURS, THEIRS)
 WORKLOADS = ('one-off', 'interval', 'cron')
-# rq's built-in scheduler and the raw limit only move one-off jobs (rq has no repeating jobs).
-SYSTEMS_BY_WORKLOAD = {'one-off': (OURS, THEIRS, RQ, RAW), 'interval': SYSTEMS, 'cron': SYSTEMS}
+# rq's built-in scheduler and the server-side limit only move one-off jobs (rq has no repeating jobs).
+SYSTEMS_BY_WORKLOAD = {'one-off': (OURS, THEIRS, RQ, RAW, LOOP), 'interval': SYSTEMS, 'cron': SYSTEMS}
 # RQScheduler.enqueue_scheduled_jobs() moves at most this many jobs per registry and call
 # (ScheduledJobRegistry.get_jobs_to_schedule's chunk_size); the worker calls it once per interval (1 s by default).
 RQ_CHUNK = 1_000
-RAW_BATCH = 500
+RAW_BATCH = 500  # the server-side limit's batch: our default batch size
 CRON = '* * * * *'
 # Our pass re-reads the schedule per batch, so a pass that crosses a minute boundary legitimately enqueues the
 # next cron occurrence too; starting it this far from a boundary (about 3x its expected length) keeps the count exact.
@@ -170,7 +172,13 @@ def write_their_crons(conn: redis.Redis, n: int, when: datetime) -> None:
 
 
 WRITERS: dict[str, dict[str, Writer]] = {
-    'one-off': {OURS: write_one_offs, THEIRS: write_one_offs, RQ: write_rq_one_offs, RAW: write_one_offs},
+    'one-off': {
+        OURS: write_one_offs,
+        THEIRS: write_one_offs,
+        RQ: write_rq_one_offs,
+        RAW: write_one_offs,
+        LOOP: write_one_offs,
+    },
     'interval': {OURS: write_our_intervals, THEIRS: write_their_intervals},
     'cron': {OURS: write_our_crons, THEIRS: write_their_crons},
 }
@@ -225,19 +233,44 @@ def rq_mover(conn: redis.Redis, n: int) -> Callable[[], None]:
     return move
 
 
-def raw_move(conn: redis.Redis) -> None:
-    """The floor of a one-off move: read the due ids, then per job HSET status/enqueued_at, RPUSH and ZREM, pipelined
-    in batches of RAW_BATCH with no planning, no fencing and no Lua."""
-    now = time.time()
-    enqueued_at = utcformat(datetime.fromtimestamp(now, timezone.utc))
-    ids = conn.zrangebyscore(SCHEDULE_KEY, '-inf', now)
-    for start in range(0, len(ids), RAW_BATCH):
-        with conn.pipeline(transaction=False) as pipe:
-            for job_id in ids[start : start + RAW_BATCH]:
-                pipe.hset(b'rq:job:' + job_id, mapping={'status': 'queued', 'enqueued_at': enqueued_at})
-                pipe.rpush(QUEUE_KEY, job_id)
-                pipe.zrem(SCHEDULE_KEY, job_id)
-            pipe.execute()
+# The floor of a one-off move, server side: per batch one Lua call reads the due ids and, per job, does only the
+# writes a move needs (the job's queue from its origin, the push, status and enqueued_at, the set of queues, the
+# schedule entry): no client planning, no fencing, no checks. KEYS: schedule, set of queues.
+# ARGV: now, batch size, enqueued_at, job key prefix, queue key prefix. Returns how many it moved.
+SERVER_LIMIT = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(due) do
+  local key = ARGV[4] .. id
+  local queue = ARGV[5] .. redis.call('HGET', key, 'origin')
+  redis.call('RPUSH', queue, id)
+  redis.call('HSET', key, 'status', 'queued', 'enqueued_at', ARGV[3])
+  redis.call('SADD', KEYS[2], queue)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #due
+"""
+
+
+def server_limit(conn: redis.Redis) -> Callable[[], None]:
+    """One pass of the server-side limit: its script called batch after batch until a batch is not full."""
+    script = conn.register_script(SERVER_LIMIT)
+    script.sha = conn.script_load(SERVER_LIMIT)  # loaded outside the timing, as a running loop has it
+
+    def move() -> None:
+        now = time.time()
+        enqueued_at = utcformat(datetime.fromtimestamp(now, timezone.utc))
+        args = [repr(now), RAW_BATCH, enqueued_at, 'rq:job:', 'rq:queue:']
+        while script(keys=[SCHEDULE_KEY, 'rq:queues'], args=args) == RAW_BATCH:
+            pass
+
+    return move
+
+
+def loop_move(conn: redis.Redis) -> Callable[[], Any]:
+    """Our loop's own move: a leader's move_due_jobs(), the lease taken outside the timing as the loop holds it."""
+    scheduler = Scheduler(connection=conn)
+    check(scheduler.acquire_lock(), f'{LOOP}: could not take the lease')
+    return scheduler.move_due_jobs
 
 
 def mover(system: str, conn: redis.Redis, n: int) -> Callable[[], Any]:
@@ -248,7 +281,9 @@ def mover(system: str, conn: redis.Redis, n: int) -> Callable[[], Any]:
     if system == RQ:
         return rq_mover(conn, n)
     if system == RAW:
-        return lambda: raw_move(conn)
+        return server_limit(conn)
+    if system == LOOP:
+        return loop_move(conn)
     raise ValueError(system)
 
 
@@ -484,20 +519,31 @@ def lateness(conn: redis.Redis, url: str, config: Config, started: float) -> dic
 PEERS = (THEIRS, RQ)
 
 
+def ratios(rates: dict[str, list[float]], top: str, bottom: str, scale: float = 1.0) -> list[float] | None:
+    """Per-round ratios of two systems' rates (round k of each ran under the same conditions), if both ran."""
+    if top not in rates or bottom not in rates:
+        return None
+    return [scale * a / b for a, b in zip(rates[top], rates[bottom])]
+
+
 def throughput_rows(results: dict[str, dict[str, list[float]]], sizes: dict[str, int]) -> list[str]:
     """Jobs/s per system; ratios are per round (the systems alternate, so round k of each shares the conditions)."""
-    systems = (OURS, *PEERS, RAW)
-    header = [*(f'{system} jobs/s' for system in systems), *(f'ours / {peer}' for peer in PEERS), 'ours % of raw']
+    systems = (OURS, LOOP, *PEERS, RAW)
+    header = [
+        *(f'{system} jobs/s' for system in systems), *(f'ours / {peer}' for peer in PEERS),
+        f'ours % of {RAW}', f'loop move % of {RAW}',
+    ]  # fmt: skip
     rows = [f'| workload | jobs | {" | ".join(header)} |', f'| --- | ---: |{" ---: |" * len(header)}']
     for workload, seconds in results.items():
         n = sizes[workload]
         rates = {system: [n / s for s in values] for system, values in seconds.items()}
         cells = [spread(rates[system], ',.0f') if system in rates else 'n/a' for system in systems]
         for peer in PEERS:
-            ratios = [a / b for a, b in zip(rates[OURS], rates[peer])] if peer in rates else None
-            cells.append(f'{spread(ratios, ".1f")}x' if ratios else 'n/a')
-        shares = [100 * a / b for a, b in zip(rates[OURS], rates[RAW])] if RAW in rates else None
-        cells.append(f'{spread(shares, ".0f")} %' if shares else 'n/a')
+            found = ratios(rates, OURS, peer)
+            cells.append(f'{spread(found, ".1f")}x' if found else 'n/a')
+        for system in (OURS, LOOP):
+            found = ratios(rates, system, RAW, 100)
+            cells.append(f'{spread(found, ".0f")} %' if found else 'n/a')
         rows.append(f'| {workload} | {n:,} | {" | ".join(cells)} |')
     return rows
 
@@ -543,8 +589,10 @@ def report(data: dict) -> str:
     lines += [
         f'{RQ}: RQScheduler.enqueue_scheduled_jobs() called until the N due jobs are drained ({RQ_CHUNK:,} per call; '
         'its worker makes one call per interval, 1 s by default). '
-        f'{RAW}: ZRANGEBYSCORE of the due ids, then HSET status/enqueued_at + RPUSH + ZREM per job, pipelined in '
-        f'batches of {RAW_BATCH}, no planning, no fencing, no Lua.',
+        f'{RAW}: one Lua call per batch of {RAW_BATCH}: ZRANGEBYSCORE of the due ids, then per job HGET origin, RPUSH, '
+        'HSET status/enqueued_at, SADD rq:queues, ZREM; no client planning, no fencing, no checks. '
+        f'ours and rq-scheduler: Scheduler.enqueue_jobs() (it takes and releases the lease; it returns the jobs). '
+        f'{LOOP}: move_due_jobs() of a leader, as manage.py rqscheduler runs it.',
         '',
     ]
     lines += ['## Round trips and server commands per moved job', '']

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hmac
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -153,6 +154,17 @@ def allow_list() -> AllowList:
     if isinstance(patterns, str) or not isinstance(patterns, (list, tuple)):
         return _allow_list(())
     return _allow_list(tuple(pattern for pattern in patterns if isinstance(pattern, str) and pattern))
+
+
+def fast_move_key() -> str | None:
+    """The key of the marks that let the loop move a plain one-off whole in Redis: derived from SECRET_KEY (never
+    sent to Redis itself), so producers and the loop of one project agree on it. None without a SECRET_KEY."""
+    from django.conf import settings
+
+    secret = getattr(settings, 'SECRET_KEY', None)
+    if not secret:
+        return None
+    return hmac.new(str(secret).encode(), b'django_rq_scheduled.fast_one_off_moves', 'sha256').hexdigest()
 
 
 TASK_BRIDGE = 'django_rq_scheduled.task_calls.enqueue_task'

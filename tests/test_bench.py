@@ -27,7 +27,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 180
 SYSTEMS = {
-    'one-off': {'ours', 'rq-scheduler', 'rq built-in', 'raw Redis limit'},
+    'one-off': {'ours', 'rq-scheduler', 'rq built-in', 'server-side limit', 'ours (loop move)'},
     'interval': {'ours', 'rq-scheduler'},
     'cron': {'ours', 'rq-scheduler'},
 }

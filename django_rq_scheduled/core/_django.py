@@ -60,3 +60,13 @@ def allow_list() -> AllowList | None:
     from ..conf import allow_list
 
     return allow_list()
+
+
+def signing_key() -> str | None:
+    """The key of the marks of fast one-off moves (``fast_moves``), from the project's SECRET_KEY; None outside
+    a configured Django project."""
+    if not settings_ready():
+        return None
+    from ..conf import fast_move_key
+
+    return fast_move_key()

@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import Serializer
 from rq.utils import parse_timeout
 
-from . import keys, limits, payloads, retries, run_policy, scripts
+from . import fast_moves, keys, limits, payloads, retries, run_policy, scripts
 from .allowlist import AllowList
 from .limits import OVERLAP_POLICIES
 from .queues import validated_queue_name
@@ -139,6 +139,8 @@ class JobBuilder:
         self.default_queue = default_queue
         self.queue_class_name = queue_class_name
         self.refusal = refusal
+        self.signer: fast_moves.Signer | None = None
+        """Marks the plain one-offs the move script may take whole (``fast_moves``); None: marks none."""
 
     def create(
         self,
@@ -207,7 +209,13 @@ class JobBuilder:
     def save_and_schedule(self, job: Job, score: float) -> None:
         """Writes the job hash and its schedule entry in one transaction, waking the loop if it is earlier."""
         with self.connection.pipeline() as pipe:
-            job.save(pipeline=pipe)
+            if self.signer is not None and fast_moves.eligible(job):
+                mapping = job.to_dict()
+                mapping[keys.FAST_MARK_FIELD] = self.signer.mark(job.id, mapping)
+                pipe.hset(job.key, mapping=mapping)  # what job.save() writes, and the mark
+            else:
+                job.save(pipeline=pipe)
+                pipe.hdel(job.key, keys.FAST_MARK_FIELD)  # a mark of an earlier job of this id is no longer true
             pipe.eval(scripts.SCHEDULE, 3, *keys.WAKEUP_KEYS, job.id, format_score(score), '')
             pipe.execute()
 
@@ -344,11 +352,31 @@ class JobBuilder:
         """Unloaded jobs of these ids (``refresh()`` loads one), built without a round trip.
 
         Built without a serializer and given ours after: RQ checks a serializer passed to ``Job()`` against its
-        protocol, which costs more than moving the job did.
+        protocol, which costs more than moving the job did. Only the first is built by ``Job()``; the others are
+        copies of its state with their own id (and their own copies of its containers): ``Job()`` costs more than
+        the fast path's move.
         """
-        handles = []
-        for job_id in job_ids:
-            handle = self.job_class(job_id, connection=self.connection)
-            handle.serializer = self.serializer
+        if not job_ids:
+            return []
+        first = self.job_class(job_ids[0], connection=self.connection)
+        first.serializer = self.serializer
+        state = getattr(first, '__dict__', None)
+        if state is None or '_id' not in state:  # a job class of its own shape: built one by one
+            return [first, *(self._handle(job_id) for job_id in job_ids[1:])]
+        containers = [name for name, value in state.items() if isinstance(value, (dict, list, set))]
+        handles = [first]
+        make = object.__new__
+        for job_id in job_ids[1:]:
+            handle = make(self.job_class)
+            copy = handle.__dict__
+            copy.update(state)
+            copy['_id'] = job_id
+            for name in containers:
+                copy[name] = state[name].copy()
             handles.append(handle)
         return handles
+
+    def _handle(self, job_id: str) -> Job:
+        handle = self.job_class(job_id, connection=self.connection)
+        handle.serializer = self.serializer
+        return handle

@@ -52,6 +52,8 @@ RECONCILE_KEY = 'rq:drqs:reconcile'
 watermark of changed rows, and the cursors of the rolling sweep. Missing (a flush, a new or empty server): the next
 pass is a full one."""
 TEMPLATE_PREFIX = 'drqs-'
+FAST_MARK_FIELD = 'drqs_mark'
+"""A field of the job hash of a plain one-off written by our API: the MAC the move script checks (``fast_moves``)."""
 
 META_KEY = 'django_rq_scheduled'
 """The one key of ``job.meta`` that holds this project's own data (rq-scheduler ignores unknown meta)."""

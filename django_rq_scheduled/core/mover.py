@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import redis
 from redis import Redis
@@ -31,6 +31,9 @@ from .observer import SILENT, EnqueuedJob, Observer, kind_of
 from .policy_moves import FINISHED, POSTPONED
 from .queues import Queues
 from .scores import guard_score
+
+if TYPE_CHECKING:
+    from .fast_moves import FastPass
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +184,8 @@ class Mover:
         self._scripts_loaded_on: redis.ConnectionPool | None = None
         self._scripts_missing = False
         self._waits = False  # whether this pass's reads saw a buffered occurrence waiting (overlap buffer_one)
+        self.fast: FastPass | None = None
+        """Moves the marked one-offs of our API first, whole in Redis (``fast_moves``); None: none are trusted."""
 
     def move_due_jobs(self) -> MoveReport:
         """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call.
@@ -192,6 +197,8 @@ class Mover:
         """
         report = MoveReport()
         self._waits = False
+        if self.fast is not None:
+            self.fast.run(report)
         self._move_due_batches(report)
         if self._waits:  # after the due moves, which see an ended wait as well (and would not enqueue twice)
             self.release_buffered(self.clock.now(), report)

@@ -91,6 +91,10 @@ class Queues:
             self._infos[cache_key] = QueueInfo(key=queue.key, default_timeout=getattr(queue, '_default_timeout', None))
         return self._infos[cache_key]
 
+    def known_origins(self) -> list[str]:
+        """The origins whose queue (of the default class) was built already."""
+        return [origin for origin, class_name in self._infos if class_name is None]
+
     def _build(self, origin: str, queue_class_name: str | None) -> Queue:
         queue_class = named_queue_class(queue_class_name) if queue_class_name else self.queue_class
         known = _django.queue_names()

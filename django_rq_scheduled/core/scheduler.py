@@ -24,7 +24,7 @@ from rq.queue import Queue
 from rq.serializers import resolve_serializer
 from rq.utils import backend_class
 
-from . import _django, cron, keys, limits, scripts
+from . import _django, cron, fast_moves, keys, limits, scripts
 from .clock import ServerClock
 from .instances import Instances
 from .jobs import JobBuilder, refusal_of, template_meta
@@ -75,7 +75,27 @@ class FixedKeys:
         super().__setattr__(name, value)
 
 
-class Scheduler(FixedKeys):
+class CallableRule:
+    """The rule of which callables may run, and what follows from it: refusals, and the marks of fast moves."""
+
+    _callable_allowed: object
+    _signing_key: object
+    jobs: JobBuilder
+    mover: Mover
+
+    @property
+    def callable_allowed(self) -> object:
+        """The rule of which callables may run: an ``AllowList``, a predicate of dotted paths, or None."""
+        return self._callable_allowed
+
+    @callable_allowed.setter
+    def callable_allowed(self, rule: object) -> None:
+        self._callable_allowed = rule
+        self.jobs.refusal = self.mover.refusal = refusal_of(rule)
+        fast_moves.install(self, self._signing_key)
+
+
+class Scheduler(CallableRule, FixedKeys):
     """Schedules RQ jobs in rq-scheduler's Redis layout and moves them onto their queues when they are due.
 
     Same constructor, methods and reserved keyword arguments as ``rq_scheduler.Scheduler`` 0.14. Differences are
@@ -101,6 +121,7 @@ class Scheduler(FixedKeys):
         batch_size: int = limits.DEFAULT_BATCH_SIZE,
         timezone: str | None = None,
         callable_allowed: Callable[[str], bool] | object | None = FROM_SETTINGS,
+        signing_key: str | bytes | object | None = FROM_SETTINGS,
     ) -> None:
         if queue is not None:
             queue_name = queue.name
@@ -140,6 +161,8 @@ class Scheduler(FixedKeys):
             self.connection, self.job_class, self.serializer, lease=self.lease, clock=self.clock, queues=self.queues,
             batch_size=batch_size, timezone=self.timezone, refusal=refusal, stop=stop,
         )  # fmt: skip
+        self._signing_key = _django.signing_key() if signing_key is FROM_SETTINGS else signing_key
+        fast_moves.install(self, self._signing_key)  # marks plain one-offs, and moves them whole, when trusted
         self.loop = Loop(self, stop)
         self.tick_hooks: list[TickHook] = self.loop.hooks
 
@@ -167,16 +190,6 @@ class Scheduler(FixedKeys):
     @observer.setter
     def observer(self, observer: Observer) -> None:
         self.loop.observer = self.mover.observer = self.lease.observer = observer
-
-    @property
-    def callable_allowed(self) -> object:
-        """The rule of which callables may run: an ``AllowList``, a predicate of dotted paths, or None."""
-        return self._callable_allowed
-
-    @callable_allowed.setter
-    def callable_allowed(self, rule: object) -> None:
-        self._callable_allowed = rule
-        self.jobs.refusal = self.mover.refusal = refusal_of(rule)
 
     # -- creating jobs --------------------------------------------------------------------------------------
 

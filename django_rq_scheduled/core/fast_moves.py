@@ -1,0 +1,300 @@
+"""The fast path of plain one-off jobs written by our own ``Scheduler`` API: moved entirely inside Redis.
+
+The writer (``JobBuilder.save_and_schedule``) adds a *mark* to the job hash of a plain one-off (no dependencies, no
+periodic or row meta, no queue class of its own): a MAC over the job id and the fields a worker imports or
+unpickles (``SIGNED_FIELDS``), keyed with a secret and the fingerprint of the allow-list the callable was checked
+against when it was written. The loop's first step of a pass is ``FAST_MOVE``: one Lua call per batch reads the due
+entries, checks each one's mark and guards, and moves those that pass; it returns only their ids. Everything else
+(no mark, a wrong or stale mark, rq-scheduler's or a row's jobs, templates, dependencies, an unknown or paused queue,
+a hash that is not a hash) is left in the schedule, untouched, for the planned path (``moves``), which moves it or
+dead-letters it as before.
+
+Why a MAC, not a plain flag: the planned path refuses a callable outside ``ALLOWED_CALLABLES``, and whoever can
+write a job hash could write a flag. A mark verifies only if it was made with the key, for this very id, payload,
+meta, origin and callbacks, under this allow-list: a forged or copied mark, an edit after writing, or a changed
+allow-list sends the job down the planned path. With an allow-list set and no key, nothing is marked or trusted.
+Without an allow-list (no callable is refused), the key may be empty: the mark then only proves the job is unchanged
+since it was written (the planned path's own checks there are about well-formedness, not trust).
+
+The MAC is ``sha1(derived key || message)``, the message prefix-free (the id and a fixed list of fields, each behind
+its length), so SHA-1's length extension forges nothing; the derived key is an HMAC-SHA256 of the key and the
+allow-list's fingerprint, made on the client, so the key itself never reaches Redis. Whoever can read the
+scheduler's commands (``MONITOR``) sees the derived key: restrict ``MONITOR`` with a Redis ACL if producers share the
+server with writers you do not trust (such a writer can also push jobs onto RQ's queues directly, which no
+scheduler checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from rq.utils import utcformat
+
+from . import keys
+from ._django import queue_names
+from .allowlist import AllowList
+from .observer import ONE_OFF, EnqueuedJob
+
+SIGNED_FIELDS = (
+    'data', 'meta', 'origin', 'success_callback_name', 'failure_callback_name', 'stopped_callback_name',
+    'retries_left', 'retry_intervals',
+)  # fmt: skip
+"""The job-hash fields the mark covers: what a worker imports, unpickles, calls or parses (the retry fields, which
+the planned path checks too), and the queue it goes to."""
+UNRESTRICTED = 'unrestricted'
+"""The fingerprint of no allow-list (every callable may run)."""
+# Meta keys of jobs the fast path never takes (periodic, rows', a queue class of their own): also looked for, as
+# bytes, in the meta the Lua reads, so that even a mark made without a key never moves a template.
+NOT_FAST_META = ('interval', 'cron_string', 'queue_class_name', 'misfire_grace', 'record')
+
+
+def fingerprint(rule: object) -> str | None:
+    """What the allow-list ``rule`` lets run, as a string; None for a rule that cannot be fingerprinted (a
+    predicate of the project's own): then nothing is marked."""
+    if rule is None or (isinstance(rule, AllowList) and not rule.restricts):
+        return UNRESTRICTED
+    if isinstance(rule, AllowList):
+        described = json.dumps({'patterns': list(rule.patterns or ()), 'trusted': sorted(rule.trusted)})
+        return hashlib.sha256(described.encode()).hexdigest()
+    return None
+
+
+def _text(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return b'' if value is None else str(value).encode()
+
+
+def message(job_id: bytes, fields: Mapping[str, Any]) -> bytes:
+    """The signed message: the id and each signed field, each behind its length (so no two messages collide)."""
+    parts = [b'%d:%s' % (len(job_id), job_id)]
+    for name in SIGNED_FIELDS:
+        value = _text(fields.get(name))
+        parts.append(b'%d:%s' % (len(value), value))
+    return b''.join(parts)
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Makes the marks of one key under one allow-list; the move script checks them with the same derived keys."""
+
+    key: bytes
+    """Derived from the secret and the allow-list's fingerprint: the secret itself never reaches Redis."""
+
+    @classmethod
+    def of(cls, key: bytes | str | None, rule: object) -> Signer | None:
+        """The signer of ``key`` under ``rule``, or None when no mark may be trusted (an allow-list without a key,
+        or a rule that cannot be fingerprinted)."""
+        print_ = fingerprint(rule)
+        secret = key.encode() if isinstance(key, str) else (key or b'')
+        if print_ is None or (not secret and print_ != UNRESTRICTED):
+            return None
+        derived = hmac.new(secret, f'drqs-one-off-marks|{print_}'.encode(), 'sha256').hexdigest()
+        return cls(key=derived.encode())
+
+    def mark(self, job_id: str, fields: Mapping[str, Any]) -> str:
+        # sha1(key || message) over a prefix-free message (fixed fields, each behind its length): no signed message
+        # extends another, so SHA-1's length extension forges nothing. Lua has sha1hex, not HMAC.
+        return hashlib.sha1(self.key + message(job_id.encode(), fields)).hexdigest()
+
+
+def eligible(job: Any) -> bool:
+    """Whether a job built by our API is a plain one-off the move script may take whole."""
+    meta = job.meta or {}
+    ours = meta.get(keys.META_KEY) or {}
+    return (
+        not job._dependency_ids
+        and job.instance is None
+        and not any(name in meta for name in NOT_FAST_META)
+        and set(ours) <= {'retries', 'retry_delays'}
+    )
+
+
+# Moves a batch of due plain one-offs whose mark verifies. KEYS: lock, schedule, pause, set of queue keys.
+# ARGV: token ('' = unfenced), latest due score, enqueued_at, job key prefix, offset (due entries to step over, the
+# ones earlier calls of the pass left), batch size, the derived key, number of known queues, then per queue:
+# origin, queue key, default timeout ('' = none). Returns {entries looked at, entries left, then id, score, origin of
+# each job moved}. Left (for the planned path): anything not a plain marked one-off of a known, unpaused queue.
+# The read and the move are one atomic call, so the score, status and fields checked are the ones moved.
+FAST_MOVE = f"""
+if not redis.sha1hex then return {{0, 0}} end  -- a Redis look-alike without it (fakeredis): the planned path moves all
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('NOTLEADER lease lost')
+end
+local function type_of(key)
+  local have = redis.call('TYPE', key)
+  if type(have) == 'table' then have = have['ok'] end
+  return have
+end
+local paused = {{}}
+local scopes = redis.pcall('HKEYS', KEYS[3])
+if type(scopes) == 'table' and not scopes['err'] then
+  for p = 1, #scopes do paused[scopes[p]] = true end
+end
+local set_type = type_of(KEYS[4])
+if paused['{keys.PAUSE_ALL}'] or (set_type ~= 'none' and set_type ~= 'set') then return {{0, 0}} end
+local enqueued_at, prefix, key = ARGV[3], ARGV[4], ARGV[7]
+local queues, usable = {{}}, {{}}
+local q = 9
+for n = 1, tonumber(ARGV[8]) do
+  queues[ARGV[q]] = {{ARGV[q + 1], ARGV[q + 2]}}
+  q = q + 3
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', ARGV[5], ARGV[6])
+local out = {{#due / 2, 0}}
+local left = 0
+local function signed(id, v)
+  local f3, f4, f5, f6, f7, f8, f9, f10 = v[3] or '', v[4] or '', v[5] or '', v[6] or '', v[7] or '', v[8] or '',
+    v[9] or '', v[10] or ''
+  return redis.sha1hex(key .. #id .. ':' .. id .. #f3 .. ':' .. f3 .. #f4 .. ':' .. f4 .. #f5 .. ':' .. f5
+    .. #f6 .. ':' .. f6 .. #f7 .. ':' .. f7 .. #f8 .. ':' .. f8 .. #f9 .. ':' .. f9 .. #f10 .. ':' .. f10) == v[1]
+end
+local function plain(meta)
+  for _, word in ipairs({{{', '.join(repr(word) for word in NOT_FAST_META)}}}) do
+    if string.find(meta, word, 1, true) then return false end
+  end
+  return true
+end
+local function blank(value) return not value or value == '' end
+for d = 1, #due, 2 do
+  local id = due[d]
+  local v = redis.pcall('HMGET', prefix .. id, '{keys.FAST_MARK_FIELD}', 'status', 'data', 'meta', 'origin',
+    'success_callback_name', 'failure_callback_name', 'stopped_callback_name', 'retries_left', 'retry_intervals',
+    'result', 'exc_info', 'dependency_id', 'dependency_ids', 'enqueue_at_front', 'ttl', 'timeout')
+  local queue = type(v) == 'table' and not v['err'] and v[5] and queues[v[5]]
+  local ok = queue and v[1] and v[2] == 'scheduled' and v[3] and not paused[v[5]]
+    and blank(v[11]) and blank(v[12]) and blank(v[13]) and blank(v[14])
+    and string.find(id, '^[%w_%-]+$') and plain(v[4] or '') and signed(id, v)
+  if ok and usable[queue[1]] == nil then
+    local have = type_of(queue[1])
+    usable[queue[1]] = have == 'none' or have == 'list'
+  end
+  if ok and usable[queue[1]] then
+    local job_key = prefix .. id
+    -- The push first: out of memory, Redis refuses a script's first write that needs memory (later ones would leave
+    -- it half done), so the call fails before anything is written and the next pass moves the batch.
+    local front = v[15] == '1' or v[15] == 'True' or v[15] == 'true'
+    redis.call(front and 'LPUSH' or 'RPUSH', queue[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    if not v[17] and queue[2] ~= '' then
+      redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at, 'timeout', queue[2])
+    else
+      redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
+    end
+    if not queue[3] then
+      redis.call('SADD', KEYS[4], queue[1])
+      queue[3] = true
+    end
+    local ttl = tonumber(v[16])
+    if ttl and ttl > 0 then redis.call('EXPIRE', job_key, math.floor(ttl)) end
+    out[#out + 1] = id
+    out[#out + 1] = due[d + 1]
+    out[#out + 1] = v[5]
+  else
+    left = left + 1
+  end
+end
+out[2] = left
+return out
+"""
+FAST_MOVE_KEYS = (keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY, keys.QUEUES_SET_KEY)
+
+
+@dataclass
+class FastBatch:
+    """What one call of the move script did."""
+
+    looked_at: int
+    left: int
+    flat: list[Any]
+    """id, score, origin of each job moved."""
+
+    @property
+    def ids(self) -> list[str]:
+        return [member.decode() for member in self.flat[::3]]
+
+    def enqueued(self) -> Iterator[tuple[str, str, float]]:
+        """(id, origin, score) of each job moved."""
+        flat = self.flat
+        for start in range(0, len(flat), 3):
+            yield flat[start].decode(), flat[start + 2].decode(errors='replace'), float(flat[start + 1])
+
+
+def parse_reply(reply: list[Any]) -> FastBatch:
+    looked_at, left, *flat = reply
+    return FastBatch(int(looked_at), int(left), flat)
+
+
+def install(scheduler: Any, key: Any) -> None:
+    """Marks plain one-offs, and moves marked ones whole in Redis, when a mark can be trusted under the scheduler's
+    rule of callables: with no allow-list, or with one and a key (inside Django: derived from SECRET_KEY)."""
+    signer = Signer.of(key, scheduler.callable_allowed)
+    scheduler.jobs.signer = None if scheduler.queue_class_name else signer
+    fast = None if signer is None else FastPass(scheduler.mover, signer, scheduler.queue_name, queue_names())
+    scheduler.mover.fast = fast
+
+
+class FastPass:
+    """The first step of every pass of the mover: the marked one-offs, moved by ``FAST_MOVE`` batch by batch."""
+
+    def __init__(self, mover: Any, signer: Signer, default_queue: str, known_queues: list[str] | None) -> None:
+        self.mover = mover
+        self.signer = signer
+        self.origins = list(dict.fromkeys([default_queue, *(known_queues or [])]))
+        self.job_prefix = mover.job_class.redis_job_namespace_prefix
+        self._script = mover.connection.register_script(FAST_MOVE)
+
+    def run(self, report: Any) -> None:
+        """Moves due marked one-offs until a batch finds none (the planned path takes what is left)."""
+        mover = self.mover
+        offset = 0
+        queue_args = self._queue_args()
+        while not mover.stop.is_set():
+            now = mover.clock.now()
+            argv = [
+                mover.lease.token, repr(now), utcformat(datetime.fromtimestamp(now, timezone.utc)), self.job_prefix,
+                offset, mover.batch_size, self.signer.key, *queue_args,
+            ]  # fmt: skip
+            try:
+                batch = parse_reply(self._script(keys=FAST_MOVE_KEYS, args=argv))
+            except redis.ResponseError as exc:
+                mover._raise_move_error(exc)  # a lost lease: told to the lease, raised as LeadershipLost
+            moved = batch.looked_at - batch.left
+            if moved:
+                report.enqueued += batch.ids
+                mover.observer.jobs_enqueued(_Enqueued(batch), now)
+                report.batches += 1
+            if batch.looked_at < mover.batch_size or not moved:
+                return
+            offset += batch.left
+            mover.lease.renew_if_due()
+
+    def _queue_args(self) -> list[Any]:
+        """origin, queue key, default timeout of each queue the move script may push to (the others: planned)."""
+        known = [*self.origins, *self.mover.queues.known_origins()]
+        args: list[Any] = []
+        for origin in dict.fromkeys(known):
+            try:
+                info = self.mover.queues.info(origin, None)
+            except Exception:  # a queue that cannot be built is the planned path's to report
+                continue
+            args += [origin, info.key, '' if info.default_timeout is None else info.default_timeout]
+        return [len(args) // 3, *args]
+
+
+class _Enqueued:
+    """The jobs of a fast batch, as the observer sees them, built only if it iterates them."""
+
+    def __init__(self, batch: FastBatch) -> None:
+        self.batch = batch
+
+    def __iter__(self) -> Iterator[EnqueuedJob]:
+        for _, origin, score in self.batch.enqueued():
+            yield EnqueuedJob(origin, ONE_OFF, score)
