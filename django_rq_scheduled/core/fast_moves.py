@@ -16,9 +16,9 @@ allow-list sends the job down the planned path. With an allow-list set and no ke
 Without an allow-list (no callable is refused), the key may be empty: the mark then only proves the job is unchanged
 since it was written (the planned path's own checks there are about well-formedness, not trust).
 
-The MAC is ``sha1(derived key || message)``, the message prefix-free (the id and a fixed list of fields, each behind
-its length), so SHA-1's length extension forges nothing; the derived key is an HMAC-SHA256 of the key and the
-allow-list's fingerprint, made on the client, so the key itself never reaches Redis. Whoever can read the
+The MAC is ``sha1(derived key || message)``, the message prefix-free (the lengths of the id and of a fixed list of
+fields, then their bytes), so SHA-1's length extension forges nothing; the derived key is an HMAC-SHA256 of the key
+and the allow-list's fingerprint, made on the client, so the key itself never reaches Redis. Whoever can read the
 scheduler's commands (``MONITOR``) sees the derived key: restrict ``MONITOR`` with a Redis ACL if producers share the
 server with writers you do not trust (such a writer can also push jobs onto RQ's queues directly, which no
 scheduler checks).
@@ -73,12 +73,10 @@ def _text(value: Any) -> bytes:
 
 
 def message(job_id: bytes, fields: Mapping[str, Any]) -> bytes:
-    """The signed message: the id and each signed field, each behind its length (so no two messages collide)."""
-    parts = [b'%d:%s' % (len(job_id), job_id)]
-    for name in SIGNED_FIELDS:
-        value = _text(fields.get(name))
-        parts.append(b'%d:%s' % (len(value), value))
-    return b''.join(parts)
+    """The signed message: the lengths of the id and of each signed field, then their bytes (so no two messages
+    collide, and none extends another)."""
+    values = [job_id, *(_text(fields.get(name)) for name in SIGNED_FIELDS)]
+    return b','.join(b'%d' % len(value) for value in values) + b':' + b''.join(values)
 
 
 @dataclass(frozen=True)
@@ -100,7 +98,7 @@ class Signer:
         return cls(key=derived.encode())
 
     def mark(self, job_id: str, fields: Mapping[str, Any]) -> str:
-        # sha1(key || message) over a prefix-free message (fixed fields, each behind its length): no signed message
+        # sha1(key || message) over a prefix-free message (the lengths, then the bytes): no signed message
         # extends another, so SHA-1's length extension forges nothing. Lua has sha1hex, not HMAC.
         return hashlib.sha1(self.key + message(job_id.encode(), fields)).hexdigest()
 
@@ -150,15 +148,17 @@ end
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2], 'WITHSCORES', 'LIMIT', ARGV[5], ARGV[6])
 local out = {{#due / 2, 0}}
 local left = 0
+local format, sha1hex, find = string.format, redis.sha1hex, string.find
 local function signed(id, v)
   local f3, f4, f5, f6, f7, f8, f9, f10 = v[3] or '', v[4] or '', v[5] or '', v[6] or '', v[7] or '', v[8] or '',
     v[9] or '', v[10] or ''
-  return redis.sha1hex(key .. #id .. ':' .. id .. #f3 .. ':' .. f3 .. #f4 .. ':' .. f4 .. #f5 .. ':' .. f5
-    .. #f6 .. ':' .. f6 .. #f7 .. ':' .. f7 .. #f8 .. ':' .. f8 .. #f9 .. ':' .. f9 .. #f10 .. ':' .. f10) == v[1]
+  local lengths = format('%d,%d,%d,%d,%d,%d,%d,%d,%d:', #id, #f3, #f4, #f5, #f6, #f7, #f8, #f9, #f10)
+  return sha1hex(key .. lengths .. id .. f3 .. f4 .. f5 .. f6 .. f7 .. f8 .. f9 .. f10) == v[1]
 end
+local words = {{{', '.join(repr(word) for word in NOT_FAST_META)}}}
 local function plain(meta)
-  for _, word in ipairs({{{', '.join(repr(word) for word in NOT_FAST_META)}}}) do
-    if string.find(meta, word, 1, true) then return false end
+  for w = 1, #words do
+    if find(meta, words[w], 1, true) then return false end
   end
   return true
 end
