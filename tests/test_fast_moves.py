@@ -341,3 +341,33 @@ def test_a_batch_of_marked_one_offs_costs_one_round_trip(connection, round_trips
     assert len(report.enqueued) == 250
     # Three fast calls (100, 100, 50: the last not full ends the fast pass), one planned read finding nothing.
     assert round_trips['n'] == 3 + 1
+
+
+def test_inside_django_producers_and_the_loop_share_a_key_derived_from_secret_key(settings, connection, planned):
+    settings.RQ_SCHEDULED = {'ALLOWED_CALLABLES': ['tests.tasks.add']}
+    Scheduler(connection=connection).enqueue_at(past(), tasks.add, 1, 2, job_id='from-django')
+    loop = Scheduler(queue_name='default')  # as manage.py rqscheduler builds it: settings' allow-list and key
+    assert loop.mover.fast is not None
+    assert loop.acquire_lock()
+    loop.move_due_jobs()
+    assert queued(connection) == ['from-django'] and planned == []
+    assert settings.SECRET_KEY not in str(fast_moves.Signer.of(loop._signing_key, loop.callable_allowed))
+
+
+def test_a_producer_with_another_secret_key_is_moved_the_planned_way(settings, connection, planned):
+    settings.RQ_SCHEDULED = {'ALLOWED_CALLABLES': ['tests.tasks.add']}
+    settings.SECRET_KEY = 'another project'
+    Scheduler(connection=connection).enqueue_at(past(), tasks.add, 1, 2, job_id='elsewhere')
+    settings.SECRET_KEY = 'tests-only'
+    loop = Scheduler(queue_name='default')
+    assert loop.acquire_lock()
+    loop.move_due_jobs()
+    assert queued(connection) == ['elsewhere'] and planned == ['elsewhere']
+
+
+def test_jobs_written_by_rq_scheduler_carry_no_mark_and_are_moved_the_planned_way(connection, planned):
+    import rq_scheduler
+
+    rq_scheduler.Scheduler(connection=connection).enqueue_at(past().replace(tzinfo=None), tasks.add, 1, 2)
+    make(connection).enqueue_jobs()
+    assert len(planned) == 1 and queued(connection) == [planned[0]]
