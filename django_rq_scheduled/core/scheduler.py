@@ -24,8 +24,9 @@ from rq.queue import Queue
 from rq.serializers import resolve_serializer
 from rq.utils import backend_class
 
-from . import _django, cron, fast_moves, keys, limits, scripts
+from . import _django, cron, keys, limits, scripts
 from .clock import ServerClock
+from .fast_moves import install as install_fast_path
 from .instances import Instances
 from .jobs import JobBuilder, refusal_of, template_meta
 from .lease import Lease
@@ -92,7 +93,7 @@ class CallableRule:
     def callable_allowed(self, rule: object) -> None:
         self._callable_allowed = rule
         self.jobs.refusal = self.mover.refusal = refusal_of(rule)
-        fast_moves.install(self, self._signing_key)
+        install_fast_path(self, self._signing_key)
 
 
 class Scheduler(CallableRule, FixedKeys):
@@ -162,7 +163,7 @@ class Scheduler(CallableRule, FixedKeys):
             batch_size=batch_size, timezone=self.timezone, refusal=refusal, stop=stop,
         )  # fmt: skip
         self._signing_key = _django.signing_key() if signing_key is FROM_SETTINGS else signing_key
-        fast_moves.install(self, self._signing_key)  # marks plain one-offs, and moves them whole, when trusted
+        install_fast_path(self, self._signing_key)  # marks plain one-offs, and moves them whole, when trusted
         self.loop = Loop(self, stop)
         self.tick_hooks: list[TickHook] = self.loop.hooks
 
