@@ -19,9 +19,9 @@ since it was written (the planned path's own checks there are about well-formedn
 The MAC is ``sha1(derived key || message)``, the message prefix-free (the lengths of the id and of a fixed list of
 fields, then their bytes), so SHA-1's length extension forges nothing; the derived key is an HMAC-SHA256 of the key
 and the allow-list's fingerprint, made on the client, so the key itself never reaches Redis. Whoever can read the
-scheduler's commands (``MONITOR``) sees the derived key: restrict ``MONITOR`` with a Redis ACL if producers share the
-server with writers you do not trust (such a writer can also push jobs onto RQ's queues directly, which no
-scheduler checks).
+scheduler's commands (``MONITOR``, ``SLOWLOG GET``) sees the derived key: restrict both with a Redis ACL if
+producers share the server with writers you do not trust (such a writer can also push jobs onto RQ's queues
+directly, which no scheduler checks).
 """
 
 from __future__ import annotations
