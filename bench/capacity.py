@@ -13,14 +13,14 @@ import functools
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from bench import core
+from bench import core, scale
 from bench.common import (
     BenchmarkError,
     alternate,
@@ -49,14 +49,15 @@ class Config:
     move_jobs: int  # due jobs per measured pass of the Redis CPU per move
     rounds: int
     fire_sizes: tuple[int, ...]  # schedules due at the same instant
+    tick_among: tuple[int, ...]  # future entries in the schedule while a tick moves 100 due jobs
 
 
 FULL = Config(mode='full', quick=False, memory_sizes=(10_000, 100_000, 500_000), move_jobs=20_000, rounds=3,
-              fire_sizes=(1_000, 5_000, 20_000, 50_000))  # fmt: skip
+              fire_sizes=(1_000, 5_000, 20_000, 50_000), tick_among=(10_000_000,))  # fmt: skip
 QUICK = Config(mode='quick', quick=True, memory_sizes=(5_000, 20_000), move_jobs=5_000, rounds=2,
-               fire_sizes=(1_000, 5_000))  # fmt: skip
+               fire_sizes=(1_000, 5_000), tick_among=(1_000_000,))  # fmt: skip
 SMOKE = Config(mode='smoke', quick=True, memory_sizes=(300, 600), move_jobs=300, rounds=2,
-               fire_sizes=(200,))  # fmt: skip
+               fire_sizes=(200,), tick_among=(10_000,))  # fmt: skip
 
 
 # -- memory per schedule -----------------------------------------------------------------------------------------
@@ -203,6 +204,17 @@ def fire_times(connection: redis.Redis, url: str, config: Config) -> dict[str, l
     return results
 
 
+# -- a tick among many schedules -------------------------------------------------------------------------------
+
+
+def ticks_among(connection: redis.Redis, config: Config) -> dict[str, dict[str, list[dict]]]:
+    """``bench.scale``'s tick cost (a pass moving 100 due jobs, each system alternated) among more entries."""
+    tick_config = replace(scale.QUICK, due=100, rounds=max(config.rounds, 3))
+    results = {str(others): scale.tick_cost(connection, others, tick_config) for others in config.tick_among}
+    connection.flushdb()
+    return results
+
+
 # -- report -----------------------------------------------------------------------------------------------------
 
 
@@ -257,6 +269,10 @@ def report(data: dict) -> str:
             'from the due instant until the queue holds the job, seen by polling its length every ~1 ms',
             '',
             *fire_rows(data['fire_times']),
+            '',
+            '## A tick moving 100 due jobs among N future entries (ms), median (min - max), alternated rounds',
+            '',
+            *scale.tick_rows(data['ticks_among']),
         ]
     )
 
@@ -270,6 +286,8 @@ def run(config: Config) -> dict:
             data['memory'] = memory(connection, config)
         with stopwatch(phases, 'redis cpu'):
             data['redis_cpu'] = redis_cpu(connection, config)
+        with stopwatch(phases, 'ticks among many'):
+            data['ticks_among'] = ticks_among(connection, config)
         with stopwatch(phases, 'simultaneous fire times'):
             data['fire_times'] = fire_times(connection, server.url, config)
         connection.connection_pool.disconnect()

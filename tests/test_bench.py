@@ -253,5 +253,6 @@ def test_the_capacity_benchmark_measures_every_kind_and_size(tmp_path):
     for kind, systems in data['redis_cpu'].items():
         assert set(systems) == {'ours', 'rq-scheduler'}, kind
         assert all(len(passes) == config['rounds'] for passes in systems.values()), kind
+    assert set(data['ticks_among']) == {str(n) for n in config['tick_among']}
     for kind, samples in data['fire_times'].items():
         assert [sample['schedules'] for sample in samples] == config['fire_sizes'], kind
