@@ -42,6 +42,7 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 from bench.common import RoundTrips, check, private_redis, run_command_line  # noqa: E402
 from django_rq_scheduled import reconciliation, sync  # noqa: E402
+from django_rq_scheduled.conf import reconcile_sweep_rows  # noqa: E402
 from django_rq_scheduled.core import keys  # noqa: E402
 from django_rq_scheduled.models import SCHEDULE_MODELS, CronJob  # noqa: E402
 from django_rq_scheduled.reconciliation import Reconciler, read_state  # noqa: E402
@@ -198,7 +199,7 @@ def run(config: Config) -> dict:
         connection.connection_pool.disconnect()
     check('drqs_cronjob_modified' in plan, f'the changed rows are read on the index: {plan}')
     return {
-        'results': results, 'changed_rows_plan': plan, 'sweep_rows': reconciliation.SWEEP_ROWS,
+        'results': results, 'changed_rows_plan': plan, 'sweep_rows': reconcile_sweep_rows(),
         'database': db_connection.vendor,
         'changed_margin_s': reconciliation.CHANGED_MARGIN, 'models': len(SCHEDULE_MODELS), 'batch': sync.BATCH,
     }  # fmt: skip

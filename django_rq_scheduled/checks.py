@@ -10,7 +10,13 @@ from django.core.checks import Error, Warning, register
 from django.db.models import Field
 
 from . import alert_config
-from .conf import DEFAULTS, MAX_ALERT_AFTER_FAILURES, RUN_HISTORY_LIMITS, health_token_problem
+from .conf import (
+    DEFAULTS,
+    MAX_ALERT_AFTER_FAILURES,
+    RUN_HISTORY_LIMITS,
+    health_token_problem,
+    reconcile_sweep_rows_problem,
+)
 from .core import limits
 from .core.cron import CronError, get_zone
 
@@ -46,6 +52,8 @@ def _setting_problems(config: dict[str, Any]) -> list[str]:
         problems.append(
             f'RECONCILE_INTERVAL must be a number of seconds greater than zero, got {config["RECONCILE_INTERVAL"]!r}'
         )
+    if 'RECONCILE_SWEEP_ROWS' in config and (problem := reconcile_sweep_rows_problem(config['RECONCILE_SWEEP_ROWS'])):
+        problems.append(problem)
     grace = config.get('DEFAULT_MISFIRE_GRACE')
     if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace <= 0):
         problems.append(f'DEFAULT_MISFIRE_GRACE must be None or a whole number of seconds above zero, got {grace!r}')

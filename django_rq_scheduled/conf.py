@@ -59,6 +59,12 @@ SETTINGS: dict[str, Setting] = {
         'Seconds between two reconciliations of the database with Redis by ``manage.py rqscheduler``: each reads the '
         'rows changed since the last one and the next slice of a rolling sweep (see :doc:`models`).',
     ),
+    'RECONCILE_SWEEP_ROWS': Setting(
+        1000,
+        'Rows (and entries of the versions hash) each periodic reconciliation verifies besides the changed ones, '
+        'from a rolling cursor (1 to 100,000): a full sweep of N rows takes N / RECONCILE_SWEEP_ROWS passes. '
+        'It finds what no save reported (raw SQL); see :doc:`models` and :doc:`capacity`.',
+    ),
     'RUN_HISTORY_DAYS': Setting(
         30,
         'Days a finished run stays in the run history (``Run`` rows); ``0`` keeps no history (the summary fields of '
@@ -126,6 +132,7 @@ MAX_INTERVAL_SECONDS = 36_525 * 86_400  # 100 years of 365.25 days
 MAX_JSON_DEPTH = 100
 # Of the run history's settings: a century of days, a million runs per schedule.
 RUN_HISTORY_LIMITS = {'RUN_HISTORY_DAYS': 36_500, 'RUN_HISTORY_PER_SCHEDULE': 1_000_000}
+MAX_RECONCILE_SWEEP_ROWS = 100_000
 MAX_ALERT_AFTER_FAILURES = 1_000_000
 # Python refuses to convert longer integers to text (sys.int_info.default_max_str_digits), so JSON cannot hold them.
 MAX_JSON_INTEGER_DIGITS = 4300
@@ -138,6 +145,20 @@ def get_setting(name: str) -> Any:
     if name not in DEFAULTS:
         raise KeyError(f'unknown django_rq_scheduled setting {name!r}')
     return getattr(settings, 'RQ_SCHEDULED', {}).get(name, DEFAULTS[name])
+
+
+def reconcile_sweep_rows() -> int:
+    """RECONCILE_SWEEP_ROWS as set, or its default if it is malformed (check E002 says so)."""
+    rows = get_setting('RECONCILE_SWEEP_ROWS')
+    if reconcile_sweep_rows_problem(rows):
+        return int(DEFAULTS['RECONCILE_SWEEP_ROWS'])
+    return int(rows)
+
+
+def reconcile_sweep_rows_problem(rows: Any) -> str | None:
+    if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows <= MAX_RECONCILE_SWEEP_ROWS:
+        return f'RECONCILE_SWEEP_ROWS must be a whole number from 1 to {MAX_RECONCILE_SWEEP_ROWS:,}, got {rows!r}'
+    return None
 
 
 def default_timezone() -> str:

@@ -10,10 +10,10 @@ reads, on each server:
   index. Every write through the ORM sets it (save, ``update()``, the bulk paths), so a row whose after-commit sync
   failed is synced at the next pass that Redis answers even if noting it failed too (the process died after its
   commit, the database refused the note);
-- the next ``SWEEP_ROWS`` rows by primary key, from a rolling cursor: a change by raw SQL that left ``modified``
-  alone is repaired within one sweep of the tables;
-- the next ``SWEEP_ROWS`` entries of the versions hash (HSCAN, a rolling cursor): the templates of rows deleted
-  behind the ORM's back are removed within one sweep of the hash.
+- the next ``RECONCILE_SWEEP_ROWS`` rows by primary key, from a rolling cursor: a change by raw SQL that left
+  ``modified`` alone is repaired within one sweep of the tables;
+- the next ``RECONCILE_SWEEP_ROWS`` entries of the versions hash (HSCAN, a rolling cursor): the templates of rows
+  deleted behind the ORM's back are removed within one sweep of the hash.
 
 Its state (the epoch of the full pass it follows, the watermark, the cursors) is a hash on the server itself
 (``keys.RECONCILE_KEY``). A server that lost its data (FLUSHALL, a restart without persistence, a new or empty
@@ -32,6 +32,7 @@ from django.core.exceptions import ValidationError
 from redis import Redis
 
 from . import sync
+from .conf import reconcile_sweep_rows
 from .core import keys
 from .core.queues import connection_identity
 from .core.scheduler import Scheduler
@@ -43,9 +44,6 @@ from .unsynced import UnsyncedRow
 
 logger = logging.getLogger(__name__)
 
-SWEEP_ROWS = 1000
-"""Rows, and entries of the versions hash, verified per periodic pass: a full sweep of N rows takes N / SWEEP_ROWS
-passes (with RECONCILE_INTERVAL = 60 s: 10 minutes for 10,000 rows, 17 hours for 1,000,000)."""
 NOTED_BATCH = 5000
 """Rows whose sync failed (``unsynced``) synced per pass: after a long outage with many writes, the next passes
 take the rest."""
@@ -144,11 +142,12 @@ class Reconciler:
         after = _pk_or_none(model, state.after)
         if after is not None:
             rows = rows.filter(pk__gt=after)
-        pks = list(rows.values_list('pk', flat=True)[:SWEEP_ROWS])
+        sweep_rows = reconcile_sweep_rows()
+        pks = list(rows.values_list('pk', flat=True)[:sweep_rows])
         for chunk in _chunks(pks, BATCH):
             loaded = sync.load_rows(model, chunk, using=self.using, report=report)
             report.merge(_sync_chunk(model, loaded, set(), known, using=self.using))
-        if len(pks) == SWEEP_ROWS:
+        if len(pks) == sweep_rows:
             state.after = str(pks[-1])
             return
         state.model, state.after = (state.model + 1) % len(SCHEDULE_MODELS), ''
@@ -157,6 +156,8 @@ class Reconciler:
 
     def _sweep_orphans(self, scheduler: Scheduler, state: ReconcileState, report: SyncReport) -> None:
         """Removes the orphans among the next slice of the versions hash."""
-        cursor, entries = scheduler.connection.hscan(keys.VERSIONS_KEY, cursor=state.orphans, count=SWEEP_ROWS)
+        cursor, entries = scheduler.connection.hscan(
+            keys.VERSIONS_KEY, cursor=state.orphans, count=reconcile_sweep_rows()
+        )
         report.merge(sync.remove_orphans(scheduler, sync.template_owners(entries), using=self.using))
         state.orphans = int(cursor)

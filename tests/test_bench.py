@@ -240,3 +240,19 @@ def test_the_reconciliation_benchmark_costs_the_same_at_every_size(tmp_path):
     assert first['sweep']['passes'] == first['rows'] // data['sweep_rows'] + data['models']
     assert 'drqs_cronjob_modified' in data['changed_rows_plan']
     assert '## Reconciliation' in stdout
+
+
+def test_the_capacity_benchmark_measures_every_kind_and_size(tmp_path):
+    data, stdout = run_benchmark('bench.capacity', 'smoke', tmp_path)
+    config = data['config']
+    assert '## Moves per second of one Redis core' in stdout and '## Enqueue lateness when N' in stdout
+    for kind, samples in data['memory'].items():
+        assert [sample['schedules'] for sample in samples] == config['memory_sizes'], kind
+        assert all(sample['bytes_per_schedule'] > 0 for sample in samples), kind
+    assert set(data['redis_cpu']) == {'one-off', 'interval', 'cron'}
+    for kind, systems in data['redis_cpu'].items():
+        assert set(systems) == {'ours', 'rq-scheduler'}, kind
+        assert all(len(passes) == config['rounds'] for passes in systems.values()), kind
+    assert set(data['ticks_among']) == {str(n) for n in config['tick_among']}
+    for kind, samples in data['fire_times'].items():
+        assert [sample['schedules'] for sample in samples] == config['fire_sizes'], kind

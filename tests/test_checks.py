@@ -33,11 +33,28 @@ def test_malformed_allowed_callables(value):
 
 
 @pytest.mark.parametrize(
-    'value', [{'RECONCILE_INTERVAL': 0}, {'DEFAULT_MISFIRE_GRACE': -1}, {'DEFAULT_MISFIRE_GRACE': 1.5}]
+    'value',
+    [
+        {'RECONCILE_INTERVAL': 0},
+        {'DEFAULT_MISFIRE_GRACE': -1},
+        {'DEFAULT_MISFIRE_GRACE': 1.5},
+        {'RECONCILE_SWEEP_ROWS': 0},
+        {'RECONCILE_SWEEP_ROWS': 100_001},
+        {'RECONCILE_SWEEP_ROWS': True},
+        {'RECONCILE_SWEEP_ROWS': '1000'},
+    ],
 )
-def test_bad_reconcile_interval_and_grace(value):
+def test_bad_reconcile_interval_sweep_and_grace(value):
     with override_settings(RQ_SCHEDULED=value):
         assert our_checks() == ['django_rq_scheduled.E002']
+
+
+def test_a_malformed_sweep_size_falls_back_to_its_default():
+    from django_rq_scheduled.conf import reconcile_sweep_rows
+
+    for value, rows in (('1000', 1000), (-5, 1000), (5000, 5000)):
+        with override_settings(RQ_SCHEDULED={'RECONCILE_SWEEP_ROWS': value}):
+            assert reconcile_sweep_rows() == rows
 
 
 def test_deploy_check_wants_an_allow_list():

@@ -13,7 +13,7 @@ from django.db import connection as db_connection
 from django.test.utils import CaptureQueriesContext
 from rq.job import Job
 
-from django_rq_scheduled import reconciliation, signals, sync
+from django_rq_scheduled import signals, sync
 from django_rq_scheduled.core import keys
 from django_rq_scheduled.feedback import DatabaseSync
 from django_rq_scheduled.models import SCHEDULE_MODELS, CronJob, ScheduledJob
@@ -29,8 +29,8 @@ SWEEP = 20
 
 
 @pytest.fixture
-def small_sweep(monkeypatch):
-    monkeypatch.setattr(reconciliation, 'SWEEP_ROWS', SWEEP)
+def small_sweep(settings):
+    settings.RQ_SCHEDULED = {**getattr(settings, 'RQ_SCHEDULED', {}), 'RECONCILE_SWEEP_ROWS': SWEEP}
 
 
 def cron_rows(count, prefix='c'):

@@ -8,10 +8,14 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 
 from django_rq_scheduled import current_fire_time
 from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.allowlist import AllowList
+from django_rq_scheduled.core.errors import LeadershipLost
+from django_rq_scheduled.core.moves import Planner
 from django_rq_scheduled.models import CronJob, RepeatableJob, Run, ScheduledJob
 from django_rq_scheduled.servers import run_now
 from django_rq_scheduled.signals import run_failed
@@ -219,6 +223,67 @@ def test_junk_in_rqs_registries_and_queue_set_never_fails_the_release(leader, co
     connection.set(keys.job_key('a-string'), 'not a hash')
     assert release(leader) is None
     assert connection.zcard('rq:scheduled:default') == 0 and connection.llen('rq:queue:default') == 0
+
+
+def waiting_retry(connection, job_id: str, func: str, *, args=('echo', 'retried')):
+    """A job waiting in RQ's registry of delayed retries, as RQ (or anyone writing RQ's keys) leaves one."""
+    job = Job.create(func, args=args, id=job_id, connection=connection, origin='default')
+    job.save()
+    connection.sadd(keys.QUEUES_SET_KEY, 'rq:queue:default')
+    ScheduledJobRegistry('default', connection=connection).schedule(job, datetime.now(UTC) - timedelta(seconds=5))
+    return job
+
+
+@pytest.fixture
+def vetting(leader):
+    leader.scheduler.callable_allowed = AllowList(['tests.tasks.*'])
+    return leader
+
+
+def test_with_an_allow_list_a_due_retry_is_vetted_then_moved_back(vetting, redis_url, connection):
+    row = every_minute('vetted', 'tests.tasks.flaky', ['vetted', 1], retries=1, retry_delays=[1])
+    run = run_to_the_end(vetting, redis_url, row)
+    assert (run.status, run.attempts) == ('finished', 2)
+    assert vetting.scheduler.dead_letters() == {}
+
+
+@pytest.mark.parametrize('func', ['os.system', 'tests.hostile_tasks.system', 'tests.tasks.os.system'])
+def test_a_retry_whose_callable_the_allow_list_refuses_is_dead_lettered_never_enqueued(vetting, connection, func):
+    waiting_retry(connection, 'smuggled', func)
+    waiting_retry(connection, 'fine', 'tests.tasks.add', args=(1, 2))
+    release(vetting)
+    assert connection.lrange('rq:queue:default', 0, -1) == [b'fine']
+    assert ScheduledJobRegistry('default', connection=connection).get_job_ids() == []
+    assert 'retry refused: callable refused' in vetting.scheduler.dead_letters()['smuggled']
+
+
+def test_a_retry_whose_payload_changes_after_it_was_vetted_is_not_moved(vetting, connection, monkeypatch):
+    allowed = waiting_retry(connection, 'swapped', 'tests.tasks.add', args=(1, 2))
+    refused = Job.create('os.system', args=('echo swapped',), connection=connection)
+    planner_check = Planner.payload_refusal
+
+    def vet_then_swap(self, data):
+        verdict = planner_check(self, data)
+        connection.hset(allowed.key, 'data', refused.data)  # a producer rewrites the job between read and move
+        return verdict
+
+    monkeypatch.setattr(Planner, 'payload_refusal', vet_then_swap)
+    release(vetting)
+    assert connection.llen('rq:queue:default') == 0
+    assert ScheduledJobRegistry('default', connection=connection).get_job_ids() == ['swapped']
+    monkeypatch.setattr(Planner, 'payload_refusal', planner_check)
+    release(vetting)  # read again: the new payload is refused
+    assert connection.llen('rq:queue:default') == 0
+    assert 'swapped' in vetting.scheduler.dead_letters()
+
+
+def test_a_deposed_leader_vets_but_moves_no_retry(vetting, connection):
+    waiting_retry(connection, 'fenced', 'tests.tasks.add', args=(1, 2))
+    assert vetting.scheduler.acquire_lock()
+    connection.set(keys.LOCK_KEY, 'another leader')
+    with pytest.raises(LeadershipLost):
+        vetting.scheduler.mover.release_due_retries()
+    assert ScheduledJobRegistry('default', connection=connection).get_job_ids() == ['fenced']
 
 
 # -- the fire time inside the job ---------------------------------------------------------------------------------

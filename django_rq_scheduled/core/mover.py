@@ -284,8 +284,11 @@ class Mover:
         )
 
     def release_due_retries(self) -> float | None:
-        """Moves RQ's due delayed retries back to their queues (``retries.release_due``); the next one's due time."""
-        return retries.release_due(self.connection, self.lease, now=self.clock.now())
+        """Moves RQ's due delayed retries back to their queues (``retries.release_due``), each vetted by the allow-list
+        if one is set, as every job this scheduler enqueues; the next one's due time."""
+        now = self.clock.now()
+        vet = None if self.refusal is None else self.planner(now).payload_refusal
+        return retries.release_due(self.connection, self.lease, now=now, vet=vet)
 
     def plan_batch(self, pairs: Pairs, fields: Fields | None, now: float) -> Batch:
         """Decodes the due members, reads what their moves also need (whole templates, previous runs), plans."""

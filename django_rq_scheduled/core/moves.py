@@ -155,6 +155,14 @@ class Planner(RunPolicyPlanning):
         except payloads.PayloadError as exc:
             raise PlanningError(f'cannot read meta: {exc}') from exc
 
+    def payload_refusal(self, data: bytes | None) -> str | None:
+        """Why a job with this payload may not be enqueued (unreadable, or refused by the allow-list), or None."""
+        try:
+            self._check_payload({b'data': data} if data else {})
+        except PlanningError as exc:
+            return str(exc)
+        return None
+
     def _check_payload(self, raw: dict[bytes, bytes]) -> None:
         """Reads the function name without running any code of the payload, and asks the allow-list."""
         if not raw.get(b'data'):

@@ -6,13 +6,16 @@ repeated when the list is short); a schedule's list is read from its start, its 
 RQ gets has exactly one entry per retry: the schedule's delays, cut or padded with the last one.
 
 A delayed retry waits in the queue's ``ScheduledJobRegistry``; the leader moves it back when it is due unless an
-RQ scheduler (``rq worker --with-scheduler``) holds that queue (``scripts.RELEASE_RETRIES``).
+RQ scheduler (``rq worker --with-scheduler``) holds that queue (``retry_scripts.RELEASE_RETRIES``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, cast
 
@@ -20,7 +23,7 @@ from redis import Redis
 from redis.exceptions import ResponseError
 from rq.utils import utcformat
 
-from . import keys, limits, scripts
+from . import keys, limits, retry_scripts
 from .errors import LeadershipLost
 from .lease import Lease
 
@@ -98,26 +101,63 @@ RELEASE_BATCH = 1000
 """Due retries moved per queue and tick (RQ's own scheduler takes as many)."""
 
 
-def release_due(connection: Redis, lease: Lease, *, now: float) -> float | None:
-    """Moves the delayed retries due by ``now`` back to their queues, for the queues no RQ scheduler holds, in one
-    Lua call fenced by ``lease`` (``scripts.RELEASE_RETRIES``); returns when the next one is due.
+PayloadVet = Callable[[bytes | None], 'str | None']
+"""Why the allow-list refuses a job with this payload (``data``), or None if it may run."""
 
-    Without this, a retry with a delay would run only where a worker runs with ``--with-scheduler``.
+
+def release_due(connection: Redis, lease: Lease, *, now: float, vet: PayloadVet | None = None) -> float | None:
+    """Moves the delayed retries due by ``now`` back to their queues, for the queues no RQ scheduler holds, fenced by
+    ``lease``; returns when the next one is due.
+
+    Without this, a retry with a delay would run only where a worker runs with ``--with-scheduler``. With an
+    allow-list (``vet``), each due retry's payload is vetted first, as every job the scheduler enqueues is: one
+    read (``retry_scripts.DUE_RETRIES``), then one call that moves the payloads allowed, unless changed since, and
+    dead-letters those refused (``retry_scripts.RELEASE_VETTED_RETRIES``). Without one, one call moves them all.
     """
     enqueued_at = utcformat(datetime.fromtimestamp(now, tz=timezone.utc))
     # RQ writes the due time in whole seconds, rounded down: a retry moves once that second is over, never early.
     cutoff = now - 1
+    argv = (
+        lease.token, repr(cutoff), enqueued_at, RELEASE_BATCH, keys.RQ_QUEUE_PREFIX,
+        keys.RQ_SCHEDULED_REGISTRY_PREFIX, keys.RQ_SCHEDULER_LOCK_PREFIX, keys.JOB_KEY_PREFIX,
+    )  # fmt: skip
+    with _fenced(lease):
+        if vet is None:
+            script = retry_scripts.RELEASE_RETRIES
+            moved, next_due = connection.eval(script, 2, keys.LOCK_KEY, keys.QUEUES_SET_KEY, *argv)
+        else:
+            moved, next_due = _release_vetted(connection, argv, vet, now)
+    if moved:
+        logger.info('Moved %d retried jobs back to their queues', moved)
+    return float(next_due) + 1 if next_due else None
+
+
+def _release_vetted(connection: Redis, argv: tuple[Any, ...], vet: PayloadVet, now: float) -> tuple[int, Any]:
+    next_due, *found = connection.eval(retry_scripts.DUE_RETRIES, 2, keys.LOCK_KEY, keys.QUEUES_SET_KEY, *argv)
+    if not found:
+        return 0, next_due
+    verdicts: list[Any] = []
+    for queue_key, registry, job_id, score, data in zip(*[iter(found)] * 5):
+        refusal = vet(data)
+        if refusal:
+            logger.error('Refused to move the retry %r back to its queue: %s', job_id, refusal)
+            record = json.dumps({'reason': f'retry refused: {refusal}', 'score': float(score), 'at': now})
+            verdicts += [queue_key, registry, job_id, '', record]
+        else:
+            verdicts += [queue_key, registry, job_id, hashlib.sha1(data).hexdigest(), '']
+    release_keys = (keys.LOCK_KEY, keys.QUEUES_SET_KEY, keys.DEAD_LETTERS_KEY)
+    moved, dead = connection.eval(retry_scripts.RELEASE_VETTED_RETRIES, 3, *release_keys, *argv, *verdicts)
+    if dead:
+        logger.error('Moved %d refused retries to the dead letters', dead)
+    return moved, next_due
+
+
+@contextmanager
+def _fenced(lease: Lease) -> Iterator[None]:
     try:
-        moved, next_due = connection.eval(
-            scripts.RELEASE_RETRIES, 2, keys.LOCK_KEY, keys.QUEUES_SET_KEY, lease.token, repr(cutoff), enqueued_at,
-            RELEASE_BATCH, keys.RQ_QUEUE_PREFIX, keys.RQ_SCHEDULED_REGISTRY_PREFIX, keys.RQ_SCHEDULER_LOCK_PREFIX,
-            keys.JOB_KEY_PREFIX,
-        )  # fmt: skip
+        yield
     except ResponseError as exc:
         if 'NOTLEADER' not in str(exc):
             raise
         lease.lose('the lease changed hands before retries were released')
         raise LeadershipLost(str(exc)) from exc
-    if moved:
-        logger.info('Moved %d retried jobs back to their queues', moved)
-    return float(next_due) + 1 if next_due else None

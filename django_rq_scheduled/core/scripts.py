@@ -392,52 +392,6 @@ return 1
 """
 APPEND_OUTCOME_KEYS = (OUTCOMES_KEY, BUFFERED_KEY, WAKEUP_KEY)
 
-# Moves RQ's delayed retries back to their queues when they are due, as RQ's own scheduler does, for the queues no
-# RQ scheduler holds (``rq worker --with-scheduler`` holds a queue by its lock; then this leaves the queue to it).
-# KEYS: lock, the set of queue keys. ARGV: token, now (epoch seconds), enqueued_at, jobs per queue at most, then
-# the prefixes of RQ's queue keys, scheduled registries, scheduler locks and job keys.
-# Returns {jobs moved, the earliest later due time or false}. Keys of another type are passed over, never failed on.
-RELEASE_RETRIES = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('NOTLEADER lease lost')
-end
-local function type_of(key)
-  local have = redis.call('TYPE', key)
-  if type(have) == 'table' then have = have['ok'] end
-  return have
-end
-if type_of(KEYS[2]) ~= 'set' then return {0, false} end
-local now, limit, enqueued_at = tonumber(ARGV[2]), tonumber(ARGV[4]), ARGV[3]
-local queue_prefix, registry_prefix, lock_prefix, job_prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local moved, next_due = 0, false
-for _, queue_key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local name = string.sub(queue_key, #queue_prefix + 1)
-  local registry = registry_prefix .. name
-  local queue_type = type_of(queue_key)
-  if string.sub(queue_key, 1, #queue_prefix) == queue_prefix and type_of(registry) == 'zset'
-      and redis.call('EXISTS', lock_prefix .. name) == 0 and (queue_type == 'none' or queue_type == 'list') then
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', registry, '-inf', now, 'LIMIT', 0, limit)) do
-      local job_key = job_prefix .. id
-      local is_hash = type_of(job_key) == 'hash'
-      if not (is_hash and redis.call('HEXISTS', job_key, 'rate_limit_key') == 1) then  -- RQ's scheduler's to move
-        redis.call('ZREM', registry, id)
-        if is_hash then
-          local job = redis.call('HMGET', job_key, 'enqueue_at_front', 'enqueue_at_front_on_retry', 'ended_at', 'ttl')
-          local front = job[1] == '1' or job[1] == 'True' or (job[2] == '1' and job[3])
-          redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
-          redis.call(front and 'LPUSH' or 'RPUSH', queue_key, id)
-          if job[4] and tonumber(job[4]) and tonumber(job[4]) > 0 then redis.call('EXPIRE', job_key, job[4]) end
-          moved = moved + 1
-        end
-      end
-    end
-    local first = redis.call('ZRANGEBYSCORE', registry, '(' .. ARGV[2], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    if first[2] and (not next_due or tonumber(first[2]) < next_due) then next_due = tonumber(first[2]) end
-  end
-end
-return {moved, next_due and tostring(next_due)}
-"""
-
 # Pauses one scope (every queue, or one queue) of this Redis server. KEYS: pause. ARGV: scope, record (JSON),
 # reason ('' = none given). A scope already paused keeps its record (who paused it, and since when); a new reason
 # replaces the old one. A record that is not one of ours (written by someone else) is replaced by the new one.
