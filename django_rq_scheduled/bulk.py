@@ -14,7 +14,7 @@ from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import CharField, DateTimeField, Field, ForeignKey, IntegerField, Model, TextField
+from django.db.models import CharField, DateTimeField, Field, FloatField, ForeignKey, IntegerField, Model, TextField
 from django.db.models.base import ModelState
 from django.db.models.signals import post_init, pre_init
 from django.utils.dateparse import parse_datetime
@@ -129,7 +129,10 @@ class BulkWriter:
         if isinstance(field, DateTimeField):
             adapt = self.connection.ops.adapt_datetimefield_value
             return functools.partial(_utc_text, adapt) if self._holds_utc_text() else adapt
-        return functools.partial(field.get_db_prep_save, connection=self.connection)
+        prepare = functools.partial(field.get_db_prep_save, connection=self.connection)
+        if isinstance(field, FloatField):
+            return functools.partial(_float, prepare)
+        return prepare
 
     def _from_database(self, field: Field) -> Callable[[Any], Any]:
         if isinstance(field, DateTimeField) and self._holds_utc_text():
@@ -139,6 +142,8 @@ class BulkWriter:
         expression = field.get_col(field.model._meta.db_table)
         ops = self.connection.ops
         converters = [*ops.get_db_converters(expression), *expression.get_db_converters(self.connection)]
+        if not converters:  # a float, a content type's id
+            return _same
         return functools.partial(_converted, converters, expression, self.connection)
 
     def _holds_utc_text(self) -> bool:
@@ -187,15 +192,26 @@ def _utc_text(adapt: Callable[[Any], Any], value: datetime | None) -> Any:
     """What SQLite's ``adapt_datetimefield_value`` gives (naive UTC as ``str()`` writes it), a tenth of its cost for
     the common case (aware UTC)."""
     if value is not None and value.tzinfo is UTC:
-        return value.isoformat(' ')[:-6]  # without its '+00:00'
+        # The naive time's text: half the cost of the aware one's (its offset, then cut off).
+        return _naive(value.date(), value.time()).isoformat(' ')
     return adapt(value)
+
+
+_naive = datetime.combine
+
+
+def _float(prepare: Callable[[Any], Any], value: Any) -> Any:
+    """What ``FloatField.get_db_prep_save`` gives, without its calls for a float or None (left as they are)."""
+    if value is None or type(value) is float:
+        return value
+    return prepare(value)
 
 
 def _utc_datetime(value: datetime | str | None) -> datetime | None:
     """What SQLite's ``convert_datetimefield_value`` gives (its driver parses the column's text already)."""
     moment = parse_datetime(value) if isinstance(value, str) else value
     if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
+        return _naive(moment.date(), moment.time(), UTC)  # what .replace(tzinfo=UTC) gives, at a fifth of its cost
     return moment
 
 

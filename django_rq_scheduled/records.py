@@ -155,7 +155,8 @@ def row_pk(model: type[ScheduleBase], raw: str) -> Any:
 
 def epoch_time(epoch: Any) -> datetime | None:
     if type(epoch) is float or type(epoch) is int:  # not bool, nor anything else that claims to be a number
-        return datetime.fromtimestamp(epoch, tz=UTC)  # OverflowError, ValueError or OSError if out of range
+        # The time zone given by position: by keyword, CPython parses the arguments at twice the cost.
+        return datetime.fromtimestamp(epoch, UTC)  # OverflowError, ValueError or OSError if out of range
     if epoch is None:
         return None
     raise ValueError(f'time: {epoch!r}')

@@ -180,6 +180,8 @@ class RunSummary(models.Model):
         if run.pk is None:
             return
         recent = self.recent_runs
+        if len(recent) == RECENT_RUNS and run.pk < recent[0][0]:
+            return  # older than the whole strip (its outcome read in late): it would be cut off again
         if not recent or recent[-1][0] < run.pk:
             recent = [*recent, [run.pk, status]]
         elif recent[-1][0] == run.pk:  # the newest run, a step further

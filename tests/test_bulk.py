@@ -41,7 +41,7 @@ def run_fields(row, number, moment):
         'rq_job_id': f'{row.template_id}_at_{number}', 'schedule_type_id': kind, 'schedule_id': row.pk,
         'schedule_name': 'ünïcødé', 'trigger': 'schedule', 'status': 'queued', 'reason': '', 'queue': 'default',
         'fire_time': moment, 'enqueued_at': moment, 'started_at': None, 'ended_at': moment, 'worker': '',
-        'error': 'E: x\n' * 3,
+        'error': 'E: x\n' * 3, 'delay': (None, 0.25, 3, 1e-9)[number % 4],  # an int: the float column's own conversion
     }  # fmt: skip
 
 
@@ -83,14 +83,17 @@ def test_bulk_reads_take_more_keys_than_one_query_holds():
 @pytest.mark.skipif(connection.vendor != 'sqlite', reason="SQLite's own text of datetimes")
 def test_the_sqlite_shortcut_writes_the_text_django_writes():
     row = a_schedule()
-    Run.objects.create(**run_fields(row, 0, MOMENTS[1]))
-    with transaction.atomic():
-        fields = run_fields(row, 1, MOMENTS[1])
-        BulkWriter('default').insert(Run, [Values(**fields)], list(fields))
+    for number, moment in enumerate(MOMENTS):
+        delay = run_fields(row, number, moment)['delay']
+        Run.objects.create(**{**run_fields(row, 2 * number, moment), 'delay': delay})
+        with transaction.atomic():
+            fields = {**run_fields(row, 2 * number + 1, moment), 'delay': delay}
+            BulkWriter('default').insert(Run, [Values(**fields)], list(fields))
     with connection.cursor() as cursor:
-        cursor.execute(f'SELECT CAST(fire_time AS TEXT) FROM {Run._meta.db_table} ORDER BY id')
-        texts = [text for (text,) in cursor.fetchall()]
-    assert texts[0] == texts[1] == '2026-11-27 17:00:00.123456'
+        cursor.execute(f'SELECT CAST(fire_time AS TEXT), delay FROM {Run._meta.db_table} ORDER BY id')
+        stored = cursor.fetchall()
+    assert stored[2] == stored[3] == ('2026-11-27 17:00:00.123456', 0.25)
+    assert stored[0::2] == stored[1::2]  # the ORM's text and the shortcut's, moment by moment
 
 
 def test_rows_read_in_bulk_are_the_instances_the_orm_makes():

@@ -83,6 +83,19 @@ def test_the_strip_keeps_the_last_30_runs_in_order(redis_url):
     assert len(ids) == 30 and ids == sorted(ids) and row.recent_runs[-1][1] == 'failed'
 
 
+def test_an_outcome_older_than_the_whole_strip_counts_and_leaves_the_strip_as_it_is(redis_url):
+    row = schedule()
+    history.record_facts([fact(row, number, 'queued') for number in range(31)])
+    row.refresh_from_db()
+    strip = row.recent_runs
+    history.record_facts([fact(row, 0, 'failed', error='E: late', reported=True)])  # the oldest run, cut off already
+    row.refresh_from_db()
+    assert (row.recent_runs, row.failure_count, row.last_status, row.last_error) == (strip, 1, 'failed', 'E: late')
+    history.record_facts([fact(row, 30, 'finished', reported=True)])  # the newest, in the strip: a step further
+    row.refresh_from_db()
+    assert row.recent_runs == [*strip[:-1], [strip[-1][0], 'finished']] and row.success_count == 1
+
+
 # -- retention ---------------------------------------------------------------------------------------------------
 
 
