@@ -125,6 +125,9 @@ def test_scale_quick_run_alternates_both_systems_with_right_counts(tmp_path: Pat
                 assert counts['due'] == counts['moved'] == counts['distinct'] == config['due'], (others, system)
                 assert counts['entries_left'] == int(others), (others, system)
     assert set(data['memory_per_template']) == {'ours', 'rq-scheduler'}
+    assert set(data['memory_per_row']) == {'one-off', 'interval', 'cron'}
+    for kind, measured in data['memory_per_row'].items():
+        assert 0 < measured['template_hash_bytes'] < measured['bytes_per_row'], kind
     samples = data['loop_memory']
     assert [s['moved'] for s in samples] == list(range(config['batch'], config['occurrences'] + 1, config['batch']))
     for sample in samples:
