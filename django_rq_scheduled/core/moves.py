@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import catchup, cron, keys, outcomes, overlap, payloads, retries, scores
+from . import catchup, compact, cron, keys, outcomes, overlap, payloads, retries, scores
 from .limits import MIN_SECONDS
 from .policy_moves import RunPolicyPlanning
 from .scores import format_score, guard_score, utc_datetime
@@ -79,6 +79,7 @@ class Parsed:
         self.ours: dict[str, Any] = self.meta.get(keys.META_KEY) or {}
         self.is_periodic = bool(self.meta.get('interval') or self.meta.get('cron_string'))
         self.is_our_template = self.is_periodic and self.ours.get('kind') in ('interval', 'cron')
+        self.compact = compact.is_compact(self.raw)  # read whole before it was parsed
 
     @property
     def has_dependencies(self) -> bool:
@@ -86,7 +87,7 @@ class Parsed:
 
     @property
     def needs_whole_hash(self) -> bool:
-        return self.is_our_template or self.has_dependencies
+        return not self.compact and (self.is_our_template or self.has_dependencies)
 
     @property
     def previous_run_to_check(self) -> str | None:
@@ -137,7 +138,7 @@ class Planner(RunPolicyPlanning):
                 raise PlanningError(f'job key cannot be read: {raw[UNREADABLE].decode(errors="replace")}')
             if not raw:
                 raise PlanningError('job hash is missing')
-            meta, plain = self._load_meta(raw)
+            meta, plain = self._load_meta(raw, member)
             self._check_payload(raw)
             if not raw.get(b'origin'):
                 raise PlanningError('job hash has no origin queue')
@@ -149,7 +150,12 @@ class Planner(RunPolicyPlanning):
             )
         return Parsed(member, score, raw, meta, plain)
 
-    def _load_meta(self, raw: dict[bytes, bytes]) -> tuple[dict[str, Any], bool]:
+    def _load_meta(self, raw: dict[bytes, bytes], member: str) -> tuple[dict[str, Any], bool]:
+        if compact.is_compact(raw):
+            try:
+                return compact.read_meta(raw, member), True
+            except compact.CompactError as exc:
+                raise PlanningError(f'cannot read the compact template: {exc}') from exc
         try:
             return payloads.read_meta_telling(raw.get(b'meta'), self.serializer)
         except payloads.PayloadError as exc:
@@ -283,7 +289,7 @@ class Planner(RunPolicyPlanning):
             return entry
         due = self._schedule_slot(ours, policy, slots, next_time, jittered=decided.resume is None)
         meta[keys.META_KEY] = ours
-        entry.commands.append(('HSET', template_key, 'meta', self._dumps_meta(meta)))
+        entry.commands += self.meta_writes(parsed, meta)
         if due is None:
             self._retire_exhausted(entry, parsed)
         else:
@@ -368,13 +374,17 @@ class Planner(RunPolicyPlanning):
             fields += ['timeout', queue.default_timeout]
         if meta is not None:
             fields += ['meta', self._dumps_meta(meta)]
+        if parsed.compact:  # its template becomes its whole job
+            fields += ['created_at', self.enqueued_at]
+            writes = compact.one_off_job(parsed.raw, keys.job_key(job_id), fields, self._dumps_meta(parsed.meta))
+            return [*writes, *self._push(queue, job_id, parsed.raw)]
         return [('HSET', keys.job_key(job_id), *fields), *self._push(queue, job_id, parsed.raw)]
 
     def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
         queue = self._queue(parsed)
         policy = retries.of_meta(parsed.ours)  # ValueError for junk: the template goes to the dead letters
         not_inherited = RUN_STATE_FIELDS | retries.HASH_FIELDS  # retries: from the policy, whole for each run
-        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in not_inherited}
+        mapping: dict[Any, Any] = compact.inherited(parsed.raw, not_inherited)
         user_meta = {k: v for k, v in parsed.meta.items() if k not in keys.SCHEDULING_META_KEYS}
         user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time, **retries.run_meta(*policy)}
         mapping.update(
