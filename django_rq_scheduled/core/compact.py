@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -112,7 +113,7 @@ def meta_fields(meta: Mapping[str, Any], template_id: str) -> dict[str, str]:
 
 def _put(fields: dict[str, str], name: str, value: Any) -> None:
     if name not in TEXTS:
-        fields[name] = json.dumps(value, separators=(',', ':'))
+        fields[name] = _json(value)
     elif isinstance(value, str):
         fields[name] = value
     elif value is not None:  # None: left out, read back as absent (``.get()`` finds None either way)
@@ -123,11 +124,21 @@ def meta_commands(raw: Mapping[bytes, Any], meta: Mapping[str, Any], template_id
     """The writes that give a compact template (as read: ``raw``) this meta."""
     fields = meta_fields(meta, template_id)
     gone = [name for name in raw if is_compact_field(name) and name.decode() not in fields]
-    flat = [item for pair in fields.items() for item in pair]
+    changed = {name: value for name, value in fields.items() if raw.get(name.encode()) != value.encode()}
+    flat = [item for pair in changed.items() for item in pair]
+    if not flat:
+        return [('HDEL', keys.job_key(template_id), *gone)] if gone else []
     commands: list[tuple[Any, ...]] = [('HSET', keys.job_key(template_id), *flat)]
     if gone:
         commands.append(('HDEL', keys.job_key(template_id), *gone))
     return commands
+
+
+def _json(value: Any) -> str:
+    # The hot path (a move writes its template's counters and times): plain numbers without the json module.
+    if type(value) is int or (type(value) is float and math.isfinite(value)):
+        return repr(value)
+    return json.dumps(value, separators=(',', ':'))
 
 
 def _whole_seconds(interval: Any) -> Any:
