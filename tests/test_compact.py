@@ -15,6 +15,7 @@ from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import compact, keys
 from django_rq_scheduled.core.compact import fetch_template
 from django_rq_scheduled.core.jobs import TEMPLATE_FORMAT
+from django_rq_scheduled.core.mover import MoveReport
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
 from django_rq_scheduled.servers import servers, template_job
 from django_rq_scheduled.sync import reconcile
@@ -181,3 +182,19 @@ def test_a_forged_compact_template_calling_what_is_not_allowed_never_runs(leader
     assert connection.llen('rq:queue:default') == 0
     reason = json.loads(connection.hget(keys.DEAD_LETTERS_KEY, row.template_id))['reason']
     assert 'os.system' in reason
+
+
+def test_an_edit_landing_between_a_moves_read_and_its_write_keeps_the_edit(leader, connection):
+    row = every_minute()
+    wait_until_due()
+    mover = leader.scheduler.mover
+    now = leader.scheduler.clock.now()
+    batch = mover.plan_batch(*mover.read_due(now), now)  # the loop has read and planned the due template
+    row.args = [40, 2]
+    row.save()  # synced at once: its due slot is kept (editing never skips a due run), so the score is the same
+    mover.apply_batch(batch, MoveReport(), fenced=True)
+    template = fetch_template(connection, row.template_id)
+    assert template.args == (40, 2)  # the edit's call, not the copy the move had read
+    ours = template.meta[keys.META_KEY]
+    assert ours['version'] == row.version() == connection.hget(keys.VERSIONS_KEY, row.template_id).decode()
+    assert ours['runs'] == 1 and len(connection.lrange('rq:queue:default', 0, -1)) == 1
