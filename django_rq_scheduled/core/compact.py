@@ -65,6 +65,9 @@ TEXTS = frozenset({f'{OURS_PREFIX}{OURS_NAMES[name]}' for name in _TEXTS} | {'^c
 class CompactError(ValueError):
     """A compact template that is not one of ours as written: a field missing, or of the wrong type."""
 
+    def __str__(self) -> str:
+        return f'compact template: {super().__str__()}'
+
 
 def is_compact(raw: Mapping[bytes, Any] | None) -> bool:
     return bool(raw) and MARKER in raw  # type: ignore[operator]
@@ -271,10 +274,16 @@ def with_meta(connection: Redis, jobs: list[Job | None]) -> list[Job | None]:
     return jobs
 
 
-def one_off_job(raw: Mapping[bytes, Any], job_key: Any, fields: list[Any], meta: bytes) -> list[tuple[Any, ...]]:
-    """The writes that make a compact one-off's template its whole RQ job as it is enqueued (``fields``: those of
-    the enqueue; ``meta``: its meta, serialized): the fields it left out are written, its compact ones go."""
+def whole_job_fields(raw: Mapping[bytes, Any], fields: list[Any], meta: bytes, created_at: str) -> list[Any]:
+    """The fields that make a compact one-off's template its whole RQ job as it is enqueued (``fields``: those of
+    the enqueue; ``meta``: its meta, serialized): the fields it left out (``dropped_fields`` removes its own)."""
+    fields = [*fields, 'created_at', created_at]
     if 'meta' not in fields:
-        fields = [*fields, 'meta', meta]
-    fields += [item for pair in run_fields(raw).items() for item in pair]
-    return [('HSET', job_key, *fields), ('HDEL', job_key, *[name for name in raw if is_compact_field(name)])]
+        fields += ['meta', meta]
+    return fields + [item for pair in run_fields(raw).items() for item in pair]
+
+
+def dropped_fields(raw: Mapping[bytes, Any], job_key: Any) -> list[tuple[Any, ...]]:
+    """The write that removes a compact template's own fields from the job it has become (none for a whole one)."""
+    names = [name for name in raw if is_compact_field(name)]
+    return [('HDEL', job_key, *names)] if names else []

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import catchup, compact, cron, keys, outcomes, overlap, payloads, retries, scores
+from .compact import CompactError
 from .limits import MIN_SECONDS
 from .policy_moves import RunPolicyPlanning
 from .scores import format_score, guard_score, utc_datetime
@@ -146,16 +147,13 @@ class Planner(RunPolicyPlanning):
                 raise PlanningError(problem)  # RQ's worker could not even load the job
         except Exception as exc:  # whatever a foreign hash holds, it goes to the dead letters, never up the loop
             return self.dead_letter(
-                member, guard_score(score), str(exc) if isinstance(exc, PlanningError) else repr(exc)
+                member, guard_score(score), str(exc) if isinstance(exc, PlanningError | CompactError) else repr(exc)
             )
         return Parsed(member, score, raw, meta, plain)
 
     def _load_meta(self, raw: dict[bytes, bytes], member: str) -> tuple[dict[str, Any], bool]:
         if compact.is_compact(raw):
-            try:
-                return compact.read_meta(raw, member), True
-            except compact.CompactError as exc:
-                raise PlanningError(f'cannot read the compact template: {exc}') from exc
+            return compact.read_meta(raw, member), True  # a CompactError names what is wrong: see ``parse``
         try:
             return payloads.read_meta_telling(raw.get(b'meta'), self.serializer)
         except payloads.PayloadError as exc:
@@ -200,10 +198,7 @@ class Planner(RunPolicyPlanning):
 
     def dead_letter(self, member: str | bytes, score: str, reason: str) -> Entry:
         record = json.dumps({'reason': reason, 'score': float(score), 'at': self.now})
-        commands = [
-            ('ZREM', keys.SCHEDULED_JOBS_KEY, member),
-            ('HSET', keys.DEAD_LETTERS_KEY, member, record),
-        ]
+        commands = [('ZREM', keys.SCHEDULED_JOBS_KEY, member), ('HSET', keys.DEAD_LETTERS_KEY, member, record)]
         return Entry(member, score, commands, outcome=DEAD, reason=reason, requires_hash=False)
 
     def _plan_one_off(self, parsed: Parsed) -> Entry:
@@ -364,9 +359,7 @@ class Planner(RunPolicyPlanning):
     def _push(self, queue: QueueInfo, job_id: str, raw: dict[bytes, bytes]) -> list[tuple[Any, ...]]:
         return [('SADD', keys.QUEUES_SET_KEY, queue.key), (_push_command(raw), queue.key, job_id)]
 
-    def _enqueue_existing(
-        self, parsed: Parsed, job_id: str, meta: dict[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]:
+    def _enqueue_existing(self, parsed: Parsed, job_id: str, meta: Meta | None = None) -> list[tuple[Any, ...]]:
         """The writes RQ's ``Queue.enqueue_job`` makes to an existing hash: status, times, push."""
         queue = self._queue(parsed)
         fields: list[Any] = ['status', 'queued', 'enqueued_at', self.enqueued_at]
@@ -375,10 +368,9 @@ class Planner(RunPolicyPlanning):
         if meta is not None:
             fields += ['meta', self._dumps_meta(meta)]
         if parsed.compact:  # its template becomes its whole job
-            fields += ['created_at', self.enqueued_at]
-            writes = compact.one_off_job(parsed.raw, keys.job_key(job_id), fields, self._dumps_meta(parsed.meta))
-            return [*writes, *self._push(queue, job_id, parsed.raw)]
-        return [('HSET', keys.job_key(job_id), *fields), *self._push(queue, job_id, parsed.raw)]
+            fields = compact.whole_job_fields(parsed.raw, fields, self._dumps_meta(parsed.meta), self.enqueued_at)
+        dropped = compact.dropped_fields(parsed.raw, keys.job_key(job_id))
+        return [('HSET', keys.job_key(job_id), *fields), *dropped, *self._push(queue, job_id, parsed.raw)]
 
     def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
         queue = self._queue(parsed)
