@@ -1,8 +1,11 @@
 """Lateness against rq's own schedulers: cron runs (ours vs ``rq cron``) and one-off jobs (ours vs a worker's
-built-in scheduler, ``rq worker --with-scheduler``), the systems alternating round after round.
+built-in scheduler, ``rq worker --with-scheduler``), the systems alternating round after round; and the top of the
+minute: N cron rows all on ``* * * * *``, firing together, moved by a real ``manage.py rqscheduler``.
 
 Cron: both run ``* * * * * */2`` (every 2 seconds, croniter's seconds-last form). One-off: jobs due at random
-instants. Lateness is each run's ``enqueued_at`` minus the time it was due.
+instants. Lateness is each run's ``enqueued_at`` minus the time it was due. Top of the minute: the rows are made
+without the app (a plain ``bulk_create`` in the loop's database), the loop's first reconciliation writes their
+templates, and every run of the next minute's boundary is measured (its fire time is in its id).
 
 Run from the repository root: ``PYTHONPATH=. python -m bench.cron_lateness [--quick] [--json FILE]``. It starts its
 own redis-server on a free loopback port, prints markdown tables, and checks every count it relies on.
@@ -50,7 +53,7 @@ from bench.common import (  # noqa: E402
 from django_rq_scheduled import Scheduler  # noqa: E402
 from django_rq_scheduled.core import keys  # noqa: E402
 from tests import tasks  # noqa: E402
-from tests.processes import OutputReader, queue_ids, scheduler_process, wait_for  # noqa: E402
+from tests.processes import OutputReader, django_shell, queue_ids, scheduler_process, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CRON = '* * * * * */2'
@@ -68,10 +71,12 @@ class Config:
     mode: str
     rounds: int
     window: float  # seconds each system runs in each round
+    minute_rows: tuple[int, ...] = ()  # cron rows firing together at the top of a minute, one measurement each
 
 
-FULL = Config(mode='full', rounds=5, window=12.0)
-QUICK = Config(mode='quick', rounds=2, window=4.0)
+FULL = Config(mode='full', rounds=5, window=12.0, minute_rows=(5_000, 50_000))
+QUICK = Config(mode='quick', rounds=2, window=4.0, minute_rows=(1_000,))
+SMOKE = Config(mode='smoke', rounds=2, window=4.0, minute_rows=(100,))
 
 
 @contextmanager
@@ -194,6 +199,51 @@ def rq_builtin_one_off(connection: redis.Redis, url: str, window: float) -> dict
         return one_off_round(connection, due, registry, window, RQ_BUILTIN)
 
 
+# -- the top of the minute ------------------------------------------------------------------------------------------
+
+MINUTE_CRON = '* * * * *'
+MAKE_ROWS = """
+from django.db.models import QuerySet
+from django_rq_scheduled.models import CronJob
+CronJob._base_manager.all()._raw_delete('default')
+rows = [CronJob(name=f'minute{{i}}', callable='tests.tasks.add', args=[1, 2], cron_string={cron!r}, timezone='UTC')
+        for i in range({count})]
+QuerySet(CronJob).bulk_create(rows, batch_size=2_000)
+print(CronJob._base_manager.count())
+"""
+
+
+def settled_boundary(connection: redis.Redis) -> float:
+    """The one minute boundary every template waits for, at least a second away. Runs of an earlier boundary (the
+    loop's first reconciliation of many rows crossed a minute) are dropped from the queue before it."""
+    while True:
+        first = connection.zrange(keys.SCHEDULED_JOBS_KEY, 0, 0, withscores=True)
+        last = connection.zrange(keys.SCHEDULED_JOBS_KEY, -1, -1, withscores=True)
+        if first[0][1] == last[0][1] and last[0][1] - time.time() > 1:
+            connection.delete('rq:queue:default')
+            return float(last[0][1])
+        time.sleep(0.2)
+
+
+def top_of_minute(connection: redis.Redis, url: str, count: int) -> dict:
+    """``count`` cron rows on ``* * * * *``: the lateness of each run of the first minute boundary after the loop
+    wrote their templates; checks there is exactly one run per row, all for that boundary."""
+    connection.flushdb()
+    made = django_shell(url, MAKE_ROWS.format(cron=MINUTE_CRON, count=count))
+    check(made == str(count), f'top of the minute: {made} rows made, expected {count}')
+    with our_loop(url):
+        wait_for(lambda: connection.zcard(keys.SCHEDULED_JOBS_KEY) >= count, timeout=300, step=0.1)
+        boundary = settled_boundary(connection)
+        wait_for(lambda: connection.llen('rq:queue:default') >= count, timeout=boundary - time.time() + 120, step=0.05)
+    ids = [job_id for job_id in queue_ids(connection) if job_id.endswith(f'_at_{round(boundary * 1000)}')]
+    stamps = enqueued_at(connection, ids)
+    fires = {int(job_id.rsplit('_', 1)[1]) / 1000 for job_id in ids}
+    counts = {'rows': count, 'runs': len(ids), 'distinct': len(set(ids)), 'fire_times': len(fires)}
+    check(counts['runs'] == counts['distinct'] == count and fires == {boundary}, f'top of the minute: {counts}')
+    check(all(stamps), 'top of the minute: a run has no enqueued_at')
+    return {'lateness_ms': [(stamp - boundary) * 1000 for stamp in stamps if stamp], 'counts': counts}
+
+
 # -- the run and its report --------------------------------------------------------------------------------------
 
 SCENARIOS: dict[str, dict[str, Callable[[redis.Redis, str, float], dict]]] = {
@@ -212,6 +262,7 @@ def run(config: Config) -> dict:
                 for name, measure in systems.items()
             }
             results[scenario] = alternate(config.rounds, measures)
+        results['top_of_minute'] = {str(n): top_of_minute(connection, server.url, n) for n in config.minute_rows}
         connection.connection_pool.disconnect()
     return results
 
@@ -246,6 +297,17 @@ def report(data: dict) -> str:
         '',
         *lateness_rows(data['one-off']),
         '',
+        f'## Top of the minute: N cron rows on {MINUTE_CRON!r} firing together (ours, one boundary each)',
+        '',
+        '| rows | runs | p50 ms | p99 ms | max ms | min ms |',
+        '| ---: | ---: | ---: | ---: | ---: | ---: |',
+        *(
+            f'| {int(n):,} | {len(r["lateness_ms"]):,} | {statistics.median(r["lateness_ms"]):,.1f} | '
+            f'{nearest_rank(r["lateness_ms"], 0.99):,.1f} | {max(r["lateness_ms"]):,.1f} | '
+            f'{min(r["lateness_ms"]):,.1f} |'
+            for n, r in data.get('top_of_minute', {}).items()
+        ),
+        '',
         "p50, p99, max and min pool every round's runs. A negative lateness is a run enqueued before its due "
         "time: rq's built-in scheduler keeps due times in whole seconds (up to a second early), ours in "
         'milliseconds (up to half a millisecond early).',
@@ -254,4 +316,4 @@ def report(data: dict) -> str:
 
 
 if __name__ == '__main__':
-    run_command_line('bench.cron_lateness', __doc__, {'full': FULL, 'quick': QUICK}, run, report)
+    run_command_line('bench.cron_lateness', __doc__, {'full': FULL, 'quick': QUICK, 'smoke': SMOKE}, run, report)

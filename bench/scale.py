@@ -1,5 +1,5 @@
-"""Scale: tick cost with many other entries in the schedule, Redis memory per template, and the scheduler loop's
-memory over many occurrences.
+"""Scale: tick cost with many other entries in the schedule, Redis memory per template (of the API) and per
+database-backed row (one-off, interval, cron), and the scheduler loop's memory over many occurrences.
 
 Run from the repository root: ``PYTHONPATH=. python -m bench.scale [--quick] [--json FILE]``. It starts its own
 redis-server on a free loopback port, prints markdown tables, and checks every count it relies on.
@@ -24,6 +24,9 @@ django.setup()
 
 import redis  # noqa: E402
 import rq_scheduler  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db.models import QuerySet  # noqa: E402
 
 from bench.common import (  # noqa: E402
     alternate,
@@ -36,8 +39,9 @@ from bench.common import (  # noqa: E402
     stop_process,
     stopwatch,
 )
-from django_rq_scheduled import Scheduler  # noqa: E402
+from django_rq_scheduled import Scheduler, sync  # noqa: E402
 from django_rq_scheduled.core import keys  # noqa: E402
+from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduleBase, ScheduledJob  # noqa: E402
 from tests import tasks  # noqa: E402
 from tests.processes import OutputReader, scheduler_process, wait_for  # noqa: E402
 
@@ -53,13 +57,14 @@ class Config:
     due: int
     rounds: int
     templates: int
+    rows: int  # database rows of each kind whose Redis memory is measured
     occurrences: int
     batch: int  # occurrences between two memory samples
 
 
 FULL = Config(mode='full', sizes=(1_000, 100_000, 1_000_000), due=100, rounds=7, templates=10_000,
-              occurrences=1_000_000, batch=50_000)  # fmt: skip
-QUICK = Config(mode='quick', sizes=(1_000, 10_000), due=100, rounds=3, templates=2_000, occurrences=20_000,
+              rows=20_000, occurrences=1_000_000, batch=50_000)  # fmt: skip
+QUICK = Config(mode='quick', sizes=(1_000, 10_000), due=100, rounds=3, templates=2_000, rows=2_000, occurrences=20_000,
                batch=5_000)  # fmt: skip
 
 
@@ -145,6 +150,55 @@ def memory_per_template(connection: redis.Redis, count: int) -> dict[str, float]
     return results
 
 
+# -- memory per database row -------------------------------------------------------------------------------------
+
+ROW_KINDS = ('one-off', 'interval', 'cron')
+
+
+def new_rows(kind: str, count: int) -> list[ScheduleBase]:
+    """``count`` unsaved rows of one kind, due tomorrow, calling a small function with two arguments."""
+    later = datetime.now(timezone.utc) + timedelta(days=1)
+    common = {'callable': 'tests.tasks.add', 'args': [1, 2]}
+    if kind == 'one-off':
+        return [ScheduledJob(name=f'o{i}', scheduled_time=later, **common) for i in range(count)]
+    if kind == 'interval':
+        return [
+            RepeatableJob(name=f'i{i}', scheduled_time=later, interval=60, interval_unit='seconds', **common)
+            for i in range(count)
+        ]
+    return [CronJob(name=f'c{i}', cron_string=CRON, **common) for i in range(count)]
+
+
+def memory_per_row(connection: redis.Redis, url: str, count: int) -> dict[str, dict[str, float]]:
+    """Bytes of Redis memory per database row of each kind: ``INFO used_memory`` before and after reconciliation
+    writes ``count`` rows (their template hashes, schedule entries and versions-hash entries), and the share of the
+    template hash itself (``MEMORY USAGE`` of a sample of them). The rows are made without the app (a plain
+    ``bulk_create``), so only reconciliation writes Redis (deterministic: measured once)."""
+    call_command('migrate', verbosity=0)
+    settings.RQ_QUEUES = {'default': {'URL': url}}
+    results = {}
+    for kind, model in zip(ROW_KINDS, (ScheduledJob, RepeatableJob, CronJob)):
+        model._base_manager.all()._raw_delete(model._base_manager.db)  # type: ignore[attr-defined]
+        rows = QuerySet(model).bulk_create(new_rows(kind, count))
+        connection.flushdb()
+        before = connection.info('memory')['used_memory']
+        report = sync.reconcile()
+        after = connection.info('memory')['used_memory']
+        check(len(report.written) == count, f'{kind}: reconciliation wrote {len(report.written)}, expected {count}')
+        check(connection.zcard(keys.SCHEDULED_JOBS_KEY) == count, f'{kind}: {count} schedule entries expected')
+        sample = [keys.job_key(row.template_id) for row in rows[:: max(1, count // 100)]]
+        hashes = [connection.memory_usage(key, samples=0) or 0 for key in sample]
+        results[kind] = {
+            'bytes_per_row': (after - before) / count,
+            'template_hash_bytes': sum(hashes) / len(hashes),
+            'template_fields': connection.hlen(sample[0]),
+            'template_encoding': connection.object('encoding', sample[0]).decode(),
+        }
+        model._base_manager.all()._raw_delete(model._base_manager.db)  # type: ignore[attr-defined]
+    connection.flushdb()
+    return results
+
+
 # -- the loop's memory ------------------------------------------------------------------------------------------
 
 
@@ -189,6 +243,8 @@ def run(config: Config) -> dict:
             results['tick_cost'] = {str(n): tick_cost(connection, n, config) for n in config.sizes}
         with stopwatch(phases, 'memory per template'):
             results['memory_per_template'] = memory_per_template(connection, config.templates)
+        with stopwatch(phases, 'memory per row'):
+            results['memory_per_row'] = memory_per_row(connection, server.url, config.rows)
         with stopwatch(phases, 'loop memory'):
             results['loop_memory'] = loop_memory(connection, server.url, config)
         connection.connection_pool.disconnect()
@@ -226,6 +282,17 @@ def report(data: dict) -> str:
         '| system | bytes per template |',
         '| --- | ---: |',
         *(f'| {name} | {value:,.0f} |' for name, value in data['memory_per_template'].items()),
+        '',
+        f'## Redis memory per database row ({config["rows"]:,} rows of each kind written by reconciliation: '
+        'template hash, schedule entry, versions-hash entry)',
+        '',
+        '| row | bytes per row (used_memory delta) | template hash (MEMORY USAGE) | fields | encoding |',
+        '| --- | ---: | ---: | ---: | --- |',
+        *(
+            f'| {kind} | {v["bytes_per_row"]:,.0f} | {v["template_hash_bytes"]:,.0f} | {v["template_fields"]} '
+            f'| {v["template_encoding"]} |'
+            for kind, v in data['memory_per_row'].items()
+        ),
         '',
         f"## The scheduler loop's memory while it moves {config['occurrences']:,} one-off occurrences",
         '',

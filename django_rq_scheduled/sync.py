@@ -21,7 +21,7 @@ from django.db import models
 from redis.exceptions import NoScriptError
 
 from . import conf
-from .core import keys, payloads, scripts
+from .core import compact, keys, payloads, scripts
 from .core.errors import REDIS_OUTAGE_ERRORS
 from .core.queues import connection_identity
 from .core.scheduler import Scheduler
@@ -243,7 +243,7 @@ def _read_templates(scheduler: Scheduler, ids: list[str]) -> list[_Stored]:
         pipe.hmget(keys.VERSIONS_KEY, ids)
         for template_id in ids:
             pipe.zscore(keys.SCHEDULED_JOBS_KEY, template_id)
-            pipe.hget(keys.job_key(template_id), 'meta')
+            pipe.hmget(keys.job_key(template_id), 'meta', *compact.SYNC_FIELDS)
         replies = pipe.execute(raise_on_error=False)
     versions = replies[0] if isinstance(replies[0], list) else [None] * len(ids)
     return [
@@ -318,8 +318,15 @@ def _row_problem(row: ScheduleBase) -> str | None:
     return None
 
 
-def _ours(scheduler: Scheduler, raw_meta: Any) -> dict[str, Any]:
-    """Our part of a stored template's meta; empty when there is none or it cannot be read."""
+def _ours(scheduler: Scheduler, stored: Any) -> dict[str, Any]:
+    """Our part of a stored template's meta (its pickled meta, or the fields of a compact template); empty when
+    there is none or it cannot be read."""
+    if not isinstance(stored, list) or not stored:
+        return {}
+    raw_meta, names = stored[0], (name.encode() for name in compact.SYNC_FIELDS)
+    fields = {name: value for name, value in zip(names, stored[1:]) if value is not None}
+    if compact.is_compact(fields):
+        return compact.read_ours(fields)
     if not isinstance(raw_meta, bytes):
         return {}
     try:
@@ -350,8 +357,9 @@ def _is_exhausted(row: ScheduleBase, runs: int) -> bool:
 
 
 def _template_fields(scheduler: Scheduler, row: ScheduleBase, runs: int, late_from: float | None) -> list[Any]:
-    """The template's job hash as a flat field, value list."""
-    mapping = template_job(scheduler, row, runs, late_from=late_from).to_dict()
+    """The template's job hash, compact (``core.compact``), as a flat field, value list."""
+    job = template_job(scheduler, row, runs, late_from=late_from)
+    mapping = compact.template_fields(job.to_dict(), job.meta, job.id)
     return [item for pair in mapping.items() for item in pair]
 
 

@@ -125,6 +125,9 @@ def test_scale_quick_run_alternates_both_systems_with_right_counts(tmp_path: Pat
                 assert counts['due'] == counts['moved'] == counts['distinct'] == config['due'], (others, system)
                 assert counts['entries_left'] == int(others), (others, system)
     assert set(data['memory_per_template']) == {'ours', 'rq-scheduler'}
+    assert set(data['memory_per_row']) == {'one-off', 'interval', 'cron'}
+    for kind, measured in data['memory_per_row'].items():
+        assert 0 < measured['template_hash_bytes'] < measured['bytes_per_row'], kind
     samples = data['loop_memory']
     assert [s['moved'] for s in samples] == list(range(config['batch'], config['occurrences'] + 1, config['batch']))
     for sample in samples:
@@ -179,8 +182,8 @@ def test_admin_cost_quick_run_alternates_the_sizes_with_right_counts(tmp_path: P
     assert 'Render time at 10,000 rows / at 100 rows' in stdout
 
 
-def test_cron_lateness_quick_run_alternates_the_loops_with_right_counts(tmp_path: Path) -> None:
-    data, _ = run_benchmark('bench.cron_lateness', 'quick', tmp_path)
+def test_cron_lateness_smoke_run_alternates_the_loops_and_measures_the_top_of_the_minute(tmp_path: Path) -> None:
+    data, _ = run_benchmark('bench.cron_lateness', 'smoke', tmp_path)
     rounds, window = quick_rounds(data), data['config']['window']
     ours = 'ours: manage.py rqscheduler (defaults)'
     assert set(data['cron']) == {ours, 'rq cron'}
@@ -196,6 +199,9 @@ def test_cron_lateness_quick_run_alternates_the_loops_with_right_counts(tmp_path
         for run in runs:
             assert run['counts'] == {'due': window * 5, 'enqueued': window * 5, 'left': 0}, loop
             assert len(run['lateness_ms']) == window * 5, loop
+    for rows, measured in data['top_of_minute'].items():  # one run per row, all for one minute boundary
+        assert measured['counts'] == {'rows': int(rows), 'runs': int(rows), 'distinct': int(rows), 'fire_times': 1}
+        assert len(measured['lateness_ms']) == int(rows)
 
 
 def test_the_run_history_benchmark_counts_every_run(tmp_path):

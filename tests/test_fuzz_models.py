@@ -14,9 +14,9 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from rq.job import Job
 
 from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.compact import fetch_template
 from django_rq_scheduled.management.commands.rqscheduler import Command
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
 
@@ -237,7 +237,7 @@ def check_row(model, row_and_wild_fields, connection):
         # e.g. a window of validity already over, or with no slot inside it: nothing to schedule
         assert connection.zscore(keys.SCHEDULED_JOBS_KEY, row.template_id) is None
         return
-    job = Job.fetch(row.template_id, connection=connection)
+    job = fetch_template(connection, row.template_id)
     assert job.func_name == stored.callable
     assert job.args == tuple(stored.args) and job.kwargs == stored.kwargs
     assert job.origin == stored.queue

@@ -11,9 +11,9 @@ from django.core import serializers
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
 from django.db import IntegrityError, transaction
-from rq.job import Job
 
 from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.compact import fetch_template
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
 from tests import tasks
 
@@ -27,7 +27,7 @@ def scheduled(connection):
 
 
 def template(connection, row):
-    return Job.fetch(row.template_id, connection=connection)
+    return fetch_template(connection, row.template_id)
 
 
 def make_cron(**overrides):

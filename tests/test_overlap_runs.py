@@ -15,6 +15,7 @@ from rq.registry import StartedJobRegistry
 from rq.worker import Worker
 
 from django_rq_scheduled.core import keys, overlap
+from django_rq_scheduled.core.compact import fetch_template
 from django_rq_scheduled.feedback import DatabaseSync
 from django_rq_scheduled.models import RepeatableJob, Run
 from tests import tasks
@@ -69,7 +70,7 @@ def test_buffer_one_runs_one_buffered_occurrence_per_busy_period(leader, redis_u
     try:
         row = every_second('buffered', 'tests.tasks.slow_traced', [2.5], overlap='buffer_one')
         tick_for(leader, 7)
-        buffered = Job.fetch(row.template_id, connection=connection).meta[keys.META_KEY].get(overlap.BUFFERED_META)
+        buffered = fetch_template(connection, row.template_id).meta[keys.META_KEY].get(overlap.BUFFERED_META)
         # No more ticks: what is running ends; a buffered slot stays buffered. Then its outcome is read in.
         wait_for(lambda: not Worker.all(connection=connection)[0].get_current_job_id(), timeout=30)
         leader.hook(leader.scheduler)
@@ -108,7 +109,7 @@ def test_a_worker_killed_mid_run_releases_the_buffered_run(leader, redis_url, co
         kill_with_its_children(worker)
     finally:
         kill_with_its_children(worker)
-    buffered = Job.fetch(row.template_id, connection=connection).meta[keys.META_KEY][overlap.BUFFERED_META]
+    buffered = fetch_template(connection, row.template_id).meta[keys.META_KEY][overlap.BUFFERED_META]
     registry = StartedJobRegistry('default', connection=connection)
     connection.zadd(registry.key, {member: 1 for member in connection.zrange(registry.key, 0, -1)})  # lapsed
     caring = DatabaseSync(reconcile_interval=0, background=False)  # RQ's cleanup of abandoned jobs runs in it

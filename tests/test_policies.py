@@ -7,9 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from django.core.exceptions import ValidationError
-from rq.job import Job
 
 from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.compact import fetch_template
 from django_rq_scheduled.declared import DeclarationError, declaration
 from django_rq_scheduled.definitions import definition_of
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
@@ -66,7 +66,7 @@ def test_the_template_tells_the_loop_each_policy_set(connection):
         catchup='all', catchup_limit=5, overlap='buffer_one',
     )  # fmt: skip
     row.save()
-    ours = Job.fetch(row.template_id, connection=connection).meta[keys.META_KEY]
+    ours = fetch_template(connection, row.template_id).meta[keys.META_KEY]
     assert ours['retries'] == 3 and ours['retry_delays'] == [10, 60] and ours['jitter'] == 30
     assert ours['valid_from'] == SOON.timestamp() and ours['valid_until'] == SOON.timestamp() + 86_400
     assert (ours['catchup'], ours['catchup_limit'], ours['overlap']) == ('all', 5, 'buffer_one')
@@ -75,7 +75,7 @@ def test_the_template_tells_the_loop_each_policy_set(connection):
 def test_a_template_without_policies_holds_none_of_their_keys(connection):
     row = every_hour()
     row.save()
-    ours = Job.fetch(row.template_id, connection=connection).meta[keys.META_KEY]
+    ours = fetch_template(connection, row.template_id).meta[keys.META_KEY]
     assert not {'retries', 'retry_delays', 'jitter', 'valid_from', 'valid_until', 'catchup'} & set(ours)
 
 

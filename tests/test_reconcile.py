@@ -11,6 +11,7 @@ from django.db import connection as db_connection
 
 from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.compact import fetch_template
 from django_rq_scheduled.feedback import DatabaseSync, apply_feedback
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
 from django_rq_scheduled.sync import reconcile
@@ -50,9 +51,8 @@ def test_reconcile_repairs_raw_sql_edits(connection):
         cursor.execute('UPDATE django_rq_scheduled_cronjob SET cron_string = %s WHERE id = %s', ['0 3 * * *', row.pk])
     assert Scheduler(connection=connection)  # nothing noticed yet
     assert reconcile().written == [row.template_id]
-    from rq.job import Job
 
-    assert Job.fetch(row.template_id, connection=connection).meta['cron_string'] == '0 3 * * *'
+    assert fetch_template(connection, row.template_id).meta['cron_string'] == '0 3 * * *'
     with db_connection.cursor() as cursor:
         cursor.execute('UPDATE django_rq_scheduled_cronjob SET enabled = %s WHERE id = %s', [False, row.pk])
     assert reconcile().removed == [row.template_id]

@@ -15,6 +15,7 @@ from rq.job import Job
 
 from django_rq_scheduled import signals, sync
 from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.compact import fetch_template
 from django_rq_scheduled.feedback import DatabaseSync
 from django_rq_scheduled.models import SCHEDULE_MODELS, CronJob, ScheduledJob
 from django_rq_scheduled.reconcile_state import ReconcileState, read_state, save_state
@@ -119,7 +120,7 @@ def test_a_raw_sql_change_that_leaves_modified_alone_is_repaired_within_one_swee
                 break
     assert repaired_at is not None and repaired_at > 1  # found by the sweep, not by a full pass
     if column == 'cron_string':
-        assert Job.fetch(target.template_id, connection=connection).meta['cron_string'] == '0 3 * * *'
+        assert fetch_template(connection, target.template_id).meta['cron_string'] == '0 3 * * *'
     else:
         assert target.template_id not in scheduled_ids(connection)
 
@@ -189,7 +190,7 @@ def assert_in_line(connection, row, report):
         assert report.removed == [row.template_id] and not Job.exists(row.template_id, connection=connection)
         return
     assert report.written == [row.template_id]
-    stored = Job.fetch(row.template_id, connection=connection).meta['cron_string']
+    stored = fetch_template(connection, row.template_id).meta['cron_string']
     assert stored == CronJob.objects.get(pk=row.pk).cron_string
 
 

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
-from rq.job import Job
 
 from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.compact import fetch_template
 from django_rq_scheduled.models import CronJob, RepeatableJob, ScheduledJob
 from django_rq_scheduled.servers import servers
 from tests import tasks
@@ -141,4 +141,4 @@ def test_a_new_row_whose_id_redis_still_holds_is_read_and_written_right(connecti
     again = CronJob.objects.create(pk=row.pk, name='second', callable='tests.tasks.record', cron_string='30 * * * *')
     assert leftover[0] is not None and leftover[1] is not None
     assert connection.hget(keys.VERSIONS_KEY, again.template_id).decode() == again.version()
-    assert Job.fetch(again.template_id, connection=connection).func_name == 'tests.tasks.record'
+    assert fetch_template(connection, again.template_id).func_name == 'tests.tasks.record'

@@ -15,7 +15,7 @@ from typing import Any, cast
 import redis
 from redis import Redis
 
-from . import keys, overlap
+from . import compact, keys, overlap
 from .moves import SKIPPED_MISFIRE, Entry, Parsed, Planner
 from .scores import guard_score
 
@@ -82,7 +82,11 @@ def forget_wait(member: str | bytes) -> Entry:
 def _release(planner: Planner, parsed: Parsed, buffered: float) -> Entry:
     # Guarded on the score (the next slot, which a user's edit may keep) and on the meta as read: an edit written
     # since is never overwritten with our copy.
-    expect = (overlap.EXPECT_COMMAND, keys.job_key(parsed.member), 'meta', parsed.raw[b'meta'])
+    if parsed.compact:  # the loop sets the buffered slot; a template written since (by sync) has none
+        field = compact.BUFFERED_FIELD
+        expect = (overlap.EXPECT_COMMAND, keys.job_key(parsed.member), field, parsed.raw[field.encode()])
+    else:
+        expect = (overlap.EXPECT_COMMAND, keys.job_key(parsed.member), 'meta', parsed.raw[b'meta'])
     entry = Entry(parsed.member, guard_score(parsed.score), [expect, overlap.forget_wait_command(parsed.member)])
     meta = dict(parsed.meta)
     ours = dict(parsed.ours)
@@ -98,6 +102,6 @@ def _release(planner: Planner, parsed: Parsed, buffered: float) -> Entry:
         entry.commands += [('ZREM', keys.SCHEDULED_JOBS_KEY, parsed.member), ('DEL', template_key)]
         planner._record(entry, parsed, buffered, runs=runs, next_time=None, finished=True)
         return entry
-    entry.commands.append(('HSET', template_key, 'meta', planner._dumps_meta(meta)))
+    entry.commands += planner.meta_writes(parsed, meta)
     planner._record(entry, parsed, buffered, runs=runs, next_time=parsed.score, finished=False)
     return entry

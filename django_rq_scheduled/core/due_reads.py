@@ -9,7 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import keys, limits
+from redis import Redis
+
+from . import compact, keys, limits
 from .moves import UNREADABLE
 
 READ_DUE_KEYS = (keys.SCHEDULED_JOBS_KEY, keys.BUFFERED_KEY, keys.PAUSED_KEY)
@@ -81,3 +83,19 @@ class DueReader:
             more=more == 1,
             problem=problem.decode(errors='replace') if isinstance(problem, bytes) else '',
         )
+
+
+def whole_compact_templates(connection: Redis, members: Sequence[str | bytes], raws: list[Any]) -> list[Any]:
+    """The planning fields of these members, with the whole hash of each compact template (``compact``): its meta
+    is spread over its fields, which a planner reads before it can plan. One round trip, if there are any."""
+    wanted = [index for index, raw in enumerate(raws) if compact.is_compact(raw)]
+    if not wanted:
+        return raws
+    raws = list(raws)
+    with connection.pipeline(transaction=False) as pipe:
+        for index in wanted:
+            pipe.hgetall(keys.job_key(members[index]))
+        for index, whole in zip(wanted, pipe.execute(raise_on_error=False)):
+            # A hash gone since it was read is missing, as if the read had found it gone.
+            raws[index] = whole if isinstance(whole, dict) else {UNREADABLE: str(whole).encode()}
+    return raws

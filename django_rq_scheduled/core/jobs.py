@@ -41,10 +41,10 @@ Refusal = Callable[[str], 'str | None']
 """Why a callable path may not run (None: it may)."""
 
 
-TEMPLATE_FORMAT = 3
+TEMPLATE_FORMAT = 4
 """What a row's template holds, as a number in its definition digest: raised when that changes (2: the outcome
-callbacks of ``capture``; 3: RQ's retry fields, a one-off's fire time), so that reconciliation rewrites every
-template once after an upgrade."""
+callbacks of ``capture``; 3: RQ's retry fields, a one-off's fire time; 4: compact templates, ``compact``), so that
+reconciliation rewrites every template once after an upgrade."""
 
 
 def validated_repeat(repeat: object) -> int | None:

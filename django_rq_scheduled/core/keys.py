@@ -116,6 +116,10 @@ def template_owner(job_id: str) -> tuple[str, str] | None:
     return (model_name, pk) if model_name and pk else None
 
 
+ROWS_APP_LABEL = 'django_rq_scheduled'
+"""The app label of the schedule models, whose rows' owner ids a compact template leaves out (``compact``)."""
+
+
 def owner_id(model_label: str, pk: object) -> str:
     """What a row's template and run records carry to name it: ``<app label>.<model name>:<primary key>``."""
     return f'{model_label}:{pk}'

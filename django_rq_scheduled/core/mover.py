@@ -20,9 +20,9 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import buffers, keys, overlap, retries, scripts
+from . import buffers, compact, keys, overlap, retries, scripts
 from .clock import ServerClock
-from .due_reads import READ_DUE_KEYS, DueRead, DueReader
+from .due_reads import READ_DUE_KEYS, DueRead, DueReader, whole_compact_templates
 from .errors import LeadershipLost
 from .jobs import Refusal
 from .lease import Lease
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 PLANNING_FIELDS = (
     b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
-    b'dependency_id', b'dependency_ids', b'retries_left', b'retry_intervals',
+    b'dependency_id', b'dependency_ids', b'retries_left', b'retry_intervals', compact.MARKER,
 )  # fmt: skip
 MOVE_KEYS = (keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY)
 Pairs = list[tuple[Any, Any]]
@@ -295,6 +295,7 @@ class Mover:
         planner = self.planner(now)
         members = [(member_text(m), float(s)) for m, s in pairs]
         raws = fields if fields is not None else self._fetch_planning_fields([member for member, _ in members])
+        raws = whole_compact_templates(self.connection, [member for member, _ in members], raws)
         decoded = [planner.parse(member, score, raw) for (member, score), raw in zip(members, raws)]
         self._load_whole_hashes([p for p in decoded if isinstance(p, Parsed) and p.needs_whole_hash])
         statuses = self._previous_run_statuses([p for p in decoded if isinstance(p, Parsed)])

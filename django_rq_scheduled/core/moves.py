@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import catchup, cron, keys, outcomes, overlap, payloads, retries, scores
+from . import catchup, compact, cron, keys, outcomes, overlap, payloads, retries, scores
+from .compact import CompactError
 from .limits import MIN_SECONDS
 from .policy_moves import RunPolicyPlanning
 from .scores import format_score, guard_score, utc_datetime
@@ -79,6 +80,7 @@ class Parsed:
         self.ours: dict[str, Any] = self.meta.get(keys.META_KEY) or {}
         self.is_periodic = bool(self.meta.get('interval') or self.meta.get('cron_string'))
         self.is_our_template = self.is_periodic and self.ours.get('kind') in ('interval', 'cron')
+        self.compact = compact.is_compact(self.raw)  # read whole before it was parsed
 
     @property
     def has_dependencies(self) -> bool:
@@ -86,7 +88,7 @@ class Parsed:
 
     @property
     def needs_whole_hash(self) -> bool:
-        return self.is_our_template or self.has_dependencies
+        return not self.compact and (self.is_our_template or self.has_dependencies)
 
     @property
     def previous_run_to_check(self) -> str | None:
@@ -137,7 +139,7 @@ class Planner(RunPolicyPlanning):
                 raise PlanningError(f'job key cannot be read: {raw[UNREADABLE].decode(errors="replace")}')
             if not raw:
                 raise PlanningError('job hash is missing')
-            meta, plain = self._load_meta(raw)
+            meta, plain = self._load_meta(raw, member)
             self._check_payload(raw)
             if not raw.get(b'origin'):
                 raise PlanningError('job hash has no origin queue')
@@ -145,11 +147,13 @@ class Planner(RunPolicyPlanning):
                 raise PlanningError(problem)  # RQ's worker could not even load the job
         except Exception as exc:  # whatever a foreign hash holds, it goes to the dead letters, never up the loop
             return self.dead_letter(
-                member, guard_score(score), str(exc) if isinstance(exc, PlanningError) else repr(exc)
+                member, guard_score(score), str(exc) if isinstance(exc, PlanningError | CompactError) else repr(exc)
             )
         return Parsed(member, score, raw, meta, plain)
 
-    def _load_meta(self, raw: dict[bytes, bytes]) -> tuple[dict[str, Any], bool]:
+    def _load_meta(self, raw: dict[bytes, bytes], member: str) -> tuple[dict[str, Any], bool]:
+        if compact.is_compact(raw):
+            return compact.read_meta(raw, member), True  # a CompactError names what is wrong: see ``parse``
         try:
             return payloads.read_meta_telling(raw.get(b'meta'), self.serializer)
         except payloads.PayloadError as exc:
@@ -202,10 +206,7 @@ class Planner(RunPolicyPlanning):
 
     def dead_letter(self, member: str | bytes, score: str, reason: str) -> Entry:
         record = json.dumps({'reason': reason, 'score': float(score), 'at': self.now})
-        commands = [
-            ('ZREM', keys.SCHEDULED_JOBS_KEY, member),
-            ('HSET', keys.DEAD_LETTERS_KEY, member, record),
-        ]
+        commands = [('ZREM', keys.SCHEDULED_JOBS_KEY, member), ('HSET', keys.DEAD_LETTERS_KEY, member, record)]
         return Entry(member, score, commands, outcome=DEAD, reason=reason, requires_hash=False)
 
     def _plan_one_off(self, parsed: Parsed) -> Entry:
@@ -291,7 +292,7 @@ class Planner(RunPolicyPlanning):
             return entry
         due = self._schedule_slot(ours, policy, slots, next_time, jittered=decided.resume is None)
         meta[keys.META_KEY] = ours
-        entry.commands.append(('HSET', template_key, 'meta', self._dumps_meta(meta)))
+        entry.commands += self.meta_writes(parsed, meta)
         if due is None:
             self._retire_exhausted(entry, parsed)
         else:
@@ -366,9 +367,7 @@ class Planner(RunPolicyPlanning):
     def _push(self, queue: QueueInfo, job_id: str, raw: dict[bytes, bytes]) -> list[tuple[Any, ...]]:
         return [('SADD', keys.QUEUES_SET_KEY, queue.key), (_push_command(raw), queue.key, job_id)]
 
-    def _enqueue_existing(
-        self, parsed: Parsed, job_id: str, meta: dict[str, Any] | None = None
-    ) -> list[tuple[Any, ...]]:
+    def _enqueue_existing(self, parsed: Parsed, job_id: str, meta: Meta | None = None) -> list[tuple[Any, ...]]:
         """The writes RQ's ``Queue.enqueue_job`` makes to an existing hash: status, times, push."""
         queue = self._queue(parsed)
         fields: list[Any] = ['status', 'queued', 'enqueued_at', self.enqueued_at]
@@ -376,13 +375,16 @@ class Planner(RunPolicyPlanning):
             fields += ['timeout', queue.default_timeout]
         if meta is not None:
             fields += ['meta', self._dumps_meta(meta)]
-        return [('HSET', keys.job_key(job_id), *fields), *self._push(queue, job_id, parsed.raw)]
+        if parsed.compact:  # its template becomes its whole job
+            fields = compact.whole_job_fields(parsed.raw, fields, self._dumps_meta(parsed.meta), self.enqueued_at)
+        dropped = compact.dropped_fields(parsed.raw, keys.job_key(job_id))
+        return [('HSET', keys.job_key(job_id), *fields), *dropped, *self._push(queue, job_id, parsed.raw)]
 
     def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
         queue = self._queue(parsed)
         policy = retries.of_meta(parsed.ours)  # ValueError for junk: the template goes to the dead letters
         not_inherited = RUN_STATE_FIELDS | retries.HASH_FIELDS  # retries: from the policy, whole for each run
-        mapping: dict[Any, Any] = {k: v for k, v in parsed.raw.items() if k not in not_inherited}
+        mapping: dict[Any, Any] = compact.inherited(parsed.raw, not_inherited)
         user_meta = {k: v for k, v in parsed.meta.items() if k not in keys.SCHEDULING_META_KEYS}
         user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time, **retries.run_meta(*policy)}
         mapping.update(

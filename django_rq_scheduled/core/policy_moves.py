@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import catchup, keys, limits, run_policy
+from . import catchup, compact, keys, limits, run_policy
 from .outcomes import ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP
 from .outcomes import FINISHED as FINISHED
 from .outcomes import POSTPONED as POSTPONED
@@ -63,6 +63,12 @@ class RunPolicyPlanning:
             finished: bool,
             said: dict[str, Any] | None = None,
         ) -> None: ...
+
+    def meta_writes(self, parsed: Parsed, meta: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The writes that give the template of ``parsed`` this meta, in its own layout."""
+        if parsed.compact:
+            return compact.meta_commands(parsed.raw, meta, parsed.member)
+        return [('HSET', keys.job_key(parsed.member), 'meta', self._dumps_meta(meta))]
 
     @staticmethod
     def _run_policy(ours: dict[str, Any]) -> run_policy.RunPolicy:
@@ -142,7 +148,7 @@ class RunPolicyPlanning:
         due = round(slot + delay, 3)
         ours.update(slot=slot, slot_due=due, delay=delay)
         meta[keys.META_KEY] = ours
-        entry.commands.append(('HSET', keys.job_key(parsed.member), 'meta', self._dumps_meta(meta)))
+        entry.commands += self.meta_writes(parsed, meta)
         entry.commands.append(('ZADD', keys.SCHEDULED_JOBS_KEY, format_score(due), parsed.member))
         self._record_slots(entry, parsed, log, runs=ours.get('runs', 0), next_time=due)
         return entry

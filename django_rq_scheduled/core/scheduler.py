@@ -24,7 +24,7 @@ from rq.queue import Queue
 from rq.serializers import resolve_serializer
 from rq.utils import backend_class
 
-from . import _django, cron, keys, limits, scripts
+from . import _django, compact, cron, keys, limits, scripts
 from .clock import ServerClock
 from .fast_moves import install as install_fast_path
 from .instances import Instances
@@ -351,8 +351,8 @@ class Scheduler(CallableRule, FixedKeys):
         offset: int | None = None,
         length: int | None = None,
     ) -> list[Any]:
-        """Scheduled jobs due up to ``until``, earliest first, in two round trips; ``(job, naive UTC time)``
-        pairs with ``with_times``. Ids without a job hash are skipped (the loop dead-letters them)."""
+        """Scheduled jobs due up to ``until``, earliest first, in two round trips (three with rows' templates);
+        ``(job, naive UTC time)`` pairs with ``with_times``. Ids without a job hash are left to the loop."""
         if (offset is None) != (length is None):
             raise ValueError('offset, length: give both or neither')
         pairs = cast(
@@ -364,9 +364,8 @@ class Scheduler(CallableRule, FixedKeys):
         # Members that name no job (not UTF-8, not a valid id: written by someone else) are left to the loop.
         texts = [(member_text(member), score) for member, score in pairs]
         valid = [(text, score) for text, score in texts if isinstance(text, str) and keys.is_job_id(text)]
-        jobs = self.job_class.fetch_many(
-            [job_id for job_id, _ in valid], connection=self.connection, serializer=self.serializer
-        )
+        ids = [job_id for job_id, _ in valid]
+        jobs = compact.with_meta(self.connection, self.job_class.fetch_many(ids, self.connection, self.serializer))
         if not with_times:
             return [job for job in jobs if job is not None]
         return [(job, from_score(score)) for job, (_, score) in zip(jobs, valid) if job is not None]
@@ -417,6 +416,7 @@ class Scheduler(CallableRule, FixedKeys):
                 job.refresh()  # type: ignore[no-untyped-call]
             enqueued = report.enqueued[0] if report.enqueued else job.id
             return job if enqueued == job.id else self.job_class.fetch(enqueued, connection=self.connection)
+        compact.with_meta(self.connection, [job])  # RQ reads no meta of a row's compact template
         if job.meta.get(keys.META_KEY) and (job.meta.get('interval') or job.meta.get('cron_string')):
             # One run of a periodic job of ours now, outside its schedule: its pending run and repeat count stay.
             return self._enqueue_now(self.jobs.extra_run(job))
