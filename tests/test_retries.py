@@ -257,6 +257,29 @@ def test_a_retry_whose_callable_the_allow_list_refuses_is_dead_lettered_never_en
     assert 'retry refused: callable refused' in vetting.scheduler.dead_letters()['smuggled']
 
 
+def test_a_retry_whose_callback_the_allow_list_refuses_is_dead_lettered(vetting, connection):
+    job = waiting_retry(connection, 'evil-callback', 'tests.tasks.add', args=(1, 2))
+    connection.hset(job.key, 'failure_callback_name', 'os.system')
+    release(vetting)
+    assert connection.llen('rq:queue:default') == 0
+    assert 'failure_callback_name refused' in vetting.scheduler.dead_letters()['evil-callback']
+
+
+def test_a_retry_whose_callback_changes_after_it_was_vetted_is_not_moved(vetting, connection, monkeypatch):
+    job = waiting_retry(connection, 'swapped-callback', 'tests.tasks.add', args=(1, 2))
+    planner_check = Planner.payload_refusal
+
+    def vet_then_swap(self, fields):
+        verdict = planner_check(self, fields)
+        connection.hset(job.key, 'success_callback_name', 'os.system')
+        return verdict
+
+    monkeypatch.setattr(Planner, 'payload_refusal', vet_then_swap)
+    release(vetting)
+    assert connection.llen('rq:queue:default') == 0
+    assert ScheduledJobRegistry('default', connection=connection).get_job_ids() == ['swapped-callback']
+
+
 def test_a_retry_whose_payload_changes_after_it_was_vetted_is_not_moved(vetting, connection, monkeypatch):
     allowed = waiting_retry(connection, 'swapped', 'tests.tasks.add', args=(1, 2))
     refused = Job.create('os.system', args=('echo swapped',), connection=connection)

@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import Serializer
 from rq.utils import parse_timeout
 
-from . import fast_moves, keys, limits, payloads, retries, run_policy, scripts
+from . import fast_moves, keys, limits, payloads, retries, run_policy, scripts, vetting
 from .allowlist import AllowList
 from .limits import OVERLAP_POLICIES
 from .queues import validated_queue_name
@@ -334,6 +334,8 @@ class JobBuilder:
         reason = self.refusal(cast(str, job.func_name))
         if reason:
             raise ValueError(f'func: {reason}')
+        if problem := vetting.job_callbacks_problem(job, self.refusal):
+            raise ValueError(f'on_success/on_failure/on_stopped: {problem}')
 
     def check_stored_callable(self, job_id: str) -> None:
         """ValueError if the job stored under ``job_id`` calls what the allow-list refuses (read, never run)."""

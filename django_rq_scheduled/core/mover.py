@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import buffers, compact, keys, overlap, retries, scripts
+from . import buffers, compact, keys, overlap, retries, scripts, vetting
 from .clock import ServerClock
 from .due_reads import READ_DUE_KEYS, DueRead, DueReader, whole_compact_templates
 from .errors import LeadershipLost
@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 PLANNING_FIELDS = (
     b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
     b'dependency_id', b'dependency_ids', b'retries_left', b'retry_intervals', compact.MARKER,
+    *vetting.CALLBACK_FIELDS,
 )  # fmt: skip
 MOVE_KEYS = (keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY)
 Pairs = list[tuple[Any, Any]]

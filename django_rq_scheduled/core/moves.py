@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import catchup, compact, cron, keys, outcomes, overlap, payloads, retries, scores
+from . import catchup, compact, cron, keys, outcomes, overlap, payloads, retries, scores, vetting
 from .compact import CompactError
 from .limits import MIN_SECONDS
 from .policy_moves import RunPolicyPlanning
@@ -159,31 +159,15 @@ class Planner(RunPolicyPlanning):
         except payloads.PayloadError as exc:
             raise PlanningError(f'cannot read meta: {exc}') from exc
 
-    def payload_refusal(self, data: bytes | None) -> str | None:
-        """Why a job with this payload may not be enqueued (unreadable, or refused by the allow-list), or None."""
-        try:
-            self._check_payload({b'data': data} if data else {})
-        except PlanningError as exc:
-            return str(exc)
-        return None
+    def payload_refusal(self, fields: dict[bytes, bytes]) -> str | None:
+        """Why a job with these fields (its payload, its callbacks) may not be enqueued, or None."""
+        return vetting.payload_problem(fields, self.serializer, self.callable_refusal)
 
     def _check_payload(self, raw: dict[bytes, bytes]) -> None:
-        """Reads the function name without running any code of the payload, and asks the allow-list."""
-        if not raw.get(b'data'):
-            raise PlanningError('job hash has no payload')
-        try:
-            call = payloads.read_call(raw[b'data'], self.serializer)
-        except payloads.PayloadError as exc:
-            raise PlanningError(f'cannot load payload: {exc}') from exc
-        if self.callable_refusal is None:
-            return
-        if call.bound:
-            raise PlanningError(
-                f'payload calls {call.func_name!r} on a pickled object, which ALLOWED_CALLABLES cannot vouch for'
-            )
-        refusal = self.callable_refusal(call.func_name)
-        if refusal:
-            raise PlanningError(f'callable refused: {refusal}')
+        """Reads the function name without running any code of the payload, and asks the allow-list of it and of
+        the callbacks the hash names."""
+        if problem := vetting.payload_problem(raw, self.serializer, self.callable_refusal):
+            raise PlanningError(problem)
 
     # -- planning -------------------------------------------------------------------------------------------
 

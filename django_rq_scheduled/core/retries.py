@@ -23,7 +23,7 @@ from redis import Redis
 from redis.exceptions import ResponseError
 from rq.utils import utcformat
 
-from . import keys, limits, retry_scripts
+from . import keys, limits, retry_scripts, vetting
 from .errors import LeadershipLost
 from .lease import Lease
 
@@ -101,8 +101,16 @@ RELEASE_BATCH = 1000
 """Due retries moved per queue and tick (RQ's own scheduler takes as many)."""
 
 
-PayloadVet = Callable[[bytes | None], 'str | None']
-"""Why the allow-list refuses a job with this payload (``data``), or None if it may run."""
+PayloadVet = Callable[[dict[bytes, bytes]], 'str | None']
+"""Why the allow-list refuses a job with these fields (``VETTED_FIELDS``), or None if it may run."""
+VETTED_FIELDS = (b'data', *vetting.CALLBACK_FIELDS)
+"""What a due retry is vetted on, in the order ``retry_scripts.DUE_RETRIES`` reads them."""
+
+
+def vetted_digest(values: list[bytes | None]) -> str:
+    """The digest of the vetted fields that ``retry_scripts.RELEASE_VETTED_RETRIES`` compares before a move."""
+    parts = ['-' if value is None else hashlib.sha1(value).hexdigest() for value in values]
+    return hashlib.sha1(','.join(parts).encode()).hexdigest()
 
 
 def release_due(connection: Redis, lease: Lease, *, now: float, vet: PayloadVet | None = None) -> float | None:
@@ -137,14 +145,15 @@ def _release_vetted(connection: Redis, argv: tuple[Any, ...], vet: PayloadVet, n
     if not found:
         return 0, next_due
     verdicts: list[Any] = []
-    for queue_key, registry, job_id, score, data in zip(*[iter(found)] * 5):
-        refusal = vet(data)
+    for queue_key, registry, job_id, score, *vetted in zip(*[iter(found)] * (4 + len(VETTED_FIELDS))):
+        fields = {name: value for name, value in zip(VETTED_FIELDS, vetted) if value}
+        refusal = vet(fields)
         if refusal:
             logger.error('Refused to move the retry %r back to its queue: %s', job_id, refusal)
             record = json.dumps({'reason': f'retry refused: {refusal}', 'score': float(score), 'at': now})
             verdicts += [queue_key, registry, job_id, '', record]
         else:
-            verdicts += [queue_key, registry, job_id, hashlib.sha1(data).hexdigest(), '']
+            verdicts += [queue_key, registry, job_id, vetted_digest(vetted), '']
     release_keys = (keys.LOCK_KEY, keys.QUEUES_SET_KEY, keys.DEAD_LETTERS_KEY)
     moved, dead = connection.eval(retry_scripts.RELEASE_VETTED_RETRIES, 3, *release_keys, *argv, *verdicts)
     if dead:

@@ -38,6 +38,16 @@ local function release(queue_key, registry, id, enqueued_at)
   if job[4] and tonumber(job[4]) and tonumber(job[4]) > 0 then redis.call('EXPIRE', job_key, job[4]) end
   return 1
 end
+local unpack = unpack or table.unpack
+-- The fields of a retry the allow-list vets, and their digest: SHA-1 of each field's SHA-1 ('-' if it is missing).
+local VETTED = {'data', 'success_callback_name', 'failure_callback_name', 'stopped_callback_name'}
+local function vetted_digest(job_key)
+  local parts = {}
+  for j, value in ipairs(redis.call('HMGET', job_key, unpack(VETTED))) do
+    parts[j] = value and redis.sha1hex(value) or '-'
+  end
+  return redis.sha1hex(table.concat(parts, ','))
+end
 local function next_due_of(registry, now, next_due)
   local first = redis.call('ZRANGEBYSCORE', registry, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if first[2] and (not next_due or tonumber(first[2]) < next_due) then return tonumber(first[2]) end
@@ -74,7 +84,7 @@ return {moved, next_due and tostring(next_due)}
 
 # Reads the due retries for the allow-list to vet, moving none. KEYS and ARGV as RELEASE_RETRIES (the token unused).
 # Returns {the earliest later due time or false, then per due retry: queue key, registry key, job id, due time, its
-# payload (false if it has none or its key is no hash)}.
+# payload and its three callback names (false if missing or its key is no hash)}.
 DUE_RETRIES = (
     _RETRY_PARTS
     + """
@@ -86,10 +96,10 @@ for _, queue_key in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if registry then
     local due = redis.call('ZRANGEBYSCORE', registry, '-inf', now, 'WITHSCORES', 'LIMIT', 0, limit)
     for i = 1, #due, 2 do
-      local id, data = due[i], false
-      if type_of(job_prefix .. id) == 'hash' then data = redis.call('HGET', job_prefix .. id, 'data') end
+      local id, vetted = due[i], {false, false, false, false}
+      if type_of(job_prefix .. id) == 'hash' then vetted = redis.call('HMGET', job_prefix .. id, unpack(VETTED)) end
       for _, value in ipairs({queue_key, registry, id, due[i + 1]}) do table.insert(found, value) end
-      table.insert(found, data)
+      for j = 1, #VETTED do table.insert(found, vetted[j]) end
     end
     next_due = next_due_of(registry, now, next_due)
   end
@@ -100,10 +110,10 @@ return found
 )
 
 # Applies the allow-list's verdicts on due retries read by DUE_RETRIES. KEYS: lock, the set of queue keys, the dead
-# letters. ARGV as RELEASE_RETRIES, then per retry: queue key, registry key, job id, the SHA-1 of the payload that
-# was allowed ('' = refused), the dead letter's record of a refusal. An allowed retry is moved only if it is still
-# due in that registry and its payload is the one vetted; a refused one still due is taken out of the registry
-# into the dead letters. Returns {jobs moved, jobs dead-lettered}.
+# letters. ARGV as RELEASE_RETRIES, then per retry: queue key, registry key, job id, the digest of the fields that
+# were allowed ('' = refused; see vetted_digest), the dead letter's record of a refusal. An allowed retry is moved
+# only if it is still due in that registry and those fields are the ones vetted; a refused one still due is taken
+# out of the registry into the dead letters. Returns {jobs moved, jobs dead-lettered}.
 RELEASE_VETTED_RETRIES = (
     _RETRY_PARTS
     + _RETRY_FENCE
@@ -119,8 +129,7 @@ for i = 9, #ARGV, 5 do
       redis.call('HSET', KEYS[3], id, reason)
       dead = dead + 1
     else
-      local data = type_of(job_prefix .. id) == 'hash' and redis.call('HGET', job_prefix .. id, 'data')
-      if data and redis.sha1hex(data) == digest then
+      if type_of(job_prefix .. id) == 'hash' and vetted_digest(job_prefix .. id) == digest then
         moved = moved + release(queue_key, registry, id, enqueued_at)
       end
     end

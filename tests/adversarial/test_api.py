@@ -231,3 +231,33 @@ def test_patterns_match_segment_by_segment(pattern, path, matches):
 def test_the_allow_list_refuses_what_is_not_a_path(value):
     assert not AllowList(['*.*.*'])(value)
     assert not AllowList(None).refusal('tests.tasks.add')
+
+
+# -- the callbacks a job names: a worker imports and calls them too -------------------------------------------------
+
+
+@pytest.mark.parametrize('field', ['success_callback_name', 'failure_callback_name', 'stopped_callback_name'])
+@pytest.mark.parametrize('path', ['os.system', 'tests.hostile_tasks.system', 'tests.tasks.os.system'])
+def test_a_foreign_job_whose_callback_the_allow_list_refuses_is_dead_lettered(connection, restricted, field, path):
+    _hash_with(connection, 'evil-callback', **{field: path})
+    scheduler = Scheduler(connection=connection)
+    assert scheduler.enqueue_jobs() == []
+    assert queued(connection) == []
+    assert f'{field} refused' in scheduler.dead_letters()['evil-callback']
+
+
+def test_the_api_refuses_a_callback_the_allow_list_refuses(connection, restricted):
+    from rq import Callback
+
+    scheduler = Scheduler(connection=connection)
+    with pytest.raises(ValueError, match='on_success/on_failure/on_stopped: success_callback_name refused'):
+        scheduler.enqueue_at(PAST, tasks.add, 1, 2, on_success=Callback('os.system'))
+    assert connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
+
+
+def test_allowed_callbacks_and_those_of_run_capture_are_enqueued(connection, restricted):
+    from django_rq_scheduled.core import capture
+
+    _hash_with(connection, 'captured', success_callback_name=capture.callbacks()['on_success'].name)
+    _hash_with(connection, 'allowed-callback', failure_callback_name='tests.tasks.add')
+    assert sorted(job.id for job in Scheduler(connection=connection).enqueue_jobs()) == ['allowed-callback', 'captured']
