@@ -73,7 +73,7 @@ class Config:
     timeout: float  # seconds any one wait may take before the run fails
 
 
-FULL = Config(mode='full', rows=200_000, rounds=3, workers=2, timeout=900.0)
+FULL = Config(mode='full', rows=200_000, rounds=2, workers=2, timeout=900.0)
 QUICK = Config(mode='quick', rows=20_000, rounds=2, workers=2, timeout=300.0)
 SMOKE = Config(mode='smoke', rows=500, rounds=2, workers=1, timeout=120.0)
 
