@@ -29,6 +29,7 @@ from .models import SCHEDULE_MODELS, ScheduleBase
 from .reconciliation import Reconciler
 from .retention import Pruner
 from .servers import servers
+from .yielding import yielding_to
 
 if TYPE_CHECKING:
     from .core.scheduler import Scheduler
@@ -39,6 +40,8 @@ MODELS_BY_LABEL = {model._meta.label_lower: model for model in SCHEDULE_MODELS}
 FEEDBACK_BATCH = 5000
 """The loop's records (a few hundred bytes each) read from Redis per pass."""
 DRAIN_SECONDS = 1.0
+IDLE_WAIT_SECONDS = 1.0
+"""The longest a background reconciliation waits, between two of its batches, for the loop to finish its moves."""
 MAX_RUN_COUNT = 2**31 - 1  # what a PositiveIntegerField holds on every database
 UTC = timezone.utc
 
@@ -204,7 +207,9 @@ class DatabaseSync:
             self._run_steps(self._feedback_steps(scheduler), raise_errors=False)
 
     def _reconcile_in_background(self, scheduler: Scheduler) -> None:
-        self._run_steps([lambda: self._reconcile(scheduler.connection)], raise_errors=False)
+        # Between its batches it waits while the loop moves due jobs (at most a second each time: never starved).
+        with yielding_to(lambda: scheduler.loop.wait_idle(IDLE_WAIT_SECONDS)):
+            self._run_steps([lambda: self._reconcile(scheduler.connection)], raise_errors=False)
 
     def _reconciliation_due(self, scheduler: Scheduler) -> bool:
         if scheduler.lease.terms != self._term:

@@ -31,6 +31,7 @@ from .owners import owner_of
 from .pending import take_validated
 from .reconcile_state import ReconcileState, begin_epoch, save_state
 from .servers import Servers, servers, template_job
+from .yielding import between_batches
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class SyncReport:
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
+        if start:
+            between_batches()
         yield items[start : start + size]
 
 

@@ -9,12 +9,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import time_machine
 
-from django_rq_scheduled import Scheduler, feedback
+from django_rq_scheduled import Scheduler, feedback, sync
 from django_rq_scheduled.core import keys
 from django_rq_scheduled.feedback import DatabaseSync
 from django_rq_scheduled.models import ScheduledJob
 from django_rq_scheduled.reconciliation import Reconciler
 from django_rq_scheduled.runs import Run
+from django_rq_scheduled.yielding import yielding_to
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -87,5 +88,38 @@ def test_a_reconciliation_at_work_holds_up_no_feedback(connection, monkeypatch):
     assert hook._reconciler.is_alive()
     assert connection.llen(keys.RUNS_KEY) == 0 and Run.objects.count() == ROWS
     release.set()
+    hook.wait(30)
+    assert not hook._reconciler.is_alive()
+
+
+def test_syncs_in_a_yielding_thread_wait_between_their_batches(connection):
+    waits = []
+    rows = [
+        ScheduledJob(name=f'y{i}', callable='tests.tasks.add', scheduled_time=datetime(2030, 1, 1, tzinfo=UTC))
+        for i in range(1200)
+    ]
+    ScheduledJob.objects.bulk_create(rows)  # its own sync, in no yielding block: it waits for nothing
+    with yielding_to(lambda: waits.append(1)):
+        report = sync.reconcile()
+    assert report.unchanged == 1200
+    assert len(waits) == 2 + 2  # between three batches of 500 rows, and of the orphan check over their templates
+
+
+def test_a_background_reconciliation_waits_while_the_loop_moves(connection):
+    ScheduledJob.objects.bulk_create(
+        [
+            ScheduledJob(name=f'w{i}', callable='tests.tasks.add', scheduled_time=datetime(2030, 1, 1, tzinfo=UTC))
+            for i in range(1200)
+        ]
+    )
+    scheduler = leader()
+    hook = DatabaseSync(reconcile_interval=3600)
+    hook(scheduler)
+    hook._worker.join(30)
+    scheduler.loop.idle.clear()  # a burst of moves, say
+    hook(scheduler)  # starts the (full) reconciliation, which waits after its first batch
+    hook._reconciler.join(0.5)
+    assert hook._reconciler.is_alive()
+    scheduler.loop.idle.set()
     hook.wait(30)
     assert not hook._reconciler.is_alive()
