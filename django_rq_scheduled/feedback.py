@@ -198,13 +198,14 @@ class DatabaseSync:
 
     def _feed_while_behind(self, scheduler: Scheduler) -> None:
         """Rounds of feedback, one after the other while a backlog waits and this process leads."""
-        steps = self._feedback_steps(scheduler)
-        if time.monotonic() >= self._next_care:
-            self._next_care = time.monotonic() + self.reconcile_interval
-            steps.append(lambda: self._look_after_runs(scheduler))
-        self._run_steps(steps, raise_errors=False)
-        while self._behind and scheduler.lease.held:
-            self._run_steps(self._feedback_steps(scheduler), raise_errors=False)
+        while True:
+            steps = self._feedback_steps(scheduler)
+            if time.monotonic() >= self._next_care:  # its periodic care too, however long the backlog lasts
+                self._next_care = time.monotonic() + self.reconcile_interval
+                steps.append(lambda: self._look_after_runs(scheduler))
+            self._run_steps(steps, raise_errors=False)
+            if not (self._behind and scheduler.lease.held):
+                return
 
     def _reconcile_in_background(self, scheduler: Scheduler) -> None:
         # Between its batches it waits while the loop moves due jobs (at most a second each time: never starved).
