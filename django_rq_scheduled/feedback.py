@@ -29,6 +29,7 @@ from .models import SCHEDULE_MODELS, ScheduleBase
 from .reconciliation import Reconciler
 from .retention import Pruner
 from .servers import servers
+from .yielding import yielding_to
 
 if TYPE_CHECKING:
     from .core.scheduler import Scheduler
@@ -39,6 +40,8 @@ MODELS_BY_LABEL = {model._meta.label_lower: model for model in SCHEDULE_MODELS}
 FEEDBACK_BATCH = 5000
 """The loop's records (a few hundred bytes each) read from Redis per pass."""
 DRAIN_SECONDS = 1.0
+IDLE_WAIT_SECONDS = 1.0
+"""The longest a background reconciliation waits, between two of its batches, for the loop to finish its moves."""
 MAX_RUN_COUNT = 2**31 - 1  # what a PositiveIntegerField holds on every database
 UTC = timezone.utc
 
@@ -151,10 +154,12 @@ def _drain(read: Callable[[Redis], int], connection: Redis, batch: int) -> bool:
 class DatabaseSync:
     """The loop's tick hook: run feedback into rows, and reconciliation every ``reconcile_interval``.
 
-    In the background (the default), both run in a thread of their own, started by a tick when the last one is
-    done: the database may be slow or locked (SQLite under a writer, a paused process holding a lock), and the loop
-    must keep renewing its lease and moving due jobs meanwhile. With ``background=False`` (burst runs, tests) they
-    run in the tick itself.
+    In the background (the default), feedback and reconciliation each run in a thread of their own, started by a
+    tick when the last one is done: the database may be slow or locked (SQLite under a writer, a paused process
+    holding a lock), and the loop must keep renewing its lease and moving due jobs meanwhile. They are apart because
+    a reconciliation may take long (every row of a large ``bulk_create`` is changed for ``CHANGED_MARGIN``), and a
+    burst of runs must not wait for it; the feedback thread reads batches until the backlog is read, not one
+    ``DRAIN_SECONDS`` per tick. With ``background=False`` (burst runs, tests) both run in the tick itself.
     """
 
     def __init__(
@@ -171,6 +176,9 @@ class DatabaseSync:
         self._term: int | None = None
         self._full_pass_due = True
         self._worker: threading.Thread | None = None
+        self._reconciler: threading.Thread | None = None
+        self._behind = False
+        self._next_care = 0.0
         self._failing = False
         self._pruner = Pruner()
         self._running: set[str] = set()
@@ -181,29 +189,61 @@ class DatabaseSync:
         if not self.background:
             self._sync(scheduler, raise_errors=True)
             return
-        if self._worker is not None and self._worker.is_alive():
-            return  # the last round is still at work; this tick's feedback waits in Redis for the next one
-        self._worker = threading.Thread(target=self._sync, args=(scheduler,), name='drqs-database-sync', daemon=True)
-        self._worker.start()
+        # A thread still at work is left to it: this tick's feedback waits in Redis for its next round.
+        if not _alive(self._worker):
+            self._worker = _started(self._feed_while_behind, scheduler, 'drqs-database-sync')
+        # The first reconciliation follows the sync of the schedules declared in code (they are rows it reads).
+        if self._code_synced and not _alive(self._reconciler) and self._reconciliation_due(scheduler):
+            self._reconciler = _started(self._reconcile_in_background, scheduler, 'drqs-reconciliation')
 
-    def _sync(self, scheduler: Scheduler, *, raise_errors: bool = False) -> None:
-        from django.db import close_old_connections, connections
+    def _feed_while_behind(self, scheduler: Scheduler) -> None:
+        """Rounds of feedback, one after the other while a backlog waits and this process leads."""
+        while True:
+            steps = self._feedback_steps(scheduler)
+            if time.monotonic() >= self._next_care:  # its periodic care too, however long the backlog lasts
+                self._next_care = time.monotonic() + self.reconcile_interval
+                steps.append(lambda: self._look_after_runs(scheduler))
+            self._run_steps(steps, raise_errors=False)
+            if not (self._behind and scheduler.lease.held):
+                return
 
-        connection = scheduler.connection
-        steps: list[Callable[[], object]] = [] if self._code_synced else [self._sync_code_schedules]
-        steps += [
-            lambda: self._read_run_records(connection),
-            lambda: self._read_outcomes(connection),
-            lambda: self._sweep(connection),
-        ]
+    def _reconcile_in_background(self, scheduler: Scheduler) -> None:
+        # Between its batches it waits while the loop moves due jobs (at most a second each time: never starved).
+        with yielding_to(lambda: scheduler.loop.wait_idle(IDLE_WAIT_SECONDS)):
+            self._run_steps([lambda: self._reconcile(scheduler.connection)], raise_errors=False)
+
+    def _reconciliation_due(self, scheduler: Scheduler) -> bool:
         if scheduler.lease.terms != self._term:
             # It starts leading (a start, a return after an outage or after another leader): what Redis holds may
             # have been lost or changed behind its back meanwhile, and rows deleted while their sync could not reach
             # Redis are not found by their changes: a full pass, now.
             self._term, self._full_pass_due, self._next_reconcile = scheduler.lease.terms, True, 0.0
-        if time.monotonic() >= self._next_reconcile:
-            self._next_reconcile = time.monotonic() + self.reconcile_interval
-            steps += [lambda: self._reconcile(connection), lambda: self._look_after_runs(scheduler)]
+        if time.monotonic() < self._next_reconcile:
+            return False
+        self._next_reconcile = time.monotonic() + self.reconcile_interval
+        return True
+
+    def _feedback_steps(self, scheduler: Scheduler) -> list[Callable[[], object]]:
+        connection = scheduler.connection
+        self._behind = False  # until a step says a backlog is left
+        steps: list[Callable[[], object]] = [] if self._code_synced else [self._sync_code_schedules]
+        return [
+            *steps,
+            lambda: self._read_run_records(connection),
+            lambda: self._read_outcomes(connection),
+            lambda: self._sweep(connection),
+        ]
+
+    def _sync(self, scheduler: Scheduler, *, raise_errors: bool = False) -> None:
+        """One round of everything, in order, in the tick itself."""
+        steps = self._feedback_steps(scheduler)
+        if self._reconciliation_due(scheduler):
+            steps += [lambda: self._reconcile(scheduler.connection), lambda: self._look_after_runs(scheduler)]
+        self._run_steps(steps, raise_errors=raise_errors)
+
+    def _run_steps(self, steps: list[Callable[[], object]], *, raise_errors: bool) -> None:
+        from django.db import close_old_connections, connections
+
         failures = []
         try:
             close_old_connections()
@@ -216,7 +256,7 @@ class DatabaseSync:
                     failures.append(exc)
         finally:
             if not raise_errors:
-                connections.close_all()
+                connections.close_all()  # this thread's
         if failures:
             self._log_failure(failures[0])
         elif self._failing:
@@ -237,12 +277,14 @@ class DatabaseSync:
     def _read_run_records(self, connection: Redis) -> None:
         self._runs_left = False  # if reading them fails, the outcomes are read on their own
         self._runs_left = not _drain(apply_feedback, connection, FEEDBACK_BATCH)
+        self._behind = self._behind or self._runs_left
 
     def _read_outcomes(self, connection: Redis) -> None:
         # While the loop's records wait, their outcomes are read beside them (each run then written once, complete):
         # reading outcomes ahead would write their runs twice.
         if not self._runs_left:
-            _drain(history.ingest_outcomes, connection, history.OUTCOME_BATCH)
+            read = _drain(history.ingest_outcomes, connection, history.OUTCOME_BATCH)
+            self._behind = self._behind or not read
 
     def _reconcile(self, connection: Redis) -> None:
         """A full pass when it starts leading (or after a failed full pass), else the incremental one, which is full
@@ -281,5 +323,16 @@ class DatabaseSync:
 
     def wait(self, timeout: float | None = None) -> None:
         """Waits for a running round of feedback and reconciliation (tests, shutdown)."""
-        if self._worker is not None:
-            self._worker.join(timeout)
+        for thread in (self._worker, self._reconciler):
+            if thread is not None:
+                thread.join(timeout)
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
+
+
+def _started(target: Callable[[Scheduler], None], scheduler: Scheduler, name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, args=(scheduler,), name=name, daemon=True)
+    thread.start()
+    return thread

@@ -62,3 +62,21 @@ def unsynced_error(model: type, pk: Any) -> Exception | None:
     """Why this row, committed by this thread, is not in Redis yet (None if it is); asking forgets it."""
     errors: dict[tuple[type, Any], Exception] = getattr(_unsynced, 'errors', {})
     return errors.pop((model, pk), None)
+
+
+_validated = threading.local()
+
+
+def note_validated(model: type, versions: Iterable[str]) -> None:
+    """Remembers, for this thread, versions of definitions that passed validation as rows of ``model`` were inserted:
+    their sync after commit need not validate those rows again (``sync.sync_rows``). A version is a digest of the
+    whole definition, so a version left over from a rolled-back transaction still names a valid definition."""
+    if not hasattr(_validated, 'versions'):
+        _validated.versions = defaultdict(set)
+    _validated.versions[model].update(versions)
+
+
+def take_validated(model: type) -> frozenset[str]:
+    """The versions noted for ``model`` by this thread, forgotten as they are given."""
+    versions: dict[type, set[str]] = getattr(_validated, 'versions', {})
+    return frozenset(versions.pop(model, ()))

@@ -11,7 +11,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from . import validators
-from .pending import schedule_sync
+from .pending import note_validated, schedule_sync
 from .runs import SUMMARY_FIELDS
 
 LOOP_FIELDS = frozenset({'next_run', 'last_run', 'run_count', 'has_run'}) | SUMMARY_FIELDS
@@ -91,6 +91,8 @@ class ScheduleQuerySet(models.QuerySet[Any]):
         objs = list(objs)
         for obj in objs:
             obj.full_clean(validate_unique=False, validate_constraints=False)
+        # The sync after commit loads these rows again; what passed validation here needs no second validation.
+        note_validated(self.model, {obj.version() for obj in objs})
         with transaction.atomic(using=self.db):
             created = super().bulk_create(objs, *args, **kwargs)
             pks = [obj.pk for obj in created if obj.pk is not None]

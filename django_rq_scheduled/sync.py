@@ -28,8 +28,10 @@ from .core.scheduler import Scheduler
 from .core.scores import format_score, guard_score
 from .models import SCHEDULE_MODELS, ScheduleBase
 from .owners import owner_of
+from .pending import take_validated
 from .reconcile_state import ReconcileState, begin_epoch, save_state
 from .servers import Servers, servers, template_job
+from .yielding import between_batches
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,8 @@ class SyncReport:
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for start in range(0, len(items), size):
+        if start:
+            between_batches()
         yield items[start : start + size]
 
 
@@ -75,14 +79,17 @@ def sync_rows(
     theirs, so their first write is sent without reading Redis first (one round trip): the write is a
     compare-and-set on "nothing there", so a template that is there after all (a reused primary key whose old
     template was not removed yet) makes it fail, and the row is read and decided again.
+    Those whose definition was validated as
+    they were inserted (``pending.note_validated``, by ``bulk_create()``) are not validated again.
     """
     report = SyncReport()
     known = servers()
     fresh = set(created)
+    validated = take_validated(model) if fresh else frozenset()
     for chunk in _chunks(list(pks), BATCH):
         rows = list(model._base_manager.using(using).filter(pk__in=chunk))
         missing = set(chunk) - {row.pk for row in rows} - fresh  # made and deleted in one transaction: nothing to do
-        report.merge(_sync_chunk(model, rows, missing, known, using=using, fresh=fresh))
+        report.merge(_sync_chunk(model, rows, missing, known, using=using, fresh=fresh, validated=validated))
     return report
 
 
@@ -94,6 +101,7 @@ def _sync_chunk(
     *,
     using: str,
     fresh: Container[Any] = (),
+    validated: Container[str] = (),
 ) -> SyncReport:
     report = SyncReport()
     missing_ids = [keys.template_id(model._meta.model_name or '', pk) for pk in missing]
@@ -105,7 +113,7 @@ def _sync_chunk(
             row.template_id for row in rows if servers.queue_home.get(row.queue) != identity and row.pk not in fresh
         ]
         unread = {row.template_id for row in here if row.pk in fresh}
-        report.merge(_sync_server(scheduler, here, elsewhere + missing_ids, changed, unread))
+        report.merge(_sync_server(scheduler, here, elsewhere + missing_ids, changed, unread, validated))
     unknown = [row.name for row in rows if row.queue not in servers.queue_home]
     if unknown:
         logger.warning('Not scheduled, their queue is not in RQ_QUEUES: %s', ', '.join(unknown))
@@ -153,18 +161,22 @@ def _sync_server(
     strangers: list[str],
     changed: list[ScheduleBase],
     unread: Container[str] = (),
+    validated: Container[str] = (),
 ) -> SyncReport:
     """Syncs rows in compare-and-set writes; ids that changed under a write are read and decided again.
 
-    ``unread``: template ids known to hold nothing in Redis, whose first attempt does not read it.
+    ``unread``: template ids known to hold nothing in Redis, whose first attempt does not read it (rows just
+    inserted). ``validated``: versions of definitions validated as these rows were inserted (``bulk_create()``):
+    an inserted row whose version is among them is not validated again.
     """
     report = SyncReport()
     pending_rows, pending_strangers = rows, strangers
+    inserted = unread
     for _ in range(SYNC_ATTEMPTS):
         if not pending_rows and not pending_strangers:
             return report
         pending_rows, pending_strangers = _sync_attempt(
-            scheduler, pending_rows, pending_strangers, changed, report, unread
+            scheduler, pending_rows, pending_strangers, changed, report, unread, (inserted, validated)
         )
         unread = ()
     conflicted = [row.template_id for row in pending_rows] + pending_strangers
@@ -182,14 +194,17 @@ def _sync_attempt(
     changed: list[ScheduleBase],
     report: SyncReport,
     unread: Container[str],
+    validated: tuple[Container[str], Container[str]] = ((), ()),
 ) -> tuple[list[ScheduleBase], list[str]]:
     """One read, one decision per id, one pipelined write; returns the rows and ids whose write found a change."""
     stored = _stored_states(scheduler, [row.template_id for row in rows] + strangers, unread)
     now = datetime.now(tz=UTC)
     decisions: list[tuple[ScheduleBase | None, _Decision]] = []
+    inserted, versions = validated
     for row, state in zip(rows, stored):
         try:
-            decisions.append((row, _decide(scheduler, row, state, now)))
+            checked = versions if row.template_id in inserted else ()
+            decisions.append((row, _decide(scheduler, row, state, now, validated=checked)))
         except Exception:
             # One bad row (e.g. changed by raw SQL into something no rule expects) must not stop the others.
             logger.exception('Cannot sync %s (%s); its template is left as it is', row.name, row.template_id)
@@ -258,8 +273,14 @@ def _text(value: Any) -> str | None:
     return value.decode(errors='replace')
 
 
-def _decide(scheduler: Scheduler, row: ScheduleBase, stored: _Stored, now: datetime) -> _Decision:
-    """What makes Redis match ``row``: nothing, a fresh template, or no template (keeping a done marker)."""
+def _decide(
+    scheduler: Scheduler, row: ScheduleBase, stored: _Stored, now: datetime, *, validated: Container[str] = ()
+) -> _Decision:
+    """What makes Redis match ``row``: nothing, a fresh template, or no template (keeping a done marker).
+
+    ``validated``: versions of definitions that passed validation just now; a row holding one of them is not
+    validated again (the version is a digest of everything the template is made of).
+    """
     template_id = row.template_id
     remove = _Decision(template_id, stored, 'R', argv=['keep'])
     if stored.score is None and (not stored.version or stored.done):
@@ -271,9 +292,11 @@ def _decide(scheduler: Scheduler, row: ScheduleBase, stored: _Stored, now: datet
         return remove
     if stored.done and _ran_its_last_run(row, stored):
         return _Decision(template_id, stored, '')
-    if stored.version == row.version() and stored.score is not None:
+    version = row.version()  # a digest of every field of the definition: worth computing once
+    if stored.version == version and stored.score is not None:
         return _Decision(template_id, stored, '', next_run=datetime.fromtimestamp(stored.score, tz=UTC))
-    problem = _row_problem(row)  # only rows about to be written: a written row was valid when it was written
+    # Only rows about to be written: a written row was valid when it was written.
+    problem = None if version in validated else _row_problem(row)
     if problem:
         logger.error('Not scheduling %s: %s', row.name, problem)
         return remove
@@ -291,7 +314,7 @@ def _decide(scheduler: Scheduler, row: ScheduleBase, stored: _Stored, now: datet
         return remove
     # A first run already due when written missed nothing before: its misfire grace counts from now.
     late_from = now.timestamp() if row.is_periodic and not begun and due <= now else None
-    argv = [row.version(), format_score(due.timestamp()), *_template_fields(scheduler, row, runs, late_from)]
+    argv = [version, format_score(due.timestamp()), *_template_fields(scheduler, row, runs, late_from)]
     return _Decision(template_id, stored, 'W', next_run=due, argv=argv)
 
 

@@ -262,3 +262,19 @@ def test_the_capacity_benchmark_measures_every_kind_and_size(tmp_path):
     assert set(data['ticks_among']) == {str(n) for n in config['tick_among']}
     for kind, samples in data['fire_times'].items():
         assert [sample['schedules'] for sample in samples] == config['fire_sizes'], kind
+
+
+def test_the_burst_benchmark_alternates_with_and_without_the_app_and_counts_every_job(tmp_path):
+    data, stdout = run_benchmark('bench.burst', 'smoke', tmp_path)
+    assert '## bulk_create of' in stdout and '## The burst' in stdout
+    config, rows = data['config'], data['config']['rows']
+    assert set(data['bulk_create']) == {'with app', 'without app'}
+    for system, passes in data['bulk_create'].items():
+        assert len(passes) == config['rounds'], system
+        assert all(p['templates'] == (rows if system == 'with app' else 0) for p in passes)
+    # Inserted rows are not read first: one pipelined write per batch of 500, the script loaded once.
+    assert all(p['round_trips'] <= -(-rows // 500) + 6 for p in data['bulk_create']['with app'])
+    assert all(p['round_trips'] == 0 for p in data['bulk_create']['without app'])
+    burst = data['burst']
+    assert burst['jobs'] == rows and burst['last_enqueue_after_due_s'] >= burst['first_enqueue_after_due_s']
+    assert burst['workers_s'] > 0 and 'outcomes_after_workers_s' in burst

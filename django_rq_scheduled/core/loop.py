@@ -47,6 +47,9 @@ class Loop:
         self.scheduler = scheduler
         self.stop = stop
         self.wakeup = threading.Event()
+        self.idle = threading.Event()
+        """Clear while the loop moves due jobs: work in the process's other threads may wait for it (``wait_idle``)."""
+        self.idle.set()
         self.hooks: list[TickHook] = []
         self.stopped_by: int | None = None
         self.observer: Observer = SILENT
@@ -57,6 +60,14 @@ class Loop:
         self._arm_script = scheduler.connection.register_script(scripts.ARM_WAKEUP)
         self._next_retry_due: float | None = None
         self._release_failing = False
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Waits, at most ``timeout`` seconds, until the loop is not moving due jobs; True if it is not.
+
+        Background work of the same process (a reconciliation) calls it between its batches: the interpreter runs
+        one thread at a time, and a burst of moves must not share it with work that can wait.
+        """
+        return self.idle.wait(timeout)
 
     def request_stop(self) -> None:
         self.stop.set()
@@ -147,7 +158,11 @@ class Loop:
             self._observe_tick()
             self.stop.wait(self._standby_wait())
             return False
-        report = scheduler.move_due_jobs()
+        self.idle.clear()
+        try:
+            report = scheduler.move_due_jobs()
+        finally:
+            self.idle.set()
         self._note_pause(report)
         self._next_retry_due = self._release_due_retries()
         self._run_tick_hooks()

@@ -1,0 +1,137 @@
+"""The sync of rows created by ``bulk_create`` (bench/burst.py): every row validated once, not twice; counted round
+trips and queries; nothing written for a rolled-back bulk; a Redis failure mid-way leaves the rows noted for
+reconciliation, which repairs them; an invalid row refuses the whole bulk."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+from django.core.exceptions import ValidationError
+from django.db import connection as db_connection
+from django.db import transaction
+from django.test.utils import CaptureQueriesContext
+from rq.job import Job
+
+from django_rq_scheduled import pending, sync
+from django_rq_scheduled.core import keys
+from django_rq_scheduled.models import ScheduledJob
+from django_rq_scheduled.reconciliation import Reconciler
+from django_rq_scheduled.unsynced import UnsyncedRow
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+UTC = timezone.utc
+ROWS = 1200  # three batches of sync.BATCH
+
+
+def one_offs(count, prefix='o', **fields):
+    due = datetime.now(UTC) + timedelta(hours=1)
+    values = {'callable': 'tests.tasks.add', 'scheduled_time': due, **fields}
+    return [ScheduledJob(name=f'{prefix}{i}', **values) for i in range(count)]
+
+
+def scheduled_ids(connection):
+    return {member.decode() for member in connection.zrange(keys.SCHEDULED_JOBS_KEY, 0, -1)}
+
+
+@pytest.fixture
+def validations(monkeypatch):
+    """Counts ``full_clean()`` calls of ScheduledJob rows."""
+    counter = {'n': 0}
+    original = ScheduledJob.full_clean
+
+    def counting(self, *args, **kwargs):
+        counter['n'] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ScheduledJob, 'full_clean', counting)
+    return counter
+
+
+def test_a_bulk_created_row_is_validated_once_and_synced(connection, validations):
+    rows = ScheduledJob.objects.bulk_create(one_offs(ROWS))
+    assert validations['n'] == ROWS  # before the insert; not again by the sync after commit
+    assert scheduled_ids(connection) == {row.template_id for row in rows}
+    assert connection.hlen(keys.VERSIONS_KEY) == ROWS
+    assert pending.take_validated(ScheduledJob) == frozenset()  # forgotten once used
+
+
+def test_rows_with_distinct_definitions_are_each_validated_once(connection, validations):
+    rows = [*one_offs(10, args=[1, 2]), *one_offs(10, prefix='p', args=[3, 4])]
+    ScheduledJob.objects.bulk_create(rows)
+    assert validations['n'] == 20
+    assert len(scheduled_ids(connection)) == 20
+
+
+def test_a_row_changed_by_raw_sql_before_commit_is_validated_by_its_sync(connection, validations):
+    """The version of what was validated no longer matches the row: the sync validates it, and refuses it."""
+    with transaction.atomic():
+        [row, other] = ScheduledJob.objects.bulk_create(one_offs(2))
+        with db_connection.cursor() as cursor:
+            table = ScheduledJob._meta.db_table
+            cursor.execute(f'UPDATE {table} SET callable = %s WHERE id = %s', ['tests.tasks.nope', row.pk])
+    assert validations['n'] == 2 + 1  # the bulk's two, then the changed row's at its sync
+    assert scheduled_ids(connection) == {other.template_id}
+
+
+def test_the_sync_of_bulk_created_rows_costs_one_round_trip_and_two_queries_per_batch(connection, round_trips):
+    objs = one_offs(ROWS)
+    round_trips['n'] = 0
+    with CaptureQueriesContext(db_connection) as queries:
+        ScheduledJob.objects.bulk_create(objs)
+    batches = -(-ROWS // sync.BATCH)
+    # Per batch: one pipelined write (inserted rows are not read first); plus loading the sync script once.
+    assert round_trips['n'] <= batches + 2
+    syncing = [query for query in queries.captured_queries if not query['sql'].startswith(('INSERT', 'SAVEPOINT'))]
+    # Per batch: the rows loaded, and their next run stored (one UPDATE: they share it).
+    assert len([q for q in syncing if q['sql'].startswith('SELECT')]) == batches
+    assert len([q for q in syncing if q['sql'].startswith('UPDATE')]) == batches
+    assert len(scheduled_ids(connection)) == ROWS
+
+
+def test_a_rolled_back_bulk_create_writes_nothing_to_redis(connection, round_trips):
+    round_trips['n'] = 0
+    with pytest.raises(RuntimeError), transaction.atomic():
+        ScheduledJob.objects.bulk_create(one_offs(50))
+        raise RuntimeError('the caller gives up')
+    assert round_trips['n'] == 0
+    assert ScheduledJob.objects.count() == 0 and connection.dbsize() == 0
+    # What it validated stays valid: the next bulk of the same definitions is synced, not validated again.
+    ScheduledJob.objects.bulk_create(one_offs(50, prefix='again'))
+    assert len(scheduled_ids(connection)) == 50
+
+
+def test_an_invalid_row_refuses_the_whole_bulk_and_names_its_field(connection):
+    rows = one_offs(5)
+    rows[3].callable = 'tests.tasks.nope'
+    with pytest.raises(ValidationError) as refused:
+        ScheduledJob.objects.bulk_create(rows)
+    assert 'callable' in refused.value.message_dict
+    assert ScheduledJob.objects.count() == 0 and connection.dbsize() == 0
+    assert pending.take_validated(ScheduledJob) == frozenset()  # nothing noted for a refused bulk
+
+
+def test_redis_failing_mid_way_leaves_the_rows_noted_and_reconciliation_repairs_them(connection, monkeypatch):
+    send = sync._send_writes
+    calls = {'n': 0}
+
+    def failing_after_the_first_batch(scheduler, writes):
+        calls['n'] += 1
+        if calls['n'] > 1:
+            raise redis.ConnectionError('Redis went away')
+        return send(scheduler, writes)
+
+    monkeypatch.setattr(sync, '_send_writes', failing_after_the_first_batch)
+    rows = ScheduledJob.objects.bulk_create(one_offs(ROWS))  # committed: the failure does not undo it
+    assert ScheduledJob.objects.count() == ROWS
+    assert len(scheduled_ids(connection)) == sync.BATCH  # the first batch only
+    assert UnsyncedRow.objects.count() == ROWS
+    monkeypatch.undo()
+    report = Reconciler(connection).run()  # the first pass of this Redis is a full one
+    assert len(report.written) == ROWS - sync.BATCH
+    assert scheduled_ids(connection) == {row.template_id for row in rows}
+    again = Reconciler(connection).run()  # the next, incremental, syncs the noted rows (in line now) and forgets them
+    assert again.written == [] and UnsyncedRow.objects.count() == 0
+    assert Job.fetch(rows[-1].template_id, connection=connection).func_name == 'tests.tasks.add'
