@@ -62,7 +62,8 @@ class RetryPolicy(models.Model):
         abstract = True
 
     def retry_errors(self) -> dict[str, Any]:
-        if self.retry_delays in ('', None):
+        # Django runs no field validator on an "empty" value ('', None, {}, ()), so those are refused here.
+        if not isinstance(self.retry_delays, list):
             return {'retry_delays': [_('Enter a JSON list of seconds, e.g. [10, 60, 300], or [] for none.')]}
         return {}
 

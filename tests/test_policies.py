@@ -38,6 +38,8 @@ def every_hour(**values):
     [
         ({'retry_delays': [10, -1]}, 'retry_delays', 'from 0 to'),
         ({'retry_delays': {'a': 1}}, 'retry_delays', 'list of seconds'),
+        ({'retry_delays': {}}, 'retry_delays', 'list of seconds'),
+        ({'retry_delays': ()}, 'retry_delays', 'list of seconds'),
         ({'retry_delays': [1] * 101}, 'retry_delays', 'at most 100'),
         ({'retry_delays': [1.5]}, 'retry_delays', 'whole number'),
         ({'retries': 101}, 'retries', '100'),
