@@ -25,12 +25,14 @@ from bench.common import (
     BenchmarkError,
     alternate,
     check,
+    lateness_from_samples,
     loop_database,
     nearest_rank,
     private_redis,
     run_command_line,
     spread,
     stopwatch,
+    watch_queue,
 )
 from django_rq_scheduled.scheduler import Scheduler
 from tests import tasks
@@ -143,30 +145,6 @@ def due_together(connection: redis.Redis, kind: str, count: int, lead: float) ->
     return due
 
 
-def watch_queue(connection: redis.Redis, count: int, timeout: float, process: Any) -> list[tuple[float, int]]:
-    """(instant, queue length) samples, about a millisecond apart, until ``count`` jobs are in the queue.
-
-    A job's ``enqueued_at`` is the instant its batch was read, before it was planned and applied, so it
-    understates lateness; this sees when a worker could first take each job."""
-    samples: list[tuple[float, int]] = []
-    deadline = time.monotonic() + timeout
-    while not samples or samples[-1][1] < count:
-        check(process.poll() is None, f'the scheduler process exited ({process.returncode}) before {count} enqueued')
-        check(time.monotonic() < deadline, f'timed out after {timeout:.0f} s waiting for {count} enqueued')
-        samples.append((time.time(), connection.llen(core.QUEUE_KEY)))
-        time.sleep(0.0005)
-    return samples
-
-
-def lateness_from_samples(samples: list[tuple[float, int]], count: int, due: float) -> list[float]:
-    """Each job's lateness (ms): from the due instant to the first sample that saw the queue hold it."""
-    late, seen = [], 0
-    for instant, length in samples:
-        late += [(instant - due) * 1000] * (min(length, count) - seen)
-        seen = max(seen, min(length, count))
-    return late
-
-
 def fire_together(connection: redis.Redis, url: str, kind: str, count: int, log_path: Path) -> dict[str, Any]:
     connection.flushdb()
     loop = core.loops(url, core.SMOKE)[0]  # manage.py rqscheduler with its defaults
@@ -174,7 +152,7 @@ def fire_together(connection: redis.Redis, url: str, kind: str, count: int, log_
         with core.running(loop.command, url, log_path) as process:
             core.wait_until(lambda: loop.ready(connection), 30.0, process, 'the loop was ready')
             due = due_together(connection, kind, count, lead=3.0)
-            samples = watch_queue(connection, count, 60.0 + count / 1_000, process)
+            samples = watch_queue(connection, core.QUEUE_KEY, count, 60.0 + count / 1_000, process)
     except BenchmarkError:
         print(f'--- {loop.label} log ---\n{log_path.read_text()[-4000:]}')
         raise

@@ -153,6 +153,33 @@ class RoundTrips:
         cls._installed = True
 
 
+def watch_queue(
+    connection: redis.Redis, queue_key: str, count: int, timeout: float, process: subprocess.Popen
+) -> list[tuple[float, int]]:
+    """(instant, length) samples of a queue, about a millisecond apart, until it holds ``count`` jobs.
+
+    A job's ``enqueued_at`` is the instant its batch was read, before it was planned and applied, so it understates
+    lateness under a burst; these samples show when a worker could first take each job."""
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + timeout
+    while not samples or samples[-1][1] < count:
+        check(process.poll() is None, f'the scheduler process exited ({process.returncode}) before {count} enqueued')
+        check(time.monotonic() < deadline, f'timed out after {timeout:.0f} s waiting for {count} enqueued')
+        samples.append((time.time(), connection.llen(queue_key)))
+        time.sleep(0.0005)
+    return samples
+
+
+def lateness_from_samples(samples: list[tuple[float, int]], count: int, due: float) -> list[float]:
+    """Each job's lateness (ms): from the due instant to the first sample that saw the queue hold it."""
+    late: list[float] = []
+    seen = 0
+    for instant, length in samples:
+        late += [(instant - due) * 1000] * (min(length, count) - seen)
+        seen = max(seen, min(length, count))
+    return late
+
+
 # -- statistics -------------------------------------------------------------------------------------------------
 
 
