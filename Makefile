@@ -38,7 +38,7 @@ docs: $(STAMP)
 
 # Benchmarks in their own environment: the package plus its peers (rq-scheduler 0.14; rq's scheduler comes with
 # rq). Each starts a private redis-server, alternates the systems over its rounds, prints markdown tables and writes
-# its results to bench-results/<script>.json: about 20 minutes in all (`--quick` runs one script in under a minute).
+# its results to bench-results/<script>.json: about an hour in all (`--quick` runs one script in a few minutes at most).
 BENCH_SCRIPTS := core scale cron_lateness sync_cost reconcile_cost admin_cost runs alerts capacity burst
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
