@@ -99,12 +99,12 @@ def top_up(scheduler: Scheduler, expected: list[str], count: int) -> None:
         expected.append(job_id)
 
 
-def off_grid(fire_times_ms: list[int], kind: str, start: datetime) -> list[int]:
-    """Fire times that are not slots of the template's schedule (a coalesced run still lands on a slot)."""
+def off_grid(fire_times_ms: list[int], kind: str, origin_ms: int) -> list[int]:
+    """Fire times that are not slots of the template's schedule (a coalesced run still lands on a slot); an
+    interval template's slots count from its first score (the API keeps whole milliseconds of its start)."""
     if kind == 'cron':
         return [ms for ms in fire_times_ms if ms % 1000]
-    origin = round(start.timestamp() * 1000)
-    return [ms for ms in fire_times_ms if (ms - origin) % round(INTERVAL_S * 1000)]
+    return [ms for ms in fire_times_ms if (ms - origin_ms) % round(INTERVAL_S * 1000)]
 
 
 def crash(cycles: int, total: int, templates: int, seed: int) -> int:
@@ -122,6 +122,7 @@ def crash(cycles: int, total: int, templates: int, seed: int) -> int:
     try:
         start = datetime.now(UTC) + timedelta(seconds=1)
         kinds = schedule_templates(scheduler, templates, repeat, start)
+        origins = {t: round(float(connection.zscore(keys.SCHEDULED_JOBS_KEY, t) or 0) * 1000) for t in kinds}
         for done in range(1, cycles + 1):
             # The one-offs are spread over the cycles, and batches are small, so that the backlog of each cycle
             # takes a few milliseconds to move and the kill lands in the middle of it.
@@ -169,7 +170,9 @@ def crash(cycles: int, total: int, templates: int, seed: int) -> int:
     too_many = {t: len(times) for t, times in fire_times.items() if len(times) > repeat}
     # A template leaves the schedule only with its last run: gone early means runs were lost.
     ended_early = {t: len(times) for t, times in fire_times.items() if t not in still_scheduled and len(times) < repeat}
-    misplaced = {t: bad for t, times in fire_times.items() if t in kinds and (bad := off_grid(times, kinds[t], start))}
+    misplaced = {
+        t: bad for t, times in fire_times.items() if t in kinds and (bad := off_grid(times, kinds[t], origins[t]))
+    }
     print_table(
         [
             ('kill -9 cycles', done),
