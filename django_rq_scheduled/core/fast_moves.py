@@ -41,10 +41,10 @@ from . import keys
 from ._django import queue_names
 from .allowlist import AllowList
 from .observer import ONE_OFF, EnqueuedJob
+from .vetting import CALLBACK_FIELDS
 
 SIGNED_FIELDS = (
-    'data', 'meta', 'origin', 'success_callback_name', 'failure_callback_name', 'stopped_callback_name',
-    'retries_left', 'retry_intervals',
+    'data', 'meta', 'origin', *(field.decode() for field in CALLBACK_FIELDS), 'retries_left', 'retry_intervals',
 )  # fmt: skip
 """The job-hash fields the mark covers: what a worker imports, unpickles, calls or parses (the retry fields, which
 the planned path checks too), and the queue it goes to."""

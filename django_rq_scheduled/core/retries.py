@@ -23,7 +23,7 @@ from redis import Redis
 from redis.exceptions import ResponseError
 from rq.utils import utcformat
 
-from . import keys, limits, retry_scripts, vetting
+from . import keys, limits, retry_scripts
 from .errors import LeadershipLost
 from .lease import Lease
 
@@ -103,8 +103,7 @@ RELEASE_BATCH = 1000
 
 PayloadVet = Callable[[dict[bytes, bytes]], 'str | None']
 """Why the allow-list refuses a job with these fields (``VETTED_FIELDS``), or None if it may run."""
-VETTED_FIELDS = (b'data', *vetting.CALLBACK_FIELDS)
-"""What a due retry is vetted on, in the order ``retry_scripts.DUE_RETRIES`` reads them."""
+VETTED_FIELDS = retry_scripts.VETTED_FIELDS
 
 
 def vetted_digest(values: list[bytes | None]) -> str:

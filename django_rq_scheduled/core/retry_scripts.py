@@ -3,6 +3,11 @@ scheduler does."""
 
 from __future__ import annotations
 
+from .vetting import CALLBACK_FIELDS
+
+VETTED_FIELDS = (b'data', *CALLBACK_FIELDS)
+"""What a due retry is vetted on, in the order ``DUE_RETRIES`` reads them."""
+
 # The parts of the scripts that move RQ's delayed retries back to their queues when they are due, as RQ's own
 # scheduler does, for the queues no RQ scheduler holds (``rq worker --with-scheduler`` holds a queue by its lock;
 # then they leave the queue to it). Keys of another type are passed over, never failed on.
@@ -40,9 +45,9 @@ local function release(queue_key, registry, id, enqueued_at)
 end
 local unpack = unpack or table.unpack
 -- The fields of a retry the allow-list vets, and their digest: SHA-1 of each field's SHA-1 ('-' if it is missing).
-local VETTED = {'data', 'success_callback_name', 'failure_callback_name', 'stopped_callback_name'}
+local VETTED = {{{vetted}}}
 local function vetted_digest(job_key)
-  local parts = {}
+  local parts = {{}}
   for j, value in ipairs(redis.call('HMGET', job_key, unpack(VETTED))) do
     parts[j] = value and redis.sha1hex(value) or '-'
   end
@@ -53,7 +58,7 @@ local function next_due_of(registry, now, next_due)
   if first[2] and (not next_due or tonumber(first[2]) < next_due) then return tonumber(first[2]) end
   return next_due
 end
-"""
+""".format(vetted=', '.join(repr(field.decode()) for field in VETTED_FIELDS))
 _RETRY_FENCE = """
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('NOTLEADER lease lost')
