@@ -300,6 +300,17 @@ def test_a_retry_whose_payload_changes_after_it_was_vetted_is_not_moved(vetting,
     assert 'swapped' in vetting.scheduler.dead_letters()
 
 
+def test_dead_letters_of_the_wrong_type_keep_a_refused_retry_waiting_and_the_others_move(vetting, connection):
+    waiting_retry(connection, 'allowed-here', 'tests.tasks.add', args=(1, 2))
+    waiting_retry(connection, 'refused-here', 'os.system')
+    waiting_retry(connection, 'then-allowed', 'tests.tasks.add', args=(1, 2))
+    connection.set(keys.DEAD_LETTERS_KEY, 'not a hash')  # written by someone else
+    assert vetting.scheduler.acquire_lock()
+    vetting.scheduler.loop._release_due_retries()  # never raises: the loop's tick goes on
+    assert sorted(connection.lrange('rq:queue:default', 0, -1)) == [b'allowed-here', b'then-allowed']
+    assert ScheduledJobRegistry('default', connection=connection).get_job_ids() == ['refused-here']
+
+
 def test_a_deposed_leader_vets_but_moves_no_retry(vetting, connection):
     waiting_retry(connection, 'fenced', 'tests.tasks.add', args=(1, 2))
     assert vetting.scheduler.acquire_lock()

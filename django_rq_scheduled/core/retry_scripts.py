@@ -118,22 +118,26 @@ return found
 # letters. ARGV as RELEASE_RETRIES, then per retry: queue key, registry key, job id, the digest of the fields that
 # were allowed ('' = refused; see vetted_digest), the dead letter's record of a refusal. An allowed retry is moved
 # only if it is still due in that registry and those fields are the ones vetted; a refused one still due is taken
-# out of the registry into the dead letters. Returns {jobs moved, jobs dead-lettered}.
+# out of the registry into the dead letters, or left there if the dead letters are not a hash. Returns {jobs moved,
+# jobs dead-lettered}.
 RELEASE_VETTED_RETRIES = (
     _RETRY_PARTS
     + _RETRY_FENCE
     + """
 local now, enqueued_at = tonumber(ARGV[2]), ARGV[3]
 local moved, dead = 0, 0
+-- Dead letters someone else turned into another type cannot be written: a refused retry then stays where it is.
+local dead_type = type_of(KEYS[3])
+local can_dead_letter = dead_type == 'hash' or dead_type == 'none'
 for i = 9, #ARGV, 5 do
   local queue_key, registry, id, digest, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local score = registry_of(queue_key) == registry and tonumber(redis.call('ZSCORE', registry, id))
   if score and score <= now then
-    if digest == '' then
+    if digest == '' and can_dead_letter then
       redis.call('ZREM', registry, id)
       redis.call('HSET', KEYS[3], id, reason)
       dead = dead + 1
-    else
+    elseif digest ~= '' then
       if type_of(job_prefix .. id) == 'hash' and vetted_digest(job_prefix .. id) == digest then
         moved = moved + release(queue_key, registry, id, enqueued_at)
       end
