@@ -141,10 +141,16 @@ def _retry(request: HttpRequest, scheduler: Any, member: Member, shown: str) -> 
     if member.job_id is None:
         message = _('“%(job)s” is not a valid RQ job id: it cannot be retried, only discarded.')
         messages.error(request, message % {'job': shown})
-    elif scheduler.retry_dead_letter(member.job_id):
-        messages.success(request, _('“%(job)s” is scheduled again.') % {'job': shown})
     else:
-        messages.warning(request, _('“%(job)s” was not a dead letter.') % {'job': shown})
+        try:
+            retried = scheduler.retry_dead_letter(member.job_id)
+        except ValueError as exc:  # the allow-list refuses what it calls: it would only be dead-lettered again
+            messages.error(request, _('“%(job)s” is not scheduled again: %(why)s') % {'job': shown, 'why': exc})
+            return
+        if retried:
+            messages.success(request, _('“%(job)s” is scheduled again.') % {'job': shown})
+        else:
+            messages.warning(request, _('“%(job)s” was not a dead letter.') % {'job': shown})
 
 
 def _remove(request: HttpRequest, scheduler: Any, member: Member, shown: str) -> None:

@@ -18,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import Serializer
 from rq.utils import parse_timeout
 
-from . import fast_moves, keys, limits, payloads, retries, run_policy, scripts, vetting
+from . import fast_moves, keys, limits, retries, run_policy, scripts, vetting
 from .allowlist import AllowList
 from .limits import OVERLAP_POLICIES
 from .queues import validated_queue_name
@@ -338,17 +338,17 @@ class JobBuilder:
             raise ValueError(f'on_success/on_failure/on_stopped: {problem}')
 
     def check_stored_callable(self, job_id: str) -> None:
-        """ValueError if the job stored under ``job_id`` calls what the allow-list refuses (read, never run)."""
-        data = self.connection.hget(keys.job_key(job_id), 'data')
-        if self.refusal is None or data is None:
+        """ValueError if the job stored under ``job_id`` calls what the allow-list refuses, its function or one of
+        its callbacks (read, never run)."""
+        if self.refusal is None:
             return
-        try:
-            call = payloads.read_call(cast(bytes, data), self.serializer)
-        except payloads.PayloadError as exc:
-            raise ValueError(f'job_id: the payload of {job_id} cannot be read: {exc}') from exc
-        reason = 'a bound method cannot be checked' if call.bound else self.refusal(call.func_name)
-        if reason:
-            raise ValueError(f'job_id: {job_id} would not run: {reason}')
+        fields = (b'data', *vetting.CALLBACK_FIELDS)
+        values = self.connection.hmget(keys.job_key(job_id), fields)
+        raw = {field: value for field, value in zip(fields, values) if value is not None}
+        if b'data' not in raw:
+            return
+        if problem := vetting.payload_problem(raw, self.serializer, self.refusal):
+            raise ValueError(f'job_id: {job_id} would not run: {problem}')
 
     def handles(self, job_ids: list[str]) -> list[Job]:
         """Unloaded jobs of these ids (``refresh()`` loads one), built without a round trip.

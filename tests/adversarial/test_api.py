@@ -261,3 +261,13 @@ def test_allowed_callbacks_and_those_of_run_capture_are_enqueued(connection, res
     _hash_with(connection, 'captured', success_callback_name=capture.callbacks()['on_success'].name)
     _hash_with(connection, 'allowed-callback', failure_callback_name='tests.tasks.add')
     assert sorted(job.id for job in Scheduler(connection=connection).enqueue_jobs()) == ['allowed-callback', 'captured']
+
+
+def test_a_dead_letter_whose_callback_is_refused_is_not_put_back(connection, restricted):
+    _hash_with(connection, 'evil-callback', failure_callback_name='os.system')
+    scheduler = Scheduler(connection=connection)
+    scheduler.enqueue_jobs()
+    with pytest.raises(ValueError, match='job_id: evil-callback would not run: failure_callback_name refused'):
+        scheduler.retry_dead_letter('evil-callback')
+    assert 'evil-callback' in scheduler.dead_letters()
+    assert connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0

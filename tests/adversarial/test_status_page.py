@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from django_rq_scheduled import Scheduler, owners, status_views
+from django_rq_scheduled import Scheduler, owners, servers, status_views
 from django_rq_scheduled.core import keys
 from django_rq_scheduled.core.status import _text
 from django_rq_scheduled.models import CronJob
@@ -295,6 +295,26 @@ def test_valid_dead_letters_keep_their_retry_button(superuser, connection):
     assert form['actions'] == ['retry', 'discard']
     assert 'scheduled again' in press(superuser, form, 'retry').content.decode()
     assert connection.zscore(SCHEDULE, 'poisoned') is not None and connection.hlen(DEAD) == 0
+
+
+@pytest.fixture
+def restricted(settings):
+    """An allow-list, with the admin's schedulers (cached per RQ_QUEUES, reading it once) built afresh around it."""
+    settings.RQ_SCHEDULED = {'ALLOWED_CALLABLES': ['tests.tasks.*']}
+    servers._servers_for.cache_clear()
+    yield
+    servers._servers_for.cache_clear()
+
+
+def test_retry_of_a_dead_letter_the_allow_list_refuses_says_why_and_changes_nothing(superuser, connection, restricted):
+    Job.create(tasks.add, args=(1, 2), id='refused', connection=connection, on_failure=None).save()
+    connection.hset(keys.job_key('refused'), 'failure_callback_name', 'os.system')
+    connection.hset(DEAD, 'refused', '{"reason": "failure_callback_name refused"}')
+    before = snapshot(connection)
+    (form,) = forms_in(rendered(superuser), 'drqs-dead-letters')
+    page = press(superuser, form, 'retry').content.decode()
+    assert 'would not run: failure_callback_name refused' in html.unescape(page)
+    assert snapshot(connection) == before
 
 
 # -- hostile requests: nothing changes, the page answers --------------------------------------------------------
