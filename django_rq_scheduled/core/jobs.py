@@ -343,7 +343,7 @@ class JobBuilder:
         if self.refusal is None:
             return
         fields = (b'data', *vetting.CALLBACK_FIELDS)
-        values = self.connection.hmget(keys.job_key(job_id), fields)
+        values = cast(list[bytes | None], self.connection.hmget(keys.job_key(job_id), fields))
         raw = {field: value for field, value in zip(fields, values) if value is not None}
         if b'data' not in raw:
             return
