@@ -86,10 +86,6 @@ class RunPolicyPlanning:
         if abs(parsed.score - due) < catchup.HALF_MS and delay >= 0 and slot + delay <= parsed.score + 1:
             return slot, delay
         return parsed.score, None
-        # Only while the template is still where the delay put it: a sync or an API call that moved it starts afresh.
-        if abs(parsed.score - due) < catchup.HALF_MS and delay >= 0 and slot + delay <= parsed.score + 1:
-            return float(slot), float(delay)
-        return parsed.score, None
 
     def _judged_at(self, parsed: Parsed, base: float, delay: float | None) -> float:
         """The moment catch-up judges the due slots at: now, except for a slot waiting for its jitter delay and moved
