@@ -156,7 +156,8 @@ def test_a_run_whose_worker_died_is_retried_as_rq_does_and_ends_as_one_run(leade
     leader()
     worker = start_worker(redis_url)
     try:
-        wait_for(lambda: leader() or row.runs.get().status == 'started', timeout=30)
+        # Killed only once the function itself has begun (its attempt counted), not merely the job's start.
+        wait_for(lambda: leader() or connection.get(f'{tasks.ATTEMPTS_KEY}:lost') == b'1', timeout=30)
     finally:
         kill_with_its_children(worker)
     registry = StartedJobRegistry('default', connection=connection)  # its heartbeat lapses at once, as in test_runs
