@@ -179,7 +179,7 @@ class DatabaseSync:
         self._reconciler: threading.Thread | None = None
         self._behind = False
         self._next_care = 0.0
-        self._failing = False
+        self._failing_kinds: set[type[Exception]] = set()
         self._pruner = Pruner()
         self._running: set[str] = set()
         self._runs_left = False
@@ -257,11 +257,11 @@ class DatabaseSync:
         finally:
             if not raise_errors:
                 connections.close_all()  # this thread's
-        if failures:
-            self._log_failure(failures[0])
-        elif self._failing:
+        for failure in failures:  # each: one step's failure must not hide another's (a table locked, foreign data)
+            self._log_failure(failure)
+        if not failures and self._failing_kinds:
             logger.info('Run feedback and reconciliation work again')
-            self._failing = False
+            self._failing_kinds.clear()
 
     def _sync_code_schedules(self) -> None:
         """Once, when this process starts leading: a deploy updates the schedules declared in code."""
@@ -312,14 +312,15 @@ class DatabaseSync:
         self._pruner.prune(days=get_setting('RUN_HISTORY_DAYS'), per_schedule=get_setting('RUN_HISTORY_PER_SCHEDULE'))
 
     def _log_failure(self, exc: Exception) -> None:
-        # Once per streak with its traceback (unless Redis or the database is simply away), then quietly.
-        if self._failing:
+        # Once per streak and kind with its traceback (unless Redis or the database is simply away), then quietly.
+        kind = type(exc)
+        if kind in self._failing_kinds:
             logger.debug('Run feedback or reconciliation still failing: %r', exc)
         elif isinstance(exc, (*REDIS_OUTAGE_ERRORS, OperationalError, InterfaceError)):
             logger.warning('Run feedback or reconciliation failed (%r); tried again at the next tick', exc)
         else:
             logger.error('Run feedback or reconciliation failed; tried again at the next tick', exc_info=exc)
-        self._failing = True
+        self._failing_kinds.add(kind)
 
     def wait(self, timeout: float | None = None) -> None:
         """Waits for a running round of feedback and reconciliation (tests, shutdown)."""

@@ -128,7 +128,8 @@ def leader(connection):
     from django_rq_scheduled import Scheduler
     from django_rq_scheduled.feedback import DatabaseSync
 
-    scheduler = Scheduler(queue_name='default')
+    # Its ticks are far apart (workers run between them, slowly on a loaded machine): a lease that outlives them.
+    scheduler = Scheduler(queue_name='default', lease_ttl=600)
     assert scheduler.acquire_lock()
     hook = DatabaseSync(reconcile_interval=3600, background=False)
 

@@ -123,3 +123,27 @@ def test_a_background_reconciliation_waits_while_the_loop_moves(connection):
     scheduler.loop.idle.set()
     hook.wait(30)
     assert not hook._reconciler.is_alive()
+
+
+def test_each_kind_of_failure_in_a_round_is_logged_once_per_streak_and_recovery_once(caplog):
+    from django.db import OperationalError
+    from redis.exceptions import ResponseError
+
+    def fails(exc):
+        def step():
+            raise exc
+
+        return step
+
+    sync = DatabaseSync(reconcile_interval=3600)
+    locked, wrong_type = OperationalError('database table is locked'), ResponseError('WRONGTYPE foreign data')
+    with caplog.at_level('DEBUG', logger='django_rq_scheduled.feedback'):
+        sync._run_steps([fails(locked), fails(wrong_type)], raise_errors=False)  # the second is not hidden
+        sync._run_steps([fails(locked), fails(wrong_type)], raise_errors=False)
+        sync._run_steps([fails(locked), fails(KeyError('a new kind'))], raise_errors=False)
+        sync._run_steps([lambda: None], raise_errors=False)
+    loud = [r for r in caplog.records if r.levelname in ('WARNING', 'ERROR', 'INFO')]
+    told = [str(r.exc_info[1]) if r.exc_info else r.getMessage() for r in loud]
+    assert len(told) == 4, told
+    assert 'database table is locked' in told[0] and told[1] == 'WRONGTYPE foreign data'
+    assert told[2] == "'a new kind'" and told[3] == 'Run feedback and reconciliation work again'
