@@ -30,7 +30,8 @@ from .models import SCHEDULE_MODELS, ScheduleBase
 from .owners import owner_of
 from .pending import take_validated
 from .reconcile_state import ReconcileState, begin_epoch, save_state
-from .servers import Servers, servers, template_job
+from .servers import Servers, servers
+from .shared_templates import sharing, template_fields
 from .yielding import between_batches
 
 logger = logging.getLogger(__name__)
@@ -113,7 +114,8 @@ def _sync_chunk(
             row.template_id for row in rows if servers.queue_home.get(row.queue) != identity and row.pk not in fresh
         ]
         unread = {row.template_id for row in here if row.pk in fresh}
-        report.merge(_sync_server(scheduler, here, elsewhere + missing_ids, changed, unread, validated))
+        with sharing():
+            report.merge(_sync_server(scheduler, here, elsewhere + missing_ids, changed, unread, validated))
     unknown = [row.name for row in rows if row.queue not in servers.queue_home]
     if unknown:
         logger.warning('Not scheduled, their queue is not in RQ_QUEUES: %s', ', '.join(unknown))
@@ -314,7 +316,7 @@ def _decide(
         return remove
     # A first run already due when written missed nothing before: its misfire grace counts from now.
     late_from = now.timestamp() if row.is_periodic and not begun and due <= now else None
-    argv = [version, format_score(due.timestamp()), *_template_fields(scheduler, row, runs, late_from)]
+    argv = [version, format_score(due.timestamp()), *template_fields(scheduler, row, runs, version, late_from)]
     return _Decision(template_id, stored, 'W', next_run=due, argv=argv)
 
 
@@ -377,13 +379,6 @@ def _runs_in(ours: dict[str, Any]) -> int:
 def _is_exhausted(row: ScheduleBase, runs: int) -> bool:
     repeat = getattr(row, 'repeat', None)
     return repeat is not None and runs >= repeat
-
-
-def _template_fields(scheduler: Scheduler, row: ScheduleBase, runs: int, late_from: float | None) -> list[Any]:
-    """The template's job hash, compact (``core.compact``), as a flat field, value list."""
-    job = template_job(scheduler, row, runs, late_from=late_from)
-    mapping = compact.template_fields(job.to_dict(), job.meta, job.id)
-    return [item for pair in mapping.items() for item in pair]
 
 
 def _apply_decisions(scheduler: Scheduler, decisions: list[_Decision]) -> list[Any]:

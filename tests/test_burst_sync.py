@@ -15,10 +15,11 @@ from django.db import transaction
 from django.test.utils import CaptureQueriesContext
 from rq.job import Job
 
-from django_rq_scheduled import pending, sync
+from django_rq_scheduled import pending, shared_templates, sync
 from django_rq_scheduled.core import keys
 from django_rq_scheduled.models import ScheduledJob
 from django_rq_scheduled.reconciliation import Reconciler
+from django_rq_scheduled.servers import servers
 from django_rq_scheduled.unsynced import UnsyncedRow
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -136,3 +137,26 @@ def test_redis_failing_mid_way_leaves_the_rows_noted_and_reconciliation_repairs_
     again = Reconciler(connection).run()  # the next, incremental, syncs the noted rows (in line now) and forgets them
     assert again.written == [] and UnsyncedRow.objects.count() == 0
     assert Job.fetch(rows[-1].template_id, connection=connection).func_name == 'tests.tasks.add'
+
+
+def test_rows_of_one_definition_share_one_template_per_batch_each_as_if_built_alone(connection, monkeypatch):
+    built = {'n': 0}
+    build = shared_templates.template_job
+
+    def counting(*args, **kwargs):
+        built['n'] += 1
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(shared_templates, 'template_job', counting)
+    rows = [*one_offs(ROWS), *one_offs(7, prefix='p', args=[3, 4]), *one_offs(3, prefix='q', description='other')]
+    rows += one_offs(5, prefix='t', scheduled_time=datetime.now(UTC) + timedelta(hours=2))
+    created = ScheduledJob.objects.bulk_create(rows)
+    batches = -(-len(rows) // sync.BATCH)
+    assert built['n'] <= batches * 4  # per batch, at most one per distinct definition in it
+    monkeypatch.undo()
+    scheduler = servers().scheduler_for('default')
+    for row in ScheduledJob.objects.filter(pk__in=[row.pk for row in created]):
+        alone = shared_templates.template_fields(scheduler, row, 0, row.version(), None)  # outside a sync: unshared
+        expected = {alone[i].encode(): str(alone[i + 1]).encode() if not isinstance(alone[i + 1], bytes) else
+                    alone[i + 1] for i in range(0, len(alone), 2)}  # fmt: skip
+        assert connection.hgetall(keys.job_key(row.template_id)) == expected
