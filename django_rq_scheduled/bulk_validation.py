@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import enum
+import operator
 import types
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -24,8 +25,8 @@ _SCALARS = frozenset({str, int, float, bool, type(None), bytes, Decimal, date, t
 _MAX_DEPTH = 16  # deeper values are fully validated row by row (the rules cap JSON nesting anyway)
 
 
-class _Incomparable(Exception):
-    pass
+class Incomparable(Exception):
+    """A value ``frozen()`` cannot make a key of."""
 
 
 def validate_rows(objs: Sequence[Any]) -> set[str]:
@@ -58,14 +59,14 @@ def validate_rows(objs: Sequence[Any]) -> set[str]:
 
 def _full_clean(obj: Any) -> dict[str, Any]:
     """``full_clean()`` of ``obj``; returns the shared values it changed (e.g. a function given as the callable)."""
-    raw = {field.attname: field.value_from_object(obj) for field in _shared_fields(obj)}
+    raw = {field.attname: field.value_from_object(obj) for field in _shared_fields(type(obj))[0]}
     obj.full_clean(validate_unique=False, validate_constraints=False)
     return {name: getattr(obj, name) for name, value in raw.items() if getattr(obj, name) is not value}
 
 
 def _clean_row_fields(obj: Any) -> None:
     """What ``full_clean()`` checks of a row's ``ROW_FIELDS``: their fields' own checks and the model's rules."""
-    others = [field.name for field in _shared_fields(obj)]
+    others = _shared_fields(type(obj))[1]
     errors: dict[str, Any] = {}
     try:
         obj.clean_fields(exclude=others)
@@ -77,16 +78,26 @@ def _clean_row_fields(obj: Any) -> None:
         raise ValidationError(errors)
 
 
-def _shared_fields(obj: Any) -> list[Any]:
-    own = type(obj).ROW_FIELDS
-    return [field for field in obj._meta.concrete_fields if field.name not in own]
+_Shared = tuple[list[Any], frozenset[str], Callable[[Any], tuple[Any, ...]]]
+_SHARED: dict[type, _Shared] = {}
+
+
+def _shared_fields(model: type) -> _Shared:
+    """The fields of ``model`` but its ``ROW_FIELDS``, their names, and a getter of their values."""
+    if model not in _SHARED:
+        own = model.ROW_FIELDS  # type: ignore[attr-defined]
+        fields = [field for field in model._meta.concrete_fields if field.name not in own]  # type: ignore[attr-defined]
+        getter = operator.attrgetter(*(field.attname for field in fields))
+        _SHARED[model] = (fields, frozenset(field.name for field in fields), getter)
+    return _SHARED[model]
 
 
 def _shared_key(obj: Any) -> Hashable | None:
     """The row's shared values, by type and value, or None if one cannot be compared."""
+    values = _shared_fields(type(obj))[2](obj)
     try:
-        return (type(obj), *(_frozen(field.value_from_object(obj), 0) for field in _shared_fields(obj)))
-    except _Incomparable:
+        return (type(obj), *[(type(value), value) if type(value) in _SCALARS else frozen(value) for value in values])
+    except Incomparable:
         return None
 
 
@@ -94,29 +105,31 @@ def _row_definition(obj: Any) -> Hashable | None:
     """The row's own values that its definition (its version) holds, by type and value."""
     try:
         definition = type(obj).DEFINITION_FIELDS
-        return tuple(_frozen(getattr(obj, name), 0) for name in type(obj).ROW_FIELDS if name in definition)
-    except _Incomparable:
+        return tuple(frozen(getattr(obj, name)) for name in type(obj).ROW_FIELDS if name in definition)
+    except Incomparable:
         return object()  # equal to nothing: its version is computed
 
 
-def _frozen(value: Any, depth: int) -> Hashable:
-    # By type as well as value: 1, 1.0 and True are equal in Python, not to the rules.
+def frozen(value: Any, depth: int = 0) -> Hashable:
+    """``value`` as a hashable key equal to another only for a value of the same types and the same values (1, 1.0
+    and True are equal in Python, not to the rules); Incomparable for a value of another type, or nested too deep."""
     kind = type(value)
     if kind in _SCALARS:
         return (kind, value)
     if isinstance(value, enum.Enum):
         return (kind, value)  # a model's choices (``Overlap.ALLOW``): hashable, compared by value
     if kind is datetime:
-        return (kind, value, value.tzinfo)  # equal instants in two zones are equal datetimes
+        # Equal instants in two zones are equal datetimes; so are the two readings of an hour a zone repeats.
+        return (kind, value, value.tzinfo, value.fold)
     if depth >= _MAX_DEPTH:
-        raise _Incomparable
+        raise Incomparable
     if kind is list or kind is tuple:
-        return (kind, tuple(_frozen(item, depth + 1) for item in value))
+        return (kind, tuple(frozen(item, depth + 1) for item in value))
     if kind is dict:
-        return (kind, tuple((_frozen(key, depth + 1), _frozen(item, depth + 1)) for key, item in value.items()))
+        return (kind, tuple((frozen(key, depth + 1), frozen(item, depth + 1)) for key, item in value.items()))
     if kind in (types.FunctionType, types.BuiltinFunctionType):
         return (kind, value)  # compared by identity
-    raise _Incomparable
+    raise Incomparable
 
 
 def _naming_the_row(exc: ValidationError, index: int, obj: Any) -> ValidationError:

@@ -1,4 +1,4 @@
-"""Templates built once per sync for the rows that share them.
+"""Templates (and versions) built once per sync for the rows that share them.
 
 Rows with one definition (one version) that have made the same runs have the same compact template: nothing of a
 row's own id is in it (its owner is left out, as its id says it: ``compact.derived_owner``). Within one batch of a
@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from .bulk_validation import Incomparable, frozen
 from .core import compact
 from .servers import template_job
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from .core.scheduler import Scheduler
     from .models import ScheduleBase
 
-_built: ContextVar[dict[Hashable, list[Any]] | None] = ContextVar('drqs_shared_templates', default=None)
+_built: ContextVar[dict[Hashable, Any] | None] = ContextVar('drqs_shared_templates', default=None)
 
 
 @contextmanager
@@ -33,6 +34,20 @@ def sharing() -> Iterator[None]:
         _built.reset(token)
 
 
+def version_of(row: ScheduleBase) -> str:
+    """``row.version()``, computed once per distinct definition (compared by type and value) in ``sharing()``."""
+    built = _built.get()
+    try:
+        key = ('version', type(row), *[frozen(getattr(row, name)) for name in row.DEFINITION_FIELDS])
+    except Incomparable:
+        key = None
+    if built is None or key is None:
+        return row.version()
+    if key not in built:
+        built[key] = row.version()
+    return str(built[key])
+
+
 def template_fields(
     scheduler: Scheduler, row: ScheduleBase, runs: int, version: str, late_from: float | None
 ) -> list[Any]:
@@ -40,7 +55,7 @@ def template_fields(
     built = _built.get()
     if built is None or compact.derived_owner(row.template_id) != row.owner:
         return _build(scheduler, row, runs, version, late_from)
-    key = (scheduler, type(row), version, runs, late_from)
+    key = ('template', scheduler, type(row), version, runs, late_from)
     if key not in built:
         built[key] = _build(scheduler, row, runs, version, late_from)
     return built[key]

@@ -31,7 +31,7 @@ from .owners import owner_of
 from .pending import take_validated
 from .reconcile_state import ReconcileState, begin_epoch, save_state
 from .servers import Servers, servers
-from .shared_templates import sharing, template_fields
+from .shared_templates import sharing, template_fields, version_of
 from .yielding import between_batches
 
 logger = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ def _decide(
         return remove
     if stored.done and _ran_its_last_run(row, stored):
         return _Decision(template_id, stored, '')
-    version = row.version()  # a digest of every field of the definition: worth computing once
+    version = version_of(row)  # a digest of every field of the definition: worth computing once
     if stored.version == version and stored.score is not None:
         return _Decision(template_id, stored, '', next_run=datetime.fromtimestamp(stored.score, tz=UTC))
     # Only rows about to be written: a written row was valid when it was written.
