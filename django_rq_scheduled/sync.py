@@ -21,6 +21,7 @@ from django.db import models
 from redis.exceptions import NoScriptError
 
 from . import conf
+from .bulk import BulkWriter
 from .core import compact, keys, payloads, scripts
 from .core.errors import REDIS_OUTAGE_ERRORS
 from .core.queues import connection_identity
@@ -124,10 +125,14 @@ def _sync_chunk(
 
 
 def _store_next_runs(model: type[ScheduleBase], rows: list[ScheduleBase], *, using: str) -> None:
-    """One UPDATE per distinct next run (rows created together often share it), not a CASE per row."""
+    """One UPDATE per distinct next run (rows created together often share it), or one CASE for the batch when
+    they are many (one-offs each at its own time: one statement run over the batch, ``bulk.BulkWriter``)."""
     by_value: dict[datetime | None, list[Any]] = defaultdict(list)
     for row in rows:
         by_value[row.next_run].append(row.pk)
+    if len(by_value) > 2:
+        BulkWriter(using).update(model, rows, ['next_run'])
+        return
     for next_run, pks in by_value.items():
         # A plain QuerySet: the models' own update() would sync these rows once more.
         models.QuerySet(model, using=using).filter(pk__in=pks).update(next_run=next_run)

@@ -160,3 +160,16 @@ def test_rows_of_one_definition_share_one_template_per_batch_each_as_if_built_al
         expected = {alone[i].encode(): str(alone[i + 1]).encode() if not isinstance(alone[i + 1], bytes) else
                     alone[i + 1] for i in range(0, len(alone), 2)}  # fmt: skip
         assert connection.hgetall(keys.job_key(row.template_id)) == expected
+
+
+def test_rows_each_at_its_own_time_store_their_next_runs_in_one_update_per_batch(connection):
+    due = datetime.now(UTC) + timedelta(hours=1)
+    objs = [ScheduledJob(name=f't{i}', callable='tests.tasks.add', scheduled_time=due + timedelta(seconds=i))
+            for i in range(ROWS)]  # fmt: skip
+    with CaptureQueriesContext(db_connection) as queries:
+        ScheduledJob.objects.bulk_create(objs)
+    # One statement run over each batch (executemany: logged as "500 times UPDATE ...").
+    updates = [query for query in queries.captured_queries if 'UPDATE ' in query['sql']]
+    assert len(updates) == -(-ROWS // sync.BATCH)
+    stored = dict(ScheduledJob.objects.values_list('name', 'next_run'))
+    assert stored == {f't{i}': due + timedelta(seconds=i) for i in range(ROWS)}
