@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any, cast
 
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from redis.exceptions import NoScriptError
 
 from . import conf
@@ -130,12 +130,13 @@ def _store_next_runs(model: type[ScheduleBase], rows: list[ScheduleBase], *, usi
     by_value: dict[datetime | None, list[Any]] = defaultdict(list)
     for row in rows:
         by_value[row.next_run].append(row.pk)
-    if len(by_value) > 2:
-        BulkWriter(using).update(model, rows, ['next_run'])
-        return
-    for next_run, pks in by_value.items():
-        # A plain QuerySet: the models' own update() would sync these rows once more.
-        models.QuerySet(model, using=using).filter(pk__in=pks).update(next_run=next_run)
+    with transaction.atomic(using=using):  # one commit (after commit, each statement would be one, with its fsync)
+        if len(by_value) > 2:
+            BulkWriter(using).update(model, rows, ['next_run'])
+            return
+        for next_run, pks in by_value.items():
+            # A plain QuerySet: the models' own update() would sync these rows once more.
+            models.QuerySet(model, using=using).filter(pk__in=pks).update(next_run=next_run)
 
 
 @dataclass
