@@ -7,6 +7,7 @@ per batch of rows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
@@ -125,17 +126,16 @@ def _sync_chunk(
 
 
 def _store_next_runs(model: type[ScheduleBase], rows: list[ScheduleBase], *, using: str) -> None:
-    """One UPDATE per distinct next run (rows created together often share it), or one CASE for the batch when
-    they are many (one-offs each at its own time: one statement run over the batch, ``bulk.BulkWriter``)."""
+    """One UPDATE per distinct next run (rows made together often share it), or for many one over the batch
+    (``BulkWriter``), in one transaction (after commit each is a commit); plain: the models' own would sync again."""
     by_value: dict[datetime | None, list[Any]] = defaultdict(list)
     for row in rows:
         by_value[row.next_run].append(row.pk)
-    with transaction.atomic(using=using):  # one commit (after commit, each statement would be one, with its fsync)
+    with transaction.atomic(using=using) if len(by_value) > 1 else contextlib.nullcontext():
         if len(by_value) > 2:
             BulkWriter(using).update(model, rows, ['next_run'])
             return
         for next_run, pks in by_value.items():
-            # A plain QuerySet: the models' own update() would sync these rows once more.
             models.QuerySet(model, using=using).filter(pk__in=pks).update(next_run=next_run)
 
 
