@@ -34,6 +34,7 @@ POSTGRES_TESTS = (
     'tests/test_outages.py',
     'tests/test_run_history.py',
     'tests/test_bulk.py',
+    'tests/test_bulk_validation.py',
     'tests/test_runs_admin.py',
     'tests/test_schedules_command.py',
 )

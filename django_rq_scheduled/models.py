@@ -280,6 +280,7 @@ class ScheduledJob(ScheduleBase):
     )
 
     DEFINITION_FIELDS = (*ScheduleBase.DEFINITION_FIELDS, 'scheduled_time')
+    ROW_FIELDS = ('name', 'scheduled_time')  # many one-offs of a bulk differ in their time alone
     is_periodic = False
 
     class Meta(ScheduleBase.Meta):
@@ -300,10 +301,8 @@ class ScheduledJob(ScheduleBase):
     def schedule_meta(self) -> dict[str, Any]:
         return {'kind': 'once'}
 
-    def clean(self) -> None:
-        super().clean()
-        if errors := self._naive_time_error('scheduled_time'):
-            raise ValidationError(errors)
+    def row_field_errors(self) -> dict[str, Any]:
+        return {**super().row_field_errors(), **self._naive_time_error('scheduled_time')}
 
     def next_runs(self, count: int = 5, after: datetime | None = None) -> list[datetime]:
         return [] if self.has_run or not self.scheduled_time else [self.scheduled_time][:count]

@@ -11,6 +11,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from . import validators
+from .bulk_validation import validate_rows
 from .pending import note_validated, schedule_sync
 from .runs import SUMMARY_FIELDS
 
@@ -89,10 +90,8 @@ class ScheduleQuerySet(models.QuerySet[Any]):
 
     def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
         objs = list(objs)
-        for obj in objs:
-            obj.full_clean(validate_unique=False, validate_constraints=False)
         # The sync after commit loads these rows again; what passed validation here needs no second validation.
-        note_validated(self.model, {obj.version() for obj in objs})
+        note_validated(self.model, validate_rows(objs))
         with transaction.atomic(using=self.db):
             created = super().bulk_create(objs, *args, **kwargs)
             pks = [obj.pk for obj in created if obj.pk is not None]

@@ -37,6 +37,10 @@ class RowValidation(_Row):
     timeout: Any
     ttl: Any
 
+    ROW_FIELDS: tuple[str, ...] = ('name',)
+    """Fields that no rule of another field reads (``row_field_errors`` holds the model's rules of theirs): a
+    ``bulk_create()`` validates them row by row, and the other fields once per distinct value (``bulk_validation``)."""
+
     def policy_errors(self) -> dict[str, Any]:
         """The errors of the row's policies (``policies``), beyond their fields' own validators."""
         return {}
@@ -75,17 +79,23 @@ class RowValidation(_Row):
             errors['timeout'] = _('Enter a positive number of seconds, or leave it empty.')
         if whole(self.ttl) and self.ttl == 0:
             errors['ttl'] = _('Enter a positive number of seconds, or leave it empty.')
-        if self._usable('name'):
-            try:
-                validators.validate_printable(self.name)
-            except ValidationError as exc:
-                errors['name'] = exc.messages
+        errors.update(self.row_field_errors())
         for name, messages in self.policy_errors().items():
             errors.setdefault(name, messages)
         for name, messages in task_calls.row_errors(self).items():
             errors.setdefault(name, messages)
         if errors:
             raise ValidationError(errors)
+
+    def row_field_errors(self) -> dict[str, Any]:
+        """The errors of the model's rules (beyond each field's own checks) on its ``ROW_FIELDS``."""
+        if not self._usable('name'):
+            return {}
+        try:
+            validators.validate_printable(self.name)
+        except ValidationError as exc:
+            return {'name': exc.messages}
+        return {}
 
     def _usable(self, name: str) -> bool:
         """Whether the field passed the checks of clean_fields() that run before Django's (clean() runs anyway)."""

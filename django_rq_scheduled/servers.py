@@ -73,11 +73,13 @@ def _servers_for(queues_fingerprint: str) -> Servers:
     return Servers(schedulers, queue_home)
 
 
-def template_job(scheduler: Scheduler, row: ScheduleBase, runs: int, *, late_from: float | None = None) -> Job:
+def template_job(
+    scheduler: Scheduler, row: ScheduleBase, runs: int, *, late_from: float | None = None, version: str | None = None
+) -> Job:
     """The (unsaved) template of ``row`` after ``runs`` runs, built by the scheduler of its queue's server.
 
-    ``late_from``: see ``core.jobs.template_meta``. A row naming a Django Task calls it through its backend
-    (``task_calls``).
+    ``late_from``: see ``core.jobs.template_meta``; ``version``: ``row.version()`` if the caller has it. A row
+    naming a Django Task calls it through its backend (``task_calls``).
     """
     call = task_calls.call_of(row.callable, row.args, row.kwargs)
     job = scheduler.jobs.create(
@@ -106,7 +108,7 @@ def template_job(scheduler: Scheduler, row: ScheduleBase, runs: int, *, late_fro
             late_from=late_from,
             record=True,
             owner=row.owner,
-            version=row.version(),
+            version=version or row.version(),
             **row.policy_meta(),
             **_fire_time_of_one_off(row),
         )

@@ -7,6 +7,7 @@ per batch of rows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
@@ -17,10 +18,11 @@ from datetime import datetime, timezone
 from typing import Any, cast
 
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from redis.exceptions import NoScriptError
 
 from . import conf
+from .bulk import BulkWriter
 from .core import compact, keys, payloads, scripts
 from .core.errors import REDIS_OUTAGE_ERRORS
 from .core.queues import connection_identity
@@ -30,7 +32,8 @@ from .models import SCHEDULE_MODELS, ScheduleBase
 from .owners import owner_of
 from .pending import take_validated
 from .reconcile_state import ReconcileState, begin_epoch, save_state
-from .servers import Servers, servers, template_job
+from .servers import Servers, servers
+from .shared_templates import sharing, template_fields, version_of
 from .yielding import between_batches
 
 logger = logging.getLogger(__name__)
@@ -113,7 +116,8 @@ def _sync_chunk(
             row.template_id for row in rows if servers.queue_home.get(row.queue) != identity and row.pk not in fresh
         ]
         unread = {row.template_id for row in here if row.pk in fresh}
-        report.merge(_sync_server(scheduler, here, elsewhere + missing_ids, changed, unread, validated))
+        with sharing():
+            report.merge(_sync_server(scheduler, here, elsewhere + missing_ids, changed, unread, validated))
     unknown = [row.name for row in rows if row.queue not in servers.queue_home]
     if unknown:
         logger.warning('Not scheduled, their queue is not in RQ_QUEUES: %s', ', '.join(unknown))
@@ -122,13 +126,17 @@ def _sync_chunk(
 
 
 def _store_next_runs(model: type[ScheduleBase], rows: list[ScheduleBase], *, using: str) -> None:
-    """One UPDATE per distinct next run (rows created together often share it), not a CASE per row."""
+    """One UPDATE per distinct next run (rows made together often share it), or for many one over the batch
+    (``BulkWriter``), in one transaction (after commit each is a commit); plain: the models' own would sync again."""
     by_value: dict[datetime | None, list[Any]] = defaultdict(list)
     for row in rows:
         by_value[row.next_run].append(row.pk)
-    for next_run, pks in by_value.items():
-        # A plain QuerySet: the models' own update() would sync these rows once more.
-        models.QuerySet(model, using=using).filter(pk__in=pks).update(next_run=next_run)
+    with transaction.atomic(using=using) if len(by_value) > 1 else contextlib.nullcontext():
+        if len(by_value) > 2:
+            BulkWriter(using).update(model, rows, ['next_run'])
+            return
+        for next_run, pks in by_value.items():
+            models.QuerySet(model, using=using).filter(pk__in=pks).update(next_run=next_run)
 
 
 @dataclass
@@ -292,7 +300,7 @@ def _decide(
         return remove
     if stored.done and _ran_its_last_run(row, stored):
         return _Decision(template_id, stored, '')
-    version = row.version()  # a digest of every field of the definition: worth computing once
+    version = version_of(row)  # a digest of every field of the definition: worth computing once
     if stored.version == version and stored.score is not None:
         return _Decision(template_id, stored, '', next_run=datetime.fromtimestamp(stored.score, tz=UTC))
     # Only rows about to be written: a written row was valid when it was written.
@@ -314,7 +322,7 @@ def _decide(
         return remove
     # A first run already due when written missed nothing before: its misfire grace counts from now.
     late_from = now.timestamp() if row.is_periodic and not begun and due <= now else None
-    argv = [version, format_score(due.timestamp()), *_template_fields(scheduler, row, runs, late_from)]
+    argv = [version, format_score(due.timestamp()), *template_fields(scheduler, row, runs, version, late_from)]
     return _Decision(template_id, stored, 'W', next_run=due, argv=argv)
 
 
@@ -377,13 +385,6 @@ def _runs_in(ours: dict[str, Any]) -> int:
 def _is_exhausted(row: ScheduleBase, runs: int) -> bool:
     repeat = getattr(row, 'repeat', None)
     return repeat is not None and runs >= repeat
-
-
-def _template_fields(scheduler: Scheduler, row: ScheduleBase, runs: int, late_from: float | None) -> list[Any]:
-    """The template's job hash, compact (``core.compact``), as a flat field, value list."""
-    job = template_job(scheduler, row, runs, late_from=late_from)
-    mapping = compact.template_fields(job.to_dict(), job.meta, job.id)
-    return [item for pair in mapping.items() for item in pair]
 
 
 def _apply_decisions(scheduler: Scheduler, decisions: list[_Decision]) -> list[Any]:

@@ -1,4 +1,5 @@
-"""The sync of rows created by ``bulk_create`` (bench/burst.py): every row validated once, not twice; counted round
+"""The sync of rows created by ``bulk_create`` (bench/burst.py): every definition validated once (rows sharing it
+are validated on their own fields: tests/test_bulk_validation.py), never again by the sync; counted round
 trips and queries; nothing written for a rolled-back bulk; a Redis failure mid-way leaves the rows noted for
 reconciliation, which repairs them; an invalid row refuses the whole bulk."""
 
@@ -14,10 +15,11 @@ from django.db import transaction
 from django.test.utils import CaptureQueriesContext
 from rq.job import Job
 
-from django_rq_scheduled import pending, sync
+from django_rq_scheduled import pending, shared_templates, sync
 from django_rq_scheduled.core import keys
 from django_rq_scheduled.models import ScheduledJob
 from django_rq_scheduled.reconciliation import Reconciler
+from django_rq_scheduled.servers import servers
 from django_rq_scheduled.unsynced import UnsyncedRow
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -50,9 +52,9 @@ def validations(monkeypatch):
     return counter
 
 
-def test_a_bulk_created_row_is_validated_once_and_synced(connection, validations):
+def test_rows_of_one_definition_are_validated_once_and_synced(connection, validations):
     rows = ScheduledJob.objects.bulk_create(one_offs(ROWS))
-    assert validations['n'] == ROWS  # before the insert; not again by the sync after commit
+    assert validations['n'] == 1  # before the insert, once for the definition; not again by the sync after commit
     assert scheduled_ids(connection) == {row.template_id for row in rows}
     assert connection.hlen(keys.VERSIONS_KEY) == ROWS
     assert pending.take_validated(ScheduledJob) == frozenset()  # forgotten once used
@@ -61,7 +63,7 @@ def test_a_bulk_created_row_is_validated_once_and_synced(connection, validations
 def test_rows_with_distinct_definitions_are_each_validated_once(connection, validations):
     rows = [*one_offs(10, args=[1, 2]), *one_offs(10, prefix='p', args=[3, 4])]
     ScheduledJob.objects.bulk_create(rows)
-    assert validations['n'] == 20
+    assert validations['n'] == 2
     assert len(scheduled_ids(connection)) == 20
 
 
@@ -72,7 +74,7 @@ def test_a_row_changed_by_raw_sql_before_commit_is_validated_by_its_sync(connect
         with db_connection.cursor() as cursor:
             table = ScheduledJob._meta.db_table
             cursor.execute(f'UPDATE {table} SET callable = %s WHERE id = %s', ['tests.tasks.nope', row.pk])
-    assert validations['n'] == 2 + 1  # the bulk's two, then the changed row's at its sync
+    assert validations['n'] == 1 + 1  # the bulk's one definition, then the changed row's at its sync
     assert scheduled_ids(connection) == {other.template_id}
 
 
@@ -135,3 +137,39 @@ def test_redis_failing_mid_way_leaves_the_rows_noted_and_reconciliation_repairs_
     again = Reconciler(connection).run()  # the next, incremental, syncs the noted rows (in line now) and forgets them
     assert again.written == [] and UnsyncedRow.objects.count() == 0
     assert Job.fetch(rows[-1].template_id, connection=connection).func_name == 'tests.tasks.add'
+
+
+def test_rows_of_one_definition_share_one_template_per_batch_each_as_if_built_alone(connection, monkeypatch):
+    built = {'n': 0}
+    build = shared_templates.template_job
+
+    def counting(*args, **kwargs):
+        built['n'] += 1
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(shared_templates, 'template_job', counting)
+    rows = [*one_offs(ROWS), *one_offs(7, prefix='p', args=[3, 4]), *one_offs(3, prefix='q', description='other')]
+    rows += one_offs(5, prefix='t', scheduled_time=datetime.now(UTC) + timedelta(hours=2))
+    created = ScheduledJob.objects.bulk_create(rows)
+    batches = -(-len(rows) // sync.BATCH)
+    assert built['n'] <= batches * 4  # per batch, at most one per distinct definition in it
+    monkeypatch.undo()
+    scheduler = servers().scheduler_for('default')
+    for row in ScheduledJob.objects.filter(pk__in=[row.pk for row in created]):
+        alone = shared_templates.template_fields(scheduler, row, 0, row.version(), None)  # outside a sync: unshared
+        expected = {alone[i].encode(): str(alone[i + 1]).encode() if not isinstance(alone[i + 1], bytes) else
+                    alone[i + 1] for i in range(0, len(alone), 2)}  # fmt: skip
+        assert connection.hgetall(keys.job_key(row.template_id)) == expected
+
+
+def test_rows_each_at_its_own_time_store_their_next_runs_in_one_update_per_batch(connection):
+    due = datetime.now(UTC) + timedelta(hours=1)
+    objs = [ScheduledJob(name=f't{i}', callable='tests.tasks.add', scheduled_time=due + timedelta(seconds=i))
+            for i in range(ROWS)]  # fmt: skip
+    with CaptureQueriesContext(db_connection) as queries:
+        ScheduledJob.objects.bulk_create(objs)
+    # One statement run over each batch (executemany: logged as "500 times UPDATE ...").
+    updates = [query for query in queries.captured_queries if 'UPDATE ' in query['sql']]
+    assert len(updates) == -(-ROWS // sync.BATCH)
+    stored = dict(ScheduledJob.objects.values_list('name', 'next_run'))
+    assert stored == {f't{i}': due + timedelta(seconds=i) for i in range(ROWS)}
