@@ -376,9 +376,10 @@ class Planner(RunPolicyPlanning):
         policy = retries.of_meta(parsed.ours)  # ValueError for junk: the template goes to the dead letters
         occurrence_key = keys.job_key(occurrence)
         copy: list[tuple[Any, ...]] = []
-        if self.copy_in_redis:
+        # A compact template was read whole (its meta is spread over its fields): the client has it to copy.
+        if self.copy_in_redis and not parsed.compact:
             copy = [occurrence_copy.copy_command(keys.job_key(parsed.member), occurrence_key, parsed.raw)]
-            mapping: dict[Any, Any] = compact.run_fields(parsed.raw) if parsed.compact else {}
+            mapping: dict[Any, Any] = {}
         else:
             mapping = compact.inherited(parsed.raw, occurrence_copy.NOT_INHERITED)
         user_meta = {k: v for k, v in parsed.meta.items() if k not in keys.SCHEDULING_META_KEYS}

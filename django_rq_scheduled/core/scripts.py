@@ -119,18 +119,22 @@ end
 local copy_planning = {COPY_PLANNING}
 local copy_skipped = {}
 for _, name in ipairs({COPY_SKIPPED}) do copy_skipped[name] = true end
+local copied = {}  -- template key -> its fields, as the check of the entry being moved read them
 local function planning_digest(key)
   if not redis.sha1hex then return '' end  -- never equal to a digest: nothing is copied unchecked
-  local values = redis.call('HMGET', key, unpack(copy_planning))
+  local all = redis.call('HGETALL', key)
+  copied[key] = all
+  local by_name = {}
+  for f = 1, #all, 2 do by_name[all[f]] = all[f + 1] end
   local parts = {}
   for f = 1, #copy_planning do
-    local value = values[f]
+    local value = by_name[copy_planning[f]]
     if value and value ~= '' then parts[f] = #value .. ':' .. value else parts[f] = '~' end
   end
   return redis.sha1hex(table.concat(parts, '|'))
 end
 local function copy_template(from, to)
-  local all = redis.call('HGETALL', from)
+  local all = copied[from] or redis.call('HGETALL', from)
   local chunk = {}
   for f = 1, #all, 2 do
     local name = all[f]
@@ -168,6 +172,7 @@ for e = 1, tonumber(ARGV[2]) do
       cmds[c] = {unpack(ARGV, i + 1, i + nargs)}
       i = i + 1 + nargs
     end
+    copied = {}
     if still_scheduled(member, score) and not is_paused(member) then
       status = 1
       if kind == 'H' and redis.call('EXISTS', job_prefix .. member) == 0 then
