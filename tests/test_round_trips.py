@@ -68,7 +68,7 @@ def test_a_batch_costs_two_or_three_round_trips_whatever_its_size(counted, kind)
     # Others: that call leaves them, then one Lua read of the due members and the fields their moves are planned
     # from, (for templates of ours, one pipelined read of the whole hashes copied into the runs), one Lua move.
     # rq-scheduler: 4 or 5 per job.
-    assert trips == (2 if kind == 'one-off' else 4)
+    assert trips == (2 if kind == 'one-off' else 3)
 
 
 def test_batches_of_a_large_backlog(counted):

@@ -51,6 +51,10 @@ MAX_PAUSE_REASON = 500
 
 DEFAULT_LEASE_TTL = 5.0
 DEFAULT_BATCH_SIZE = 500
+VETTED_PAYLOADS = 100_000
+"""At most this many vetted payloads a mover remembers (a periodic template's payload is vetted once, not per run)."""
+VETTED_FOR = 600.0
+"""Seconds a mover trusts a payload's vetting before it asks the allow-list again (a predicate may change)."""
 
 
 def seconds_problem(value: object, *, at_most: float | None = MAX_SECONDS) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,14 +21,17 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import buffers, compact, keys, overlap, retries, scripts, vetting
+from . import buffers, keys, occurrence_copy, overlap, retries, scripts
 from .clock import ServerClock
 from .due_reads import READ_DUE_KEYS, DueRead, DueReader, whole_compact_templates
 from .errors import LeadershipLost
 from .jobs import Refusal
 from .lease import Lease
+from .limits import VETTED_FOR, VETTED_PAYLOADS
 from .moves import DEAD, ENQUEUED, Entry, Parsed, Planner
 from .observer import SILENT, EnqueuedJob, Observer, kind_of
+from .occurrence_copy import PLANNING_FIELDS
+from .pending import PendingReplies
 from .policy_moves import FINISHED, POSTPONED
 from .queues import Queues
 from .scores import guard_score
@@ -37,11 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PLANNING_FIELDS = (
-    b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
-    b'dependency_id', b'dependency_ids', b'retries_left', b'retry_intervals', compact.MARKER,
-    *vetting.CALLBACK_FIELDS,
-)  # fmt: skip
 MOVE_KEYS = (keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY)
 Pairs = list[tuple[Any, Any]]
 Fields = list[dict[bytes, bytes]]
@@ -103,44 +102,6 @@ def enqueued_job(parsed: Parsed) -> EnqueuedJob:
     return EnqueuedJob(parsed.raw[b'origin'].decode(errors='replace'), kind_of(parsed.meta), parsed.score)
 
 
-class PendingReplies:
-    """Commands written to one connection of the pool, their replies not read yet: the caller works meanwhile."""
-
-    def __init__(self, pool: redis.ConnectionPool, commands: list[tuple[Any, ...]]) -> None:
-        self.pool = pool
-        self.count = len(commands)
-        try:
-            self.connection = pool.get_connection()
-        except TypeError:  # redis-py before 5.3 wants the command name
-            self.connection = pool.get_connection('EVALSHA')  # type: ignore[call-arg,unused-ignore]
-        try:
-            packed = self.connection.pack_commands(commands)  # type: ignore[no-untyped-call]
-            self.connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
-        except BaseException:
-            self._discard()
-            raise
-
-    def wait(self) -> list[Any]:
-        """Every reply, in order; an error reply is returned as its exception, not raised."""
-        replies: list[Any] = []
-        try:
-            for _ in range(self.count):
-                try:
-                    replies.append(self.connection.read_response())
-                except redis.ResponseError as exc:
-                    replies.append(exc)
-        except BaseException:
-            self._discard()
-            raise
-        self.pool.release(self.connection)
-        return replies
-
-    def _discard(self) -> None:
-        # Replies may still be on their way: the connection cannot be reused.
-        self.connection.disconnect()  # type: ignore[no-untyped-call]
-        self.pool.release(self.connection)
-
-
 def member_text(member: str | bytes) -> str | bytes:
     """A schedule member as text; one that is not UTF-8 (written by someone else) stays bytes, to be dead-lettered."""
     if isinstance(member, str):
@@ -179,11 +140,14 @@ class Mover:
         self.refusal = refusal
         self.stop = stop
         self.observer: Observer = SILENT
-        self._move_script = connection.register_script(scripts.MOVE)
+        self._move_script = connection.register_script(occurrence_copy.MOVE)
         self._read_due_script = connection.register_script(scripts.READ_DUE)
         self.reader = DueReader(self._read_due_script, job_class.redis_job_namespace_prefix, PLANNING_FIELDS)
         self._scripts_loaded_on: redis.ConnectionPool | None = None
         self._scripts_missing = False
+        self._copies: bool | None = None  # whether the move script can copy templates (``occurrence_copy``)
+        self._vetted_by: tuple[Any, ...] = ()
+        self._vetted_payloads: dict[tuple[Any, ...], str | None] = {}
         self._waits = False  # whether this pass's reads saw a buffered occurrence waiting (overlap buffer_one)
         self.fast: FastPass | None = None
         """Moves the marked one-offs of our API first, whole in Redis (``fast_moves``); None: none are trusted."""
@@ -277,12 +241,21 @@ class Mover:
     def planner(self, now: float) -> Planner:
         return Planner(
             now=now,
+            copy_in_redis=bool(self._copies),
+            vetted=self._vetted(),
             enqueued_at=utcformat(datetime.fromtimestamp(now, tz=timezone.utc)),
             serializer=self.serializer,
             queue_info=self.queues.info,
             default_timezone=self.timezone,
             callable_refusal=self.refusal,
         )
+
+    def _vetted(self) -> dict[tuple[Any, ...], str | None]:
+        """The payloads vetted so far, forgotten when the rule changes (``callable_allowed``) or they grow many."""
+        rule = (self.refusal, self.serializer, int(time.monotonic() // VETTED_FOR))
+        if self._vetted_by != rule or len(self._vetted_payloads) > VETTED_PAYLOADS:
+            self._vetted_by, self._vetted_payloads = rule, {}
+        return self._vetted_payloads
 
     def release_due_retries(self) -> float | None:
         """Moves RQ's due delayed retries back to their queues (``retries.release_due``), each vetted by the allow-list
@@ -298,7 +271,9 @@ class Mover:
         raws = fields if fields is not None else self._fetch_planning_fields([member for member, _ in members])
         raws = whole_compact_templates(self.connection, [member for member, _ in members], raws)
         decoded = [planner.parse(member, score, raw) for (member, score), raw in zip(members, raws)]
-        self._load_whole_hashes([p for p in decoded if isinstance(p, Parsed) and p.needs_whole_hash])
+        if self._copies is None and any(isinstance(p, Parsed) and p.is_our_template for p in decoded):
+            self._copies = planner.copy_in_redis = occurrence_copy.supported(self.connection)
+        self._load_whole_hashes([p for p in decoded if isinstance(p, Parsed) and p.needs_whole_hash(planner)])
         statuses = self._previous_run_statuses([p for p in decoded if isinstance(p, Parsed)])
         entries = [
             item if isinstance(item, Entry) else planner.plan(item, statuses.get(item.previous_run_to_check or ''))

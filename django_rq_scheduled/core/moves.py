@@ -13,23 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import catchup, compact, cron, keys, outcomes, overlap, payloads, retries, scores, vetting
+from . import catchup, compact, cron, keys, occurrence_copy, outcomes, overlap, payloads, retries, scores, vetting
 from .compact import CompactError
 from .limits import MIN_SECONDS
 from .policy_moves import RunPolicyPlanning
 from .scores import format_score, guard_score, utc_datetime
 
-# Fields of a template hash that describe one run, not the job: a fresh occurrence does not inherit them.
-RUN_STATE_FIELDS = frozenset(
-    {
-        b'status', b'created_at', b'enqueued_at', b'started_at', b'ended_at', b'last_heartbeat', b'worker_name',
-        b'result', b'exc_info', b'meta', b'number_of_retries', b'dependency_id', b'dependency_ids',
-    }
-)  # fmt: skip
 ACTIVE_STATUSES = overlap.ACTIVE_STATUSES
 ENQUEUED, SKIPPED_MISFIRE, SKIPPED_OVERLAP = outcomes.ENQUEUED, outcomes.SKIPPED_MISFIRE, outcomes.SKIPPED_OVERLAP
 DEAD = outcomes.DEAD
 AT_FRONT_VALUES = (b'1', b'True', b'true')
+VETTED_FIELDS = (b'data', *vetting.CALLBACK_FIELDS)
+"""What ``vetting.payload_problem`` reads of a job hash."""
 UNREADABLE = b'__unreadable__'
 """Key of a planning-fields dict whose job key could not be read (e.g. it holds a string): value = Redis's error."""
 
@@ -86,9 +81,9 @@ class Parsed:
     def has_dependencies(self) -> bool:
         return bool(self.raw.get(b'dependency_id') or self.raw.get(b'dependency_ids'))
 
-    @property
-    def needs_whole_hash(self) -> bool:
-        return not self.compact and (self.is_our_template or self.has_dependencies)
+    def needs_whole_hash(self, planner: Planner) -> bool:
+        """RQ's own enqueue needs the whole job; an occurrence copies its template (in Redis if it can)."""
+        return not self.compact and (self.has_dependencies or (self.is_our_template and not planner.copy_in_redis))
 
     @property
     def previous_run_to_check(self) -> str | None:
@@ -118,8 +113,14 @@ class Planner(RunPolicyPlanning):
         default_timezone: str,
         callable_refusal: Callable[[str], str | None] | None = None,
         random: Callable[[], float] = randomness.random,
+        copy_in_redis: bool = False,
+        vetted: dict[tuple[Any, ...], str | None] | None = None,
     ) -> None:
         self.now = now
+        self.vetted = {} if vetted is None else vetted
+        """Payloads vetted before, by their vetted fields (``_check_payload``): shared by a mover's batches."""
+        self.copy_in_redis = copy_in_redis
+        """Occurrences copy their template's fields in the move script (``occurrence_copy``), not from ``raw``."""
         self.enqueued_at = enqueued_at
         self.serializer = serializer
         self.queue_info = queue_info
@@ -166,7 +167,13 @@ class Planner(RunPolicyPlanning):
     def _check_payload(self, raw: dict[bytes, bytes]) -> None:
         """Reads the function name without running any code of the payload, and asks the allow-list of it and of
         the callbacks the hash names."""
-        if problem := vetting.payload_problem(raw, self.serializer, self.callable_refusal):
+        # Periodic templates keep their payload: vetted once per payload, not at every run.
+        vetted = tuple(map(raw.get, VETTED_FIELDS))
+        if vetted in self.vetted:
+            problem = self.vetted[vetted]
+        else:
+            problem = self.vetted[vetted] = vetting.payload_problem(raw, self.serializer, self.callable_refusal)
+        if problem:
             raise PlanningError(problem)
 
     # -- planning -------------------------------------------------------------------------------------------
@@ -367,8 +374,14 @@ class Planner(RunPolicyPlanning):
     def _create_occurrence(self, parsed: Parsed, occurrence: str, fire_time: float) -> list[tuple[Any, ...]]:
         queue = self._queue(parsed)
         policy = retries.of_meta(parsed.ours)  # ValueError for junk: the template goes to the dead letters
-        not_inherited = RUN_STATE_FIELDS | retries.HASH_FIELDS  # retries: from the policy, whole for each run
-        mapping: dict[Any, Any] = compact.inherited(parsed.raw, not_inherited)
+        occurrence_key = keys.job_key(occurrence)
+        copy: list[tuple[Any, ...]] = []
+        # A compact template was read whole (its meta is spread over its fields): the client has it to copy.
+        if self.copy_in_redis and not parsed.compact:
+            copy = [occurrence_copy.copy_command(keys.job_key(parsed.member), occurrence_key, parsed.raw)]
+            mapping: dict[Any, Any] = {}
+        else:
+            mapping = compact.inherited(parsed.raw, occurrence_copy.NOT_INHERITED)
         user_meta = {k: v for k, v in parsed.meta.items() if k not in keys.SCHEDULING_META_KEYS}
         user_meta[keys.META_KEY] = {'template': parsed.member, 'fire_time': fire_time, **retries.run_meta(*policy)}
         mapping.update(
@@ -380,10 +393,10 @@ class Planner(RunPolicyPlanning):
                 b'meta': self._dumps_meta(user_meta),
             }
         )
-        if b'timeout' not in mapping and queue.default_timeout is not None:
+        if b'timeout' not in mapping and b'timeout' not in parsed.raw and queue.default_timeout is not None:
             mapping[b'timeout'] = queue.default_timeout
         flat = [item for pair in mapping.items() for item in pair]
-        return [('HSET', keys.job_key(occurrence), *flat), *self._push(queue, occurrence, parsed.raw)]
+        return [*copy, ('HSET', occurrence_key, *flat), *self._push(queue, occurrence, parsed.raw)]
 
     @staticmethod
     def _check_plain_meta(parsed: Parsed) -> None:

@@ -24,7 +24,9 @@ from .overlap import EXPECT_COMMAND, REPLACE_COMMAND
 # canceled record ('' = none), worker channel prefix, stop payload. A previous run still in its queue is taken out
 # and marked canceled (its record appended); one a worker runs is sent RQ's stop-job command; one that ended
 # meanwhile is left alone. Another is a condition: EXPECT_COMMAND, key, field, value: the entry is applied only
-# if that hash field still holds that value (0 otherwise, as for a changed score).
+# if that hash field still holds that value (0 otherwise, as for a changed score). COPY_COMMAND, template key,
+# occurrence key, digest: the occurrence gets the template's inherited fields, if the template's planning fields
+# still have that digest (0 otherwise); ``occurrence_copy.MOVE`` is this script with its field lists formatted in.
 # Out of memory, Redis refuses only the first write of a script (later ones would leave it half done): that write
 # fails the whole call before anything is written, so the caller retries it later; no job is ever dead-lettered
 # for it.
@@ -53,7 +55,7 @@ local function is_paused(member)
 end
 local expected_type = {
   HSET = 'hash', HDEL = 'hash', RPUSH = 'list', LPUSH = 'list', SADD = 'set', ZADD = 'zset', ZREM = 'zset',
-  REPLACE_COMMAND = 'list'
+  REPLACE_COMMAND = 'list', COPY_COMMAND = 'hash'
 }
 local checked = {}  -- key -> type, so shared keys (queues, the schedule) are looked at once per batch
 local registered = {}  -- queue keys already added to the set of queues in this batch
@@ -112,6 +114,39 @@ local function replace_run(queue_key, job_key, job_id, runs_key, record, channel
     redis.call('PUBLISH', channel_prefix .. state[2], stop)
   end
 end
+-- COPY_COMMAND (see occurrence_copy): a template's inherited fields copied into its occurrence, guarded by a
+-- digest of the fields the client planned and vetted the move from.
+local copy_planning = {COPY_PLANNING}
+local copy_skipped = {}
+for _, name in ipairs({COPY_SKIPPED}) do copy_skipped[name] = true end
+local copied = {}  -- template key -> its fields, as the check of the entry being moved read them
+local function planning_digest(key)
+  if not redis.sha1hex then return '' end  -- never equal to a digest: nothing is copied unchecked
+  local all = redis.call('HGETALL', key)
+  copied[key] = all
+  local by_name = {}
+  for f = 1, #all, 2 do by_name[all[f]] = all[f + 1] end
+  local parts = {}
+  for f = 1, #copy_planning do
+    local value = by_name[copy_planning[f]]
+    if value and value ~= '' then parts[f] = #value .. ':' .. value else parts[f] = '~' end
+  end
+  return redis.sha1hex(table.concat(parts, '|'))
+end
+local function copy_template(from, to)
+  local all = copied[from] or redis.call('HGETALL', from)
+  local chunk = {}
+  for f = 1, #all, 2 do
+    local name = all[f]
+    local first = string.sub(name, 1, 1)
+    if not copy_skipped[name] and first ~= '~' and first ~= '^' then
+      chunk[#chunk + 1] = name
+      chunk[#chunk + 1] = all[f + 1]
+      if #chunk >= 200 then redis.call('HSET', to, unpack(chunk)); chunk = {} end
+    end
+  end
+  if #chunk > 0 then redis.call('HSET', to, unpack(chunk)) end
+end
 local function still_scheduled(member, score)
   if score == '*' then return true end
   local current = redis.call('ZSCORE', KEYS[2], member)
@@ -137,6 +172,7 @@ for e = 1, tonumber(ARGV[2]) do
       cmds[c] = {unpack(ARGV, i + 1, i + nargs)}
       i = i + 1 + nargs
     end
+    copied = {}
     if still_scheduled(member, score) and not is_paused(member) then
       status = 1
       if kind == 'H' and redis.call('EXISTS', job_prefix .. member) == 0 then
@@ -153,12 +189,17 @@ for e = 1, tonumber(ARGV[2]) do
             status = 'WRONGTYPE ' .. cmd[2] .. ' holds a ' .. have
           end
         end
+        if cmd[1] == 'COPY_COMMAND' and status == 1 and planning_digest(cmd[2]) ~= cmd[4] then
+          status = 0
+        end
       end
     end
     if status == 1 then
       for _, cmd in ipairs(cmds) do
         if cmd[1] == 'REPLACE_COMMAND' then
           replace_run(unpack(cmd, 2))
+        elseif cmd[1] == 'COPY_COMMAND' then
+          copy_template(cmd[2], cmd[3])
         elseif cmd[1] ~= 'EXPECT_COMMAND' then
           redis.call(unpack(cmd))
         end
