@@ -499,7 +499,8 @@ def lateness(conn: redis.Redis, url: str, config: Config, started: float) -> dic
     with tempfile.TemporaryDirectory(prefix='drqs-bench-') as log_dir:
         for index, loop in enumerate(loops(url, config)):
             needed = config.late_window + loop.expected
-            if time.monotonic() - started + needed > config.budget:
+            # Our loop is what the bench is for: only the rivals' loops give way to the time budget.
+            if index and time.monotonic() - started + needed > config.budget:
                 results[loop.label] = {'skipped': f'needs ~{needed:.0f} s, beyond the time budget'}
                 continue
             log_path = Path(log_dir) / f'loop-{index}.log'

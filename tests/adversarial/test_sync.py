@@ -35,7 +35,8 @@ def scheduled_ids(connection):
 
 
 def leader(connection):
-    scheduler = Scheduler(connection=connection, name='leader')
+    # A lease that outlives the slowest test here on a loaded machine: these tests are about sync, not leadership.
+    scheduler = Scheduler(connection=connection, name='leader', lease_ttl=600)
     assert scheduler.acquire_lock()
     return scheduler
 
