@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import connections
 from django.db.models import CharField, DateTimeField, Field, FloatField, ForeignKey, IntegerField, Model, TextField
 from django.db.models.base import ModelState
+from django.db.models.fields import AutoFieldMixin
 from django.db.models.signals import post_init, pre_init
 from django.utils.dateparse import parse_datetime
 
@@ -35,10 +36,46 @@ class BulkWriter:
         if not rows:
             return
         fields = self._fields(model, names)
-        columns = ', '.join(self._column(field) for field in fields)
-        marks = ', '.join(['%s'] * len(fields))
         values = self._reader(fields)
-        self._run(f'INSERT INTO {self._table(model)} ({columns}) VALUES ({marks})', [values(row) for row in rows])
+        self._run(self._insert_sql(model, fields), [values(row) for row in rows])
+
+    def insert_keyed(self, model: type[Model], rows: Sequence[Any], names: Sequence[str], key: str) -> None:
+        """Inserts ``rows`` and sets each one's ``pk``, found by its unique field ``key``. The caller holds the
+        database's writer lock (on SQLite, a write made earlier in the same transaction)."""
+        if not rows:
+            return
+        if self._numbers_rows_in_order(model):
+            fields = self._fields(model, names)
+            values = self._reader(fields)
+            for number, row in enumerate(rows, self._next_row_number(model)):
+                row.pk = number
+            self._run(self._insert_sql(model, fields, keyed=True), [[row.pk, *values(row)] for row in rows])
+            return
+        self.insert(model, rows, names)
+        pk = cast(Field, model._meta.pk).name
+        ids = dict(self.read(model, (key, pk), where=key, values=[getattr(row, key) for row in rows]))
+        for row in rows:
+            row.pk = ids[getattr(row, key)]
+
+    def _numbers_rows_in_order(self, model: type[Model]) -> bool:
+        # SQLite's AUTOINCREMENT gives the next row one more than the largest key the table ever held: under the
+        # single writer's lock, the keys it would give are known before the insert, and their read back is saved.
+        return self.connection.vendor == 'sqlite' and isinstance(model._meta.pk, AutoFieldMixin)
+
+    def _next_row_number(self, model: type[Model]) -> int:
+        table, key = self._table(model), self._column(cast(Field, model._meta.pk))
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                f'SELECT (SELECT max({key}) FROM {table}), '
+                f"(SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence')"
+            )
+            largest, counted = cursor.fetchone()
+            largest = largest or 0
+            if counted:  # a table without AUTOINCREMENT has no entry, and gives the largest key plus one
+                cursor.execute('SELECT seq FROM sqlite_sequence WHERE name = %s', [model._meta.db_table])
+                found = cursor.fetchone()
+                largest = max(largest, found[0] if found else 0)
+            return int(largest) + 1
 
     def update(self, model: type[Model], rows: Sequence[Any], names: Iterable[str]) -> None:
         """Writes ``names`` of saved ``rows`` (objects with ``pk`` and the fields' attributes)."""
@@ -98,6 +135,13 @@ class BulkWriter:
         alias = self.connection.alias
         for values in self.read(model, names, where=names[0], values=pks, for_update=for_update):
             yield model.from_db(alias, attnames, values) if heard else _loaded(model, alias, attnames, values)
+
+    def _insert_sql(self, model: type[Model], fields: list[Field], *, keyed: bool = False) -> str:
+        columns = [self._column(field) for field in fields]
+        if keyed:
+            columns.insert(0, self._column(cast(Field, model._meta.pk)))
+        marks = ', '.join(['%s'] * len(columns))
+        return f'INSERT INTO {self._table(model)} ({", ".join(columns)}) VALUES ({marks})'
 
     def _update_sql(self, model: type[Model], fields: list[Field]) -> str:
         assignments = ', '.join(f'{self._column(field)} = %s' for field in fields)

@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MODELS_BY_LABEL = {model._meta.label_lower: model for model in SCHEDULE_MODELS}
-FEEDBACK_BATCH = 5000
-"""The loop's records (a few hundred bytes each) read from Redis per pass."""
+FEEDBACK_BATCH = 10_000
+"""The loop's records (a few hundred bytes each) read from Redis per pass, with as many of the workers' records
+(``history.OUTCOME_BATCH``)."""
 DRAIN_SECONDS = 1.0
 IDLE_WAIT_SECONDS = 1.0
 """The longest a background reconciliation waits, between two of its batches, for the loop to finish its moves."""

@@ -124,8 +124,7 @@ def outcome_fact(raw: bytes | str) -> Fact | None:
         if origin is None:
             raise ValueError(f'{job_id!r} is no run of a schedule row')
         template, trigger, fire_ms = origin
-        model_name, pk = keys.template_owner(template) or ('', '')
-        model = MODELS_BY_NAME[model_name]
+        model, pk = schedule_of(template)
         status = record['status']
         if status not in REPORTED_STATUSES:
             raise ValueError(f'status {status!r}')
@@ -133,7 +132,7 @@ def outcome_fact(raw: bytes | str) -> Fact | None:
         retrying = status == capture.RETRYING
         reason = column_text(attempts.reason_of(get('reason'), retrying))
         return Fact(
-            job_id, model, row_pk(model, pk), QUEUED if retrying else status, trigger, column_text(get('queue')),
+            job_id, model, pk, QUEUED if retrying else status, trigger, column_text(get('queue')),
             reason, epoch_time(fire_ms / 1000 if fire_ms is not None else None), None, epoch_time(get('started')),
             epoch_time(get('ended')), column_text(get('worker')), column_text(get('error'), limit=None), True,
             attempts.number(get('attempt')), retrying,
@@ -144,6 +143,14 @@ def outcome_fact(raw: bytes | str) -> Fact | None:
 
 
 @functools.lru_cache(maxsize=10_000)  # records name the same few rows again and again
+def schedule_of(template: str) -> tuple[type[ScheduleBase], Any]:
+    """The model and primary key of a row's template id (KeyError or ValidationError if no row can have it)."""
+    model_name, pk = keys.template_owner(template) or ('', '')
+    model = MODELS_BY_NAME[model_name]
+    return model, row_pk(model, pk)
+
+
+@functools.lru_cache(maxsize=10_000)
 def row_pk(model: type[ScheduleBase], raw: str) -> Any:
     """The primary key a record names, as the column holds it; ValidationError if no row can have it (a number
     beyond the column's range would fail the whole batch's query, not just this record)."""

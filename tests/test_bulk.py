@@ -128,3 +128,34 @@ def test_rows_read_in_bulk_are_made_by_from_db_for_the_receivers_of_post_init():
     finally:
         post_init.disconnect(receiver, sender=RepeatableJob)
     assert seen == ['s'] and read.name == 's' and not read._state.adding
+
+
+def insert_keyed(rows):
+    with transaction.atomic():
+        Run.objects.filter(pk=-1).update(status='queued')  # the writer's lock, as history takes it
+        BulkWriter('default').insert_keyed(Run, rows, [*rows[0].__dict__.keys() - {'pk'}], key='rq_job_id')
+
+
+def test_rows_inserted_keyed_get_the_keys_the_database_holds_for_them():
+    row = a_schedule()
+    first = [Values(pk=None, **run_fields(row, number, MOMENTS[0])) for number in range(1_200)]
+    insert_keyed(first)
+    assert {value.rq_job_id: value.pk for value in first} == dict(Run.objects.values_list('rq_job_id', 'pk'))
+    assert len({value.pk for value in first}) == 1_200
+
+
+def test_rows_inserted_keyed_never_take_a_key_a_deleted_run_held():
+    """As the database's own numbering: a run's page or a link to it never shows another run later (SQLite's
+    AUTOINCREMENT remembers the largest key ever given, even once its row is deleted)."""
+    row = a_schedule()
+    insert_keyed([Values(pk=None, **run_fields(row, number, MOMENTS[0])) for number in range(10)])
+    largest = Run.objects.order_by('-pk').values_list('pk', flat=True)[0]
+    Run.objects.filter(pk__gt=largest - 5).delete()
+    later = [Values(pk=None, **run_fields(row, number, MOMENTS[1])) for number in range(10, 13)]
+    insert_keyed(later)
+    assert min(value.pk for value in later) > largest
+    assert {value.rq_job_id: value.pk for value in later} == dict(
+        Run.objects.filter(pk__gt=largest).values_list('rq_job_id', 'pk')
+    )
+    made_by_the_orm = Run.objects.create(**run_fields(row, 99, MOMENTS[0]))
+    assert made_by_the_orm.pk == max(value.pk for value in later) + 1
