@@ -159,3 +159,18 @@ def test_rows_inserted_keyed_never_take_a_key_a_deleted_run_held():
     )
     made_by_the_orm = Run.objects.create(**run_fields(row, 99, MOMENTS[0]))
     assert made_by_the_orm.pk == max(value.pk for value in later) + 1
+
+
+def test_rows_inserted_keyed_come_after_a_key_someone_else_chose():
+    """A run written with a key of its own (raw SQL, a restore) is never overwritten or collided with."""
+    row = a_schedule()
+    foreign = Run.objects.create(id=10_000, **run_fields(row, 0, MOMENTS[0]))
+    later = [Values(pk=None, **run_fields(row, number, MOMENTS[1])) for number in range(1, 4)]
+    insert_keyed(later)
+    assert {value.rq_job_id: value.pk for value in later} == dict(
+        Run.objects.exclude(pk=10_000).values_list('rq_job_id', 'pk')
+    )
+    if connection.vendor == 'sqlite':  # as SQLite would number them (PostgreSQL's sequence goes its own way)
+        assert [value.pk for value in later] == [10_001, 10_002, 10_003]
+    assert Run.objects.get(pk=10_000).rq_job_id == foreign.rq_job_id
+    assert Run.objects.count() == 4
