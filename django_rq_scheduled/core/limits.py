@@ -49,6 +49,16 @@ further calls, so Redis is never blocked long by a large paused backlog."""
 MAX_PAUSE_REASON = 500
 """Characters of the reason given for a pause."""
 
+PLAN_AHEAD_FROM = 100
+"""Entries due at one instant from which the loop reads and plans them before it (``plan_ahead``)."""
+PLAN_AHEAD_MAX_ENTRIES = 20_000
+"""Entries one plan ahead holds at most (the rest is planned at the instant): bounds the memory a plan takes."""
+PLAN_AHEAD_MAX_LEAD = 10.0
+"""Seconds before an instant the loop starts planning its entries, at most."""
+PLAN_AHEAD_SECONDS_PER_ENTRY = 0.0004
+"""The lead before an instant per entry due at it: about twice what planning one costs on a busy 2-core machine."""
+PLAN_AHEAD_TOLERANCE = 1.0
+"""Seconds after its instant a plan made ahead may still be applied; later, the entries are planned again."""
 DEFAULT_LEASE_TTL = 5.0
 DEFAULT_BATCH_SIZE = 500
 VETTED_PAYLOADS = 100_000

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
-from . import keys, scripts
+from . import keys, limits, scripts
 from .errors import REDIS_OUTAGE_ERRORS, REDIS_UNREACHABLE_ERRORS, LeadershipLost
 from .observer import SILENT, Observer
 from .scores import format_score
@@ -262,8 +262,11 @@ class Loop:
         now = clock.now()
         latest = now + self._longest_sleep()
         args: list[Any] = [format_score(latest), math.ceil((latest - now) * 1000) + 1000]
-        earliest = self._arm_script(keys=list(keys.WAKEUP_KEYS), args=args if after is None else [*args, repr(after)])
-        wake_at = min(latest, float(earliest)) if earliest is not None else latest
+        armed = self._arm_script(keys=list(keys.WAKEUP_KEYS), args=args if after is None else [*args, repr(after)])
+        wake_at = latest
+        if armed:
+            earliest, together = float(armed[0]), int(armed[1])
+            wake_at = min(latest, self._plan_ahead(earliest, together, now))
         if self._next_retry_due is not None:  # a delayed retry waiting in RQ's registry: no producer wakes us for it
             wake_at = min(wake_at, self._next_retry_due)
         wait = wake_at - clock.now()
@@ -272,6 +275,30 @@ class Loop:
             # which would make every job up to 100 ms late. The wake-up listener ends the wait early.
             self.wakeup.wait(wait)
         self.wakeup.clear()
+
+    def _plan_ahead(self, earliest: float, together: int, now: float) -> float:
+        """When to wake for the entries due at ``earliest``: at that instant, once they are planned (``plan_ahead``)
+        if many fire together and it is close; before it, early enough to plan them, if it is not yet close."""
+        mover = self.scheduler.mover
+        if together < limits.PLAN_AHEAD_FROM or earliest <= now:
+            return earliest
+        if mover.prepared is not None and mover.prepared.at == earliest:
+            return earliest  # woken early by a producer: the plan holds
+        lead = min(limits.PLAN_AHEAD_MAX_LEAD, together * limits.PLAN_AHEAD_SECONDS_PER_ENTRY)
+        if earliest - now > lead:
+            return earliest - lead
+        self.idle.clear()
+        try:
+            planned = mover.prepare(earliest)
+            logger.debug('Planned %d of the %d jobs due at %s ahead', planned, together, format_score(earliest))
+        except REDIS_UNREACHABLE_ERRORS:
+            raise
+        except Exception:  # only a head start: the pass at the instant plans whatever was not planned ahead
+            mover.prepared = None
+            logger.warning('Could not plan the jobs due at %s ahead; planning them when due', earliest, exc_info=True)
+        finally:
+            self.idle.set()
+        return earliest
 
     def _listen_for_wakeups(self) -> None:
         """Runs in a thread while the loop runs: turns a producer's push on the wake-up list into an event."""

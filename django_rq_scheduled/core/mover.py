@@ -21,7 +21,7 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import buffers, keys, occurrence_copy, overlap, retries, scripts
+from . import buffers, keys, occurrence_copy, overlap, plan_ahead, retries, scripts
 from .clock import ServerClock
 from .due_reads import READ_DUE_KEYS, DueRead, DueReader, whole_compact_templates
 from .errors import LeadershipLost
@@ -35,13 +35,13 @@ from .pending import PendingReplies
 from .policy_moves import FINISHED, POSTPONED
 from .queues import Queues
 from .scores import guard_score
+from .scripts import MOVE_KEYS
 
 if TYPE_CHECKING:
     from .fast_moves import FastPass
 
 logger = logging.getLogger(__name__)
 
-MOVE_KEYS = (keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY)
 Pairs = list[tuple[Any, Any]]
 Fields = list[dict[bytes, bytes]]
 
@@ -151,6 +151,8 @@ class Mover:
         self._waits = False  # whether this pass's reads saw a buffered occurrence waiting (overlap buffer_one)
         self.fast: FastPass | None = None
         """Moves the marked one-offs of our API first, whole in Redis (``fast_moves``); None: none are trusted."""
+        self.prepared: plan_ahead.Prepared | None = None
+        """Occurrences of a coming instant planned ahead (``plan_ahead``): the first pass at that instant sends them."""
 
     def move_due_jobs(self) -> MoveReport:
         """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call.
@@ -162,12 +164,30 @@ class Mover:
         """
         report = MoveReport()
         self._waits = False
+        self._apply_prepared(report)
         if self.fast is not None:
             self.fast.run(report)
         self._move_due_batches(report)
         if self._waits:  # after the due moves, which see an ended wait as well (and would not enqueue twice)
             self.release_buffered(self.clock.now(), report)
         return report
+
+    def prepare(self, at: float) -> int:
+        """Reads, plans and packs ahead the occurrences due at ``at`` (``plan_ahead``), for the first pass from ``at``
+        on to send; returns how many it planned. Entries it cannot plan safely this early are left for that pass."""
+        self.prepared = None
+        self.prepared = plan_ahead.prepare(self, at)
+        return 0 if self.prepared is None else self.prepared.entries
+
+    def _apply_prepared(self, report: MoveReport) -> None:
+        prepared, self.prepared = self.prepared, None
+        if prepared is None:
+            return
+        now = self.clock.now()
+        if prepared.applies_at(now, self.lease.token):
+            plan_ahead.send(self, prepared, now, report)
+        elif now < prepared.at:
+            self.prepared = prepared  # woken early (a producer's job): it waits for its instant
 
     def _move_due_batches(self, report: MoveReport) -> None:
         now = report.read_at = self.clock.now()
@@ -238,12 +258,12 @@ class Mover:
             report.paused += read.stepped_over
         return read.pairs, read.fields
 
-    def planner(self, now: float) -> Planner:
+    def planner(self, now: float, enqueued_at: str | None = None) -> Planner:
         return Planner(
             now=now,
             copy_in_redis=bool(self._copies),
             vetted=self._vetted(),
-            enqueued_at=utcformat(datetime.fromtimestamp(now, tz=timezone.utc)),
+            enqueued_at=enqueued_at or utcformat(datetime.fromtimestamp(now, tz=timezone.utc)),
             serializer=self.serializer,
             queue_info=self.queues.info,
             default_timezone=self.timezone,
@@ -264,9 +284,9 @@ class Mover:
         vet = None if self.refusal is None else self.planner(now).payload_refusal
         return retries.release_due(self.connection, self.lease, now=now, vet=vet)
 
-    def plan_batch(self, pairs: Pairs, fields: Fields | None, now: float) -> Batch:
+    def plan_batch(self, pairs: Pairs, fields: Fields | None, now: float, *, enqueued_at: str | None = None) -> Batch:
         """Decodes the due members, reads what their moves also need (whole templates, previous runs), plans."""
-        planner = self.planner(now)
+        planner = self.planner(now, enqueued_at)
         members = [(member_text(m), float(s)) for m, s in pairs]
         raws = fields if fields is not None else self._fetch_planning_fields([member for member, _ in members])
         raws = whole_compact_templates(self.connection, [member for member, _ in members], raws)

@@ -10,16 +10,17 @@ import redis
 class PendingReplies:
     """Commands written to one connection of the pool, their replies not read yet: the caller works meanwhile."""
 
-    def __init__(self, pool: redis.ConnectionPool, commands: list[tuple[Any, ...]]) -> None:
+    def __init__(
+        self, pool: redis.ConnectionPool, commands: list[tuple[Any, ...]], *, packed: list[bytes] | None = None
+    ) -> None:
+        """Sends ``commands``; or, given ``packed`` (their bytes, from ``pack``), sends those bytes as they are."""
         self.pool = pool
         self.count = len(commands)
+        self.connection = connection_of(pool)
         try:
-            self.connection = pool.get_connection()
-        except TypeError:  # redis-py before 5.3 wants the command name
-            self.connection = pool.get_connection('EVALSHA')  # type: ignore[call-arg,unused-ignore]
-        try:
-            packed = self.connection.pack_commands(commands)  # type: ignore[no-untyped-call]
-            self.connection.send_packed_command(packed)  # type: ignore[no-untyped-call]
+            if packed is None:
+                packed = self.connection.pack_commands(commands)
+            self.connection.send_packed_command(packed)
         except BaseException:
             self._discard()
             raise
@@ -41,5 +42,21 @@ class PendingReplies:
 
     def _discard(self) -> None:
         # Replies may still be on their way: the connection cannot be reused.
-        self.connection.disconnect()  # type: ignore[no-untyped-call]
+        self.connection.disconnect()
         self.pool.release(self.connection)
+
+
+def connection_of(pool: redis.ConnectionPool) -> Any:
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py before 5.3 wants the command name
+        return pool.get_connection('EVALSHA')  # type: ignore[call-arg,unused-ignore]
+
+
+def pack(pool: redis.ConnectionPool, commands: list[tuple[Any, ...]]) -> list[bytes]:
+    """The bytes ``commands`` are sent as (packing costs about as much as applying the moves takes Redis)."""
+    connection = connection_of(pool)
+    try:
+        return list(connection.pack_commands(commands))
+    finally:
+        pool.release(connection)

@@ -5,6 +5,7 @@ Key names and markers come in as KEYS and ARGV, or are formatted into the source
 
 from __future__ import annotations
 
+from . import keys
 from .keys import BUFFERED_KEY, DONE_PREFIX, OUTCOMES_KEY, PAUSE_ALL, RUN_ENDED_PREFIX, WAKEUP_KEY
 from .overlap import EXPECT_COMMAND, REPLACE_COMMAND
 
@@ -175,12 +176,18 @@ for e = 1, tonumber(ARGV[2]) do
     copied = {}
     if still_scheduled(member, score) and not is_paused(member) then
       status = 1
-      if kind == 'H' and redis.call('EXISTS', job_prefix .. member) == 0 then
-        status = 'MISSING ' .. job_prefix .. member .. ' was deleted before it was moved'
+      local own, first = job_prefix .. member, cmds[1]
+      -- An expectation met on the member's own hash (a field holding a value) proves it exists and is a hash.
+      local vouched = first and first[1] == 'EXPECT_COMMAND' and first[2] == own and first[4] ~= ''
+        and redis.pcall('HGET', own, first[3]) == first[4]
+      if vouched then checked[own] = 'hash' end
+      if kind == 'H' and not vouched and redis.call('EXISTS', own) == 0 then
+        status = 'MISSING ' .. own .. ' was deleted before it was moved'
       end
-      for _, cmd in ipairs(cmds) do
+      for c, cmd in ipairs(cmds) do
         local want = expected_type[cmd[1]]
-        if cmd[1] == 'EXPECT_COMMAND' and status == 1 and redis.pcall('HGET', cmd[2], cmd[3]) ~= cmd[4] then
+        if cmd[1] == 'EXPECT_COMMAND' and status == 1 and not (vouched and c == 1)
+          and redis.pcall('HGET', cmd[2], cmd[3]) ~= cmd[4] then
           status = 0
         end
         if want then
@@ -200,10 +207,12 @@ for e = 1, tonumber(ARGV[2]) do
           replace_run(unpack(cmd, 2))
         elseif cmd[1] == 'COPY_COMMAND' then
           copy_template(cmd[2], cmd[3])
+        elseif cmd[1] == 'SADD' and cmd[2] == queues_key then
+          if not registered[cmd[3]] then redis.call('SADD', queues_key, cmd[3]) end
+          registered[cmd[3]] = true
         elseif cmd[1] ~= 'EXPECT_COMMAND' then
           redis.call(unpack(cmd))
         end
-        if cmd[1] == 'SADD' and cmd[2] == queues_key then registered[cmd[3]] = true end
       end
     end
   end
@@ -214,6 +223,8 @@ return results
     .replace('EXPECT_COMMAND', EXPECT_COMMAND)
     .replace('{PAUSE_ALL}', PAUSE_ALL)
 )
+MOVE_KEYS = (keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY)
+
 
 # Reads one batch of due jobs and the hash fields their moves are planned from, in one round trip.
 # KEYS: schedule, buffered runs, pause. ARGV: job key prefix, latest due score, offset (due members to skip), batch
@@ -366,9 +377,10 @@ if removed > 0 then redis.call('DEL', KEYS[2]) end
 return removed > 0 and 1 or 0
 """
 
-# Arms the wake-up: returns the earliest score (or false) and records when the leader will look next.
-# KEYS: schedule, next wake-up, wake-up list. ARGV: latest wake-up time (epoch s), expiry ms, and optionally a
-# time up to which entries are left out (the due entries of paused queues, which must not wake the loop at once).
+# Arms the wake-up: returns the earliest score and how many entries share it (or false), and records when the
+# leader will look next. KEYS: schedule, next wake-up, wake-up list. ARGV: latest wake-up time (epoch s), expiry ms,
+# and optionally a time up to which entries are left out (the due entries of paused queues, which must not wake the
+# loop at once).
 ARM_WAKEUP = """
 local first
 if ARGV[3] then
@@ -380,7 +392,8 @@ local wake = tonumber(ARGV[1])
 if first[2] and tonumber(first[2]) < wake then wake = tonumber(first[2]) end
 redis.call('SET', KEYS[2], tostring(wake), 'PX', ARGV[2])
 redis.call('DEL', KEYS[3])
-return first[2] or false
+if not first[2] then return false end
+return {first[2], redis.call('ZCOUNT', KEYS[1], first[2], first[2])}
 """
 
 # Renews the lease if we still own it. KEYS: lock. ARGV: token, ttl ms. Returns 1 if renewed.

@@ -1,0 +1,168 @@
+"""Planning ahead: the occurrences many templates fire together (``0 * * * *``) are read and planned before their
+instant, so at the instant only their move calls go out.
+
+The loop sees, as it arms its wake-up, how many entries share the earliest due score. From ``limits.PLAN_AHEAD_FROM``
+of them on, it wakes early enough to read and plan them with that score as "now" (``Mover.prepare``), sleeps until
+the server's clock reaches it, and the next pass sends the planned batches first, pipelined (``Mover.move_due_jobs``).
+
+What keeps a plan made early exactly as safe as one made at the instant:
+
+- every move is guarded, in the move script, on the entry's exact score (a cancel or a reschedule since leaves it
+  alone), on the lease token (a deposed leader moves nothing) and on the pause as it stands when it is applied;
+- an entry is kept only if the script can also tell its template unchanged since it was read: a copy of a
+  ``Scheduler`` API template checks the digest of its planning fields, and a row's compact template its version
+  (``~v``, a digest of the whole definition), with an expectation added here. Anything else is planned at the
+  instant, as before, and so is an entry whose plan reads its previous run (overlap ``skip``, ``buffer_one``,
+  ``cancel_other``: that run may end meanwhile) or that needs RQ's own enqueue (dependencies);
+- an entry not applied (changed, paused) stays due and the pass that follows plans it again;
+- a plan is applied only from its instant until ``limits.PLAN_AHEAD_TOLERANCE`` after it (never more than the
+  smallest misfire grace among its entries): a loop that wakes later plans again, with the real "now";
+- the run's ``enqueued_at`` is stamped when the batch is sent, not when it was planned.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from redis.exceptions import NoScriptError, RedisError
+from rq.utils import utcformat
+
+from . import compact, keys, limits, occurrence_copy, overlap
+from .errors import LeadershipLost
+from .pending import PendingReplies, pack
+from .scripts import MOVE_KEYS
+
+VERSION_FIELD = compact.OURS_PREFIX + compact.OURS_NAMES['version']
+KIND_KEYS = ('cron_string', 'interval')
+"""The keys of a template's meta that tell its kind (``observer.kind_of``)."""
+
+
+@dataclass
+class Prepared:
+    """Batches planned ahead of the instant ``at``, by the leader holding ``token``."""
+
+    at: float
+    token: str
+    batches: list[Any] = field(default_factory=list)
+    tolerance: float = limits.PLAN_AHEAD_TOLERANCE
+    """Seconds after ``at`` the plan may still be applied."""
+    packed: list[bytes] = field(default_factory=list)
+    """The move call of each batch, as sent, ``placeholder`` where its runs' ``enqueued_at`` goes."""
+    placeholder: str = field(default='', init=False)
+    """Planned as the runs' ``enqueued_at``, replaced by the instant they are sent at: as long as a stamp, and no
+    job's data can hold it (a NUL, then random digits drawn after the data was read)."""
+
+    def __post_init__(self) -> None:
+        length = len(utcformat(datetime.fromtimestamp(self.at, tz=timezone.utc)))
+        self.placeholder = ('\x00' + secrets.token_hex(length))[:length]
+
+    def stamped(self, stamp: str) -> list[bytes] | None:
+        """The move calls with ``stamp`` as their ``enqueued_at``; None if it is not as long as the placeholder."""
+        if len(stamp) != len(self.placeholder):
+            return None
+        placeholder, stamp_bytes = self.placeholder.encode(), stamp.encode()
+        return [calls.replace(placeholder, stamp_bytes) for calls in self.packed]
+
+    @property
+    def entries(self) -> int:
+        return sum(len(batch.entries) for batch in self.batches)
+
+    def applies_at(self, now: float, token: str) -> bool:
+        return token == self.token and self.at <= now <= self.at + self.tolerance
+
+
+def guarded(item: Any, entry: Any) -> bool:
+    """Whether ``entry`` may be planned ahead, given the guard that tells its template unchanged when applied (added
+    here if it needs one); ``item``: the parsed template it was planned from."""
+    from .moves import ENQUEUED, Parsed
+
+    if not isinstance(item, Parsed) or not item.is_our_template or entry.slow_path or entry.one_off is not None:
+        return False
+    if item.previous_run_to_check is not None or entry.outcome != ENQUEUED or not entry.enqueued_id:
+        return False
+    if any(command[0] == occurrence_copy.COPY_COMMAND for command in entry.commands):
+        return True
+    version = item.raw.get(VERSION_FIELD.encode())
+    if item.compact and version:
+        entry.commands.insert(0, (overlap.EXPECT_COMMAND, keys.job_key(item.member), VERSION_FIELD, version))
+        return True
+    return False
+
+
+def tolerance_of(items: Iterable[Any]) -> float:
+    """The longest a plan of these templates may wait to be applied: no more than any one's misfire grace."""
+    graces = [item.ours.get('misfire_grace') for item in items]
+    return min([limits.PLAN_AHEAD_TOLERANCE, *(float(grace) for grace in graces if grace is not None)])
+
+
+def prepare(mover: Any, at: float) -> Prepared | None:
+    """Reads, plans and packs the moves of the occurrences due at ``at`` that can be planned this early, batch by
+    batch as the mover reads them (entries of paused queues stepped over); None if there are none."""
+    prepared = Prepared(at, mover.lease.token)
+    offset = planned = 0
+    while planned < limits.PLAN_AHEAD_MAX_ENTRIES and not mover.stop.is_set():
+        read = mover.reader.read(at, offset, mover.batch_size)
+        if not read.pairs and not read.more:
+            break
+        offset += len(read.pairs) + max(read.stepped_over, 0)
+        planned += len(read.pairs)
+        batch = mover.plan_batch(read.pairs, read.fields, at, enqueued_at=prepared.placeholder)
+        kept = [(item, entry) for item, entry in zip(batch.decoded, batch.entries) if guarded(item, entry)]
+        if kept:
+            decoded, entries = (list(column) for column in zip(*kept))
+            prepared.batches.append(replace(batch, decoded=decoded, entries=entries))
+            prepared.tolerance = min(prepared.tolerance, tolerance_of(decoded))
+        if len(read.pairs) < mover.batch_size and not read.more:
+            break
+    if not prepared.batches:
+        return None
+    prepared.packed = _packed_moves(mover, prepared.batches)
+    for batch in prepared.batches:
+        _keep_only_what_the_reply_needs(batch)
+    return prepared
+
+
+def _packed_moves(mover: Any, batches: list[Any]) -> list[bytes]:
+    """The fenced move call of each batch, as the bytes sent (packing costs about what Redis's move does)."""
+    mover._load_scripts_once()
+    header = ('EVALSHA', mover._move_script.sha, len(MOVE_KEYS), *MOVE_KEYS)
+    pool = mover.connection.connection_pool
+    return [b''.join(pack(pool, [(*header, *mover._move_argv(b.planner, b.entries, fenced=True))])) for b in batches]
+
+
+def _keep_only_what_the_reply_needs(batch: Any) -> None:
+    # A plan of 20,000 occurrences would hold their whole templates and writes until the instant: once packed, only
+    # what reading the replies needs stays (an entry's outcome, a run's queue and kind for the observer).
+    for item, entry in zip(batch.decoded, batch.entries):
+        entry.commands = []
+        item.raw = {b'origin': item.raw.get(b'origin', b'')}
+        item.meta = {name: item.meta[name] for name in KIND_KEYS if name in item.meta}
+        item.ours = {}
+
+
+def send(mover: Any, prepared: Prepared, now: float, report: Any) -> None:
+    """Sends the planned moves, stamped ``now``, in one write; then reports how each batch went, the first error
+    (a lost lease, Redis refusing writes) raised once every batch's outcome is known."""
+    stamp = utcformat(datetime.fromtimestamp(now, tz=timezone.utc))
+    packed = prepared.stamped(stamp)
+    if packed is None:
+        return  # a stamp of another length than the placeholder: the pass plans them again
+    pool = mover.connection.connection_pool
+    replies = PendingReplies(pool, [()] * len(packed), packed=packed).wait()
+    failed: Exception | None = None
+    for batch, reply, calls in zip(prepared.batches, replies, packed):
+        batch.planner.enqueued_at = stamp
+        try:
+            if isinstance(reply, NoScriptError):  # Redis restarted since the plan: loaded again, sent again
+                mover._scripts_missing = True
+                mover._load_scripts_once()
+                [reply] = PendingReplies(pool, [()], packed=[calls]).wait()
+            mover._finish_batch(batch, reply, report, fenced=True)
+        except (RedisError, LeadershipLost) as exc:
+            failed = failed or exc
+    if failed is not None:
+        raise failed
