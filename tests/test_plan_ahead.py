@@ -96,6 +96,25 @@ def test_the_plans_placeholder_never_reaches_redis(connection, leader, mover):
             assert not any(placeholder in value for value in connection.lrange(key, 0, -1)), key
 
 
+def test_planning_stops_at_the_instant_and_the_pass_plans_the_rest(connection, leader, mover):
+    at = rows_due_together()
+    mover.batch_size = 5
+    wait_for(at)  # the instant came while the loop planned (here: before it began)
+    assert mover.prepare(at) == 5
+    report = leader.scheduler.move_due_jobs()
+    assert len(report.enqueued) == len(set(report.enqueued)) == ROWS == len(runs(connection))
+
+
+def test_a_burst_of_one_offs_is_not_planned_ahead(connection, leader, mover):
+    at = datetime.fromtimestamp(round(time.time() + LEAD, 3), UTC)
+    for index in range(30):
+        leader.scheduler.enqueue_at(at, tasks.add, index, 1)
+    mover.batch_size = 5
+    assert mover.prepare(at.timestamp()) == 0 and mover.prepared is None
+    wait_for(at.timestamp())
+    assert len(leader.scheduler.move_due_jobs().enqueued) == 30
+
+
 def test_a_loop_woken_before_the_instant_keeps_the_plan_for_it(connection, leader, mover):
     at = rows_due_together()
     mover.prepare(at)
@@ -196,6 +215,19 @@ def test_a_deposed_leader_sends_nothing_it_planned(connection, leader, mover):
     with pytest.raises(LeadershipLost):
         leader.scheduler.move_due_jobs()
     assert runs(connection) == [] and connection.zcount(keys.SCHEDULED_JOBS_KEY, at, at) == ROWS
+
+
+def test_a_lease_lost_while_planning_ends_the_plan_and_the_loop_hears_it(connection, loop, leader, monkeypatch):
+    monkeypatch.setattr(limits, 'PLAN_AHEAD_FROM', ROWS)
+    monkeypatch.setattr(limits, 'PLAN_AHEAD_SECONDS_PER_ENTRY', 1.0)
+    at = rows_due_together()
+    mover = leader.scheduler.mover
+    mover.batch_size = 5  # planning goes on batch after batch, renewing the lease between them
+    connection.set(keys.LOCK_KEY, 'someone else', px=60_000)
+    mover.lease._renewed_at = 0.0  # a renewal is due
+    with pytest.raises(LeadershipLost):
+        loop._plan_ahead(at, ROWS, time.time())
+    assert mover.prepared is None and not leader.scheduler.lease.held
 
 
 def test_a_plan_made_under_an_earlier_lease_is_dropped_and_the_pass_plans_again(connection, leader, mover):

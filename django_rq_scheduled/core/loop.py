@@ -291,6 +291,8 @@ class Loop:
         try:
             planned = mover.prepare(earliest)
             logger.debug('Planned %d of the %d jobs due at %s ahead', planned, together, format_score(earliest))
+        except LeadershipLost:
+            raise
         except REDIS_UNREACHABLE_ERRORS:
             raise
         except Exception:  # only a head start: the pass at the instant plans whatever was not planned ahead

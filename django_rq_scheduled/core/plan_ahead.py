@@ -33,6 +33,7 @@ from rq.utils import utcformat
 
 from . import compact, keys, limits, occurrence_copy, overlap
 from .errors import LeadershipLost
+from .moves import ENQUEUED, Parsed
 from .pending import PendingReplies, pack
 from .scripts import MOVE_KEYS
 
@@ -54,7 +55,7 @@ class Prepared:
     """The move call of each batch, as sent, ``placeholder`` where its runs' ``enqueued_at`` goes."""
     placeholder: str = field(default='', init=False)
     """Planned as the runs' ``enqueued_at``, replaced by the instant they are sent at: as long as a stamp, and no
-    job's data can hold it (a NUL, then random digits drawn after the data was read)."""
+    job's data can hold it (a NUL, then random digits no one outside this process has seen)."""
 
     def __post_init__(self) -> None:
         length = len(utcformat(datetime.fromtimestamp(self.at, tz=timezone.utc)))
@@ -78,8 +79,6 @@ class Prepared:
 def guarded(item: Any, entry: Any) -> bool:
     """Whether ``entry`` may be planned ahead, given the guard that tells its template unchanged when applied (added
     here if it needs one); ``item``: the parsed template it was planned from."""
-    from .moves import ENQUEUED, Parsed
-
     if not isinstance(item, Parsed) or not item.is_our_template or entry.slow_path or entry.one_off is not None:
         return False
     if item.previous_run_to_check is not None or entry.outcome != ENQUEUED or not entry.enqueued_id:
@@ -91,6 +90,16 @@ def guarded(item: Any, entry: Any) -> bool:
         entry.commands.insert(0, (overlap.EXPECT_COMMAND, keys.job_key(item.member), VERSION_FIELD, version))
         return True
     return False
+
+
+def may_be_our_template(fields: dict[bytes, bytes]) -> bool:
+    """From a due entry's planning fields, cheaply: whether it may be a periodic template of ours (only those are
+    planned ahead; a false yes costs a plan, a false no a head start)."""
+    kind = fields.get(compact.MARKER)
+    if kind is not None:
+        return b'interval' in kind or b'cron' in kind
+    meta = fields.get(b'meta') or b''
+    return b'interval' in meta or b'cron_string' in meta
 
 
 def tolerance_of(items: Iterable[Any]) -> float:
@@ -110,14 +119,19 @@ def prepare(mover: Any, at: float) -> Prepared | None:
             break
         offset += len(read.pairs) + max(read.stepped_over, 0)
         planned += len(read.pairs)
-        batch = mover.plan_batch(read.pairs, read.fields, at, enqueued_at=prepared.placeholder)
+        chosen = [index for index, fields in enumerate(read.fields) if may_be_our_template(fields)]
+        if read.pairs and not chosen:
+            break  # a burst of one-offs (their moves need no planning ahead): not worth reading further
+        pairs, fields = [read.pairs[index] for index in chosen], [read.fields[index] for index in chosen]
+        batch = mover.plan_batch(pairs, fields, at, enqueued_at=prepared.placeholder)
         kept = [(item, entry) for item, entry in zip(batch.decoded, batch.entries) if guarded(item, entry)]
         if kept:
             decoded, entries = (list(column) for column in zip(*kept))
             prepared.batches.append(replace(batch, decoded=decoded, entries=entries))
             prepared.tolerance = min(prepared.tolerance, tolerance_of(decoded))
-        if len(read.pairs) < mover.batch_size and not read.more:
-            break
+        if (len(read.pairs) < mover.batch_size and not read.more) or mover.clock.now() >= at:
+            break  # all read, or the instant is here: what is planned goes now, the pass at the instant plans the rest
+        mover.lease.renew_if_due()  # planning many takes seconds: LeadershipLost if the lease went meanwhile
     if not prepared.batches:
         return None
     prepared.packed = _packed_moves(mover, prepared.batches)
