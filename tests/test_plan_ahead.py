@@ -230,13 +230,18 @@ def test_a_lease_lost_while_planning_ends_the_plan_and_the_loop_hears_it(connect
     assert mover.prepared is None and not leader.scheduler.lease.held
 
 
-def test_a_plan_made_under_an_earlier_lease_is_dropped_and_the_pass_plans_again(connection, leader, mover):
+def test_a_plan_outlived_by_another_leaders_moves_moves_nothing_again(connection, leader, mover):
     at = rows_due_together()
     mover.prepare(at)
     leader.scheduler.remove_lock()
-    assert leader.scheduler.acquire_lock()  # a new lease, a new token: what was planned under the old one goes
+    other = Scheduler(queue_name='default', lease_ttl=600, name='the other leader')
+    assert other.acquire_lock()
     wait_for(at)
-    assert len(leader.scheduler.move_due_jobs().enqueued) == ROWS == len(set(runs(connection)))
+    assert len(other.move_due_jobs().enqueued) == ROWS  # the other leader moved them at their instant
+    other.remove_lock()
+    assert leader.scheduler.acquire_lock()  # leading again, with the plan it made before
+    assert leader.scheduler.move_due_jobs().enqueued == []  # every entry's score has moved on: nothing again
+    assert len(runs(connection)) == len(set(runs(connection))) == ROWS
 
 
 def test_a_script_cache_flushed_after_the_plan_moves_each_once(connection, leader, mover):
