@@ -25,6 +25,11 @@ class PendingReplies:
             self._discard()
             raise
 
+    @classmethod
+    def of_packed(cls, pool: redis.ConnectionPool, packed: list[bytes]) -> PendingReplies:
+        """Sends commands already packed (``pack``), one command in each of ``packed``."""
+        return cls(pool, [()] * len(packed), packed=packed)
+
     def wait(self) -> list[Any]:
         """Every reply, in order; an error reply is returned as its exception, not raised."""
         replies: list[Any] = []

@@ -166,7 +166,7 @@ def send(mover: Any, prepared: Prepared, now: float, report: Any) -> None:
     if packed is None:
         return  # a stamp of another length than the placeholder: the pass plans them again
     pool = mover.connection.connection_pool
-    replies = PendingReplies(pool, [()] * len(packed), packed=packed).wait()
+    replies = PendingReplies.of_packed(pool, packed).wait()
     failed: Exception | None = None
     for batch, reply, calls in zip(prepared.batches, replies, packed):
         batch.planner.enqueued_at = stamp
@@ -174,7 +174,7 @@ def send(mover: Any, prepared: Prepared, now: float, report: Any) -> None:
             if isinstance(reply, NoScriptError):  # Redis restarted since the plan: loaded again, sent again
                 mover._scripts_missing = True
                 mover._load_scripts_once()
-                [reply] = PendingReplies(pool, [()], packed=[calls]).wait()
+                [reply] = PendingReplies.of_packed(pool, [calls]).wait()
             mover._finish_batch(batch, reply, report, fenced=True)
         except (RedisError, LeadershipLost) as exc:
             failed = failed or exc
