@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+import redis
 from rq.job import Job
 
 from django_rq_scheduled import Scheduler
@@ -252,6 +253,22 @@ def test_a_script_cache_flushed_after_the_plan_moves_each_once(connection, leade
     assert len(leader.scheduler.move_due_jobs().enqueued) == ROWS == len(set(runs(connection)))
     for run in runs(connection):
         assert b'\x00' not in connection.hget(keys.job_key(run), 'enqueued_at')
+
+
+def test_redis_out_of_memory_at_the_instant_writes_nothing_and_the_next_pass_moves_each_once(connection, leader, mover):
+    at = rows_due_together()
+    mover.prepare(at)
+    used = connection.info('memory')['used_memory']
+    connection.config_set('maxmemory-policy', 'noeviction')
+    connection.config_set('maxmemory', max(1, used // 2))
+    wait_for(at)
+    try:
+        with pytest.raises(redis.ResponseError, match=r'OOM|maxmemory'):
+            leader.scheduler.move_due_jobs()
+        assert runs(connection) == [] and connection.zcount(keys.SCHEDULED_JOBS_KEY, at, at) == ROWS
+    finally:
+        connection.config_set('maxmemory', 0)
+    assert len(leader.scheduler.move_due_jobs().enqueued) == ROWS == len(set(runs(connection)))
 
 
 def test_templates_reading_their_previous_run_are_planned_at_the_instant(connection, leader, mover):
