@@ -50,6 +50,8 @@ _TEXTS = ('kind', 'version', 'owner', 'overlap', 'timezone', 'last_run_id', 'cat
 SYNC_FIELDS = tuple(OURS_PREFIX + OURS_NAMES[name] for name in ('kind', 'runs', 'last_fire_time', 'slot', 'slot_due'))
 """The fields sync reads of a stored template (``sync._decide``: runs, whether it began, a waiting slot)."""
 BUFFERED_FIELD = f'{OURS_PREFIX}{OURS_NAMES["buffered"]}'
+VERSION_FIELD = f'{OURS_PREFIX}{OURS_NAMES["version"]}'
+"""A digest of the whole definition: a move planned from one version checks it still holds (``plan_ahead``)."""
 CALLBACK_FIELDS = {
     f'{event}_callback_{part}': value
     for event in ('success', 'failure', 'stopped')

@@ -21,7 +21,7 @@ from rq.job import Job
 from rq.serializers import Serializer
 from rq.utils import utcformat
 
-from . import buffers, keys, occurrence_copy, overlap, plan_ahead, retries, scripts
+from . import buffers, keys, move_script, occurrence_copy, overlap, plan_ahead, retries, scripts
 from .clock import ServerClock
 from .due_reads import READ_DUE_KEYS, DueRead, DueReader, whole_compact_templates
 from .errors import LeadershipLost
@@ -35,7 +35,6 @@ from .pending import PendingReplies
 from .policy_moves import FINISHED, POSTPONED
 from .queues import Queues
 from .scores import guard_score
-from .scripts import MOVE_KEYS
 
 if TYPE_CHECKING:
     from .fast_moves import FastPass
@@ -354,7 +353,7 @@ class Mover:
         read = self.reader.args(now, offset, self.batch_size)
         self._load_scripts_once()
         commands = [
-            ('EVALSHA', self._move_script.sha, len(MOVE_KEYS), *MOVE_KEYS, *move),
+            ('EVALSHA', self._move_script.sha, len(move_script.MOVE_KEYS), *move_script.MOVE_KEYS, *move),
             ('EVALSHA', self._read_due_script.sha, len(READ_DUE_KEYS), *READ_DUE_KEYS, *read),
         ]
         return PendingReplies(self.connection.connection_pool, commands)
@@ -384,20 +383,12 @@ class Mover:
             self._scripts_missing = False
 
     def _move_argv(self, planner: Planner, entries: list[Entry], *, fenced: bool) -> list[Any]:
-        header = [self.lease.token if fenced else '', len(entries), planner.enqueued_at]
-        argv: list[Any] = [*header, self.job_class.redis_job_namespace_prefix, keys.QUEUES_SET_KEY]
-        for entry in entries:
-            if entry.one_off:
-                argv += [entry.member, entry.score, 'O', *entry.one_off]
-                continue
-            argv += [entry.member, entry.score, 'H' if entry.requires_hash else 'G', len(entry.commands)]
-            for command in entry.commands:
-                argv += [len(command), *command]
-        return argv
+        token = self.lease.token if fenced else ''
+        return move_script.argv(token, planner.enqueued_at, self.job_class.redis_job_namespace_prefix, entries)
 
     def _call_move(self, argv: list[Any]) -> list[Any]:
         try:
-            results: list[Any] = self._move_script(keys=MOVE_KEYS, args=argv)
+            results: list[Any] = self._move_script(keys=move_script.MOVE_KEYS, args=argv)
         except redis.ResponseError as exc:
             self._raise_move_error(exc)
         return results

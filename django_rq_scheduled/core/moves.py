@@ -2,7 +2,7 @@
 
 No Redis I/O here, and no clock but the instant it is given, so every rule (one-off, rq-scheduler template, our
 templates, misfire, overlap, repeat, dead letters) is testable without Redis. The mover reads what planning needs
-and sends the writes of a whole batch to Redis in one fenced Lua call (``scripts.MOVE``).
+and sends the writes of a whole batch to Redis in one fenced Lua call (``move_script.MOVE``).
 """
 
 from __future__ import annotations

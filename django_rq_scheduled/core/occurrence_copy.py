@@ -18,7 +18,7 @@ from typing import Any
 from redis import Redis
 from redis.exceptions import ResponseError
 
-from . import compact, retries, scripts, vetting
+from . import compact, move_script, retries, vetting
 
 PLANNING_FIELDS = (
     b'origin', b'meta', b'data', b'enqueue_at_front', b'ttl', b'timeout', b'status',
@@ -35,7 +35,7 @@ RUN_STATE_FIELDS = frozenset(
 """Fields of a template hash that describe one run, not the job: a fresh occurrence does not inherit them."""
 NOT_INHERITED = RUN_STATE_FIELDS | retries.HASH_FIELDS  # retries: from the policy, whole for each run
 COPY_COMMAND = 'DRQS_COPY_TEMPLATE'
-"""A step of ``scripts.MOVE`` (not a Redis command): template key, occurrence key, digest of the planning fields.
+"""A step of ``move_script.MOVE`` (not a Redis command): template key, occurrence key, digest of the planning fields.
 Checked before any write of its entry (0 if the digest differs); applied as HGETALL of the template and HSETs of
 the inherited fields into the occurrence."""
 PROBE = 'return redis.sha1hex and 1 or 0'
@@ -69,8 +69,8 @@ def _lua_strings(names: Any) -> str:
 
 
 MOVE = (
-    scripts.MOVE.replace('{COPY_PLANNING}', _lua_strings(PLANNING_FIELDS))
+    move_script.MOVE.replace('{COPY_PLANNING}', _lua_strings(PLANNING_FIELDS))
     .replace('{COPY_SKIPPED}', _lua_strings(sorted(NOT_INHERITED)))
     .replace('COPY_COMMAND', COPY_COMMAND)
 )
-"""``scripts.MOVE`` with the field lists of a copy formatted in: the script the mover runs."""
+"""``move_script.MOVE`` with the field lists of a copy formatted in: the script the mover runs."""

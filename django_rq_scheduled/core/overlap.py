@@ -37,11 +37,11 @@ WAITING_REASON = 'overlap: one run already waiting'
 REPLACED_REASON = 'overlap: replaced by a newer run'
 
 REPLACE_COMMAND = 'DRQS_REPLACE_RUN'
-"""A step of ``scripts.MOVE`` (not a Redis command): cancel the run if it still waits in its queue, else stop it if
+"""A step of ``move_script.MOVE`` (not a Redis command): cancel the run if it still waits in its queue, else stop it if
 a worker runs it, else nothing (it ended meanwhile)."""
 
 EXPECT_COMMAND = 'DRQS_EXPECT'
-"""A condition of ``scripts.MOVE`` (not a Redis command): the entry is applied only if a hash field still holds a
+"""A condition of ``move_script.MOVE`` (not a Redis command): the entry is applied only if a hash field still holds a
 value. A release is not moved by the score it is guarded on (a template's next slot, which an edit may keep), so it
 also expects the template's meta as it read it: an edit written since is never overwritten."""
 
@@ -98,7 +98,7 @@ def canceled_record(
 
 
 def replace_command(queue_key: str, run_id: str, canceled_record: str) -> tuple[Any, ...]:
-    """The move step that ends the previous run for ``cancel_other`` (see ``scripts.MOVE``)."""
+    """The move step that ends the previous run for ``cancel_other`` (see ``move_script.MOVE``)."""
     stop = json.dumps({'command': 'stop-job', 'job_id': run_id})  # as rq.command.send_stop_job_command sends it
     return (
         REPLACE_COMMAND, queue_key, keys.job_key(run_id), run_id, keys.RUNS_KEY, canceled_record,

@@ -33,11 +33,10 @@ from rq.utils import utcformat
 
 from . import compact, keys, limits, occurrence_copy, overlap
 from .errors import LeadershipLost
+from .move_script import MOVE_KEYS
 from .moves import ENQUEUED, Parsed
 from .pending import PendingReplies, pack
-from .scripts import MOVE_KEYS
 
-VERSION_FIELD = compact.OURS_PREFIX + compact.OURS_NAMES['version']
 KIND_KEYS = ('cron_string', 'interval')
 """The keys of a template's meta that tell its kind (``observer.kind_of``)."""
 
@@ -85,9 +84,9 @@ def guarded(item: Any, entry: Any) -> bool:
         return False
     if any(command[0] == occurrence_copy.COPY_COMMAND for command in entry.commands):
         return True
-    version = item.raw.get(VERSION_FIELD.encode())
+    version = item.raw.get(compact.VERSION_FIELD.encode())
     if item.compact and version:
-        entry.commands.insert(0, (overlap.EXPECT_COMMAND, keys.job_key(item.member), VERSION_FIELD, version))
+        entry.commands.insert(0, (overlap.EXPECT_COMMAND, keys.job_key(item.member), compact.VERSION_FIELD, version))
         return True
     return False
 
@@ -127,25 +126,23 @@ def prepare(mover: Any, at: float) -> Prepared | None:
         kept = [(item, entry) for item, entry in zip(batch.decoded, batch.entries) if guarded(item, entry)]
         if kept:
             decoded, entries = (list(column) for column in zip(*kept))
-            prepared.batches.append(replace(batch, decoded=decoded, entries=entries))
-            prepared.tolerance = min(prepared.tolerance, tolerance_of(decoded))
+            _add_batch(mover, prepared, replace(batch, decoded=decoded, entries=entries))
         if (len(read.pairs) < mover.batch_size and not read.more) or mover.clock.now() >= at:
             break  # all read, or the instant is here: what is planned goes now, the pass at the instant plans the rest
         mover.lease.renew_if_due()  # planning many takes seconds: LeadershipLost if the lease went meanwhile
-    if not prepared.batches:
-        return None
-    prepared.packed = _packed_moves(mover, prepared.batches)
-    for batch in prepared.batches:
-        _keep_only_what_the_reply_needs(batch)
-    return prepared
+    return prepared if prepared.batches else None
 
 
-def _packed_moves(mover: Any, batches: list[Any]) -> list[bytes]:
-    """The fenced move call of each batch, as the bytes sent (packing costs about what Redis's move does)."""
+def _add_batch(mover: Any, prepared: Prepared, batch: Any) -> None:
+    """Adds a planned batch to the plan, packed as it is planned: the instant may come before the next is."""
     mover._load_scripts_once()
     header = ('EVALSHA', mover._move_script.sha, len(MOVE_KEYS), *MOVE_KEYS)
     pool = mover.connection.connection_pool
-    return [b''.join(pack(pool, [(*header, *mover._move_argv(b.planner, b.entries, fenced=True))])) for b in batches]
+    calls = (*header, *mover._move_argv(batch.planner, batch.entries, fenced=True))
+    prepared.packed.append(b''.join(pack(pool, [calls])))
+    prepared.batches.append(batch)
+    prepared.tolerance = min(prepared.tolerance, tolerance_of(batch.decoded))
+    _keep_only_what_the_reply_needs(batch)
 
 
 def _keep_only_what_the_reply_needs(batch: Any) -> None:
