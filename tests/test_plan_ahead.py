@@ -5,6 +5,7 @@ job twice, never loses one, never runs a call that was not vetted, and never lea
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -20,6 +21,7 @@ from django_rq_scheduled.core.errors import LeadershipLost
 from django_rq_scheduled.core.loop import Loop
 from django_rq_scheduled.models import RepeatableJob
 from tests import tasks
+from tests.redis_server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -269,6 +271,36 @@ def test_redis_out_of_memory_at_the_instant_writes_nothing_and_the_next_pass_mov
     finally:
         connection.config_set('maxmemory', 0)
     assert len(leader.scheduler.move_due_jobs().enqueued) == ROWS == len(set(runs(connection)))
+
+
+def test_redis_turned_read_only_at_the_instant_writes_nothing_and_once_writable_moves_each_once(
+    connection, leader, mover
+):
+    at = rows_due_together()
+    mover.prepare(at)
+    connection.replicaof('127.0.0.1', free_port())  # a failover demoted it: a replica of a primary not up yet
+    wait_for(at)
+    try:
+        with pytest.raises(redis.exceptions.ReadOnlyError):
+            leader.scheduler.move_due_jobs()
+        assert runs(connection) == [] and connection.zcount(keys.SCHEDULED_JOBS_KEY, at, at) == ROWS
+    finally:
+        connection.replicaof('NO', 'ONE')
+    assert len(leader.scheduler.move_due_jobs().enqueued) == ROWS == len(set(runs(connection)))
+    assert leader.scheduler.move_due_jobs().enqueued == []
+
+
+def test_a_connection_cut_at_the_instant_loses_and_repeats_nothing(connection, leader, mover):
+    at = rows_due_together()
+    mover.prepare(at)
+    wait_for(at)
+    connection.client_kill_filter(_type='normal', skipme=True)  # the mover's pooled connection goes with it
+    moved: list[str] = []
+    with contextlib.suppress(redis.exceptions.ConnectionError):  # the loop waits it out and passes again
+        moved += leader.scheduler.move_due_jobs().enqueued
+    moved += leader.scheduler.move_due_jobs().enqueued
+    moved += leader.scheduler.move_due_jobs().enqueued
+    assert len(moved) == len(set(moved)) == ROWS == len(set(runs(connection))) == len(runs(connection))
 
 
 def test_templates_reading_their_previous_run_are_planned_at_the_instant(connection, leader, mover):
