@@ -9,7 +9,7 @@ import contextlib
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
@@ -113,7 +113,7 @@ def test_a_burst_of_one_offs_is_not_planned_ahead(connection, leader, mover):
     for index in range(30):
         leader.scheduler.enqueue_at(at, tasks.add, index, 1)
     mover.batch_size = 5
-    assert mover.prepare(at.timestamp()) == 0 and mover.prepared is None
+    assert mover.prepare(at.timestamp()) == 0 and mover.prepared.complete and not mover.prepared.batches
     wait_for(at.timestamp())
     assert len(leader.scheduler.move_due_jobs().enqueued) == 30
 
@@ -308,7 +308,7 @@ def test_templates_reading_their_previous_run_are_planned_at_the_instant(connect
     assert mover.prepare(at) == ROWS  # a first run: no previous run to read
     wait_for(at)
     assert len(leader.scheduler.move_due_jobs().enqueued) == ROWS
-    assert mover.prepare(at + 1) == 0 and mover.prepared is None  # the first runs may end before the next slot
+    assert mover.prepare(at + 1) == 0 and not mover.prepared.batches  # the first runs may end before the next slot
     wait_for(at + 1)
     report = leader.scheduler.move_due_jobs()
     assert len(report.skipped) == ROWS and len(runs(connection)) == ROWS  # still queued: skipped at the instant
@@ -400,8 +400,8 @@ def test_the_running_loop_plans_many_runs_ahead_and_sends_each_once_at_its_insta
     plans = []
     prepare = scheduler.mover.prepare
 
-    def spied(instant: float) -> int:
-        plans.append((instant, prepare(instant)))
+    def spied(instant: float, until: float | None = None) -> int:
+        plans.append((instant, prepare(instant, until)))
         return plans[-1][1]
 
     scheduler.mover.prepare = spied
@@ -414,9 +414,50 @@ def test_the_running_loop_plans_many_runs_ahead_and_sends_each_once_at_its_insta
     finally:
         scheduler.request_stop()
         runner.join(10)
-    assert plans == [(at, count)]
+    assert plans[-1] == (at, count) and {instant for instant, _ in plans} == {at}  # in one step or more
     assert len(runs(connection)) == len(set(runs(connection))) == count
     stamps = [
         Job.fetch(run, connection=connection).enqueued_at.replace(tzinfo=UTC).timestamp() for run in runs(connection)
     ]
     assert min(stamps) >= at
+
+
+def test_a_plan_made_in_steps_sends_each_run_once(connection, leader, mover):
+    at = rows_due_together()
+    mover.batch_size = 5
+    steps = [mover.prepare(at, until=0.0)]  # a step plans one batch at least
+    while not mover.prepared.complete:
+        steps.append(mover.prepare(at, until=0.0))
+    assert steps == [5, 10, 15, 20, 20]  # the last read finds the end
+    wait_for(at)
+    assert len(leader.scheduler.move_due_jobs().enqueued) == ROWS == len(set(runs(connection)))
+
+
+def test_jobs_due_while_the_loop_plans_ahead_move_between_its_steps(connection, monkeypatch):
+    monkeypatch.setattr(limits, 'PLAN_AHEAD_SECONDS_PER_ENTRY', 0.03)  # 120 entries: a lead of 3.6 s
+    scheduler = Scheduler(queue_name='default', interval=5, lease_ttl=600, name='stepping-loop')
+    scheduler.mover.batch_size = 5
+    count = limits.PLAN_AHEAD_FROM + 20
+    at = rows_due_together(count=count, at=round(time.time() + 4, 3))
+    plan_batch = scheduler.mover.plan_batch
+    queued_while_planning = []
+
+    def slow_plan_batch(*args, **kwargs):  # planning 120 takes about 2.4 s
+        time.sleep(0.1)
+        if 'enqueued_at' in kwargs:  # a batch planned ahead (a pass plans with the real "now")
+            queued_while_planning.append(connection.llen(QUEUE))
+        return plan_batch(*args, **kwargs)
+
+    scheduler.mover.plan_batch = slow_plan_batch
+    runner = threading.Thread(target=scheduler.run)
+    runner.start()
+    try:
+        wait_for(at - 3.0)  # planning has begun
+        one_off = scheduler.enqueue_in(timedelta(milliseconds=300), tasks.add, 1, 1)
+        wait_for(at, after=1.0)
+    finally:
+        scheduler.request_stop()
+        runner.join(10)
+    assert one_off.id in runs(connection)
+    assert 1 in queued_while_planning  # the one-off was in its queue while batches were still being planned
+    assert len(runs(connection)) == len(set(runs(connection))) == count + 1

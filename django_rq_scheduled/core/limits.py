@@ -55,6 +55,8 @@ PLAN_AHEAD_MAX_ENTRIES = 20_000
 """Entries one plan ahead holds at most (the rest is planned at the instant): bounds the memory a plan takes."""
 PLAN_AHEAD_MAX_LEAD = 10.0
 """Seconds before an instant the loop starts planning its entries, at most."""
+PLAN_AHEAD_STEP = 0.05
+"""Seconds the loop plans ahead at a time: a pass runs between two steps, so jobs due meanwhile move on time."""
 PLAN_AHEAD_SECONDS_PER_ENTRY = 0.0004
 """The lead before an instant per entry due at it: about twice what planning one costs on a busy 2-core machine."""
 PLAN_AHEAD_TOLERANCE = 1.0

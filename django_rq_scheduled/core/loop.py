@@ -278,18 +278,20 @@ class Loop:
 
     def _plan_ahead(self, earliest: float, together: int, now: float) -> float:
         """When to wake for the entries due at ``earliest``: at that instant, once they are planned (``plan_ahead``)
-        if many fire together and it is close; before it, early enough to plan them, if it is not yet close."""
+        if many fire together and it is close; before it, early enough to plan them, if it is not yet close. Planning
+        goes in steps (``limits.PLAN_AHEAD_STEP``), a pass between them, so jobs due meanwhile are not held up."""
         mover = self.scheduler.mover
         if together < limits.PLAN_AHEAD_FROM or earliest <= now:
             return earliest
-        if mover.prepared is not None and mover.prepared.at == earliest:
+        prepared = mover.prepared
+        if prepared is not None and prepared.at == earliest and prepared.complete:
             return earliest  # woken early by a producer: the plan holds
         lead = min(limits.PLAN_AHEAD_MAX_LEAD, together * limits.PLAN_AHEAD_SECONDS_PER_ENTRY)
         if earliest - now > lead:
             return earliest - lead
         self.idle.clear()
         try:
-            planned = mover.prepare(earliest)
+            planned = mover.prepare(earliest, until=now + limits.PLAN_AHEAD_STEP)
             logger.debug('Planned %d of the %d jobs due at %s ahead', planned, together, format_score(earliest))
         except LeadershipLost:
             raise
@@ -298,9 +300,11 @@ class Loop:
         except Exception:  # only a head start: the pass at the instant plans whatever was not planned ahead
             mover.prepared = None
             logger.warning('Could not plan the jobs due at %s ahead; planning them when due', earliest, exc_info=True)
+            return earliest
         finally:
             self.idle.set()
-        return earliest
+        complete = mover.prepared is None or mover.prepared.complete
+        return earliest if complete else now  # not yet: a pass, then the next step
 
     def _listen_for_wakeups(self) -> None:
         """Runs in a thread while the loop runs: turns a producer's push on the wake-up list into an event."""

@@ -171,12 +171,14 @@ class Mover:
             self.release_buffered(self.clock.now(), report)
         return report
 
-    def prepare(self, at: float) -> int:
+    def prepare(self, at: float, until: float | None = None) -> int:
         """Reads, plans and packs ahead the occurrences due at ``at`` (``plan_ahead``), for the first pass from ``at``
-        on to send; returns how many it planned. Entries it cannot plan safely this early are left for that pass."""
+        on to send, going on with the plan begun for ``at`` if any, until ``until`` if given; returns how many are
+        planned. Entries it cannot plan safely this early are left for that pass."""
+        begun = self.prepared if self.prepared is not None and self.prepared.at == at else None
         self.prepared = None
-        self.prepared = plan_ahead.prepare(self, at)
-        return 0 if self.prepared is None else self.prepared.entries
+        self.prepared = plan_ahead.prepare(self, at, begun, until=until)
+        return self.prepared.entries
 
     def _apply_prepared(self, report: MoveReport) -> None:
         prepared, self.prepared = self.prepared, None

@@ -52,6 +52,11 @@ class Prepared:
     """Seconds after ``at`` the plan may still be applied."""
     packed: list[bytes] = field(default_factory=list)
     """The move call of each batch, as sent, ``placeholder`` where its runs' ``enqueued_at`` goes."""
+    offset: int = 0
+    """Due entries read or stepped over so far: where the next read of the plan starts."""
+    read: int = 0
+    complete: bool = False
+    """Every entry that can be planned ahead is (or planning stopped for good): nothing more to do before ``at``."""
     placeholder: str = field(default='', init=False)
     """Planned as the runs' ``enqueued_at``, replaced by the instant they are sent at: as long as a stamp, and no
     job's data can hold it (a NUL, then random digits no one outside this process has seen)."""
@@ -107,30 +112,39 @@ def tolerance_of(items: Iterable[Any]) -> float:
     return min([limits.PLAN_AHEAD_TOLERANCE, *(float(grace) for grace in graces if grace is not None)])
 
 
-def prepare(mover: Any, at: float) -> Prepared | None:
+def prepare(mover: Any, at: float, prepared: Prepared | None = None, *, until: float | None = None) -> Prepared:
     """Reads, plans and packs the moves of the occurrences due at ``at`` that can be planned this early, batch by
-    batch as the mover reads them (entries of paused queues stepped over); None if there are none."""
-    prepared = Prepared(at, mover.lease.token)
-    offset = planned = 0
-    while planned < limits.PLAN_AHEAD_MAX_ENTRIES and not mover.stop.is_set():
-        read = mover.reader.read(at, offset, mover.batch_size)
-        if not read.pairs and not read.more:
+    batch as the mover reads them (entries of paused queues stepped over), going on with ``prepared`` if given,
+    until all are planned (``complete``), the instant comes, or (if given) the mover's clock reaches ``until``."""
+    prepared = prepared or Prepared(at, mover.lease.token)
+    while not prepared.complete and not mover.stop.is_set():
+        if prepared.read >= limits.PLAN_AHEAD_MAX_ENTRIES:
+            prepared.complete = True
             break
-        offset += len(read.pairs) + max(read.stepped_over, 0)
-        planned += len(read.pairs)
-        chosen = [index for index, fields in enumerate(read.fields) if may_be_our_template(fields)]
-        if read.pairs and not chosen:
-            break  # a burst of one-offs (their moves need no planning ahead): not worth reading further
-        pairs, fields = [read.pairs[index] for index in chosen], [read.fields[index] for index in chosen]
-        batch = mover.plan_batch(pairs, fields, at, enqueued_at=prepared.placeholder)
+        _plan_next_batch(mover, prepared)
+        now = mover.clock.now()
+        if now >= at:
+            prepared.complete = True  # the instant is here: what is planned goes now, the pass plans the rest
+        elif until is not None and now >= until:
+            break
+    return prepared
+
+
+def _plan_next_batch(mover: Any, prepared: Prepared) -> None:
+    read = mover.reader.read(prepared.at, prepared.offset, mover.batch_size)
+    prepared.offset += len(read.pairs) + max(read.stepped_over, 0)
+    prepared.read += len(read.pairs)
+    chosen = [index for index, fields in enumerate(read.fields) if may_be_our_template(fields)]
+    if (len(read.pairs) < mover.batch_size and not read.more) or (read.pairs and not chosen):
+        prepared.complete = True  # all read, or a burst of one-offs (their moves need no planning ahead)
+    pairs, fields = [read.pairs[index] for index in chosen], [read.fields[index] for index in chosen]
+    if pairs:
+        batch = mover.plan_batch(pairs, fields, prepared.at, enqueued_at=prepared.placeholder)
         kept = [(item, entry) for item, entry in zip(batch.decoded, batch.entries) if guarded(item, entry)]
         if kept:
             decoded, entries = (list(column) for column in zip(*kept))
             _add_batch(mover, prepared, replace(batch, decoded=decoded, entries=entries))
-        if (len(read.pairs) < mover.batch_size and not read.more) or mover.clock.now() >= at:
-            break  # all read, or the instant is here: what is planned goes now, the pass at the instant plans the rest
-        mover.lease.renew_if_due()  # planning many takes seconds: LeadershipLost if the lease went meanwhile
-    return prepared if prepared.batches else None
+    mover.lease.renew_if_due()  # planning many takes seconds: LeadershipLost if the lease went meanwhile
 
 
 def _add_batch(mover: Any, prepared: Prepared, batch: Any) -> None:
@@ -160,8 +174,8 @@ def send(mover: Any, prepared: Prepared, now: float, report: Any) -> None:
     (a lost lease, Redis refusing writes) raised once every batch's outcome is known."""
     stamp = utcformat(datetime.fromtimestamp(now, tz=timezone.utc))
     packed = prepared.stamped(stamp)
-    if packed is None:
-        return  # a stamp of another length than the placeholder: the pass plans them again
+    if not packed:
+        return  # nothing planned, or a stamp of another length than the placeholder: the pass plans them again
     pool = mover.connection.connection_pool
     replies = PendingReplies.of_packed(pool, packed).wait()
     failed: Exception | None = None
