@@ -341,9 +341,10 @@ def loop(leader):
 def test_the_loop_wakes_early_enough_to_plan_many_entries_due_together(loop, monkeypatch):
     monkeypatch.setattr(limits, 'PLAN_AHEAD_SECONDS_PER_ENTRY', 0.01)
     now = time.time()
-    assert loop._plan_ahead(now + 30, 100, now) == pytest.approx(now + 29)  # 100 entries: a second's lead
-    assert loop._plan_ahead(now + 30, limits.PLAN_AHEAD_FROM - 1, now) == now + 30  # too few: at the instant
-    assert loop._plan_ahead(now + 30, 10**9, now) == now + 30 - limits.PLAN_AHEAD_MAX_LEAD
+    later = now + 2 * limits.PLAN_AHEAD_MAX_LEAD
+    assert loop._plan_ahead(later, 100, now) == pytest.approx(later - 1)  # 100 entries: a second's lead
+    assert loop._plan_ahead(later, limits.PLAN_AHEAD_FROM - 1, now) == later  # too few: at the instant
+    assert loop._plan_ahead(later, 10**9, now) == later - limits.PLAN_AHEAD_MAX_LEAD
 
 
 def test_close_to_the_instant_the_loop_plans_and_sleeps_until_it(connection, loop, leader, monkeypatch):
