@@ -303,8 +303,7 @@ class Loop:
             return earliest
         finally:
             self.idle.set()
-        complete = mover.prepared is None or mover.prepared.complete
-        return earliest if complete else now  # not yet: a pass, then the next step
+        return earliest if mover.prepared is None or mover.prepared.complete else now  # else: a pass, the next step
 
     def _listen_for_wakeups(self) -> None:
         """Runs in a thread while the loop runs: turns a producer's push on the wake-up list into an event."""

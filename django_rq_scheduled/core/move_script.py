@@ -79,12 +79,14 @@ local function type_of(key)
 end
 -- A plain one-off job: its hash is written first, with pcall, so a job key of the wrong type fails before
 -- anything of the entry is written; the shared keys' types are checked once per batch.
+local function wrong_type(key, want)  -- why a write of type ``want`` to ``key`` would fail, or nil
+  local have = type_of(key)
+  if have ~= 'none' and have ~= want then return 'WRONGTYPE ' .. key .. ' holds a ' .. have end
+end
 local function one_off(member, queue_key, push, timeout, ttl)
   local job_key = job_prefix .. member
-  local have = type_of(queue_key)
-  if have ~= 'none' and have ~= 'list' then return 'WRONGTYPE ' .. queue_key .. ' holds a ' .. have end
-  have = type_of(KEYS[2])
-  if have ~= 'none' and have ~= 'zset' then return 'WRONGTYPE ' .. KEYS[2] .. ' holds a ' .. have end
+  local problem = wrong_type(queue_key, 'list') or wrong_type(KEYS[2], 'zset')
+  if problem then return problem end
   local written, fields
   if timeout ~= '' then
     fields = 3
@@ -178,14 +180,6 @@ local function write_deferred()
   end
   deferred_order, deferred, deferred_members = {}, {}, {}
 end
-local function wrong_type(key, want)
-  local have = type_of(key)
-  if have == 'none' then
-    checked[key] = want  -- created by a deferred write of this call, before any other kind of entry looks
-  elseif have ~= want then
-    return 'WRONGTYPE ' .. key .. ' holds a ' .. have
-  end
-end
 -- 'P': a periodic template's plain run. Its template must still be a hash, at the version it was planned from if
 -- one is given; the run's hash is written first, with pcall, so a run key of the wrong type fails the entry alone.
 local function periodic_run(member, version, run_id, shared, own_from, own_count, ttl, template_from,
@@ -220,7 +214,12 @@ local function periodic_run(member, version, run_id, shared, own_from, own_count
   defer(push, queue_key, run_id)
   defer('ZADD', KEYS[2], next_score, member)
   deferred_members[member] = true
-  if record ~= '' then defer('RPUSH', '{RUNS_KEY}', record) end
+  -- Their types are settled: the deferred writes create them as such before any other kind of entry looks.
+  checked[queue_key], checked[KEYS[2]] = 'list', 'zset'
+  if record ~= '' then
+    defer('RPUSH', '{RUNS_KEY}', record)
+    checked['{RUNS_KEY}'] = 'list'
+  end
   return 1
 end
 local function still_scheduled(member, score)
