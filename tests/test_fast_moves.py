@@ -84,6 +84,34 @@ def test_plain_one_offs_move_whole_in_redis_with_rqs_enqueue_fields(connection, 
     assert connection.ttl(keys.job_key('plain')) == -1
 
 
+def test_a_batch_writes_each_queue_as_one_by_one_pushes_would_both_ends_mixed(connection, planned):
+    scheduler = make(connection)
+    connection.rpush('rq:queue:default', 'there-before')
+    due = past()
+    fronts = {'j1': False, 'j2': True, 'j3': False, 'j4': True}
+    for number, (job_id, at_front) in enumerate(fronts.items()):
+        scheduler.enqueue_at(due + timedelta(seconds=number), tasks.add, number, 1, job_id=job_id, at_front=at_front)
+    scheduler.enqueue_at(due, tasks.add, 9, 1, job_id='other', queue_name='high')
+    scheduler.enqueue_jobs()
+    assert planned == []
+    # One by one in due order: RPUSH j1, LPUSH j2, RPUSH j3, LPUSH j4.
+    assert queued(connection) == ['j4', 'j2', 'there-before', 'j1', 'j3']
+    assert queued(connection, 'high') == ['other']
+    assert connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
+
+
+def test_a_batch_larger_than_one_command_takes_moves_each_job_once_in_due_order(connection, planned):
+    scheduler = make(connection, batch_size=2_500)
+    due = past()
+    ids = [f'big-{number:04d}' for number in range(2_300)]
+    with connection.pipeline(transaction=False):
+        for number, job_id in enumerate(ids):
+            scheduler.enqueue_at(due + timedelta(milliseconds=number), tasks.add, number, 1, job_id=job_id)
+    assert [job.id for job in scheduler.enqueue_jobs()] == ids
+    assert planned == [] and queued(connection) == ids
+    assert connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
+
+
 def test_the_handles_enqueue_jobs_returns_are_separate_jobs(connection):
     scheduler = make(connection)
     for i in range(3):

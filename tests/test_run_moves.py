@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from django_rq_scheduled import Scheduler
-from django_rq_scheduled.core import compact, keys, plan_ahead, run_moves
+from django_rq_scheduled.core import compact, keys, moves, plan_ahead, run_moves
 from django_rq_scheduled.core.mover import MoveReport
 from django_rq_scheduled.models import RepeatableJob, ScheduledJob
 from tests import tasks
@@ -191,6 +191,30 @@ def test_runs_planned_ahead_of_templates_edited_or_deleted_since_are_left_as_spe
     assert connection.zscore(keys.SCHEDULED_JOBS_KEY, edited) == at  # left due: the next pass plans it again
     assert not any(run.startswith((edited, deleted)) for run in enqueued)
     assert len(enqueued) >= 3
+
+
+def test_an_entry_of_another_kind_rescheduling_a_later_run_leaves_that_run_alone(connection, mover):
+    # The script reads the scores of a stretch of runs at once: a write by another kind of entry between them
+    # must not be hidden by what it read before.
+    at = round(time.time() + 30, 3)
+    make_rows(at, count=12)
+    batch = planned(mover, at)
+    runs = [entry for entry in batch.fast_entries if run_moves.compact_run(entry, run_moves.SharedFields())]
+    first, later = runs[0], runs[-1]
+    other = next(entry for entry in batch.fast_entries if entry not in runs)
+    rescheduler = moves.Entry(
+        member=other.member, score=other.score, requires_hash=False,
+        commands=[('ZADD', keys.SCHEDULED_JOBS_KEY, str(at + 999), later.member)],
+    )  # fmt: skip
+    entries = [*runs[:-1], rescheduler, later, first]
+    argv = mover._move_argv(batch.planner, entries, fenced=True)
+    assert argv.count('P') == len(runs) + 1  # compact runs on both sides of it
+    results = mover._call_move(argv)
+    assert results[: len(runs) - 1] == [1] * (len(runs) - 1)
+    assert results[len(runs) - 1 :] == [1, 0, 0]  # rescheduled, or already moved: not at the planned score
+    assert connection.zscore(keys.SCHEDULED_JOBS_KEY, later.member) == at + 999
+    assert not connection.exists(keys.job_key(later.enqueued_id))
+    assert connection.llen('rq:queue:default') + connection.llen('rq:queue:high') == len(runs) - 1
 
 
 def test_a_job_class_with_its_own_key_prefix_is_sent_spelled_out(connection, mover, monkeypatch):

@@ -41,6 +41,7 @@ from . import keys
 from ._django import queue_names
 from .allowlist import AllowList
 from .observer import ONE_OFF, EnqueuedJob
+from .scripts import DEFERRED_WRITES
 from .vetting import CALLBACK_FIELDS
 
 SIGNED_FIELDS = (
@@ -163,6 +164,7 @@ local function plain(meta)
   return true
 end
 local function blank(value) return not value or value == '' end
+{DEFERRED_WRITES}
 for d = 1, #due, 2 do
   local id = due[d]
   local v = redis.pcall('HMGET', prefix .. id, '{keys.FAST_MARK_FIELD}', 'status', 'data', 'meta', 'origin',
@@ -178,22 +180,22 @@ for d = 1, #due, 2 do
   end
   if ok and usable[queue[1]] then
     local job_key = prefix .. id
-    -- The push first: out of memory, Redis refuses a script's first write that needs memory (later ones would leave
-    -- it half done), so the call fails before anything is written and the next pass moves the batch.
-    local front = v[15] == '1' or v[15] == 'True' or v[15] == 'true'
-    redis.call(front and 'LPUSH' or 'RPUSH', queue[1], id)
-    redis.call('ZREM', KEYS[2], id)
+    -- The job's own write first: out of memory, Redis refuses a script's first write that needs memory (later ones
+    -- would leave it half done), so the call fails before anything is written and the next pass moves the batch.
     if not v[17] and queue[2] ~= '' then
       redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at, 'timeout', queue[2])
     else
       redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
     end
+    local ttl = tonumber(v[16])
+    if ttl and ttl > 0 then redis.call('EXPIRE', job_key, math.floor(ttl)) end
+    local front = v[15] == '1' or v[15] == 'True' or v[15] == 'true'
+    defer(front and 'LPUSH' or 'RPUSH', queue[1], id)
+    defer('ZREM', KEYS[2], id)
     if not queue[3] then
       redis.call('SADD', KEYS[4], queue[1])
       queue[3] = true
     end
-    local ttl = tonumber(v[16])
-    if ttl and ttl > 0 then redis.call('EXPIRE', job_key, math.floor(ttl)) end
     out[#out + 1] = id
     out[#out + 1] = due[d + 1]
     out[#out + 1] = v[5]
@@ -201,6 +203,8 @@ for d = 1, #due, 2 do
     left = left + 1
   end
 end
+-- The pushes and the schedule's removals, one command per key (and end of the list: the two ends never mix).
+write_deferred()
 out[2] = left
 return out
 """

@@ -11,6 +11,7 @@ from typing import Any
 from . import compact, keys, run_moves
 from .keys import PAUSE_ALL
 from .overlap import EXPECT_COMMAND, REPLACE_COMMAND
+from .scripts import DEFERRED_WRITES
 
 # Moves one batch of due jobs. KEYS: lock, schedule, pause.
 # ARGV: token (empty for an explicit API call rather than the loop), entry count, enqueued_at, job key prefix,
@@ -22,7 +23,8 @@ from .overlap import EXPECT_COMMAND, REPLACE_COMMAND
 #   own field count, own fields, ttl or '', template field count, template fields, next score, queue key, push
 #   command, run record or ''. Its pushes, its next score and its record are written together with those of the
 #   'P' entries next to it, in one command per key, before any other kind of entry (so in the same order as one by
-#   one), and before a member moved earlier in the call is looked at again.
+#   one), and before a member moved earlier in the call is looked at again. The scores of neighbouring 'P' entries
+#   are read with one ZMSCORE (Redis 6.2; one ZSCORE each before) when the first of them is reached.
 # The whole batch is refused unless the lock still holds our token (a deposed leader cannot enqueue). An entry
 # is applied only if its member still has the score we planned with, so a job cancelled or rescheduled by a
 # producer after we read it is left alone. Key types are checked before any write of an entry (a one-off job's
@@ -158,31 +160,19 @@ local function copy_template(from, to)
   end
   if #chunk > 0 then redis.call('HSET', to, unpack(chunk)) end
 end
--- Writes of 'P' entries put off to the end of their run of 'P' entries: per command and key, values in order.
-local deferred_order, deferred, deferred_members = {}, {}, {}
-local function defer(command, key, ...)
-  local name = command .. ' ' .. key
-  local values = deferred[name]
-  if not values then
-    values = {command, key}
-    deferred[name] = values
-    deferred_order[#deferred_order + 1] = name
-  end
-  for _, value in ipairs({...}) do values[#values + 1] = value end
-end
-local function write_deferred()
+-- Writes of 'P' entries put off to the end of their run of 'P' entries.
+DEFERRED_WRITES
+local deferred_members = {}
+local function write_deferred_moves()
   if #deferred_order == 0 then return end
-  for _, name in ipairs(deferred_order) do
-    local values = deferred[name]
-    for first = 3, #values, 1000 do  -- an even chunk: a ZADD's score and member stay together
-      redis.call(values[1], values[2], unpack(values, first, math.min(first + 999, #values)))
-    end
-  end
-  deferred_order, deferred, deferred_members = {}, {}, {}
+  write_deferred()
+  deferred_members = {}
 end
+local run_fields, shared_count = {}, 0  -- a 'P' entry's run fields: those of the batch, then its own
+local prefetched, moved_here, scanned_to, zmscore = {}, {}, 0, true  -- see prefetch_scores
 -- 'P': a periodic template's plain run. Its template must still be a hash, at the version it was planned from if
 -- one is given; the run's hash is written first, with pcall, so a run key of the wrong type fails the entry alone.
-local function periodic_run(member, version, run_id, shared, own_from, own_count, ttl, template_from,
+local function periodic_run(member, version, run_id, own_from, own_count, ttl, template_from,
     template_count, next_score, queue_key, push, record)
   local own = job_prefix .. member
   if version == '' or redis.pcall('HGET', own, '{VERSION_FIELD}') ~= version then
@@ -195,9 +185,9 @@ local function periodic_run(member, version, run_id, shared, own_from, own_count
     or (record ~= '' and wrong_type('{RUNS_KEY}', 'list'))
   if problem then return problem end
   local run_key = job_prefix .. run_id
-  local fields = {unpack(shared)}
-  for f = own_from, own_from + own_count - 1 do fields[#fields + 1] = ARGV[f] end
-  local written = redis.pcall('HSET', run_key, unpack(fields))
+  local n = shared_count
+  for f = own_from, own_from + own_count - 1 do n = n + 1; run_fields[n] = ARGV[f] end
+  local written = redis.pcall('HSET', run_key, unpack(run_fields, 1, n))
   if type(written) == 'table' and written['err'] then
     local err = tostring(written['err'])
     if string.find(err, 'WRONGTYPE', 1, true) then return 'WRONGTYPE ' .. run_key .. ' holds a ' .. type_of(run_key) end
@@ -214,6 +204,7 @@ local function periodic_run(member, version, run_id, shared, own_from, own_count
   defer(push, queue_key, run_id)
   defer('ZADD', KEYS[2], next_score, member)
   deferred_members[member] = true
+  moved_here[member] = true
   -- Their types are settled: the deferred writes create them as such before any other kind of entry looks.
   checked[queue_key], checked[KEYS[2]] = 'list', 'zset'
   if record ~= '' then
@@ -222,31 +213,56 @@ local function periodic_run(member, version, run_id, shared, own_from, own_count
   end
   return 1
 end
+-- The scores of a run of 'P' entries, read with one command before the first of them: valid for a member until
+-- the call moves it (then read again), and for none once another kind of entry is applied.
+local function p_layout(i)  -- a 'P' entry at ARGV[i]: where its shared fields, own fields, template fields start
+  local count = tonumber(ARGV[i + 5])
+  local own_from = i + 6 + count + 1
+  local own_count = tonumber(ARGV[own_from - 1])
+  local template_from = own_from + own_count + 2
+  return count, own_from, own_count, template_from, template_from + tonumber(ARGV[template_from - 1]) + 4
+end
+local function prefetch_scores(i, last)
+  local members = {}
+  while i <= last and ARGV[i + 2] == 'P' do
+    scanned_to = i
+    if ARGV[i + 1] ~= '*' then members[#members + 1] = ARGV[i] end
+    local _, _, _, _, after = p_layout(i)
+    i = after
+  end
+  for first = 1, #members, 1000 do
+    local upto = math.min(first + 999, #members)
+    local scores = redis.pcall('ZMSCORE', KEYS[2], unpack(members, first, upto))
+    if type(scores) ~= 'table' or scores['err'] then zmscore = false; return end  -- before Redis 6.2: one by one
+    for m = first, upto do prefetched[members[m]] = scores[m - first + 1] or false end
+  end
+end
 local function still_scheduled(member, score)
-  if deferred_members[member] then write_deferred() end
+  if deferred_members[member] then write_deferred_moves() end
   if score == '*' then return true end
-  local current = redis.call('ZSCORE', KEYS[2], member)
+  local current = prefetched[member]
+  if current == nil or moved_here[member] then current = redis.call('ZSCORE', KEYS[2], member) end
   return current and tonumber(current) == tonumber(score)
 end
 local results = {}
 local i = 6
-local shared = {}  -- the fields every 'P' entry's run gets, until one sends others
 for e = 1, tonumber(ARGV[2]) do
   local member, score, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local status = 0
-  if kind ~= 'P' then write_deferred() end
+  if kind ~= 'P' then
+    write_deferred_moves()
+    prefetched = {}
+  end
   if kind == 'P' then
-    local version, run_id, count = ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
-    i = i + 6
-    if count > 0 then shared = {unpack(ARGV, i, i + count - 1)} end
-    local own_from = i + count + 1
-    local own_count = tonumber(ARGV[own_from - 1])
+    if zmscore and i > scanned_to then prefetch_scores(i, #ARGV) end
+    local version, run_id = ARGV[i + 3], ARGV[i + 4]
+    local count, own_from, own_count, template_from = p_layout(i)
+    if count > 0 then run_fields, shared_count = {unpack(ARGV, i + 6, i + 5 + count)}, count end
     local ttl = ARGV[own_from + own_count]
-    local template_from = own_from + own_count + 2
     local template_count = tonumber(ARGV[template_from - 1])
     i = template_from + template_count
     if still_scheduled(member, score) and not is_paused(member) then
-      status = periodic_run(member, version, run_id, shared, own_from, own_count, ttl, template_from,
+      status = periodic_run(member, version, run_id, own_from, own_count, ttl, template_from,
         template_count, ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
       if type(status) == 'table' then return redis.error_reply(status.failed) end
     end
@@ -311,9 +327,10 @@ for e = 1, tonumber(ARGV[2]) do
   end
   results[e] = status
 end
-write_deferred()
+write_deferred_moves()
 return results
 """.replace('REPLACE_COMMAND', REPLACE_COMMAND)
+    .replace('DEFERRED_WRITES', DEFERRED_WRITES)
     .replace('{VERSION_FIELD}', compact.VERSION_FIELD)
     .replace('{RUNS_KEY}', keys.RUNS_KEY)
     .replace('EXPECT_COMMAND', EXPECT_COMMAND)

@@ -7,6 +7,33 @@ from __future__ import annotations
 
 from .keys import BUFFERED_KEY, DONE_PREFIX, OUTCOMES_KEY, PAUSE_ALL, RUN_ENDED_PREFIX, WAKEUP_KEY
 
+# A Lua fragment for the move scripts: writes put off to one command per command and key, values in the order they
+# were put off (the same lists, sets and sorted sets as one by one, as long as nothing else touches those keys in
+# between: the scripts write them before anything else looks). ``defer`` puts off, ``write_deferred`` writes.
+DEFERRED_WRITES = """
+local deferred_order, deferred = {}, {}
+local function defer(command, key, value, second)  -- second: a ZADD's member after its score
+  local name = command .. ' ' .. key
+  local values = deferred[name]
+  if not values then
+    values = {command, key}
+    deferred[name] = values
+    deferred_order[#deferred_order + 1] = name
+  end
+  values[#values + 1] = value
+  if second ~= nil then values[#values + 1] = second end
+end
+local function write_deferred()
+  for _, name in ipairs(deferred_order) do
+    local values = deferred[name]
+    for first = 3, #values, 1000 do  -- an even chunk: a ZADD's score and member stay together
+      redis.call(values[1], values[2], (unpack or table.unpack)(values, first, math.min(first + 999, #values)))
+    end
+  end
+  deferred_order, deferred = {}, {}
+end
+"""
+
 # Reads one batch of due jobs and the hash fields their moves are planned from, in one round trip.
 # KEYS: schedule, buffered runs, pause. ARGV: job key prefix, latest due score, offset (due members to skip), batch
 # size, how many due members of paused queues to step over at most, fields...

@@ -69,6 +69,8 @@ def test_out_of_memory_dead_letters_nothing_and_every_job_moves_once_memory_is_f
         scheduler.move_due_jobs()
     assert scheduler.dead_letters() == {}
     assert connection.zcard(keys.SCHEDULED_JOBS_KEY) == 51
+    statuses = {connection.hget(keys.job_key(f'oom-{number}'), 'status') for number in range(50)}
+    assert statuses == {b'scheduled'} and queued(connection) == []  # the refused call wrote nothing
     out_of_memory.free()
     moved = [job.id for job in scheduler.enqueue_jobs()]
     assert sorted(queued(connection)) == sorted(moved)
