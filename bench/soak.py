@@ -1,10 +1,12 @@
 """Soak: the long versions of the kill -9 and rival-leader tests of tests/test_faults.py, and a chaos soak, run by hand.
 
-Run as ``PYTHONPATH=. python -m bench.soak crash [--cycles N]``, ``... rivals [--minutes M]`` or
-``... chaos [--minutes M] [--seed S]`` from the repository root. Each starts its own redis-server on a free loopback
-port and real ``rqscheduler`` processes, prints figures, kills every process it started, and exits non-zero if any
-occurrence was lost or enqueued twice. ``chaos`` (bench/chaos.py) does everything at once: rows created and edited
-through the ORM while leaders are killed or paused and Redis is killed, and checks every occurrence.
+Run as ``PYTHONPATH=. python -m bench.soak crash [--cycles N]``, ``... plan [--cycles N] [--rows R]``,
+``... rivals [--minutes M]`` or ``... chaos [--minutes M] [--seed S]`` from the repository root. Each starts its own
+redis-server on a free loopback port and real ``rqscheduler`` processes, prints figures, kills every process it
+started, and exits non-zero if any occurrence was lost or enqueued twice. ``plan`` kills the leader around the
+instants at which many cron rows fire together, while it plans their runs ahead, sends them or reads the replies.
+``chaos`` (bench/chaos.py) does everything at once: rows created and edited through the ORM while leaders are killed
+or paused and Redis is killed, and checks every occurrence.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ import redis  # noqa: E402
 from bench.chaos import Config as ChaosConfig  # noqa: E402
 from bench.chaos import Soak  # noqa: E402
 from bench.chaos import report as chaos_report  # noqa: E402
+from bench.common import check, loop_database, stop_process  # noqa: E402
+from bench.cron_lateness import MAKE_ROWS  # noqa: E402
 from django_rq_scheduled import Scheduler  # noqa: E402
 from django_rq_scheduled.core import keys  # noqa: E402
 from tests import tasks  # noqa: E402
-from tests.processes import kill, queue_ids, scheduler_process, wait_for  # noqa: E402
+from tests.processes import OutputReader, django_shell, kill, queue_ids, scheduler_process, wait_for  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 UTC = timezone.utc
@@ -211,6 +215,82 @@ def crash(cycles: int, total: int, templates: int, seed: int) -> int:
     return 1 if any(problems.values()) else 0
 
 
+# -- plan: kill -9 around the instant many rows fire at -------------------------------------------------------------
+
+
+PLAN_PERIOD_S = 5
+
+
+def plan(cycles: int, rows: int, seed: int) -> int:
+    """``cycles`` kill -9s of the leader: about a third as it plans the runs of ``rows`` cron rows firing together,
+    the others from 0.25 s before to 0.15 s after their instant (waiting with the plan, sending it, reading the
+    replies, recording the runs)."""
+    rng = random.Random(seed)
+    started = time.monotonic()
+    offsets: list[float] = []
+    with loop_database():
+        server = RedisServer().start()
+        connection = redis.Redis.from_url(server.url)
+        process: subprocess.Popen | None = None
+        try:
+            cron = f'* * * * * */{PLAN_PERIOD_S}'  # croniter's six fields: seconds last
+            made = django_shell(server.url, MAKE_ROWS.format(cron=cron, count=rows))
+            check(made == str(rows), f'{made} rows made, expected {rows}')
+            for done in range(1, cycles + 1):
+                wait_for(lambda: not connection.exists(keys.LOCK_KEY), timeout=10)  # the killed leader's lease ends
+                process = scheduler_process(server.url, '--lease-ttl', '1')
+                OutputReader(process)
+                wait_for(lambda: connection.exists(keys.LOCK_KEY), timeout=30)  # it leads
+                wait_for(lambda: connection.zcard(keys.SCHEDULED_JOBS_KEY) >= rows, timeout=120)  # rows synced
+                if rng.random() < 0.3:  # as it plans the next instant's runs, right after taking the lead
+                    time.sleep(rng.uniform(0, 0.5))
+                else:
+                    instant = (int((time.time() + 2.5) / PLAN_PERIOD_S) + 1) * PLAN_PERIOD_S  # after it has planned
+                    offsets.append(rng.uniform(-0.25, 0.15))
+                    time.sleep(max(0.0, instant + offsets[-1] - time.time()))
+                kill(process)
+                process = None
+                if done % 10 == 0 or done == cycles:
+                    print(f'cycle {done}/{cycles}: queue {connection.llen(QUEUE_KEY)}')
+            process = scheduler_process(server.url, '--lease-ttl', '1')  # the last runs, without a kill
+            OutputReader(process)
+            time.sleep(2 * PLAN_PERIOD_S + 2)
+            stop_process(process)
+            process = None
+            ids = queue_ids(connection)
+            dead_letters = connection.hlen(keys.DEAD_LETTERS_KEY)
+        finally:
+            if process is not None:
+                kill(process)
+            connection.connection_pool.disconnect()
+            server.close()
+    fires = Counter(int(job_id.rsplit('_', 1)[1]) for job_id in ids)
+    partial = {ms: count for ms, count in fires.items() if count != rows}
+    off = [ms for ms in fires if ms % (PLAN_PERIOD_S * 1000)]
+    duplicated = duplicates_of(ids)
+    print_table(
+        [
+            ('kill -9 cycles', cycles),
+            ('kills while planning (0 - 0.5 s after taking the lead)', cycles - len(offsets)),
+            ('kills 0 - 0.25 s before the instant', sum(offset < 0 for offset in offsets)),
+            ('kills 0 - 0.15 s after the instant', sum(offset >= 0 for offset in offsets)),
+            ('rows firing together', rows),
+            ('runs enqueued', len(ids)),
+            ('fire times with runs', len(fires)),
+            ('fire times with fewer or more runs than rows', len(partial)),
+            ('duplicated ids', len(duplicated)),
+            ('runs off the grid', len(off)),
+            ('dead letters', dead_letters),
+            ('seconds', f'{time.monotonic() - started:.0f}'),
+        ]
+    )
+    problems = {'partial fire times': partial, 'duplicated': duplicated, 'off the grid': off}
+    for label, values in problems.items():
+        if values:
+            print(f'FAIL {label}: {list(values)[:20]}')
+    return 1 if any(problems.values()) or dead_letters or len(fires) < cycles // 2 else 0
+
+
 # -- rivals ------------------------------------------------------------------------------------------------------
 
 
@@ -357,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     rivals_parser.add_argument('--kill-every', type=float, default=30, help='seconds between two kills')
     rivals_parser.add_argument('--rate', type=float, default=20, help='one-off jobs scheduled per second')
     rivals_parser.add_argument('--ahead', type=float, default=0.2, help='seconds between scheduling and due time')
+    plan_parser = commands.add_parser('plan', help='kill -9 the leader around instants many cron rows fire at')
+    plan_parser.add_argument('--cycles', type=int, default=50)
+    plan_parser.add_argument('--rows', type=int, default=1_000, help='cron rows firing together every 5 s')
+    plan_parser.add_argument('--seed', type=int, default=7)
     chaos_parser = commands.add_parser('chaos', help='faults, user edits and every kind of row at once; all checked')
     chaos_parser.add_argument('--minutes', type=float, default=10, help='length of the load phase')
     chaos_parser.add_argument('--seed', type=int, default=1, help='draws the rows, the edits and the faults')
@@ -378,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
             reconcile_interval=args.reconcile_interval,
         )
         return chaos(config, args.logs, args.recheck)
+    if args.command == 'plan':
+        if args.cycles < 1 or args.rows < 1:
+            parser.error('need --cycles >= 1 and --rows >= 1')
+        return plan(args.cycles, args.rows, args.seed)
     if args.command == 'crash':
         if args.cycles < 1 or args.templates < 2 or args.total < args.templates * 10:
             parser.error('need --cycles >= 1, --templates >= 2 and --total >= 10 x --templates')

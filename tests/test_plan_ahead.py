@@ -303,6 +303,59 @@ def test_a_connection_cut_at_the_instant_loses_and_repeats_nothing(connection, l
     assert len(moved) == len(set(moved)) == ROWS == len(set(runs(connection))) == len(runs(connection))
 
 
+# Keeps Redis busy for ``ARGV[1]`` seconds, as a slow command or a long fork would: nothing else runs meanwhile.
+STALL = """
+local function now() local t = redis.call('TIME'); return tonumber(t[1]) + tonumber(t[2]) / 1e6 end
+local until_ = now() + tonumber(ARGV[1])
+while now() < until_ do end
+"""
+
+
+@contextlib.contextmanager
+def socket_timeout(scheduler, seconds: float):
+    pool = scheduler.connection.connection_pool
+    saved = dict(pool.connection_kwargs)
+    pool.connection_kwargs.update(socket_timeout=seconds, orig_socket_timeout=seconds)  # redis-py 8 keeps both
+    pool.reset()  # new connections, made with this timeout
+    try:
+        yield
+    finally:
+        pool.connection_kwargs.clear()
+        pool.connection_kwargs.update(saved)
+        pool.reset()
+
+
+def test_redis_stalled_past_the_socket_timeout_at_the_instant_moves_each_once(connection, leader, mover):
+    at = rows_due_together()
+    mover.prepare(at)
+    wait_for(at)
+    stall = threading.Thread(target=connection.eval, args=(STALL, 0, 1.0))
+    stall.start()
+    with socket_timeout(leader.scheduler, 0.2):
+        time.sleep(0.1)  # Redis is stalled: the plan's send waits for replies longer than the socket allows
+        with pytest.raises(redis.exceptions.TimeoutError):
+            leader.scheduler.move_due_jobs()
+        stall.join()
+    assert runs(connection) == []  # the calls never ran: the client had gone when Redis read them
+    assert len(leader.scheduler.move_due_jobs().enqueued) == ROWS == len(set(runs(connection))) == len(runs(connection))
+    assert leader.scheduler.dead_letters() == {}
+
+
+def test_a_plan_applied_after_its_sender_timed_out_runs_nothing_again(connection, leader, mover):
+    at = rows_due_together(1_500, at=round(time.time() + 6, 3))
+    assert mover.prepare(at) == 1_500
+    wait_for(at)
+    with socket_timeout(leader.scheduler, 0.005), pytest.raises(redis.exceptions.TimeoutError):
+        leader.scheduler.move_due_jobs()  # Redis applies the calls; their replies come too late
+    time.sleep(0.5)
+    applied = len(runs(connection))
+    assert applied > 0
+    later = leader.scheduler.move_due_jobs().enqueued
+    assert leader.scheduler.move_due_jobs().enqueued == []
+    assert applied + len(later) == 1_500 == len(set(runs(connection))) == len(runs(connection))
+    assert leader.scheduler.dead_letters() == {}
+
+
 def test_templates_reading_their_previous_run_are_planned_at_the_instant(connection, leader, mover):
     at = rows_due_together(overlap='skip', interval=1, interval_unit='seconds')
     assert mover.prepare(at) == ROWS  # a first run: no previous run to read
