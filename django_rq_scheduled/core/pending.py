@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -11,11 +12,17 @@ class PendingReplies:
     """Commands written to one connection of the pool, their replies not read yet: the caller works meanwhile."""
 
     def __init__(
-        self, pool: redis.ConnectionPool, commands: list[tuple[Any, ...]], *, packed: list[bytes] | None = None
+        self,
+        pool: redis.ConnectionPool,
+        commands: list[tuple[Any, ...]],
+        *,
+        packed: Iterable[bytes] | None = None,
+        count: int | None = None,
     ) -> None:
-        """Sends ``commands``; or, given ``packed`` (their bytes, from ``pack``), sends those bytes as they are."""
+        """Sends ``commands``; or, given ``packed`` (the bytes of ``count`` commands, from ``pack``), sends those
+        bytes as they are, each as soon as it is produced."""
         self.pool = pool
-        self.count = len(commands)
+        self.count = len(commands) if count is None else count
         self.connection = connection_of(pool)
         try:
             if packed is None:
@@ -26,9 +33,9 @@ class PendingReplies:
             raise
 
     @classmethod
-    def of_packed(cls, pool: redis.ConnectionPool, packed: list[bytes]) -> PendingReplies:
-        """Sends commands already packed (``pack``), one command in each of ``packed``."""
-        return cls(pool, [()] * len(packed), packed=packed)
+    def of_packed(cls, pool: redis.ConnectionPool, packed: Iterable[bytes], count: int) -> PendingReplies:
+        """Sends ``count`` commands already packed (``pack``), one command in each item of ``packed``."""
+        return cls(pool, [], packed=packed, count=count)
 
     def wait(self) -> list[Any]:
         """Every reply, in order; an error reply is returned as its exception, not raised."""
