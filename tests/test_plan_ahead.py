@@ -16,7 +16,7 @@ import redis
 from rq.job import Job
 
 from django_rq_scheduled import Scheduler
-from django_rq_scheduled.core import keys, limits, pause
+from django_rq_scheduled.core import keys, limits, pause, plan_ahead
 from django_rq_scheduled.core.errors import LeadershipLost
 from django_rq_scheduled.core.loop import Loop
 from django_rq_scheduled.models import RepeatableJob
@@ -97,6 +97,19 @@ def test_the_plans_placeholder_never_reaches_redis(connection, leader, mover):
             assert not any(placeholder in value for value in connection.hgetall(key).values()), key
         elif connection.type(key) == b'list':
             assert not any(placeholder in value for value in connection.lrange(key, 0, -1)), key
+
+
+def test_each_call_is_stamped_only_as_it_goes_out_and_only_with_a_stamp_of_the_placeholders_length():
+    prepared = plan_ahead.Prepared(at=time.time(), token='t')
+    placeholder = prepared.placeholder.encode()
+    stamp = 'x' * len(prepared.placeholder)
+    prepared.packed = [b'first ' + placeholder, b'second ' + placeholder]
+    calls = prepared.stamped(stamp)
+    assert next(calls) == b'first ' + stamp.encode()
+    prepared.packed[1] = b'changed ' + placeholder  # not stamped yet: the first went out without waiting for it
+    assert list(calls) == [b'changed ' + stamp.encode()]
+    with pytest.raises(ValueError, match='placeholder'):
+        prepared.stamped(stamp + 'x')
 
 
 def test_planning_stops_at_the_instant_and_the_pass_plans_the_rest(connection, leader, mover):
