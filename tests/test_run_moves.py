@@ -8,9 +8,10 @@ import time
 from datetime import datetime, timezone
 
 import pytest
+import redis
 
 from django_rq_scheduled import Scheduler
-from django_rq_scheduled.core import compact, keys, moves, plan_ahead, run_moves
+from django_rq_scheduled.core import compact, keys, move_script, moves, plan_ahead, run_moves
 from django_rq_scheduled.core.mover import MoveReport
 from django_rq_scheduled.models import RepeatableJob, ScheduledJob
 from tests import tasks
@@ -215,6 +216,30 @@ def test_an_entry_of_another_kind_rescheduling_a_later_run_leaves_that_run_alone
     assert connection.zscore(keys.SCHEDULED_JOBS_KEY, later.member) == at + 999
     assert not connection.exists(keys.job_key(later.enqueued_id))
     assert connection.llen('rq:queue:default') + connection.llen('rq:queue:high') == len(runs) - 1
+
+
+def test_a_redis_without_zmscore_reads_each_score_alone_and_writes_the_same(connection, mover, redis_url):
+    # Redis before 6.2 has no ZMSCORE: a user denied it by an ACL gets the same error inside the script.
+    at = round(time.time() + 30, 3)
+    make_rows(at, count=12)
+    batch = planned(mover, at)
+    argv = mover._move_argv(batch.planner, batch.fast_entries, fenced=True)
+    saved = snapshot(connection)
+    results = mover._call_move(argv)
+    written = keyspace(connection)
+    restore(connection, saved)
+    user = 'drqs-test-no-zmscore'
+    connection.acl_setuser(user, enabled=True, nopass=True, keys=['*'], channels=['*'], commands=['+@all', '-zmscore'])
+    limited = redis.Redis.from_url(redis_url, username=user, password='')
+    try:
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            limited.zmscore(keys.SCHEDULED_JOBS_KEY, ['x'])
+        again = limited.evalsha(mover._move_script.sha, len(move_script.MOVE_KEYS), *move_script.MOVE_KEYS, *argv)
+    finally:
+        limited.connection_pool.disconnect()
+        connection.acl_deluser(user)
+    assert again == results and results.count(1) >= 10
+    assert keyspace(connection) == written
 
 
 def test_a_job_class_with_its_own_key_prefix_is_sent_spelled_out(connection, mover, monkeypatch):
