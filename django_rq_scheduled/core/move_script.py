@@ -222,9 +222,9 @@ local function p_layout(i)  -- a 'P' entry at ARGV[i]: where its shared fields, 
   local template_from = own_from + own_count + 2
   return count, own_from, own_count, template_from, template_from + tonumber(ARGV[template_from - 1]) + 4
 end
-local function prefetch_scores(i, last)
+local function prefetch_scores(i)
   local members = {}
-  while i <= last and ARGV[i + 2] == 'P' do
+  while ARGV[i + 2] == 'P' do
     scanned_to = i
     if ARGV[i + 1] ~= '*' then members[#members + 1] = ARGV[i] end
     local _, _, _, _, after = p_layout(i)
@@ -251,10 +251,10 @@ for e = 1, tonumber(ARGV[2]) do
   local status = 0
   if kind ~= 'P' then
     write_deferred_moves()
-    prefetched = {}
+    if next(prefetched) ~= nil then prefetched = {} end
   end
   if kind == 'P' then
-    if zmscore and i > scanned_to then prefetch_scores(i, #ARGV) end
+    if zmscore and i > scanned_to then prefetch_scores(i) end
     local version, run_id = ARGV[i + 3], ARGV[i + 4]
     local count, own_from, own_count, template_from = p_layout(i)
     if count > 0 then run_fields, shared_count = {unpack(ARGV, i + 6, i + 5 + count)}, count end

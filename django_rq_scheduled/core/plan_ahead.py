@@ -65,13 +65,22 @@ class Prepared:
         length = len(utcformat(datetime.fromtimestamp(self.at, tz=timezone.utc)))
         self.placeholder = ('\x00' + secrets.token_hex(length))[:length]
 
+    def fits(self, stamp: str) -> bool:
+        """Whether ``stamp`` can replace the placeholder (as long as it: the packed lengths stay right)."""
+        return len(stamp) == len(self.placeholder)
+
+    def stamp_call(self, calls: bytes, stamp: str) -> bytes:
+        """One packed call with ``stamp`` as its runs' ``enqueued_at``."""
+        if not self.fits(stamp):
+            raise ValueError(f'a stamp of {len(stamp)} characters for a placeholder of {len(self.placeholder)}')
+        return calls.replace(self.placeholder.encode(), stamp.encode())
+
     def stamped(self, stamp: str) -> Iterator[bytes]:
         """The move calls with ``stamp`` as their ``enqueued_at``, each stamped only when the one before has gone:
         stamping a plan of 50,000 runs takes tens of milliseconds, which the first call need not wait for."""
-        if len(stamp) != len(self.placeholder):
+        if not self.fits(stamp):
             raise ValueError(f'a stamp of {len(stamp)} characters for a placeholder of {len(self.placeholder)}')
-        placeholder, stamp_bytes = self.placeholder.encode(), stamp.encode()
-        return (calls.replace(placeholder, stamp_bytes) for calls in self.packed)
+        return (self.stamp_call(calls, stamp) for calls in self.packed)
 
     @property
     def entries(self) -> int:
@@ -174,7 +183,7 @@ def send(mover: Any, prepared: Prepared, now: float, report: Any) -> None:
     """Sends the planned moves, stamped ``now``, in one write; then reports how each batch went, the first error
     (a lost lease, Redis refusing writes) raised once every batch's outcome is known."""
     stamp = utcformat(datetime.fromtimestamp(now, tz=timezone.utc))
-    if not prepared.packed or len(stamp) != len(prepared.placeholder):
+    if not prepared.packed or not prepared.fits(stamp):
         return  # nothing planned, or a stamp of another length than the placeholder: the pass plans them again
     pool = mover.connection.connection_pool
     replies = PendingReplies.of_packed(pool, prepared.stamped(stamp), len(prepared.packed)).wait()
@@ -185,7 +194,7 @@ def send(mover: Any, prepared: Prepared, now: float, report: Any) -> None:
             if isinstance(reply, NoScriptError):  # Redis restarted since the plan: loaded again, sent again
                 mover._scripts_missing = True
                 mover._load_scripts_once()
-                again = list(prepared.stamped(stamp))[index]
+                again = prepared.stamp_call(prepared.packed[index], stamp)
                 [reply] = PendingReplies.of_packed(pool, [again], 1).wait()
             mover._finish_batch(batch, reply, report, fenced=True)
         except (RedisError, LeadershipLost) as exc:
