@@ -303,6 +303,23 @@ def test_redis_turned_read_only_at_the_instant_writes_nothing_and_once_writable_
     assert leader.scheduler.move_due_jobs().enqueued == []
 
 
+def test_a_schedule_turned_into_another_type_at_the_instant_moves_nothing_and_once_restored_each_once(
+    connection, leader, mover
+):
+    at = rows_due_together()
+    mover.prepare(at)
+    saved = connection.dump(keys.SCHEDULED_JOBS_KEY)
+    connection.delete(keys.SCHEDULED_JOBS_KEY)
+    connection.set(keys.SCHEDULED_JOBS_KEY, 'written by someone else')
+    wait_for(at)
+    with pytest.raises(redis.ResponseError, match='WRONGTYPE'):
+        leader.scheduler.move_due_jobs()
+    assert runs(connection) == [] and connection.get(keys.SCHEDULED_JOBS_KEY) == b'written by someone else'
+    connection.delete(keys.SCHEDULED_JOBS_KEY)
+    connection.restore(keys.SCHEDULED_JOBS_KEY, 0, saved)
+    assert len(leader.scheduler.move_due_jobs().enqueued) == ROWS == len(set(runs(connection))) == len(runs(connection))
+
+
 def test_a_connection_cut_at_the_instant_loses_and_repeats_nothing(connection, leader, mover):
     at = rows_due_together()
     mover.prepare(at)
