@@ -29,8 +29,8 @@ STACK = {
 }
 DATABASES = ('sqlite', 'postgres')
 TEST_TOOLS = [
-    'pytest>=8', 'pytest-django>=4.8', 'fakeredis[lua]>=2.26', 'time-machine>=2.13', 'hypothesis>=6.100',
-    'rq-scheduler==0.14.0', 'psycopg[binary]>=3.1', 'django-tasks>=0.12', 'django-tasks-rq>=0.12',
+    'pytest>=8', 'pytest-django>=4.8', 'pytest-xdist>=3.5', 'fakeredis[lua]>=2.26', 'time-machine>=2.13',
+    'hypothesis>=6.100', 'rq-scheduler==0.14.0', 'psycopg[binary]>=3.1', 'django-tasks>=0.12', 'django-tasks-rq>=0.12',
 ]  # fmt: skip
 MATRIX_TESTS = [
     'tests/test_models.py',

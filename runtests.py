@@ -8,10 +8,15 @@ them; the processes those tests start (``manage.py rqscheduler``) get a database
 are, on PostgreSQL. It is skipped, with a message, where PostgreSQL is not installed (in CI that is a failure),
 with ``--no-postgres``, and when ``DRQS_TEST_POSTGRES_URL`` already puts the first pass on a PostgreSQL. Either pass
 failing fails the run, and an empty pass (pytest exit code 5) counts as a failure.
+
+Both passes run on pytest-xdist's workers, one per core up to ``MAX_WORKERS`` (each starts its own redis-server and
+processes' databases), unless the arguments choose (``-n 0``, ``-n 4``, ``-p no:xdist``) or pytest-xdist is not
+installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -21,6 +26,8 @@ from pathlib import Path
 import pytest
 
 NO_TESTS_COLLECTED = 5
+MAX_WORKERS = 4
+"""More workers than this start more real processes at once than they save time."""
 ROOT = Path(__file__).resolve().parent
 POSTGRES_TESTS = (
     'tests/test_models.py',
@@ -43,7 +50,7 @@ POSTGRES_TESTS = (
 def main(argv: list[str]) -> int:
     with_postgres = '--no-postgres' not in argv
     postgres_only = '--postgres-only' in argv
-    argv = [arg for arg in argv if arg not in ('--no-postgres', '--postgres-only')]
+    argv = with_workers([arg for arg in argv if arg not in ('--no-postgres', '--postgres-only')])
     if postgres_only:
         return postgres_pass(argv, only_postgres_tests=False)
     database = 'PostgreSQL' if os.environ.get('DRQS_TEST_POSTGRES_URL') else 'SQLite'
@@ -51,6 +58,14 @@ def main(argv: list[str]) -> int:
     if with_postgres:
         code = postgres_pass(argv) or code
     return code
+
+
+def with_workers(argv: list[str]) -> list[str]:
+    """``argv`` with pytest-xdist's workers, one per core, unless it chooses itself or pytest-xdist is missing."""
+    chosen = any(arg.startswith(('-n', '--numprocesses', '--dist')) or 'xdist' in arg for arg in argv)
+    if chosen or importlib.util.find_spec('xdist') is None:
+        return argv
+    return ['--numprocesses', 'auto', '--maxprocesses', str(MAX_WORKERS), *argv]
 
 
 def checked(name: str, code: int) -> int:

@@ -2,7 +2,8 @@
 
 The test database belongs to the test process (pytest-django holds each test in a transaction no other process
 sees), so the processes get one of their own: a SQLite file, or on the PostgreSQL pass (``DRQS_TEST_POSTGRES_URL``
-set) a database in the same cluster, named after the test database (``drqs_processes_template``). It is migrated
+set) a database in the same cluster, named after the test database and the pytest-xdist worker
+(``drqs_processes_gw0_template``). It is migrated
 once per test run and used as a template: each test that starts a process gets a fresh copy, dropped after the test by
 tests/conftest.py, so no test's rows reach another test's processes.
 """
@@ -56,8 +57,8 @@ class SqliteFiles:
 
 
 class PostgresDatabases:
-    """Databases ``<test database>_processes_<name>`` in the cluster of the test database; those left at exit are
-    dropped then.
+    """Databases ``<test database>_processes[_<xdist worker>]_<name>`` in the cluster of the test database; those
+    left at exit are dropped then.
 
     psycopg is imported only here: the benchmarks' environment, which imports tests/processes.py, has none.
     """
@@ -67,6 +68,8 @@ class PostgresDatabases:
     def __init__(self, test_url: str) -> None:
         self.url = urlsplit(test_url)
         self.prefix = f'{self.url.path.lstrip("/") or "drqs"}_processes'  # the default NAME of tests/settings.py
+        if os.environ.get('PYTEST_XDIST_WORKER'):  # pytest-xdist's workers share the cluster: one name each
+            self.prefix += f'_{os.environ["PYTEST_XDIST_WORKER"]}'
         self.existing: set[str] = set()
         atexit.register(self.drop_all)
 
