@@ -41,6 +41,7 @@ from . import keys
 from ._django import queue_names
 from .allowlist import AllowList
 from .observer import ONE_OFF, EnqueuedJob
+from .pending import PendingReplies
 from .scripts import DEFERRED_WRITES
 from .vetting import CALLBACK_FIELDS
 
@@ -245,6 +246,16 @@ def install(scheduler: Any, key: Any) -> None:
     scheduler.mover.fast = fast
 
 
+@dataclass
+class _InFlight:
+    """A fast call sent, its reply not read yet."""
+
+    pending: PendingReplies
+    argv: list[Any]
+    offset: int
+    now: float
+
+
 class FastPass:
     """The first step of every pass of the mover: the marked one-offs, moved by ``FAST_MOVE`` batch by batch."""
 
@@ -256,29 +267,69 @@ class FastPass:
         self._script = mover.connection.register_script(FAST_MOVE)
 
     def run(self, report: Any) -> None:
-        """Moves due marked one-offs until a batch finds none (the planned path takes what is left)."""
+        """Moves due marked one-offs until a batch finds none (the planned path takes what is left).
+
+        Each call goes out before the batch of the one before is accounted for (the report, the observer, the
+        report's ``as_moved``), so that work is done while Redis moves the next batch."""
         mover = self.mover
-        offset = 0
         queue_args = self._queue_args()
-        while not mover.stop.is_set():
-            now = mover.clock.now()
-            argv = [
-                mover.lease.token, repr(now), utcformat(datetime.fromtimestamp(now, timezone.utc)), self.job_prefix,
-                offset, mover.batch_size, self.signer.key, *queue_args,
-            ]  # fmt: skip
+        call = None if mover.stop.is_set() else self._send(0, queue_args)
+        while call is not None:
+            batch = self._reply(call)
             try:
-                batch = parse_reply(self._script(keys=FAST_MOVE_KEYS, args=argv))
-            except redis.ResponseError as exc:
-                mover._raise_move_error(exc)  # a lost lease: told to the lease, raised as LeadershipLost
-            moved = batch.looked_at - batch.left
-            if moved:
-                report.enqueued += batch.ids
-                mover.observer.jobs_enqueued(_Enqueued(batch), now)
-                report.batches += 1
-            if batch.looked_at < mover.batch_size or not moved:
-                return
-            offset += batch.left
-            mover.lease.renew_if_due()
+                following = self._send_next(batch, call.offset, queue_args)
+            except BaseException:
+                self._account(batch, call.now, report)
+                raise
+            try:
+                self._account(batch, call.now, report)
+            except BaseException:
+                if following is not None:
+                    following.pending.abandon()
+                raise
+            call = following
+
+    def _send(self, offset: int, queue_args: list[Any]) -> _InFlight:
+        mover = self.mover
+        now = mover.clock.now()
+        argv = [
+            mover.lease.token, repr(now), utcformat(datetime.fromtimestamp(now, timezone.utc)), self.job_prefix,
+            offset, mover.batch_size, self.signer.key, *queue_args,
+        ]  # fmt: skip
+        call = ('EVALSHA', self._script.sha, len(FAST_MOVE_KEYS), *FAST_MOVE_KEYS, *argv)
+        return _InFlight(PendingReplies(mover.connection.connection_pool, [call]), argv, offset, now)
+
+    def _reply(self, call: _InFlight) -> FastBatch:
+        [reply] = call.pending.wait()
+        if isinstance(reply, redis.exceptions.NoScriptError):  # not loaded yet, or lost (a restart): the slow way
+            reply = self._call(call.argv)
+        elif isinstance(reply, redis.ResponseError):
+            self.mover._raise_move_error(reply)  # a lost lease: told to the lease, raised as LeadershipLost
+        return parse_reply(reply)
+
+    def _call(self, argv: list[Any]) -> Any:
+        try:
+            return self._script(keys=FAST_MOVE_KEYS, args=argv)
+        except redis.ResponseError as exc:
+            self.mover._raise_move_error(exc)
+
+    def _send_next(self, batch: FastBatch, offset: int, queue_args: list[Any]) -> _InFlight | None:
+        """The next call, sent; None once a batch was not full or moved nothing, or the mover is told to stop."""
+        mover = self.mover
+        if batch.looked_at < mover.batch_size or batch.looked_at == batch.left or mover.stop.is_set():
+            return None
+        mover.lease.renew_if_due()
+        return self._send(offset + batch.left, queue_args)
+
+    def _account(self, batch: FastBatch, now: float, report: Any) -> None:
+        if batch.looked_at == batch.left:
+            return
+        ids = batch.ids
+        report.enqueued += ids
+        self.mover.observer.jobs_enqueued(_Enqueued(batch), now)
+        report.batches += 1
+        if report.as_moved is not None:
+            report.as_moved(ids)
 
     def _queue_args(self) -> list[Any]:
         """origin, queue key, default timeout of each queue the move script may push to (the others: planned)."""

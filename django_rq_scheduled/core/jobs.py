@@ -387,6 +387,24 @@ class JobBuilder:
         return handle
 
 
+class HandlesAsMoved:
+    """The handles ``enqueue_jobs()`` returns: those of each fast batch built while Redis moves the next (``build``,
+    a pass's ``as_moved``), the others once the pass is over (``of``)."""
+
+    def __init__(self, jobs: JobBuilder) -> None:
+        self.jobs = jobs
+        self.built: dict[str, Job] = {}
+
+    def build(self, job_ids: list[str]) -> None:
+        self.built.update(zip(job_ids, self.jobs.handles(job_ids)))
+
+    def of(self, job_ids: list[str]) -> list[Job]:
+        """The handles of ``job_ids``, in their order."""
+        built = self.built
+        rest = iter(self.jobs.handles([job_id for job_id in job_ids if job_id not in built]))
+        return [built[job_id] if job_id in built else next(rest) for job_id in job_ids]
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     # Thousands of new objects that hold no cycle: the cyclic collector would walk the growing list again and again,

@@ -10,7 +10,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -60,6 +60,8 @@ class MoveReport:
     """Why the pause key cannot be read (it then pauses nothing), or ''."""
     read_at: float | None = None
     """The instant the pass read the due jobs at: the due entries it stepped over are due up to there."""
+    as_moved: Callable[[list[str]], Any] | None = None
+    """Called with the ids of each batch the fast path moved, while Redis moves the next (``enqueue_jobs``)."""
 
     @property
     def count(self) -> int:
@@ -153,7 +155,7 @@ class Mover:
         self.prepared: plan_ahead.Prepared | None = None
         """Occurrences of a coming instant planned ahead (``plan_ahead``): the first pass at that instant sends them."""
 
-    def move_due_jobs(self) -> MoveReport:
+    def move_due_jobs(self, report: MoveReport | None = None) -> MoveReport:
         """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call.
 
         With a backlog of more than one batch, the next batch is read ahead and planned while Redis applies the
@@ -161,7 +163,7 @@ class Mover:
         by the write before, is planned while Redis works. Reading ahead is safe because every entry of a move
         is guarded on the exact score it was read with: an entry read twice, or changed since, is left alone.
         """
-        report = MoveReport()
+        report = MoveReport() if report is None else report
         self._waits = False
         self._apply_prepared(report)
         if self.fast is not None:

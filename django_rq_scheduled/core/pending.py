@@ -29,7 +29,7 @@ class PendingReplies:
                 packed = self.connection.pack_commands(commands)
             self.connection.send_packed_command(packed)
         except BaseException:
-            self._discard()
+            self.abandon()
             raise
 
     @classmethod
@@ -47,13 +47,14 @@ class PendingReplies:
                 except redis.ResponseError as exc:
                     replies.append(exc)
         except BaseException:
-            self._discard()
+            self.abandon()
             raise
         self.pool.release(self.connection)
         return replies
 
-    def _discard(self) -> None:
-        # Replies may still be on their way: the connection cannot be reused.
+    def abandon(self) -> None:
+        """Gives up on the replies (Redis still applies what it was sent): they may still be on their way, so the
+        connection is closed, not reused."""
         self.connection.disconnect()
         self.pool.release(self.connection)
 

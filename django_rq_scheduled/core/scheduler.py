@@ -28,7 +28,7 @@ from . import _django, compact, cron, keys, limits, scripts
 from .clock import ServerClock
 from .fast_moves import install as install_fast_path
 from .instances import Instances
-from .jobs import JobBuilder, refusal_of, template_meta
+from .jobs import HandlesAsMoved, JobBuilder, refusal_of, template_meta
 from .lease import Lease
 from .loop import Loop, TickHook
 from .mover import Mover, MoveReport, member_text
@@ -441,12 +441,13 @@ class Scheduler(CallableRule, FixedKeys):
                 logger.info('Another scheduler holds the lease; not moving jobs')
                 return []
             took_lease = True
+        handles = HandlesAsMoved(self.jobs)
         try:
-            report = self.move_due_jobs()
+            report = self.mover.move_due_jobs(MoveReport(as_moved=handles.build))
         finally:
             if took_lease:
                 self.remove_lock()
-        return self.jobs.handles(report.enqueued)
+        return handles.of(report.enqueued)
 
     def move_due_jobs(self) -> MoveReport:
         """Moves due jobs in batches while this instance leads; each batch is one fenced, atomic Lua call."""

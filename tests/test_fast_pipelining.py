@@ -1,0 +1,158 @@
+"""The fast path's calls pipelined with the client's work (``core.fast_moves.FastPass``), on a real Redis: each call
+goes out before the batch of the one before is accounted for, and a failure at any step between them loses,
+repeats or leaks nothing."""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import redis
+
+from django_rq_scheduled import Scheduler
+from django_rq_scheduled.core import fast_moves, keys
+from django_rq_scheduled.core.allowlist import AllowList
+from django_rq_scheduled.core.errors import LeadershipLost
+from django_rq_scheduled.core.mover import MoveReport
+from tests import tasks
+
+pytestmark = pytest.mark.integration
+
+BATCH = 10
+JOBS = 35  # three full batches, then one of 5 that ends the pass
+
+
+@pytest.fixture
+def scheduler(connection):
+    connection.flushdb()
+    scheduler = Scheduler(
+        connection=connection, callable_allowed=AllowList(['tests.tasks.add']), signing_key='k', batch_size=BATCH
+    )
+    due = datetime.now(timezone.utc) - timedelta(minutes=1)
+    for number in range(JOBS):
+        scheduler.enqueue_at(due + timedelta(milliseconds=number), tasks.add, number, 1, job_id=f'j{number:02d}')
+    yield scheduler
+    connection.flushdb()
+
+
+@pytest.fixture
+def events(monkeypatch):
+    """'sent' for each fast call written to Redis, in order with the calls of the report's ``as_moved``."""
+    seen: list[str] = []
+    original = fast_moves.FastPass._send
+
+    def send(self, offset, queue_args):
+        sent = original(self, offset, queue_args)
+        seen.append('sent')
+        return sent
+
+    monkeypatch.setattr(fast_moves.FastPass, '_send', send)
+    return seen
+
+
+def queued(connection) -> list[str]:
+    return [member.decode() for member in connection.lrange('rq:queue:default', 0, -1)]
+
+
+def ids() -> list[str]:
+    return [f'j{number:02d}' for number in range(JOBS)]
+
+
+def in_use(connection) -> int:
+    return len(connection.connection_pool._in_use_connections)
+
+
+def test_each_batch_is_accounted_for_while_redis_moves_the_next(scheduler, events):
+    report = MoveReport(as_moved=lambda moved: events.append(f'moved {len(moved)}'))
+    assert scheduler.acquire_lock()
+    scheduler.mover.move_due_jobs(report)
+    assert events == ['sent', 'sent', 'moved 10', 'sent', 'moved 10', 'sent', 'moved 10', 'moved 5']
+    assert report.enqueued == ids() and report.batches == 4
+
+
+def test_enqueue_jobs_returns_the_handles_of_every_job_in_the_order_moved(scheduler, connection):
+    scheduler.enqueue_at(datetime.now(timezone.utc) - timedelta(minutes=1), tasks.add, 1, 1, job_id='unmarked')
+    connection.hdel(keys.job_key('unmarked'), keys.FAST_MARK_FIELD)  # the planned path moves it, after the fast batches
+    handles = scheduler.enqueue_jobs()
+    assert [job.id for job in handles] == [*ids(), 'unmarked'] == queued(connection)
+    handles[3].refresh()
+    assert handles[3].args == (3, 1) and handles[3].get_status() == 'queued'
+
+
+def test_scripts_flushed_between_two_calls_are_loaded_again_and_each_job_moves_once(scheduler, connection):
+    flushed = []
+
+    def flush_once(moved):
+        if not flushed:
+            flushed.append(connection.script_flush())
+
+    assert scheduler.acquire_lock()
+    report = scheduler.mover.move_due_jobs(MoveReport(as_moved=flush_once))
+    assert flushed and report.enqueued == ids() == queued(connection)
+    assert connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
+
+
+def test_a_next_call_that_cannot_be_sent_still_accounts_for_the_batch_before(scheduler, connection, monkeypatch):
+    original, calls, moved = fast_moves.FastPass._send, [], []
+
+    def send(self, offset, queue_args):
+        calls.append(offset)
+        if len(calls) == 2:
+            raise redis.ConnectionError('cut')
+        return original(self, offset, queue_args)
+
+    monkeypatch.setattr(fast_moves.FastPass, '_send', send)
+    assert scheduler.acquire_lock()
+    with pytest.raises(redis.ConnectionError):
+        scheduler.mover.move_due_jobs(MoveReport(as_moved=moved.extend))
+    assert moved == ids()[:BATCH] == queued(connection)
+    monkeypatch.setattr(fast_moves.FastPass, '_send', original)
+    assert scheduler.mover.move_due_jobs().enqueued == ids()[BATCH:]
+    assert queued(connection) == ids() and in_use(connection) == 0
+
+
+def test_accounting_that_fails_with_a_call_in_flight_closes_its_connection_and_loses_nothing(scheduler, connection):
+    def fail(moved):
+        raise RuntimeError('an observer of ours failed')
+
+    assert scheduler.acquire_lock()
+    with pytest.raises(RuntimeError):
+        scheduler.mover.move_due_jobs(MoveReport(as_moved=fail))
+    assert in_use(connection) == 0  # the call in flight's connection is closed, not left with a reply unread
+    # Redis applied the call in flight: its batch is queued; the next pass moves the rest, none twice.
+    assert queued(connection) == ids()[: 2 * BATCH]
+    scheduler.mover.move_due_jobs()
+    assert queued(connection) == ids() and connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
+
+
+def test_a_lease_lost_between_two_calls_moves_nothing_more(scheduler, connection):
+    def depose(moved):
+        connection.set(keys.LOCK_KEY, 'someone else')
+
+    assert scheduler.acquire_lock()
+    with pytest.raises(LeadershipLost):
+        scheduler.mover.move_due_jobs(MoveReport(as_moved=depose))
+    # The second call was in flight when the lease went; the third, sent after, was refused whole.
+    assert queued(connection) == ids()[: 2 * BATCH]
+    assert connection.zcard(keys.SCHEDULED_JOBS_KEY) == JOBS - 2 * BATCH
+    assert in_use(connection) == 0
+
+
+def test_connections_cut_with_a_call_in_flight_lose_and_repeat_nothing(scheduler, connection, redis_url):
+    killer = redis.Redis.from_url(redis_url)
+    cuts = []
+
+    def cut(moved):
+        if moved[0] == 'j10':  # the third call is in flight
+            cuts.append(killer.client_kill_filter(_type='normal', skipme=True))
+
+    assert scheduler.acquire_lock()
+    # Its reply lost (ConnectionError); or read before the cut, and the next call sent on a new connection.
+    with contextlib.suppress(redis.ConnectionError):
+        scheduler.mover.move_due_jobs(MoveReport(as_moved=cut))
+    scheduler.mover.move_due_jobs()
+    assert cuts and cuts[0] >= 1
+    assert queued(connection) == ids() and connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
+    assert in_use(connection) == 0
+    killer.close()
