@@ -162,6 +162,7 @@ class Mover:
         previous one: the move of batch k and the read of batch k + 2 go out in one write, and batch k + 1, read
         by the write before, is planned while Redis works. Reading ahead is safe because every entry of a move
         is guarded on the exact score it was read with: an entry read twice, or changed since, is left alone.
+        ``report``, if given, is filled and returned (its ``as_moved`` is told each fast batch).
         """
         report = MoveReport() if report is None else report
         self._waits = False
