@@ -156,3 +156,14 @@ def test_connections_cut_with_a_call_in_flight_lose_and_repeat_nothing(scheduler
     assert queued(connection) == ids() and connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
     assert in_use(connection) == 0
     killer.close()
+
+
+def test_a_new_scheduler_loads_the_fast_script_once_and_never_gets_noscript(scheduler, connection):
+    connection.script_flush()
+    assert scheduler.acquire_lock()
+    connection.config_resetstat()
+    report = MoveReport()
+    scheduler.mover.fast.run(report)
+    assert report.enqueued == ids()
+    assert 'errorstat_NOSCRIPT' not in connection.info('errorstats')
+    assert connection.info('commandstats')['cmdstat_script|load']['calls'] == 1

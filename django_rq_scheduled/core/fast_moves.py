@@ -265,6 +265,7 @@ class FastPass:
         self.origins = list(dict.fromkeys([default_queue, *(known_queues or [])]))
         self.job_prefix = mover.job_class.redis_job_namespace_prefix
         self._script = mover.connection.register_script(FAST_MOVE)
+        self._loaded_on: redis.ConnectionPool | None = None
 
     def run(self, report: Any) -> None:
         """Moves due marked one-offs until a batch finds none (the planned path takes what is left).
@@ -296,12 +297,17 @@ class FastPass:
             mover.lease.token, repr(now), utcformat(datetime.fromtimestamp(now, timezone.utc)), self.job_prefix,
             offset, mover.batch_size, self.signer.key, *queue_args,
         ]  # fmt: skip
+        pool = mover.connection.connection_pool
+        if self._loaded_on is not pool:  # a pipelined call has no NOSCRIPT fallback: loaded once per pool
+            self._script.sha = mover.connection.script_load(FAST_MOVE)
+            self._loaded_on = pool
         call = ('EVALSHA', self._script.sha, len(FAST_MOVE_KEYS), *FAST_MOVE_KEYS, *argv)
-        return _InFlight(PendingReplies(mover.connection.connection_pool, [call]), argv, offset, now)
+        return _InFlight(PendingReplies(pool, [call]), argv, offset, now)
 
     def _reply(self, call: _InFlight) -> FastBatch:
         [reply] = call.pending.wait()
-        if isinstance(reply, redis.exceptions.NoScriptError):  # not loaded yet, or lost (a restart): the slow way
+        if isinstance(reply, redis.exceptions.NoScriptError):  # lost (a restart): loaded and sent again
+            self._loaded_on = None
             reply = self._call(call.argv)
         elif isinstance(reply, redis.ResponseError):
             self.mover._raise_move_error(reply)  # a lost lease: told to the lease, raised as LeadershipLost
