@@ -158,7 +158,7 @@ def test_connections_cut_with_a_call_in_flight_lose_and_repeat_nothing(scheduler
     killer.close()
 
 
-def test_a_new_scheduler_loads_the_fast_script_once_and_never_gets_noscript(scheduler, connection):
+def test_a_new_scheduler_loads_its_scripts_once_and_never_gets_noscript(scheduler, connection):
     connection.script_flush()
     assert scheduler.acquire_lock()
     connection.config_resetstat()
@@ -166,4 +166,9 @@ def test_a_new_scheduler_loads_the_fast_script_once_and_never_gets_noscript(sche
     scheduler.mover.fast.run(report)
     assert report.enqueued == ids()
     assert 'errorstat_NOSCRIPT' not in connection.info('errorstats')
-    assert connection.info('commandstats')['cmdstat_script|load']['calls'] == 1
+    loads = connection.info('commandstats')['cmdstat_script|load']['calls']
+    assert loads == 3  # the mover's pipelined scripts, the fast one among them, once each
+    scheduler.enqueue_at(datetime.now(timezone.utc) - timedelta(minutes=1), tasks.add, 1, 1, job_id='later')
+    scheduler.mover.fast.run(MoveReport())
+    assert connection.info('commandstats')['cmdstat_script|load']['calls'] == loads
+    assert 'errorstat_NOSCRIPT' not in connection.info('errorstats')

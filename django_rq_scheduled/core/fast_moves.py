@@ -222,6 +222,10 @@ class FastBatch:
     """id, score, origin of each job moved."""
 
     @property
+    def moved(self) -> int:
+        return self.looked_at - self.left
+
+    @property
     def ids(self) -> list[str]:
         return [member.decode() for member in self.flat[::3]]
 
@@ -264,8 +268,7 @@ class FastPass:
         self.signer = signer
         self.origins = list(dict.fromkeys([default_queue, *(known_queues or [])]))
         self.job_prefix = mover.job_class.redis_job_namespace_prefix
-        self._script = mover.connection.register_script(FAST_MOVE)
-        self._loaded_on: redis.ConnectionPool | None = None
+        self.script = mover.connection.register_script(FAST_MOVE)
 
     def run(self, report: Any) -> None:
         """Moves due marked one-offs until a batch finds none (the planned path takes what is left).
@@ -297,17 +300,14 @@ class FastPass:
             mover.lease.token, repr(now), utcformat(datetime.fromtimestamp(now, timezone.utc)), self.job_prefix,
             offset, mover.batch_size, self.signer.key, *queue_args,
         ]  # fmt: skip
-        pool = mover.connection.connection_pool
-        if self._loaded_on is not pool:  # a pipelined call has no NOSCRIPT fallback: loaded once per pool
-            self._script.sha = mover.connection.script_load(FAST_MOVE)
-            self._loaded_on = pool
-        call = ('EVALSHA', self._script.sha, len(FAST_MOVE_KEYS), *FAST_MOVE_KEYS, *argv)
-        return _InFlight(PendingReplies(pool, [call]), argv, offset, now)
+        mover._load_scripts_once()
+        call = ('EVALSHA', self.script.sha, len(FAST_MOVE_KEYS), *FAST_MOVE_KEYS, *argv)
+        return _InFlight(PendingReplies(mover.connection.connection_pool, [call]), argv, offset, now)
 
     def _reply(self, call: _InFlight) -> FastBatch:
         [reply] = call.pending.wait()
         if isinstance(reply, redis.exceptions.NoScriptError):  # lost (a restart): loaded and sent again
-            self._loaded_on = None
+            self.mover._scripts_missing = True
             reply = self._call(call.argv)
         elif isinstance(reply, redis.ResponseError):
             self.mover._raise_move_error(reply)  # a lost lease: told to the lease, raised as LeadershipLost
@@ -315,20 +315,20 @@ class FastPass:
 
     def _call(self, argv: list[Any]) -> Any:
         try:
-            return self._script(keys=FAST_MOVE_KEYS, args=argv)
+            return self.script(keys=FAST_MOVE_KEYS, args=argv)
         except redis.ResponseError as exc:
             self.mover._raise_move_error(exc)
 
     def _send_next(self, batch: FastBatch, offset: int, queue_args: list[Any]) -> _InFlight | None:
         """The next call, sent; None once a batch was not full or moved nothing, or the mover is told to stop."""
         mover = self.mover
-        if batch.looked_at < mover.batch_size or batch.looked_at == batch.left or mover.stop.is_set():
+        if batch.looked_at < mover.batch_size or not batch.moved or mover.stop.is_set():
             return None
         mover.lease.renew_if_due()
         return self._send(offset + batch.left, queue_args)
 
     def _account(self, batch: FastBatch, now: float, report: Any) -> None:
-        if batch.looked_at == batch.left:
+        if not batch.moved:
             return
         ids = batch.ids
         report.enqueued += ids

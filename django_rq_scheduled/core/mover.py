@@ -379,10 +379,11 @@ class Mover:
         return move_reply, read_reply
 
     def _load_scripts_once(self) -> None:
-        # Pipelined calls bypass redis-py's NOSCRIPT fallback: load the scripts up front. A Redis restart flushes
-        # them; ``_replies`` then redoes the call the slow way and the next batch loads them again.
+        # Pipelined calls bypass redis-py's NOSCRIPT fallback: load the scripts up front (the fast path's too). A
+        # Redis restart flushes them; the call is then redone the slow way and the next batch loads them again.
         if self._scripts_loaded_on is not self.connection.connection_pool or self._scripts_missing:
-            for script in (self._move_script, self._read_due_script):
+            fast = () if self.fast is None else (self.fast.script,)
+            for script in (self._move_script, self._read_due_script, *fast):
                 script.sha = self.connection.script_load(script.script)
             self._scripts_loaded_on = self.connection.connection_pool
             self._scripts_missing = False

@@ -71,16 +71,18 @@ class Prepared:
 
     def stamp_call(self, calls: bytes, stamp: str) -> bytes:
         """One packed call with ``stamp`` as its runs' ``enqueued_at``."""
-        if not self.fits(stamp):
-            raise ValueError(f'a stamp of {len(stamp)} characters for a placeholder of {len(self.placeholder)}')
+        self._check_fits(stamp)
         return calls.replace(self.placeholder.encode(), stamp.encode())
 
     def stamped(self, stamp: str) -> Iterator[bytes]:
         """The move calls with ``stamp`` as their ``enqueued_at``, each stamped only when the one before has gone:
         stamping a plan of 50,000 runs takes tens of milliseconds, which the first call need not wait for."""
+        self._check_fits(stamp)  # now, not when the first call is stamped
+        return (self.stamp_call(calls, stamp) for calls in self.packed)
+
+    def _check_fits(self, stamp: str) -> None:
         if not self.fits(stamp):
             raise ValueError(f'a stamp of {len(stamp)} characters for a placeholder of {len(self.placeholder)}')
-        return (self.stamp_call(calls, stamp) for calls in self.packed)
 
     @property
     def entries(self) -> int:
