@@ -5,6 +5,8 @@ repeats or leaks nothing."""
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -172,3 +174,77 @@ def test_a_new_scheduler_loads_its_scripts_once_and_never_gets_noscript(schedule
     scheduler.mover.fast.run(MoveReport())
     assert connection.info('commandstats')['cmdstat_script|load']['calls'] == loads
     assert 'errorstat_NOSCRIPT' not in connection.info('errorstats')
+
+
+def test_redis_out_of_memory_between_two_calls_refuses_the_next_whole_and_each_job_moves_once(scheduler, connection):
+    def fill_up(moved):
+        if moved[0] == 'j00':  # the second call is in flight; the third meets a full Redis
+            connection.config_set('maxmemory-policy', 'noeviction')
+            connection.config_set('maxmemory', max(1, int(connection.info('memory')['used_memory']) - 200_000))
+
+    assert scheduler.acquire_lock()
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            scheduler.mover.move_due_jobs(MoveReport(as_moved=fill_up))
+        assert queued(connection) == ids()[: 2 * BATCH]  # the refused call wrote nothing
+        left = [job_id for job_id in ids()[2 * BATCH :] if connection.hget(keys.job_key(job_id), 'status')]
+        assert {connection.hget(keys.job_key(job_id), 'status') for job_id in left} == {b'scheduled'}
+    finally:
+        connection.config_set('maxmemory', 0)
+    scheduler.mover.move_due_jobs()
+    assert queued(connection) == ids() and scheduler.dead_letters() == {} and in_use(connection) == 0
+
+
+STALL = """
+local function now() local t = redis.call('TIME'); return tonumber(t[1]) + tonumber(t[2]) / 1e6 end
+local until_ = now() + tonumber(ARGV[1])
+while now() < until_ do end
+"""
+
+
+def test_redis_stalled_past_the_socket_timeout_with_a_call_in_flight_moves_each_job_once(
+    scheduler, connection, redis_url
+):
+    staller = redis.Redis.from_url(redis_url)
+    stalls: list[threading.Thread] = []
+
+    def stall(moved):
+        if moved[0] == 'j00':  # the second call is in flight; the third is sent into a Redis busy for 0.6 s
+            stalls.append(threading.Thread(target=staller.eval, args=(STALL, 0, 0.6)))
+            stalls[0].start()
+            time.sleep(0.05)
+
+    pool = connection.connection_pool
+    saved = dict(pool.connection_kwargs)
+    pool.connection_kwargs.update(socket_timeout=0.2, orig_socket_timeout=0.2)  # redis-py 8 keeps both
+    pool.reset()
+    try:
+        assert scheduler.acquire_lock()
+        with pytest.raises(redis.exceptions.TimeoutError):
+            scheduler.mover.move_due_jobs(MoveReport(as_moved=stall))
+        stalls[0].join()
+    finally:
+        pool.connection_kwargs.clear()
+        pool.connection_kwargs.update(saved)
+        pool.reset()
+    scheduler.mover.move_due_jobs()  # whether Redis ran the timed-out call or not, the rest moves, none twice
+    assert queued(connection) == ids() and connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
+    assert in_use(connection) == 0
+    staller.close()
+
+
+def test_the_schedule_turned_into_another_type_between_two_calls_raises_and_loses_nothing(scheduler, connection):
+    saved: list[bytes] = []
+
+    def break_schedule(moved):
+        if moved[0] == 'j00':  # the second call is in flight; the third finds a string
+            saved.append(connection.dump(keys.SCHEDULED_JOBS_KEY))
+            connection.set(keys.SCHEDULED_JOBS_KEY, 'not a sorted set')
+
+    assert scheduler.acquire_lock()
+    with pytest.raises(redis.ResponseError, match='WRONGTYPE'):
+        scheduler.mover.move_due_jobs(MoveReport(as_moved=break_schedule))
+    assert queued(connection) == ids()[: 2 * BATCH] and in_use(connection) == 0
+    connection.restore(keys.SCHEDULED_JOBS_KEY, 0, saved[0], replace=True)  # as it was when broken
+    scheduler.mover.move_due_jobs()
+    assert queued(connection) == ids() and connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
