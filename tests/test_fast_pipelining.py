@@ -134,7 +134,7 @@ def test_a_lease_lost_between_two_calls_moves_nothing_more(scheduler, connection
 
     assert scheduler.acquire_lock()
     with pytest.raises(LeadershipLost):
-        scheduler.mover.move_due_jobs(MoveReport(as_moved=depose))
+        scheduler.mover.fast.run(MoveReport(as_moved=depose))
     # The second call was in flight when the lease went; the third, sent after, was refused whole.
     assert queued(connection) == ids()[: 2 * BATCH]
     assert connection.zcard(keys.SCHEDULED_JOBS_KEY) == JOBS - 2 * BATCH
@@ -185,7 +185,7 @@ def test_redis_out_of_memory_between_two_calls_refuses_the_next_whole_and_each_j
     assert scheduler.acquire_lock()
     try:
         with pytest.raises(redis.exceptions.OutOfMemoryError):
-            scheduler.mover.move_due_jobs(MoveReport(as_moved=fill_up))
+            scheduler.mover.fast.run(MoveReport(as_moved=fill_up))
         assert queued(connection) == ids()[: 2 * BATCH]  # the refused call wrote nothing
         left = [job_id for job_id in ids()[2 * BATCH :] if connection.hget(keys.job_key(job_id), 'status')]
         assert {connection.hget(keys.job_key(job_id), 'status') for job_id in left} == {b'scheduled'}
@@ -221,7 +221,7 @@ def test_redis_stalled_past_the_socket_timeout_with_a_call_in_flight_moves_each_
     try:
         assert scheduler.acquire_lock()
         with pytest.raises(redis.exceptions.TimeoutError):
-            scheduler.mover.move_due_jobs(MoveReport(as_moved=stall))
+            scheduler.mover.fast.run(MoveReport(as_moved=stall))
         stalls[0].join()
     finally:
         pool.connection_kwargs.clear()
@@ -243,7 +243,7 @@ def test_the_schedule_turned_into_another_type_between_two_calls_raises_and_lose
 
     assert scheduler.acquire_lock()
     with pytest.raises(redis.ResponseError, match='WRONGTYPE'):
-        scheduler.mover.move_due_jobs(MoveReport(as_moved=break_schedule))
+        scheduler.mover.fast.run(MoveReport(as_moved=break_schedule))
     assert queued(connection) == ids()[: 2 * BATCH] and in_use(connection) == 0
     connection.restore(keys.SCHEDULED_JOBS_KEY, 0, saved[0], replace=True)  # as it was when broken
     scheduler.mover.move_due_jobs()
