@@ -14,7 +14,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from .bulk_validation import Incomparable, frozen
-from .core import compact
+from .core import compact, fast_rows, keys
 from .servers import template_job
 
 if TYPE_CHECKING:
@@ -51,14 +51,23 @@ def version_of(row: ScheduleBase) -> str:
 def template_fields(
     scheduler: Scheduler, row: ScheduleBase, runs: int, version: str, late_from: float | None
 ) -> list[Any]:
-    """The row's compact template (``core.compact``) as a flat field, value list; ``version``: ``row.version()``."""
+    """The row's compact template (``core.compact``) as a flat field, value list; ``version``: ``row.version()``.
+    A one-off's carries its row mark (``core.fast_rows``), if the scheduler's marks can be trusted."""
     built = _built.get()
     if built is None or compact.derived_owner(row.template_id) != row.owner:
-        return _build(scheduler, row, runs, version, late_from)
+        return _marked(scheduler, row.template_id, _build(scheduler, row, runs, version, late_from))
     key = ('template', scheduler, type(row), version, runs, late_from)
     if key not in built:
         built[key] = _build(scheduler, row, runs, version, late_from)
-    return built[key]
+    return _marked(scheduler, row.template_id, built[key])
+
+
+def _marked(scheduler: Scheduler, template_id: str, flat: list[Any]) -> list[Any]:
+    signer = scheduler.jobs.signer
+    fields = dict(zip(flat[::2], flat[1::2]))
+    if signer is None or not fast_rows.markable(fields):
+        return flat
+    return [*flat, keys.ROW_MARK_FIELD, signer.row_mark(template_id, fields)]
 
 
 def _build(scheduler: Scheduler, row: ScheduleBase, runs: int, version: str, late_from: float | None) -> list[Any]:

@@ -140,3 +140,19 @@ def leader(connection):
     tick.scheduler = scheduler  # type: ignore[attr-defined]
     tick.hook = hook  # type: ignore[attr-defined]
     return tick
+
+
+@pytest.fixture
+def planned(monkeypatch):
+    """The members the planned path parsed (the fast path never parses)."""
+    from django_rq_scheduled.core.moves import Planner
+
+    seen: list = []
+    original = Planner.parse
+
+    def parse(self, member, score, raw):
+        seen.append(member)
+        return original(self, member, score, raw)
+
+    monkeypatch.setattr(Planner, 'parse', parse)
+    return seen

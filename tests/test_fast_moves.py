@@ -17,7 +17,6 @@ from django_rq_scheduled import Scheduler
 from django_rq_scheduled.core import fast_moves, keys, pause
 from django_rq_scheduled.core.allowlist import AllowList
 from django_rq_scheduled.core.errors import LeadershipLost
-from django_rq_scheduled.core.moves import Planner
 from tests import tasks
 
 pytestmark = pytest.mark.integration
@@ -37,20 +36,6 @@ def queued(connection, queue='default'):
 
 def make(connection, *, rule=ALLOWED, key=KEY, **kwargs) -> Scheduler:
     return Scheduler(connection=connection, callable_allowed=rule, signing_key=key, **kwargs)
-
-
-@pytest.fixture
-def planned(monkeypatch):
-    """The members the planned path parsed (the fast path never parses)."""
-    seen: list = []
-    original = Planner.parse
-
-    def parse(self, member, score, raw):
-        seen.append(member)
-        return original(self, member, score, raw)
-
-    monkeypatch.setattr(Planner, 'parse', parse)
-    return seen
 
 
 @pytest.fixture(autouse=True)

@@ -60,6 +60,7 @@ CALLBACK_FIELDS = {
 """RQ's fields of ``capture.callbacks()``, which every run of a row carries: left out of its template."""
 LEFT_OUT = ('created_at', 'meta', 'status')
 """Fields of a job hash a compact template never holds (a run gets its own)."""
+_ROW_MARK = keys.ROW_MARK_FIELD.encode()
 TEXTS = frozenset({f'{OURS_PREFIX}{OURS_NAMES[name]}' for name in _TEXTS} | {'^c', '^q'})
 """Fields whose value is text, stored as it is (no JSON quotes); any other field holds JSON."""
 
@@ -286,6 +287,7 @@ def whole_job_fields(raw: Mapping[bytes, Any], fields: list[Any], meta: bytes, c
 
 
 def dropped_fields(raw: Mapping[bytes, Any], job_key: Any) -> list[tuple[Any, ...]]:
-    """The write that removes a compact template's own fields from the job it has become (none for a whole one)."""
-    names = [name for name in raw if is_compact_field(name)]
+    """The write that removes a compact template's own fields, and its row mark, from the job it has become (none
+    for a whole one)."""
+    names = [name for name in raw if is_compact_field(name) or name == _ROW_MARK]
     return [('HDEL', job_key, *names)] if names else []

@@ -35,9 +35,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import redis
+from rq.serializers import DefaultSerializer
 from rq.utils import utcformat
 
-from . import keys
+from . import fast_rows, keys
 from ._django import queue_names
 from .allowlist import AllowList
 from .observer import ONE_OFF, EnqueuedJob
@@ -87,6 +88,8 @@ class Signer:
 
     key: bytes
     """Derived from the secret and the allow-list's fingerprint: the secret itself never reaches Redis."""
+    row_key: bytes
+    """The same, for the marks of rows' templates (``fast_rows``): no mark of one kind verifies as the other."""
 
     @classmethod
     def of(cls, key: bytes | str | None, rule: object) -> Signer | None:
@@ -96,13 +99,20 @@ class Signer:
         secret = key.encode() if isinstance(key, str) else (key or b'')
         if print_ is None or (not secret and print_ != UNRESTRICTED):
             return None
-        derived = hmac.new(secret, f'drqs-one-off-marks|{print_}'.encode(), 'sha256').hexdigest()
-        return cls(key=derived.encode())
+
+        def derived(purpose: str) -> bytes:
+            return hmac.new(secret, f'{purpose}|{print_}'.encode(), 'sha256').hexdigest().encode()
+
+        return cls(key=derived('drqs-one-off-marks'), row_key=derived('drqs-row-marks'))
 
     def mark(self, job_id: str, fields: Mapping[str, Any]) -> str:
         # sha1(key || message) over a prefix-free message (the lengths, then the bytes): no signed message
         # extends another, so SHA-1's length extension forges nothing. Lua has sha1hex, not HMAC.
         return hashlib.sha1(self.key + message(job_id.encode(), fields)).hexdigest()
+
+    def row_mark(self, template_id: str, fields: Mapping[str, Any]) -> str:
+        """The mark of a row's one-off template with these fields (``fast_rows``), written with it by the sync."""
+        return hashlib.sha1(self.row_key + fast_rows.message(template_id.encode(), fields)).hexdigest()
 
 
 def eligible(job: Any) -> bool:
@@ -117,12 +127,14 @@ def eligible(job: Any) -> bool:
     )
 
 
-# Moves a batch of due plain one-offs whose mark verifies. KEYS: lock, schedule, pause, set of queue keys.
+# Moves a batch of due plain one-offs whose mark verifies, and rows' one-offs whose row mark does (``fast_rows``).
+# KEYS: lock, schedule, pause, set of queue keys, run log, versions.
 # ARGV: token ('' = unfenced), latest due score, enqueued_at, job key prefix, offset (due entries to step over, the
-# ones earlier calls of the pass left), batch size, the derived key, number of known queues, then per queue:
-# origin, queue key, default timeout ('' = none). Returns {entries looked at, entries left, then id, score, origin of
-# each job moved}. Left (for the planned path): anything not a plain marked one-off of a known, unpaused queue.
-# The read and the move are one atomic call, so the score, status and fields checked are the ones moved.
+# ones earlier calls of the pass left), batch size, the derived key, the rows' derived key ('' = rows are left),
+# number of known queues, then per queue: origin, queue key, default timeout ('' = none). Returns {entries looked
+# at, entries left, then id, score, origin of each job moved}. Left (for the planned path): anything not a plain
+# marked one-off of a known, unpaused queue. The read and the move are one atomic call, so the score, status and
+# fields checked are the ones moved.
 FAST_MOVE = f"""
 if not redis.sha1hex then return {{0, 0}} end  -- a Redis look-alike without it (fakeredis): the planned path moves all
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
@@ -140,10 +152,10 @@ if type(scopes) == 'table' and not scopes['err'] then
 end
 local set_type = type_of(KEYS[4])
 if paused['{keys.PAUSE_ALL}'] or (set_type ~= 'none' and set_type ~= 'set') then return {{0, 0}} end
-local enqueued_at, prefix, key = ARGV[3], ARGV[4], ARGV[7]
+local now, enqueued_at, prefix, key, row_key = ARGV[2], ARGV[3], ARGV[4], ARGV[7], ARGV[8]
 local queues, usable = {{}}, {{}}
-local q = 9
-for n = 1, tonumber(ARGV[8]) do
+local q = 10
+for n = 1, tonumber(ARGV[9]) do
   queues[ARGV[q]] = {{ARGV[q + 1], ARGV[q + 2]}}
   q = q + 3
 end
@@ -166,8 +178,8 @@ local function plain(meta)
 end
 local function blank(value) return not value or value == '' end
 {DEFERRED_WRITES}
-for d = 1, #due, 2 do
-  local id = due[d]
+{fast_rows.ROW_MOVE}
+local function move_one_off(id)
   local v = redis.pcall('HMGET', prefix .. id, '{keys.FAST_MARK_FIELD}', 'status', 'data', 'meta', 'origin',
     'success_callback_name', 'failure_callback_name', 'stopped_callback_name', 'retries_left', 'retry_intervals',
     'result', 'exc_info', 'dependency_id', 'dependency_ids', 'enqueue_at_front', 'ttl', 'timeout')
@@ -179,27 +191,39 @@ for d = 1, #due, 2 do
     local have = type_of(queue[1])
     usable[queue[1]] = have == 'none' or have == 'list'
   end
-  if ok and usable[queue[1]] then
-    local job_key = prefix .. id
-    -- The job's own write first: out of memory, Redis refuses a script's first write that needs memory (later ones
-    -- would leave it half done), so the call fails before anything is written and the next pass moves the batch.
-    if not v[17] and queue[2] ~= '' then
-      redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at, 'timeout', queue[2])
-    else
-      redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
-    end
-    local ttl = tonumber(v[16])
-    if ttl and ttl > 0 then redis.call('EXPIRE', job_key, math.floor(ttl)) end
-    local front = v[15] == '1' or v[15] == 'True' or v[15] == 'true'
-    defer(front and 'LPUSH' or 'RPUSH', queue[1], id)
-    defer('ZREM', KEYS[2], id)
+  if not (ok and usable[queue[1]]) then return nil end
+  local job_key = prefix .. id
+  -- The job's own write first: out of memory, Redis refuses a script's first write that needs memory (later ones
+  -- would leave it half done), so the call fails before anything is written and the next pass moves the batch.
+  if not v[17] and queue[2] ~= '' then
+    redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at, 'timeout', queue[2])
+  else
+    redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
+  end
+  local ttl = tonumber(v[16])
+  if ttl and ttl > 0 then redis.call('EXPIRE', job_key, math.floor(ttl)) end
+  local front = v[15] == '1' or v[15] == 'True' or v[15] == 'true'
+  defer(front and 'LPUSH' or 'RPUSH', queue[1], id)
+  defer('ZREM', KEYS[2], id)
+  return v[5]
+end
+for d = 1, #due, 2 do
+  local id, origin = due[d], nil
+  local model, pk = row_owner(id)
+  if model then  -- a row's template id
+    origin = move_row(id, due[d + 1], model, pk)
+  else
+    origin = move_one_off(id)
+  end
+  if origin then
+    local queue = queues[origin]
     if not queue[3] then
       redis.call('SADD', KEYS[4], queue[1])
       queue[3] = true
     end
     out[#out + 1] = id
     out[#out + 1] = due[d + 1]
-    out[#out + 1] = v[5]
+    out[#out + 1] = origin
   else
     left = left + 1
   end
@@ -209,7 +233,9 @@ write_deferred()
 out[2] = left
 return out
 """
-FAST_MOVE_KEYS = (keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY, keys.QUEUES_SET_KEY)
+FAST_MOVE_KEYS = (
+    keys.LOCK_KEY, keys.SCHEDULED_JOBS_KEY, keys.PAUSED_KEY, keys.QUEUES_SET_KEY, keys.RUNS_KEY, keys.VERSIONS_KEY,
+)  # fmt: skip
 
 
 @dataclass
@@ -268,6 +294,8 @@ class FastPass:
         self.signer = signer
         self.origins = list(dict.fromkeys([default_queue, *(known_queues or [])]))
         self.job_prefix = mover.job_class.redis_job_namespace_prefix
+        # The script writes a row's meta as RQ's default serializer (pickle) would: with any other, rows are left.
+        self.row_key = signer.row_key if mover.serializer is DefaultSerializer else b''
         self.script = mover.connection.register_script(FAST_MOVE)
 
     def run(self, report: Any) -> None:
@@ -298,7 +326,7 @@ class FastPass:
         now = mover.clock.now()
         argv = [
             mover.lease.token, repr(now), utcformat(datetime.fromtimestamp(now, timezone.utc)), self.job_prefix,
-            offset, mover.batch_size, self.signer.key, *queue_args,
+            offset, mover.batch_size, self.signer.key, self.row_key, *queue_args,
         ]  # fmt: skip
         mover._load_scripts_once()
         call = ('EVALSHA', self.script.sha, len(FAST_MOVE_KEYS), *FAST_MOVE_KEYS, *argv)

@@ -54,6 +54,8 @@ pass is a full one."""
 TEMPLATE_PREFIX = 'drqs-'
 FAST_MARK_FIELD = 'drqs_mark'
 """A field of the job hash of a plain one-off written by our API: the MAC the move script checks (``fast_moves``)."""
+ROW_MARK_FIELD = 'drqs_row_mark'
+"""A field of a row's one-off template written by the sync: the MAC the move script checks (``fast_rows``)."""
 
 META_KEY = 'django_rq_scheduled'
 """The one key of ``job.meta`` that holds this project's own data (rq-scheduler ignores unknown meta)."""
