@@ -112,7 +112,8 @@ class Signer:
 
     def row_mark(self, template_id: str, fields: Mapping[str, Any]) -> str:
         """The mark of a row's one-off template with these fields (``fast_rows``), written with it by the sync."""
-        return hashlib.sha1(self.row_key + fast_rows.message(template_id.encode(), fields)).hexdigest()
+        digest = hashlib.sha1(self.row_key + fast_rows.message(template_id.encode(), fields)).hexdigest()
+        return digest[: fast_rows.MARK_DIGITS]
 
 
 def eligible(job: Any) -> bool:
@@ -210,7 +211,7 @@ end
 for d = 1, #due, 2 do
   local id, origin = due[d], nil
   local model, pk = row_owner(id)
-  if model then  -- a row's template id
+  if model then  -- a row's template id (an API one-off given an id of that shape goes the planned way)
     origin = move_row(id, due[d + 1], model, pk)
   else
     origin = move_one_off(id)
