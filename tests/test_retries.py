@@ -336,8 +336,9 @@ def same_instant(first: datetime | None, second: datetime) -> bool:
 
 def test_current_fire_time_inside_real_jobs(leader, redis_url, connection):
     interval = every_minute('interval', 'tests.tasks.record_fire_time', ['interval'])
+    # Yearly: a slot of its own falling during the test (a minute boundary, with '* * * * *') would run it too.
     cron = CronJob.objects.create(
-        name='cron', callable='tests.tasks.record_fire_time', args=['cron'], cron_string='* * * * *'
+        name='cron', callable='tests.tasks.record_fire_time', args=['cron'], cron_string='0 0 1 1 *'
     )
     once_at = datetime.now(UTC) + FIRST_RUN_IN
     ScheduledJob.objects.create(
