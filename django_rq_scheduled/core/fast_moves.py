@@ -179,6 +179,20 @@ local function plain(meta)
 end
 local function blank(value) return not value or value == '' end
 {DEFERRED_WRITES}
+local function can_push(queue)  -- its list exists or may be made (any other type: the planned path reports it)
+  if usable[queue[1]] == nil then
+    local have = type_of(queue[1])
+    usable[queue[1]] = have == 'none' or have == 'list'
+  end
+  return usable[queue[1]]
+end
+local function expire_and_push(job_key, id, queue, ttl, at_front)  -- after the job's own write
+  local seconds = tonumber(ttl)
+  if seconds and seconds > 0 then redis.call('EXPIRE', job_key, math.floor(seconds)) end
+  local front = at_front == '1' or at_front == 'True' or at_front == 'true'
+  defer(front and 'LPUSH' or 'RPUSH', queue[1], id)
+  defer('ZREM', KEYS[2], id)
+end
 {fast_rows.ROW_MOVE}
 local function move_one_off(id)
   local v = redis.pcall('HMGET', prefix .. id, '{keys.FAST_MARK_FIELD}', 'status', 'data', 'meta', 'origin',
@@ -188,11 +202,7 @@ local function move_one_off(id)
   local ok = queue and v[1] and v[2] == 'scheduled' and v[3] and not paused[v[5]]
     and blank(v[11]) and blank(v[12]) and blank(v[13]) and blank(v[14])
     and string.find(id, '^[%w_%-]+$') and plain(v[4] or '') and signed(id, v)
-  if ok and usable[queue[1]] == nil then
-    local have = type_of(queue[1])
-    usable[queue[1]] = have == 'none' or have == 'list'
-  end
-  if not (ok and usable[queue[1]]) then return nil end
+  if not (ok and can_push(queue)) then return nil end
   local job_key = prefix .. id
   -- The job's own write first: out of memory, Redis refuses a script's first write that needs memory (later ones
   -- would leave it half done), so the call fails before anything is written and the next pass moves the batch.
@@ -201,11 +211,7 @@ local function move_one_off(id)
   else
     redis.call('HSET', job_key, 'status', 'queued', 'enqueued_at', enqueued_at)
   end
-  local ttl = tonumber(v[16])
-  if ttl and ttl > 0 then redis.call('EXPIRE', job_key, math.floor(ttl)) end
-  local front = v[15] == '1' or v[15] == 'True' or v[15] == 'true'
-  defer(front and 'LPUSH' or 'RPUSH', queue[1], id)
-  defer('ZREM', KEYS[2], id)
+  expire_and_push(job_key, id, queue, v[16], v[15])
   return v[5]
 end
 for d = 1, #due, 2 do

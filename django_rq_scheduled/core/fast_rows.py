@@ -66,11 +66,21 @@ def _lua_list(names: Any) -> str:
 
 
 _CALLBACKS = [item for pair in compact.CALLBACK_FIELDS.items() for item in pair]
+_READ = (keys.ROW_MARK_FIELD, *ROW_FIELDS)
+"""What ``move_row`` reads, in this order: the mark first."""
+_DROPPED = [at for at, name in enumerate(_READ, 1) if name == keys.ROW_MARK_FIELD or compact.is_compact_field(name)]
+"""The places in ``_READ`` of the fields a template loses when it becomes its job."""
+
+
+def _v(name: str) -> str:
+    """The Lua expression of the value ``move_row`` read of the field ``name``."""
+    return f'v[{_READ.index(name) + 1}]'
+
 
 # The functions the move script uses for rows (``fast_moves.FAST_MOVE``). ``move_row(id, score, model, pk)``
 # (the last two from ``row_owner(id)``) returns the job's origin if it moved it, nil if it left it. Uses the
-# script's ``prefix``, ``queues``, ``paused``, ``usable``, ``enqueued_at``, ``now``, ``row_key``, ``defer``,
-# ``sha1hex`` and ``type_of``.
+# script's ``prefix``, ``queues``, ``paused``, ``enqueued_at``, ``now``, ``row_key``, ``sha1hex``, ``can_push``,
+# ``expire_and_push`` and ``defer``.
 # The meta is the planned path's (``compact.read_meta`` of the template): {META_KEY: {runs 0, misfire_grace,
 # overlap, record True, kind, version, fire_time, owner}}, pickled with protocol 2 (EMPTY_DICT, MARK, SETITEMS),
 # texts as BINUNICODE, the grace as BININT, the fire time as BINFLOAT (big-endian, from the same decimal Python
@@ -78,7 +88,7 @@ _CALLBACKS = [item for pair in compact.CALLBACK_FIELDS.items() for item in pair]
 ROW_MOVE = f"""
 local pack, match, concat = struct.pack, string.match, table.concat
 local function pickled(text) return 'X' .. pack('<I4', #text) .. text end
-local row_fields = {_lua_list((keys.ROW_MARK_FIELD, *ROW_FIELDS))}
+local row_fields, dropped_at = {_lua_list(_READ)}, {_lua_list(_DROPPED)}
 local meta_head = '\\128\\002}}' .. {_lua_text(keys.META_KEY)} .. '}}(' .. {_lua_text('runs')} .. 'K\\000'
   .. {_lua_text('misfire_grace')}
 local whole = {{'status', 'queued', 'enqueued_at', enqueued_at, 'created_at', enqueued_at, 'meta', '',
@@ -116,8 +126,9 @@ local function move_row(id, score, model, pk)
   if row_key == '' then return nil end
   local job_key = prefix .. id
   local v = redis.pcall('HMGET', job_key, unpack(row_fields))
-  if type(v) ~= 'table' or v['err'] or not v[1] or v[10] ~= 'once' or not v[2] then return nil end
-  local origin, ttl, grace, overlap, version, fire_time = v[3], v[8], v[11], v[12], v[13], v[14]
+  if type(v) ~= 'table' or v['err'] or not v[1] or {_v(KIND)} ~= 'once' or not {_v('data')} then return nil end
+  local origin, ttl, grace, overlap = {_v('origin')}, {_v('ttl')}, {_v(GRACE)}, {_v(OVERLAP)}
+  local version, fire_time = {_v(VERSION)}, {_v(FIRE_TIME)}
   local queue = origin and queues[origin]
   local at = tonumber(score)
   if not queue or paused[origin] or not at or at ~= at or at == math.huge or at == -math.huge then return nil end
@@ -129,30 +140,21 @@ local function move_row(id, score, model, pk)
   for f = 1, #row_fields do
     if v[f] then present = present + 1 end
   end
-  if redis.call('HLEN', job_key) ~= present or not row_signed(id, v) then return nil end
-  if usable[queue[1]] == nil then
-    local have = type_of(queue[1])
-    usable[queue[1]] = have == 'none' or have == 'list'
-  end
-  if not usable[queue[1]] then return nil end
+  if redis.call('HLEN', job_key) ~= present or not row_signed(id, v) or not can_push(queue) then return nil end
   -- The job's own write first: out of memory, it refuses the call before anything is written.
   whole[8] = row_meta(model, pk, grace, overlap, version, fire_time)
   local count = whole_count
-  if not v[5] and queue[2] ~= '' then
+  if not {_v('timeout')} and queue[2] ~= '' then
     whole[count + 1], whole[count + 2] = 'timeout', queue[2]
     count = count + 2
   end
   redis.call('HSET', job_key, unpack(whole, 1, count))
   local dropped = {{}}
-  for f = 1, #row_fields do
-    if v[f] and (f == 1 or f >= 10) then dropped[#dropped + 1] = row_fields[f] end
+  for _, f in ipairs(dropped_at) do
+    if v[f] then dropped[#dropped + 1] = row_fields[f] end
   end
   redis.call('HDEL', job_key, unpack(dropped))
-  local seconds = tonumber(ttl)
-  if seconds and seconds > 0 then redis.call('EXPIRE', job_key, seconds) end
-  local front = v[9] == '1' or v[9] == 'True' or v[9] == 'true'
-  defer(front and 'LPUSH' or 'RPUSH', queue[1], id)
-  defer('ZREM', KEYS[2], id)
+  expire_and_push(job_key, id, queue, ttl, {_v('enqueue_at_front')})
   defer('RPUSH', KEYS[5], record_of({keys.ROWS_APP_LABEL + '.'!r} .. model .. ':' .. pk, id, origin, score))
   defer('HSET', KEYS[6], id, '{keys.DONE_PREFIX}' .. version .. ':1')
   return origin
