@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 import time
 import zlib
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
+from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from django_rq_scheduled import Scheduler
@@ -26,6 +28,8 @@ from django_rq_scheduled.servers import _servers_for, servers
 from tests import tasks
 from tests.adversarial.test_loop import needs_redis_server, out_of_memory  # noqa: F401 (a fixture)
 from tests.conftest import run_worker
+from tests.redis_server import RedisServer
+from tests.test_fast_pipelining import STALL
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -364,3 +368,91 @@ def test_an_api_one_off_with_an_id_shaped_like_a_rows_is_moved_once_the_planned_
     scheduler.move_due_jobs()
     assert planned == ['drqs-report-5']
     assert connection.lrange('rq:queue:default', 0, -1) == [b'drqs-report-5']
+
+
+# -- races with the user's edits, and Redis failing under the move ---------------------------------------------------
+
+
+def test_an_edit_before_the_move_is_what_runs_and_one_after_it_runs_nothing_again(connection, planned):
+    schedule = row(args=[1, 1])
+    schedule.args = [40, 2]
+    schedule.save()  # the sync writes the template anew, with a mark of its own
+    scheduler = leader(connection)
+    assert fast_pass(scheduler) == [schedule.template_id]
+    job = Job.fetch(schedule.template_id, connection=connection)
+    assert job.args == (40, 2)
+    schedule.args = [5, 5]
+    schedule.save()  # after its run: a one-off never runs twice, whatever was edited
+    assert not connection.zscore(keys.SCHEDULED_JOBS_KEY, schedule.template_id)
+    scheduler.move_due_jobs()
+    assert connection.lrange('rq:queue:default', 0, -1) == [schedule.template_id.encode()]
+    assert Job.fetch(schedule.template_id, connection=connection).args == (40, 2)
+    assert connection.llen(keys.RUNS_KEY) == 1 and planned == []
+
+
+def test_redis_stalled_past_the_socket_timeout_mid_move_moves_and_records_each_row_once(connection, redis_url):
+    schedules = [row(f'stalled-{n}') for n in range(30)]
+    staller = redis.Redis.from_url(redis_url)
+    stalls: list[threading.Thread] = []
+
+    def stall(moved):
+        if not stalls:  # the second call is in flight; the third is sent into a Redis busy for 0.6 s
+            stalls.append(threading.Thread(target=staller.eval, args=(STALL, 0, 0.6)))
+            stalls[0].start()
+            time.sleep(0.05)
+
+    scheduler = leader(connection, batch_size=10)
+    pool = connection.connection_pool
+    saved = dict(pool.connection_kwargs)
+    pool.connection_kwargs.update(socket_timeout=0.2, orig_socket_timeout=0.2)  # redis-py 8 keeps both
+    pool.reset()
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError):
+            scheduler.mover.fast.run(MoveReport(as_moved=stall))
+        stalls[0].join()
+    finally:
+        pool.connection_kwargs.clear()
+        pool.connection_kwargs.update(saved)
+        pool.reset()
+        staller.close()
+    scheduler.move_due_jobs()  # whether Redis ran the timed-out call or not: the rest moves, none twice
+    moved = connection.lrange('rq:queue:default', 0, -1)
+    records = [json.loads(item)['job'] for item in connection.lrange(keys.RUNS_KEY, 0, -1)]
+    assert sorted(moved) == sorted(s.template_id.encode() for s in schedules)
+    assert sorted(records) == sorted(s.template_id for s in schedules)
+
+
+def test_a_loop_on_a_replica_waits_out_readonly_and_moves_each_row_once_promoted(settings, planned):
+    primary = RedisServer().start()
+    replica = RedisServer(extra_args=('--replicaof', '127.0.0.1', str(primary.port))).start()
+    settings.RQ_QUEUES = {name: {'URL': primary.url} for name in ('default', 'high')}
+    reader = redis.Redis.from_url(replica.url)
+    scheduler = Scheduler(connection=reader, name='on-replica', interval=0.05, batch_size=7)
+    loop = threading.Thread(target=scheduler.run)
+    try:
+        schedules = [row(f'replicated-{n}') for n in range(20)]
+        deadline = time.monotonic() + 15
+        redis.Redis.from_url(primary.url).set(keys.LOCK_KEY, scheduler.lease.token)  # as if it led, before
+        while reader.zcard(keys.SCHEDULED_JOBS_KEY) < 20 or reader.get(keys.LOCK_KEY) is None:  # replicated
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        with pytest.raises(redis.exceptions.ReadOnlyError):  # the script's first write: nothing written
+            fast_pass(scheduler)
+        assert reader.hexists(template_key(schedules[0]), keys.ROW_MARK_FIELD) and reader.llen(keys.RUNS_KEY) == 0
+        loop.start()
+        time.sleep(1.0)
+        assert reader.llen('rq:queue:default') == 0 and reader.zcard(keys.SCHEDULED_JOBS_KEY) == 20
+        reader.replicaof('NO', 'ONE')  # the failover: the replica becomes the primary
+        while reader.llen(keys.RUNS_KEY) < 20:
+            assert time.monotonic() < deadline + 15
+            time.sleep(0.02)
+        moved = sorted(reader.lrange('rq:queue:default', 0, -1))
+    finally:
+        scheduler.request_stop()
+        if loop.is_alive():
+            loop.join(10)
+        reader.close()
+        replica.close()
+        primary.close()
+    assert moved == sorted(s.template_id.encode() for s in schedules)
+    assert planned == []  # the rows went the fast way once Redis took writes
