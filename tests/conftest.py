@@ -3,6 +3,7 @@ dropped after each test."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import subprocess
@@ -156,3 +157,26 @@ def planned(monkeypatch):
 
     monkeypatch.setattr(Planner, 'parse', parse)
     return seen
+
+
+STALL = """
+local function now() local t = redis.call('TIME'); return tonumber(t[1]) + tonumber(t[2]) / 1e6 end
+local until_ = now() + tonumber(ARGV[1])
+while now() < until_ do end
+"""
+"""A script that keeps Redis busy for ARGV[1] seconds (``connection.eval(STALL, 0, seconds)``)."""
+
+
+@contextlib.contextmanager
+def short_socket_timeout(connection: redis.Redis, seconds: float) -> Iterator[None]:
+    """The connections of ``connection`` time out after ``seconds`` in this block (new ones, made for it)."""
+    pool = connection.connection_pool
+    saved = dict(pool.connection_kwargs)
+    pool.connection_kwargs.update(socket_timeout=seconds, orig_socket_timeout=seconds)  # redis-py 8 keeps both
+    pool.reset()
+    try:
+        yield
+    finally:
+        pool.connection_kwargs.clear()
+        pool.connection_kwargs.update(saved)
+        pool.reset()

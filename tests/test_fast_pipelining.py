@@ -18,6 +18,7 @@ from django_rq_scheduled.core.allowlist import AllowList
 from django_rq_scheduled.core.errors import LeadershipLost
 from django_rq_scheduled.core.mover import MoveReport
 from tests import tasks
+from tests.conftest import STALL, short_socket_timeout
 
 pytestmark = pytest.mark.integration
 
@@ -195,13 +196,6 @@ def test_redis_out_of_memory_between_two_calls_refuses_the_next_whole_and_each_j
     assert queued(connection) == ids() and scheduler.dead_letters() == {} and in_use(connection) == 0
 
 
-STALL = """
-local function now() local t = redis.call('TIME'); return tonumber(t[1]) + tonumber(t[2]) / 1e6 end
-local until_ = now() + tonumber(ARGV[1])
-while now() < until_ do end
-"""
-
-
 def test_redis_stalled_past_the_socket_timeout_with_a_call_in_flight_moves_each_job_once(
     scheduler, connection, redis_url
 ):
@@ -214,19 +208,11 @@ def test_redis_stalled_past_the_socket_timeout_with_a_call_in_flight_moves_each_
             stalls[0].start()
             time.sleep(0.05)
 
-    pool = connection.connection_pool
-    saved = dict(pool.connection_kwargs)
-    pool.connection_kwargs.update(socket_timeout=0.2, orig_socket_timeout=0.2)  # redis-py 8 keeps both
-    pool.reset()
-    try:
+    with short_socket_timeout(connection, 0.2):
         assert scheduler.acquire_lock()
         with pytest.raises(redis.exceptions.TimeoutError):
             scheduler.mover.fast.run(MoveReport(as_moved=stall))
         stalls[0].join()
-    finally:
-        pool.connection_kwargs.clear()
-        pool.connection_kwargs.update(saved)
-        pool.reset()
     scheduler.mover.move_due_jobs()  # whether Redis ran the timed-out call or not, the rest moves, none twice
     assert queued(connection) == ids() and connection.zcard(keys.SCHEDULED_JOBS_KEY) == 0
     assert in_use(connection) == 0

@@ -27,9 +27,8 @@ from django_rq_scheduled.models import Run, ScheduledJob
 from django_rq_scheduled.servers import _servers_for, servers
 from tests import tasks
 from tests.adversarial.test_loop import needs_redis_server, out_of_memory  # noqa: F401 (a fixture)
-from tests.conftest import run_worker
+from tests.conftest import STALL, run_worker, short_socket_timeout
 from tests.redis_server import RedisServer
-from tests.test_fast_pipelining import STALL
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -402,19 +401,11 @@ def test_redis_stalled_past_the_socket_timeout_mid_move_moves_and_records_each_r
             time.sleep(0.05)
 
     scheduler = leader(connection, batch_size=10)
-    pool = connection.connection_pool
-    saved = dict(pool.connection_kwargs)
-    pool.connection_kwargs.update(socket_timeout=0.2, orig_socket_timeout=0.2)  # redis-py 8 keeps both
-    pool.reset()
-    try:
+    with short_socket_timeout(connection, 0.2):
         with pytest.raises(redis.exceptions.TimeoutError):
             scheduler.mover.fast.run(MoveReport(as_moved=stall))
         stalls[0].join()
-    finally:
-        pool.connection_kwargs.clear()
-        pool.connection_kwargs.update(saved)
-        pool.reset()
-        staller.close()
+    staller.close()
     scheduler.move_due_jobs()  # whether Redis ran the timed-out call or not: the rest moves, none twice
     moved = connection.lrange('rq:queue:default', 0, -1)
     records = [json.loads(item)['job'] for item in connection.lrange(keys.RUNS_KEY, 0, -1)]

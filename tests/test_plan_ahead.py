@@ -21,6 +21,7 @@ from django_rq_scheduled.core.errors import LeadershipLost
 from django_rq_scheduled.core.loop import Loop
 from django_rq_scheduled.models import RepeatableJob
 from tests import tasks
+from tests.conftest import STALL, short_socket_timeout
 from tests.redis_server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -334,34 +335,13 @@ def test_a_connection_cut_at_the_instant_loses_and_repeats_nothing(connection, l
 
 
 # Keeps Redis busy for ``ARGV[1]`` seconds, as a slow command or a long fork would: nothing else runs meanwhile.
-STALL = """
-local function now() local t = redis.call('TIME'); return tonumber(t[1]) + tonumber(t[2]) / 1e6 end
-local until_ = now() + tonumber(ARGV[1])
-while now() < until_ do end
-"""
-
-
-@contextlib.contextmanager
-def socket_timeout(scheduler, seconds: float):
-    pool = scheduler.connection.connection_pool
-    saved = dict(pool.connection_kwargs)
-    pool.connection_kwargs.update(socket_timeout=seconds, orig_socket_timeout=seconds)  # redis-py 8 keeps both
-    pool.reset()  # new connections, made with this timeout
-    try:
-        yield
-    finally:
-        pool.connection_kwargs.clear()
-        pool.connection_kwargs.update(saved)
-        pool.reset()
-
-
 def test_redis_stalled_past_the_socket_timeout_at_the_instant_moves_each_once(connection, leader, mover):
     at = rows_due_together()
     mover.prepare(at)
     wait_for(at)
     stall = threading.Thread(target=connection.eval, args=(STALL, 0, 1.0))
     stall.start()
-    with socket_timeout(leader.scheduler, 0.2):
+    with short_socket_timeout(leader.scheduler.connection, 0.2):
         time.sleep(0.1)  # Redis is stalled: the plan's send waits for replies longer than the socket allows
         with pytest.raises(redis.exceptions.TimeoutError):
             leader.scheduler.move_due_jobs()
@@ -375,7 +355,7 @@ def test_a_plan_applied_after_its_sender_timed_out_runs_nothing_again(connection
     at = rows_due_together(1_500, at=round(time.time() + 6, 3))
     assert mover.prepare(at) == 1_500
     wait_for(at)
-    with socket_timeout(leader.scheduler, 0.005), pytest.raises(redis.exceptions.TimeoutError):
+    with short_socket_timeout(leader.scheduler.connection, 0.005), pytest.raises(redis.exceptions.TimeoutError):
         leader.scheduler.move_due_jobs()  # Redis applies the calls; their replies come too late
     time.sleep(0.5)
     applied = len(runs(connection))
