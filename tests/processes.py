@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,7 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def process_env(url: str, env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of the suite's Django processes, on the running test's processes' database
     (tests/processes_database.py); ``env`` adds to it or overrides it (e.g. a DRQS_TEST_DB of its own)."""
-    base = {**without_database(os.environ), 'DRQS_TEST_REDIS_URL': url, 'PYTHONPATH': str(ROOT)}
+    # PYTHONFAULTHANDLER: a process that will not stop shows every thread's stack when aborted (``stop``).
+    base = {
+        **without_database(os.environ),
+        'DRQS_TEST_REDIS_URL': url,
+        'PYTHONPATH': str(ROOT),
+        'PYTHONFAULTHANDLER': '1',
+    }
     if not (env and set(DATABASE_VARIABLES) & set(env)):
         base |= database_env(processes_database())
     return {**base, **(env or {})}
@@ -59,7 +66,22 @@ def wait_for(condition: Callable[[], object], timeout: float = 15.0, step: float
 def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
     if process.poll() is None:
         process.send_signal(sig)
-    return process.wait(timeout)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f'{process.args} did not stop within {timeout} s:\n{threads_of(process)}') from None
+
+
+def threads_of(process: subprocess.Popen) -> str:
+    """Aborts a stuck process; returns the end of its output, where its fault handler printed every thread's stack."""
+    process.send_signal(signal.SIGABRT)
+    process.wait(10)
+    reader = _readers.get(process)
+    if reader is not None:
+        lines = reader.text.splitlines()
+    else:
+        lines = (process.stdout.read() if process.stdout else '').splitlines()
+    return '\n'.join(lines[-150:])
 
 
 def kill(process: subprocess.Popen) -> None:
@@ -73,11 +95,15 @@ def queue_ids(connection: redis.Redis, queue: str = 'default') -> list[str]:
     return [member.decode() for member in connection.lrange(f'rq:queue:{queue}', 0, -1)]
 
 
+_readers: weakref.WeakKeyDictionary[subprocess.Popen, OutputReader] = weakref.WeakKeyDictionary()
+
+
 class OutputReader:
     """Drains a process's output in a thread (a full pipe would block it) and keeps the lines."""
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.lines: list[str] = []
+        _readers[process] = self
         self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
         self.thread.start()
 

@@ -15,7 +15,6 @@ import random
 import signal
 import threading
 from collections.abc import Callable
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -24,6 +23,7 @@ from . import keys, limits, scripts
 from .errors import REDIS_OUTAGE_ERRORS, REDIS_UNREACHABLE_ERRORS, LeadershipLost
 from .observer import SILENT, Observer
 from .scores import format_score
+from .stop_signals import StopOnSignals
 
 if TYPE_CHECKING:
     from .scheduler import Scheduler
@@ -76,7 +76,7 @@ class Loop:
     def run(self, burst: bool = False) -> None:
         """Runs until stopped, or one pass with ``burst``; outages are logged and retried, never end the loop."""
         scheduler = self.scheduler
-        previous_handlers = self._install_signal_handlers()
+        signals = self._stop_on_signals()
         self._call_with_retry(self._register_birth_when_name_is_free)
         logger.info('Scheduler %s started (pid %s)', scheduler.name, os.getpid())
         listener = threading.Thread(target=self._listen_for_wakeups, name=f'{scheduler.name}-wakeups', daemon=True)
@@ -101,23 +101,25 @@ class Loop:
                     self.stop.wait(delay)
         finally:
             self._shut_down()
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
+            if signals is not None:
+                signals.uninstall()
         if self.stopped_by is not None:
             # As rq-scheduler's run() does: a signal ends it with SystemExit, once the lease is released.
             raise SystemExit(0)
 
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        """Stops the loop on SIGINT/SIGTERM; returns the handlers it replaced, for ``run()`` to put back."""
+    def _stop_on_signals(self) -> StopOnSignals | None:
+        """SIGINT/SIGTERM stop the loop while it runs in the main thread (``run_schedulers`` handles them otherwise)."""
         if threading.current_thread() is not threading.main_thread():
-            return {}
+            return None
 
-        def stop(signum: int, frame: FrameType | None) -> None:
+        def stop(signum: int) -> None:
             logger.info('Received %s; finishing the current batch', signal.Signals(signum).name)
             self.stopped_by = signum
             self.request_stop()
 
-        return {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+        signals = StopOnSignals(stop, name=f'{self.scheduler.name}-signals')
+        signals.install()
+        return signals
 
     def _register_birth_when_name_is_free(self) -> None:
         # A process restarted right after a kill -9 finds its own name still registered until the old entry
@@ -345,16 +347,19 @@ def run_schedulers(schedulers: list[Scheduler], *, burst: bool = False) -> None:
         schedulers[0].run(burst=burst)
         return
 
-    def stop_all(signum: int, frame: FrameType | None) -> None:
+    def stop_all(signum: int) -> None:
         logger.info('Received %s; stopping %d schedulers', signal.Signals(signum).name, len(schedulers))
         for scheduler in schedulers:
             scheduler.request_stop()
 
-    signal.signal(signal.SIGINT, stop_all)
-    signal.signal(signal.SIGTERM, stop_all)
+    signals = StopOnSignals(stop_all)
+    signals.install()
     threads = [threading.Thread(target=s.run, kwargs={'burst': burst}, name=s.name) for s in schedulers]
-    for thread in threads:
-        thread.start()
-    while any(thread.is_alive() for thread in threads):
+    try:
         for thread in threads:
-            thread.join(0.2)
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            for thread in threads:
+                thread.join(0.2)
+    finally:
+        signals.uninstall()

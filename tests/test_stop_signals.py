@@ -1,0 +1,116 @@
+"""SIGINT/SIGTERM stop the loop wherever the main thread was when the signal landed (core/stop_signals.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import redis
+
+from django_rq_scheduled.core import keys
+from django_rq_scheduled.core.loop import run_schedulers
+from django_rq_scheduled.core.scheduler import Scheduler
+from django_rq_scheduled.core.stop_signals import StopOnSignals
+
+
+def handled_while_holding(lock: threading.Lock, handler, signum: int) -> bool:
+    """Calls a signal handler as Python would if the signal landed while this thread held ``lock`` (inside
+    ``Event.wait``, say); returns whether the handler came back."""
+    done = threading.Event()
+
+    def land() -> None:
+        with lock:
+            handler(signum, None)
+        done.set()
+
+    threading.Thread(target=land, daemon=True).start()  # a handler that deadlocks keeps only this thread
+    return done.wait(5)
+
+
+@pytest.mark.parametrize('event', ['wakeup', 'stop'])
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_landing_while_the_loop_holds_its_own_event_lock_stops_it(connection, event, signum):
+    """The loop waits on these events (its sleep, a standby's wait, the backoff): a signal between two of
+    ``Event.wait``'s bytecodes lands with the event's lock held. Setting that event in the handler itself waited
+    for the lock forever: the process never stopped (CI, 2026-11-29)."""
+    loop = Scheduler(connection=connection).loop
+    signals = loop._stop_on_signals()
+    assert signals is not None
+    try:
+        handler = signal.getsignal(signum)
+        assert handled_while_holding(getattr(loop, event)._cond, handler, signum)
+        assert loop.stop.wait(5)
+        assert loop.wakeup.is_set()
+        assert loop.stopped_by == signum
+    finally:
+        signals.uninstall()
+
+
+def test_uninstall_puts_back_the_handlers_and_ends_the_thread():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    heard: list[int] = []
+    signals = StopOnSignals(heard.append, name='drqs-test-signals')
+    signals.install()
+    assert signal.getsignal(signal.SIGTERM) not in before
+    signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    signals.uninstall()
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    for thread in threading.enumerate():
+        if thread.name == 'drqs-test-signals':
+            thread.join(5)
+            assert not thread.is_alive()
+    assert heard == [signal.SIGTERM]
+
+
+def test_a_failing_stop_leaves_the_next_signal_heard(caplog):
+    heard: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        heard.append(signum)
+        if len(heard) == 1:
+            raise RuntimeError('the first stop fails')
+
+    signals = StopOnSignals(on_signal)
+    signals.install()
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        handler(signal.SIGTERM, None)
+        handler(signal.SIGINT, None)
+    finally:
+        signals.uninstall()
+    for thread in threading.enumerate():
+        if thread.name == 'drqs-signals':
+            thread.join(5)
+    assert heard == [signal.SIGTERM, signal.SIGINT]
+    assert 'Stopping on SIGTERM failed' in caplog.text
+
+
+def test_a_real_sigterm_stops_every_loop_of_the_process(connection):
+    """``run_schedulers`` with two Redis databases (two loops, one thread each), stopped by a SIGTERM sent to this
+    very process once both lead: each releases its lease and ends."""
+    server = connection.connection_pool.connection_kwargs
+    clients = [redis.Redis(host=server['host'], port=server['port'], db=db) for db in (3, 4)]
+    schedulers = [Scheduler(connection=client, interval=0.05) for client in clients]
+    both_led = threading.Event()
+
+    def signal_once_both_lead() -> None:
+        deadline = time.monotonic() + 10
+        while not all(client.get(keys.LOCK_KEY) for client in clients) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if time.monotonic() < deadline:
+            both_led.set()
+        os.kill(os.getpid(), signal.SIGTERM)  # run_schedulers runs until a signal: it is sure to be heard
+
+    try:
+        threading.Thread(target=signal_once_both_lead, daemon=True).start()
+        run_schedulers(schedulers)
+        assert both_led.is_set()
+        assert all(scheduler.loop.stop.is_set() for scheduler in schedulers)
+        assert not any(client.get(keys.LOCK_KEY) for client in clients)
+    finally:
+        for client in clients:
+            client.flushdb()
+            client.connection_pool.disconnect()
