@@ -7,6 +7,7 @@ validation run (the callers write fields the loop alone owns)."""
 from __future__ import annotations
 
 import functools
+import json
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -14,7 +15,18 @@ from typing import Any, TypeVar, cast
 
 from django.conf import settings
 from django.db import connections
-from django.db.models import CharField, DateTimeField, Field, FloatField, ForeignKey, IntegerField, Model, TextField
+from django.db.backends.base.operations import BaseDatabaseOperations
+from django.db.models import (
+    CharField,
+    DateTimeField,
+    Field,
+    FloatField,
+    ForeignKey,
+    IntegerField,
+    JSONField,
+    Model,
+    TextField,
+)
 from django.db.models.base import ModelState
 from django.db.models.fields import AutoFieldMixin
 from django.db.models.signals import post_init, pre_init
@@ -176,6 +188,8 @@ class BulkWriter:
         prepare = functools.partial(field.get_db_prep_save, connection=self.connection)
         if isinstance(field, FloatField):
             return functools.partial(_float, prepare)
+        if self._plain_json(field):
+            return functools.partial(_json_text, prepare)
         return prepare
 
     def _from_database(self, field: Field) -> Callable[[Any], Any]:
@@ -185,10 +199,23 @@ class BulkWriter:
             return _same  # the drivers give these as the ORM would (aware datetimes on PostgreSQL)
         expression = field.get_col(field.model._meta.db_table)
         ops = self.connection.ops
+        if self._plain_json(field) and not ops.get_db_converters(expression):
+            return _json_value
         converters = [*ops.get_db_converters(expression), *expression.get_db_converters(self.connection)]
         if not converters:  # a float, a content type's id
             return _same
         return functools.partial(_converted, converters, expression, self.connection)
+
+    def _plain_json(self, field: Field) -> bool:
+        """A JSON field without an encoder or decoder of its own, on a database that stores JSON as the text
+        ``json.dumps`` gives (SQLite; not PostgreSQL, whose driver adapts it)."""
+        adapt = getattr(type(self.connection.ops), 'adapt_json_value', None)
+        return (
+            isinstance(field, JSONField)
+            and field.encoder is None
+            and field.decoder is None
+            and adapt is getattr(BaseDatabaseOperations, 'adapt_json_value', None) is not None
+        )
 
     def _holds_utc_text(self) -> bool:
         """Whether datetimes are stored as naive UTC text (SQLite with USE_TZ, the database's time zone UTC)."""
@@ -235,7 +262,9 @@ def _row_converter(converters: list[Callable[[Any], Any]]) -> Callable[[Sequence
 def _utc_text(adapt: Callable[[Any], Any], value: datetime | None) -> Any:
     """What SQLite's ``adapt_datetimefield_value`` gives (naive UTC as ``str()`` writes it), a tenth of its cost for
     the common case (aware UTC)."""
-    if value is not None and value.tzinfo is UTC:
+    if value is None:
+        return None
+    if value.tzinfo is UTC:
         # The naive time's text: half the cost of the aware one's (its offset, then cut off).
         return _naive(value.date(), value.time()).isoformat(' ')
     return adapt(value)
@@ -249,6 +278,23 @@ def _float(prepare: Callable[[Any], Any], value: Any) -> Any:
     if value is None or type(value) is float:
         return value
     return prepare(value)
+
+
+def _json_text(prepare: Callable[[Any], Any], value: Any) -> Any:
+    """What ``JSONField.get_db_prep_save`` gives for a list or a dict (``_plain_json``), without its calls."""
+    if type(value) is list or type(value) is dict:
+        return json.dumps(value)
+    return prepare(value)
+
+
+def _json_value(value: Any) -> Any:
+    """What ``JSONField.from_db_value`` gives for a column of a field without a decoder (``_plain_json``)."""
+    if type(value) is not str:
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def _utc_datetime(value: datetime | str | None) -> datetime | None:

@@ -150,10 +150,21 @@ def schedule_of(template: str) -> tuple[type[ScheduleBase], Any]:
     return model, row_pk(model, pk)
 
 
-@functools.lru_cache(maxsize=10_000)
+MAX_PLAIN_PK_DIGITS = 18
+"""Digits of a primary key taken as it is: every such number fits the rows' keys (BigAutoField, the app's
+``default_auto_field``: up to 2**63 - 1)."""
+
+
 def row_pk(model: type[ScheduleBase], raw: str) -> Any:
     """The primary key a record names, as the column holds it; ValidationError if no row can have it (a number
     beyond the column's range would fail the whole batch's query, not just this record)."""
+    if type(raw) is str and len(raw) <= MAX_PLAIN_PK_DIGITS and raw.isascii() and raw.isdigit():
+        return int(raw)  # what the field's checks give, at a tenth of their cost: one-offs name a new row each time
+    return _checked_pk(model, raw)
+
+
+@functools.lru_cache(maxsize=10_000)
+def _checked_pk(model: type[ScheduleBase], raw: str) -> Any:
     field = model._meta.pk
     value = field.to_python(raw)
     field.run_validators(value)

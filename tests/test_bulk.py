@@ -28,9 +28,9 @@ MOMENTS = [
 ]
 
 
-def a_schedule():
+def a_schedule(name='s'):
     return RepeatableJob.objects.create(
-        name='s', callable='tests.tasks.add', interval=1, interval_unit='hours',
+        name=name, callable='tests.tasks.add', interval=1, interval_unit='hours',
         scheduled_time=datetime.now(UTC) + timedelta(hours=1),
     )  # fmt: skip
 
@@ -175,3 +175,28 @@ def test_rows_inserted_keyed_come_after_a_key_someone_else_chose():
         assert first > 10_000 and [value.pk for value in later] == [first, first + 1, first + 2]
     assert Run.objects.get(pk=10_000).rq_job_id == foreign.rq_job_id
     assert Run.objects.count() == 4
+
+
+JSON_VALUES = [[], [[1, 'failed'], [2, 'succeeded']], [[10**12, 'ünïcødé "q" \\ \u2028']], {'a': [1, 2.5, None, True]}]
+
+
+@pytest.mark.parametrize('value', JSON_VALUES)
+def test_json_written_and_read_in_bulk_is_what_the_orm_writes_and_reads(value):
+    """The shortcut of plain JSON fields (``json.dumps`` and ``json.loads`` called directly where the database stores
+    their text) against the ORM's own path, on each database."""
+    orm_row, bulk_row = a_schedule('orm'), a_schedule('bulk')
+    QuerySet(RepeatableJob).filter(pk=orm_row.pk).update(recent_runs=value)
+    bulk_row.recent_runs = value
+    with transaction.atomic():
+        BulkWriter('default').update(RepeatableJob, [bulk_row], ['recent_runs'])
+    with connection.cursor() as cursor:
+        cursor.execute(f'SELECT CAST(recent_runs AS TEXT) FROM {RepeatableJob._meta.db_table} ORDER BY id')
+        stored = [text for (text,) in cursor.fetchall()]
+    assert stored[0] == stored[1]
+    with transaction.atomic():
+        read = list(BulkWriter('default').read_rows(RepeatableJob, ['recent_runs'], [orm_row.pk, bulk_row.pk]))
+    assert (
+        [row.recent_runs for row in read]
+        == [value, value]
+        == [row.recent_runs for row in RepeatableJob.objects.filter(pk__in=[orm_row.pk, bulk_row.pk])]
+    )

@@ -51,3 +51,29 @@ def test_what_json_loads_refuses_is_refused_the_same_way(raw):
         json.loads(raw)
     with pytest.raises(type(expected.value)):
         records.loads(raw)
+
+
+PRIMARY_KEYS = [
+    '1', '007', '42', '9' * 18, '9' * 19, '9223372036854775807', '9223372036854775808', '0', '-1', '+1', ' 1', '1 ',
+    '1.0', '', '²', '١٢', '1e3', '0x10', 'abc', '1_000',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize('raw', PRIMARY_KEYS)
+def test_a_primary_key_read_the_short_way_is_what_the_fields_checks_give(raw):
+    """``row_pk`` takes plain digits as they are; anything else goes through the field's checks, as everything did:
+    the same key, or the same refusal."""
+    from django.core.exceptions import ValidationError
+
+    from django_rq_scheduled.models import ScheduledJob
+
+    field = ScheduledJob._meta.pk
+    try:
+        expected = field.to_python(raw)
+        field.run_validators(expected)
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            records.row_pk(ScheduledJob, raw)
+    else:
+        assert records.row_pk(ScheduledJob, raw) == expected
+        assert type(records.row_pk(ScheduledJob, raw)) is type(expected)
