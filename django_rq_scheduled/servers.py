@@ -57,12 +57,19 @@ class Servers:
 
 
 def servers() -> Servers:
-    return _servers_for(repr(getattr(settings, 'RQ_QUEUES', {})))
+    # Keyed by what the schedulers are built from: their queues, and the allow-list and key of their marks.
+    settings_in_use = (
+        repr(getattr(settings, 'RQ_QUEUES', {})),
+        repr(getattr(settings, 'RQ_SCHEDULED', {})),
+        getattr(settings, 'SECRET_KEY', ''),
+    )
+    return _servers_for(settings_in_use)
 
 
 @functools.lru_cache(maxsize=8)
-def _servers_for(queues_fingerprint: str) -> Servers:
-    """Cached per RQ_QUEUES value: clients (and their connection pools) are reused across syncs."""
+def _servers_for(settings_in_use: tuple[str, str, str]) -> Servers:
+    """Cached per value of the settings they are built from: clients (and their connection pools) are reused across
+    syncs, and a changed allow-list is heard at once."""
     schedulers: dict[tuple[Any, ...], Scheduler] = {}
     queue_home: dict[str, tuple[Any, ...]] = {}
     for queue_name in getattr(settings, 'RQ_QUEUES', {}):

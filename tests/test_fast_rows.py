@@ -24,7 +24,7 @@ from django_rq_scheduled.core.allowlist import AllowList
 from django_rq_scheduled.core.mover import MoveReport
 from django_rq_scheduled.core.outcomes import SKIPPED_MISFIRE
 from django_rq_scheduled.models import Run, ScheduledJob
-from django_rq_scheduled.servers import _servers_for, servers
+from django_rq_scheduled.servers import servers
 from tests import tasks
 from tests.adversarial.test_loop import needs_redis_server, out_of_memory  # noqa: F401 (a fixture)
 from tests.conftest import STALL, run_worker, short_socket_timeout
@@ -43,7 +43,6 @@ VARIANTS = {
 
 @pytest.fixture(autouse=True)
 def clean(connection):
-    _servers_for.cache_clear()  # the sync's schedulers, with the allow-list as set now (not an earlier test's)
     connection.flushdb()
     yield
     connection.flushdb()
@@ -171,6 +170,16 @@ def test_a_forged_mark_gets_no_row_past_the_allow_list(connection, settings, pla
     assert planned == [schedule.template_id]
     assert connection.llen('rq:queue:default') == 0
     assert 'callable refused' in scheduler.dead_letters()[schedule.template_id]
+
+
+def test_the_sync_marks_under_the_allow_list_in_force_once_it_changes(connection, settings):
+    """The sync's schedulers are cached; a changed ALLOWED_CALLABLES (override_settings, a test's ``settings``) must
+    reach them, or every row made after it would be marked under the old allow-list and left to the planned path."""
+    before = row('before')
+    settings.RQ_SCHEDULED = {'ALLOWED_CALLABLES': ['tests.tasks.add']}
+    after = row('after')
+    assert fast_pass(leader(connection)) == [after.template_id]  # the first row's mark: another allow-list's
+    assert connection.zscore(keys.SCHEDULED_JOBS_KEY, before.template_id) is not None
 
 
 @pytest.mark.parametrize(
