@@ -114,3 +114,16 @@ def test_a_real_sigterm_stops_every_loop_of_the_process(connection):
         for client in clients:
             client.flushdb()
             client.connection_pool.disconnect()
+
+
+def test_the_handlers_are_put_back_when_the_loop_fails_before_its_first_tick(connection, monkeypatch):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    scheduler = Scheduler(connection=connection)
+
+    def fail() -> None:
+        raise RuntimeError('a bug while registering the instance')
+
+    monkeypatch.setattr(scheduler, 'register_birth', fail)
+    with pytest.raises(RuntimeError, match='registering'):
+        scheduler.run(burst=True)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

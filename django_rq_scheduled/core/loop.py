@@ -75,8 +75,19 @@ class Loop:
 
     def run(self, burst: bool = False) -> None:
         """Runs until stopped, or one pass with ``burst``; outages are logged and retried, never end the loop."""
-        scheduler = self.scheduler
         signals = self._stop_on_signals()
+        try:
+            self._run_registered(burst)
+        finally:
+            if signals is not None:
+                signals.uninstall()
+        if self.stopped_by is not None:
+            # As rq-scheduler's run() does: a signal ends it with SystemExit, once the lease is released.
+            raise SystemExit(0)
+
+    def _run_registered(self, burst: bool) -> None:
+        """Registers the instance, runs the ticks until stopped, then releases the lease and registers its death."""
+        scheduler = self.scheduler
         self._call_with_retry(self._register_birth_when_name_is_free)
         logger.info('Scheduler %s started (pid %s)', scheduler.name, os.getpid())
         listener = threading.Thread(target=self._listen_for_wakeups, name=f'{scheduler.name}-wakeups', daemon=True)
@@ -101,11 +112,6 @@ class Loop:
                     self.stop.wait(delay)
         finally:
             self._shut_down()
-            if signals is not None:
-                signals.uninstall()
-        if self.stopped_by is not None:
-            # As rq-scheduler's run() does: a signal ends it with SystemExit, once the lease is released.
-            raise SystemExit(0)
 
     def _stop_on_signals(self) -> StopOnSignals | None:
         """SIGINT/SIGTERM stop the loop while it runs in the main thread (``run_schedulers`` handles them otherwise)."""

@@ -36,8 +36,10 @@ class StopOnSignals:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        threading.Thread(target=self._serve, name=self.name, daemon=True).start()
+        # The handlers first: outside the main thread they raise, and no thread is left waiting. A signal caught
+        # before the thread starts waits in the queue.
         self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        threading.Thread(target=self._serve, name=self.name, daemon=True).start()
 
     def uninstall(self) -> None:
         for signum, handler in self._previous.items():
