@@ -72,7 +72,8 @@ if _POSTGRES_URL:
 _REDIS_URL = os.environ.get('DRQS_TEST_REDIS_URL', 'redis://127.0.0.1:1/0')
 RQ_QUEUES = {
     'default': {'URL': _REDIS_URL},
-    'high': {'URL': _REDIS_URL},
+    # Another server (or database) for 'high' makes the processes serve two, one loop each.
+    'high': {'URL': os.environ.get('DRQS_TEST_HIGH_REDIS_URL', _REDIS_URL)},
 }
 
 # A Sentinel-managed Redis instead of the URL, e.g. DRQS_TEST_SENTINELS='127.0.0.1:26379,127.0.0.1:26380'.

@@ -14,6 +14,7 @@ from django_rq_scheduled.core import keys
 from django_rq_scheduled.core.loop import run_schedulers
 from django_rq_scheduled.core.scheduler import Scheduler
 from django_rq_scheduled.core.stop_signals import StopOnSignals
+from tests.processes import OutputReader, kill, scheduler_process, stop, wait_for
 
 
 def handled_while_holding(lock: threading.Lock, handler, signum: int) -> bool:
@@ -127,3 +128,25 @@ def test_the_handlers_are_put_back_when_the_loop_fails_before_its_first_tick(con
     with pytest.raises(RuntimeError, match='registering'):
         scheduler.run(burst=True)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_sigterm_stops_a_process_serving_two_redis_servers(redis_url):
+    """``manage.py rqscheduler`` with its queues on two Redis databases runs two loops (``run_schedulers``): one
+    SIGTERM stops both, each releasing its lease, and the process exits 0."""
+    other_url = redis_url.rsplit('/', 1)[0] + '/5'
+    clients = [redis.Redis.from_url(url) for url in (redis_url, other_url)]
+    process = scheduler_process(
+        redis_url, '--interval', '0.05', name='two-servers', env={'DRQS_TEST_HIGH_REDIS_URL': other_url}
+    )
+    output = OutputReader(process)
+    try:
+        wait_for(lambda: all(client.get(keys.LOCK_KEY) for client in clients), timeout=30)
+        assert stop(process) == 0
+        assert not any(client.get(keys.LOCK_KEY) for client in clients)
+    finally:
+        kill(process)
+        clients[1].flushdb()
+        for client in clients:
+            client.connection_pool.disconnect()
+    assert 'stopping 2 schedulers' in output.text
+    assert 'Traceback' not in output.text
