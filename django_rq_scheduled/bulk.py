@@ -198,10 +198,10 @@ class BulkWriter:
         if isinstance(field, (CharField, TextField, IntegerField, DateTimeField)):
             return _same  # the drivers give these as the ORM would (aware datetimes on PostgreSQL)
         expression = field.get_col(field.model._meta.db_table)
-        ops = self.connection.ops
-        if self._plain_json(field) and not ops.get_db_converters(expression):
+        backend_converters = self.connection.ops.get_db_converters(expression)
+        if self._plain_json(field) and not backend_converters:
             return _json_value
-        converters = [*ops.get_db_converters(expression), *expression.get_db_converters(self.connection)]
+        converters = [*backend_converters, *expression.get_db_converters(self.connection)]
         if not converters:  # a float, a content type's id
             return _same
         return functools.partial(_converted, converters, expression, self.connection)
@@ -209,13 +209,10 @@ class BulkWriter:
     def _plain_json(self, field: Field) -> bool:
         """A JSON field without an encoder or decoder of its own, on a database that stores JSON as the text
         ``json.dumps`` gives (SQLite; not PostgreSQL, whose driver adapts it)."""
-        adapt = getattr(type(self.connection.ops), 'adapt_json_value', None)
-        return (
-            isinstance(field, JSONField)
-            and field.encoder is None
-            and field.decoder is None
-            and adapt is getattr(BaseDatabaseOperations, 'adapt_json_value', None) is not None
-        )
+        if not isinstance(field, JSONField) or field.encoder is not None or field.decoder is not None:
+            return False
+        base = getattr(BaseDatabaseOperations, 'adapt_json_value', None)  # Django 4.2 and later
+        return base is not None and getattr(type(self.connection.ops), 'adapt_json_value', None) is base
 
     def _holds_utc_text(self) -> bool:
         """Whether datetimes are stored as naive UTC text (SQLite with USE_TZ, the database's time zone UTC)."""

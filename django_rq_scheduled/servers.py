@@ -57,19 +57,24 @@ class Servers:
 
 
 def servers() -> Servers:
-    # Keyed by what the schedulers are built from: their queues, and the allow-list and key of their marks.
-    settings_in_use = (
-        repr(getattr(settings, 'RQ_QUEUES', {})),
-        repr(getattr(settings, 'RQ_SCHEDULED', {})),
-        getattr(settings, 'SECRET_KEY', ''),
-    )
-    return _servers_for(settings_in_use)
+    return _servers_for(repr(getattr(settings, 'RQ_QUEUES', {})))
+
+
+BUILT_FROM = frozenset({'RQ_QUEUES', 'RQ_SCHEDULED', 'SECRET_KEY'})
+"""The settings the schedulers are built from: their queues, and the allow-list and key of their marks."""
+
+
+def forget_servers(*, setting: str, **kwargs: Any) -> None:
+    """A ``setting_changed`` receiver (``override_settings`` in a project's tests): schedulers built before a change
+    of their settings would mark rows under the old allow-list."""
+    if setting in BUILT_FROM:
+        _servers_for.cache_clear()
 
 
 @functools.lru_cache(maxsize=8)
-def _servers_for(settings_in_use: tuple[str, str, str]) -> Servers:
-    """Cached per value of the settings they are built from: clients (and their connection pools) are reused across
-    syncs, and a changed allow-list is heard at once."""
+def _servers_for(queues_fingerprint: str) -> Servers:
+    """Cached per RQ_QUEUES value (and until a setting they are built from changes: ``forget_servers``): clients
+    (and their connection pools) are reused across syncs."""
     schedulers: dict[tuple[Any, ...], Scheduler] = {}
     queue_home: dict[str, tuple[Any, ...]] = {}
     for queue_name in getattr(settings, 'RQ_QUEUES', {}):
