@@ -31,6 +31,14 @@ def handled_while_holding(lock: threading.Lock, handler, signum: int) -> bool:
     return done.wait(5)
 
 
+def threads_ended(name: str) -> bool:
+    """Waits for the threads called ``name`` to end; whether they all did."""
+    threads = [thread for thread in threading.enumerate() if thread.name == name]
+    for thread in threads:
+        thread.join(5)
+    return not any(thread.is_alive() for thread in threads)
+
+
 @pytest.mark.parametrize('event', ['wakeup', 'stop'])
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_landing_while_the_loop_holds_its_own_event_lock_stops_it(connection, event, signum):
@@ -59,10 +67,7 @@ def test_uninstall_puts_back_the_handlers_and_ends_the_thread():
     signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
     signals.uninstall()
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
-    for thread in threading.enumerate():
-        if thread.name == 'drqs-test-signals':
-            thread.join(5)
-            assert not thread.is_alive()
+    assert threads_ended('drqs-test-signals')
     assert heard == [signal.SIGTERM]
 
 
@@ -82,9 +87,7 @@ def test_a_failing_stop_leaves_the_next_signal_heard(caplog):
         handler(signal.SIGINT, None)
     finally:
         signals.uninstall()
-    for thread in threading.enumerate():
-        if thread.name == 'drqs-signals':
-            thread.join(5)
+    assert threads_ended('drqs-signals')
     assert heard == [signal.SIGTERM, signal.SIGINT]
     assert 'Stopping on SIGTERM failed' in caplog.text
 
@@ -150,3 +153,29 @@ def test_sigterm_stops_a_process_serving_two_redis_servers(redis_url):
             client.connection_pool.disconnect()
     assert 'stopping 2 schedulers' in output.text
     assert 'Traceback' not in output.text
+
+
+def test_sigterm_while_the_name_is_still_taken_ends_the_wait(connection, caplog):
+    """A restart waits for its name's old entry to expire (``_register_birth_when_name_is_free``): a SIGTERM then
+    ends the wait and the process, not only a running loop."""
+    Scheduler(connection=connection, name='taken').register_birth()
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    with pytest.raises(SystemExit) as ended:
+        Scheduler(connection=connection, name='taken').run()
+    assert ended.value.code == 0
+    assert 'waiting for it to expire' in caplog.text
+
+
+def test_signals_in_a_row_stop_the_loop_once(connection):
+    loop = Scheduler(connection=connection).loop
+    signals = loop._stop_on_signals()
+    assert signals is not None
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
+            handler(signum, None)
+        assert loop.stop.wait(5)
+    finally:
+        signals.uninstall()
+    assert threads_ended(f'{loop.scheduler.name}-signals')
+    assert loop.stopped_by in (signal.SIGTERM, signal.SIGINT)
