@@ -16,7 +16,9 @@ from django.core.exceptions import ValidationError
 from rq.job import Job
 
 from . import task_calls
+from .conf import allow_list
 from .core import capture
+from .core.allowlist import AllowList
 from .core.jobs import template_meta
 from .core.queues import connection_identity
 from .core.scheduler import Scheduler
@@ -57,24 +59,14 @@ class Servers:
 
 
 def servers() -> Servers:
-    return _servers_for(repr(getattr(settings, 'RQ_QUEUES', {})))
-
-
-BUILT_FROM = frozenset({'RQ_QUEUES', 'RQ_SCHEDULED', 'SECRET_KEY'})
-"""The settings the schedulers are built from: their queues, and the allow-list and key of their marks."""
-
-
-def forget_servers(*, setting: str, **kwargs: Any) -> None:
-    """A ``setting_changed`` receiver (``override_settings`` in a project's tests): schedulers built before a change
-    of their settings would mark rows under the old allow-list."""
-    if setting in BUILT_FROM:
-        _servers_for.cache_clear()
+    # Keyed by what the schedulers are built from: their queues, the allow-list (one object per patterns, cached by
+    # ``conf``) and the key of their marks (derived from SECRET_KEY). A test's changed allow-list is heard at once.
+    return _servers_for(repr(getattr(settings, 'RQ_QUEUES', {})), allow_list(), getattr(settings, 'SECRET_KEY', None))
 
 
 @functools.lru_cache(maxsize=8)
-def _servers_for(queues_fingerprint: str) -> Servers:
-    """Cached per RQ_QUEUES value (and until a setting they are built from changes: ``forget_servers``): clients
-    (and their connection pools) are reused across syncs."""
+def _servers_for(queues_fingerprint: str, rule: AllowList, secret: object) -> Servers:
+    """Cached per value of what they are built from: clients (and their connection pools) are reused across syncs."""
     schedulers: dict[tuple[Any, ...], Scheduler] = {}
     queue_home: dict[str, tuple[Any, ...]] = {}
     for queue_name in getattr(settings, 'RQ_QUEUES', {}):

@@ -6,12 +6,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.signals import setting_changed
 from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import Signal
 from django.utils import timezone
 
-from . import servers, sync, unsynced
+from . import sync, unsynced
 from .models import SCHEDULE_MODELS
 from .pending import note_unsynced, rows_committed, schedule_sync
 
@@ -75,7 +74,6 @@ def sync_committed_rows(sender: Any, pks: list[Any], using: str, created: Any = 
 
 def connect() -> None:
     rows_committed.connect(sync_committed_rows, dispatch_uid='django_rq_scheduled.sync')
-    setting_changed.connect(servers.forget_servers, dispatch_uid='django_rq_scheduled.servers')
     for model in SCHEDULE_MODELS:
         uid = f'django_rq_scheduled.{model.__name__}'
         pre_save.connect(validate_before_save, sender=model, dispatch_uid=f'{uid}.validate')
